@@ -1,0 +1,194 @@
+//! The NATS JetStream bus: one place for every stream, subject, consumer and
+//! bucket name, and idempotent creation of what each service needs.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+
+/// Stream that carries accepted envelopes from ingress to queue.
+pub const SPOOL_STREAM: &str = "TERN_SPOOL";
+/// Subject ingress publishes envelopes on.
+pub const SPOOL_SUBJECT: &str = "tern.spool";
+/// Stream of jobs from queue to mailbox and delivery.
+pub const JOBS_STREAM: &str = "TERN_JOBS";
+/// Subject for local (mailbox) jobs.
+pub const LOCAL_JOBS_SUBJECT: &str = "tern.jobs.local";
+/// Filter for every remote job.
+pub const REMOTE_JOBS_FILTER: &str = "tern.jobs.remote.>";
+/// Stream of attempt results back to queue.
+pub const RESULTS_STREAM: &str = "TERN_RESULTS";
+/// Filter for every result.
+pub const RESULTS_FILTER: &str = "tern.results.>";
+/// Object store bucket for bodies too large to travel inline.
+pub const BODY_BUCKET: &str = "tern-bodies";
+/// Durable consumer names.
+pub mod consumers {
+    /// Queue reading the spool.
+    pub const QUEUE_SPOOL: &str = "queue-spool";
+    /// Queue reading results.
+    pub const QUEUE_RESULTS: &str = "queue-results";
+    /// Mailbox reading local jobs.
+    pub const MAILBOX: &str = "mailbox";
+    /// Delivery reading remote jobs.
+    pub const DELIVERY: &str = "delivery";
+}
+
+/// Subject of a remote job for `domain`.
+pub fn remote_jobs_subject(domain: &str) -> String {
+    format!("tern.jobs.remote.{domain}")
+}
+
+/// Subject of a result for `destination`.
+pub fn results_subject(destination: &str) -> String {
+    format!("tern.results.{destination}")
+}
+
+/// How long a spool message (and so an inline body) is kept at most.
+pub const SPOOL_MAX_AGE: Duration = Duration::from_secs(7 * 86_400);
+/// Window in which a re-published message id is dropped as a duplicate.
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(120);
+
+/// Errors talking to NATS.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// Connecting failed.
+    #[error("connect to NATS at {url}: {source}")]
+    Connect {
+        /// The URL tried.
+        url: String,
+        /// Cause.
+        source: async_nats::ConnectError,
+    },
+    /// A stream, consumer or bucket could not be created.
+    #[error("create {what}: {message}")]
+    Setup {
+        /// Which object.
+        what: String,
+        /// Cause.
+        message: String,
+    },
+}
+
+/// Connect, retrying in the background until the server is reachable, and
+/// reconnecting forever after that.
+pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BusError> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(2))
+        .connect(url)
+        .await
+        .map_err(|source| BusError::Connect {
+            url: url.to_string(),
+            source,
+        })
+}
+
+fn setup_err(what: &str) -> impl FnOnce(Box<dyn std::fmt::Display>) -> BusError + '_ {
+    move |e| BusError::Setup {
+        what: what.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Create or update every stream and the body bucket. Idempotent; any service may call it.
+pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), BusError> {
+    let streams = [
+        stream::Config {
+            name: SPOOL_STREAM.into(),
+            subjects: vec![SPOOL_SUBJECT.into()],
+            // Limits retention: the spool message doubles as the body store for
+            // inline bodies, so it outlives the queue's ack.
+            retention: stream::RetentionPolicy::Limits,
+            max_age: SPOOL_MAX_AGE,
+            duplicate_window: DEDUP_WINDOW,
+            storage: stream::StorageType::File,
+            allow_direct: true,
+            ..Default::default()
+        },
+        stream::Config {
+            name: JOBS_STREAM.into(),
+            subjects: vec![LOCAL_JOBS_SUBJECT.into(), REMOTE_JOBS_FILTER.into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            duplicate_window: DEDUP_WINDOW,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        },
+        stream::Config {
+            name: RESULTS_STREAM.into(),
+            subjects: vec![RESULTS_FILTER.into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            duplicate_window: DEDUP_WINDOW,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        },
+    ];
+    for cfg in streams {
+        let name = cfg.name.clone();
+        js.create_or_update_stream(cfg)
+            .await
+            .map_err(|e| setup_err(&name)(Box::new(e)))?;
+    }
+    if js.get_object_store(BODY_BUCKET).await.is_err() {
+        js.create_object_store(jetstream::object_store::Config {
+            bucket: BODY_BUCKET.into(),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| setup_err(BODY_BUCKET)(Box::new(e)))?;
+    }
+    Ok(())
+}
+
+/// Retry `ensure_streams` until it succeeds or shutdown begins.
+pub async fn ensure_streams_until_ready(
+    js: &jetstream::Context,
+    shutdown: &crate::Shutdown,
+) -> Result<(), BusError> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match ensure_streams(js).await {
+            Ok(()) => return Ok(()),
+            Err(e) if shutdown.is_triggered() => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "JetStream not ready; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.wait() => return Err(e),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// A durable pull consumer on `stream` with `filter`, created if missing.
+pub async fn pull_consumer(
+    js: &jetstream::Context,
+    stream_name: &str,
+    durable: &str,
+    filter: &str,
+    ack_wait: Duration,
+) -> Result<consumer::PullConsumer, BusError> {
+    let what = format!("consumer {durable} on {stream_name}");
+    let stream = js
+        .get_stream(stream_name)
+        .await
+        .map_err(|e| setup_err(&what)(Box::new(e)))?;
+    stream
+        .get_or_create_consumer(
+            durable,
+            consumer::pull::Config {
+                durable_name: Some(durable.into()),
+                filter_subject: filter.into(),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait,
+                max_deliver: -1,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| setup_err(&what)(Box::new(e)))
+}

@@ -1,0 +1,1 @@
+//! SMTP protocol: a pure server state machine and a small client

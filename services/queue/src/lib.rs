@@ -1,0 +1,1 @@
+//! Queue service: routing, scheduling, retries

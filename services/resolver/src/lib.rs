@@ -1,0 +1,1 @@
+//! Resolver service: MX routes and DNS behind one cache
