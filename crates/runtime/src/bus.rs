@@ -192,3 +192,21 @@ pub async fn pull_consumer(
         .await
         .map_err(|e| setup_err(&what)(Box::new(e)))
 }
+
+/// Publish `payload` on `subject` with `msg_id` as the de-duplication id and
+/// the current trace context in the headers. Returns the ack future: the
+/// message is durable only once it resolves.
+pub async fn publish(
+    js: &jetstream::Context,
+    subject: String,
+    payload: bytes::Bytes,
+    msg_id: &str,
+) -> Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError> {
+    let mut headers = async_nats::HeaderMap::new();
+    crate::telemetry::inject_nats(&mut headers);
+    let msg = jetstream::message::PublishMessage::build()
+        .payload(payload)
+        .headers(headers)
+        .message_id(msg_id);
+    js.send_publish(subject, msg).await
+}

@@ -7,6 +7,7 @@ pub mod body;
 pub mod bus;
 pub mod config;
 pub mod grpc;
+pub mod managed_nats;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

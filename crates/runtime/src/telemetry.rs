@@ -6,7 +6,7 @@ use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{Context, global};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter};
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter, TracerProviderBuilder};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -36,13 +36,26 @@ impl Drop for TelemetryGuard {
 
 /// Install logging and tracing for this process.
 ///
-/// `json` selects JSON log lines. `extra` adds an exporter (tests use an
-/// in-memory one to read spans back). OTLP export is on only when
+/// `json` selects JSON log lines. OTLP export is on only when
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces-specific variable) is set.
-pub fn init<E: SpanExporter + 'static>(
+pub fn init(service_name: &str, json: bool) -> Result<TelemetryGuard, TelemetryError> {
+    install(service_name, json, |b| b)
+}
+
+/// Like [`init`], also sending every span to `exporter` as it ends (tests
+/// use an in-memory exporter to read spans back).
+pub fn init_with_exporter<E: SpanExporter + 'static>(
     service_name: &str,
     json: bool,
-    extra: Option<E>,
+    exporter: E,
+) -> Result<TelemetryGuard, TelemetryError> {
+    install(service_name, json, move |b| b.with_simple_exporter(exporter))
+}
+
+fn install(
+    service_name: &str,
+    json: bool,
+    extra: impl FnOnce(TracerProviderBuilder) -> TracerProviderBuilder,
 ) -> Result<TelemetryGuard, TelemetryError> {
     global::set_text_map_propagator(TraceContextPropagator::new());
     let resource = opentelemetry_sdk::Resource::builder()
@@ -61,10 +74,7 @@ pub fn init<E: SpanExporter + 'static>(
             .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
         builder = builder.with_batch_exporter(exporter);
     }
-    if let Some(e) = extra {
-        builder = builder.with_simple_exporter(e);
-    }
-    let provider = builder.build();
+    let provider = extra(builder).build();
     global::set_tracer_provider(provider.clone());
     let tracer = provider.tracer("tern");
 

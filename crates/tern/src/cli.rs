@@ -1,0 +1,195 @@
+//! Command-line arguments and dispatch.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use tern_proto::accounts_client::AccountsClient;
+use tern_proto::queue_admin_client::QueueAdminClient;
+use tern_runtime::{Shutdown, config::Source, grpc, telemetry};
+
+use crate::config::TernConfig;
+
+/// Tern: a mail system as cloud-native services.
+#[derive(Parser, Debug)]
+#[command(name = "tern", version)]
+pub struct Args {
+    /// Optional TOML config file (flat keys, e.g. `smtp_listen = "0.0.0.0:25"`); TERN_* variables override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run all five services in one process (with a managed nats-server if TERN_NATS_URL is unset).
+    Up,
+    /// Run the SMTP ingress service.
+    Ingress,
+    /// Run the queue service, or manage the queue.
+    Queue {
+        #[command(subcommand)]
+        command: Option<QueueCommand>,
+    },
+    /// Run the resolver service.
+    Resolver,
+    /// Run the delivery service.
+    Delivery,
+    /// Run the mailbox service.
+    Mailbox,
+    /// Manage accounts (talks to the mailbox service over gRPC).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum QueueCommand {
+    /// Counters: received, routed, delivered, deferred, bounced.
+    Stats,
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Create an account; the password is read from the first line of stdin.
+    Add { email: String },
+    /// Delete an account.
+    Del { email: String },
+    /// List accounts.
+    List,
+    /// Change a password; the new password is read from stdin.
+    Passwd { email: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate the configuration and print the effective values.
+    Check,
+}
+
+/// Run the command.
+pub async fn dispatch(args: Args) -> anyhow::Result<()> {
+    let src = Source::load(args.config.as_deref())?;
+    let cfg = TernConfig::load(&src)?;
+    match args.command {
+        Command::Config { command: ConfigCommand::Check } => {
+            for e in &cfg.effective {
+                let env = tern_runtime::config::env_name(e.name);
+                println!("{env}={}\t# {} ({})", e.value, e.help, e.origin);
+            }
+            println!("config ok");
+            Ok(())
+        }
+        Command::User { command } => user(&cfg, command).await,
+        Command::Queue { command: Some(c) } => queue_admin(&cfg, c).await,
+        Command::Up => {
+            let _t = telemetry::init("tern", cfg.log_json)?;
+            crate::up::up(cfg).await
+        }
+        service => {
+            let shutdown = Shutdown::new();
+            shutdown.trigger_on_signals();
+            macro_rules! serve {
+                ($name:literal, $krate:ident, $cfg:expr) => {{
+                    let _t = telemetry::init(concat!("tern-", $name), cfg.log_json)?;
+                    let bound = $krate::bind($cfg).await.context(concat!("start ", $name))?;
+                    for (what, addr) in bound.addrs() {
+                        tracing::info!("{what} listening on {addr}");
+                    }
+                    bound.run(shutdown).await.context($name)
+                }};
+            }
+            match service {
+                Command::Ingress => serve!("ingress", tern_ingress, cfg.ingress),
+                Command::Queue { command: None } => serve!("queue", tern_queue, cfg.queue),
+                Command::Resolver => serve!("resolver", tern_resolver, cfg.resolver),
+                Command::Delivery => serve!("delivery", tern_delivery, cfg.delivery),
+                Command::Mailbox => serve!("mailbox", tern_mailbox, cfg.mailbox),
+                _ => unreachable!("handled above"),
+            }
+        }
+    }
+}
+
+fn read_password() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).context("read password from stdin")?;
+    let pw = line.trim_end_matches(['\r', '\n']).to_string();
+    if pw.is_empty() {
+        bail!("empty password: give it on stdin, e.g. `echo secret | tern user add alice@example.com`");
+    }
+    Ok(pw)
+}
+
+async fn user(cfg: &TernConfig, command: UserCommand) -> anyhow::Result<()> {
+    let channel = grpc::channel(&cfg.mailbox_url)?;
+    let mut client = AccountsClient::new(channel);
+    let ctx = || format!("mailbox at {} (is it running?)", cfg.mailbox_url);
+    match command {
+        UserCommand::Add { email } => {
+            let password = read_password()?;
+            client
+                .add_user(tern_proto::AddUserRequest { address: email.clone(), password })
+                .await
+                .map_err(status_err)
+                .with_context(ctx)?;
+            println!("added {email}");
+        }
+        UserCommand::Del { email } => {
+            client
+                .delete_user(tern_proto::DeleteUserRequest { address: email.clone() })
+                .await
+                .map_err(status_err)
+                .with_context(ctx)?;
+            println!("deleted {email}");
+        }
+        UserCommand::List => {
+            let users = client
+                .list_users(tern_proto::ListUsersRequest {})
+                .await
+                .map_err(status_err)
+                .with_context(ctx)?;
+            for a in users.into_inner().addresses {
+                println!("{a}");
+            }
+        }
+        UserCommand::Passwd { email } => {
+            let password = read_password()?;
+            client
+                .set_password(tern_proto::SetPasswordRequest { address: email.clone(), password })
+                .await
+                .map_err(status_err)
+                .with_context(ctx)?;
+            println!("password changed for {email}");
+        }
+    }
+    Ok(())
+}
+
+async fn queue_admin(cfg: &TernConfig, command: QueueCommand) -> anyhow::Result<()> {
+    let mut client = QueueAdminClient::new(grpc::channel(&cfg.queue_url)?);
+    match command {
+        QueueCommand::Stats => {
+            let s = client
+                .stats(tern_proto::StatsRequest {})
+                .await
+                .map_err(status_err)
+                .with_context(|| format!("queue at {} (is it running?)", cfg.queue_url))?
+                .into_inner();
+            println!("received\t{}\njobs_routed\t{}\ndelivered\t{}\ndeferred\t{}\nbounced\t{}", s.received, s.jobs_routed, s.delivered, s.deferred, s.bounced);
+        }
+    }
+    Ok(())
+}
+
+fn status_err(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", s.code(), s.message())
+}
