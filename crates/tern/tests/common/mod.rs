@@ -1,0 +1,260 @@
+//! The whole Tern stack in-process for end-to-end tests: a real nats-server,
+//! an in-process DNS server with a `remote.test` zone whose MX points at an
+//! SMTP sink, and the five services on ephemeral loopback ports, talking over
+//! real gRPC and real NATS. Everything stops when the `Stack` is dropped.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use opentelemetry_sdk::trace::InMemorySpanExporter;
+use tern_runtime::Shutdown;
+use tern_runtime::config::Source;
+use tern_testkit::{DnsServer, NatsServer, SmtpSink};
+
+/// Spans of every test in this process, read back to check trace propagation.
+pub fn spans() -> &'static InMemorySpanExporter {
+    static EXPORTER: OnceLock<InMemorySpanExporter> = OnceLock::new();
+    EXPORTER.get_or_init(|| {
+        let exporter = InMemorySpanExporter::default();
+        let guard = tern_runtime::telemetry::init_with_exporter("tern-test", false, exporter.clone())
+            .expect("install telemetry once per test process");
+        // Keep the provider for the life of the test process.
+        std::mem::forget(guard);
+        exporter
+    })
+}
+
+/// A running stack.
+pub struct Stack {
+    pub nats: NatsServer,
+    pub dns: DnsServer,
+    pub sink: SmtpSink,
+    pub data: tempfile::TempDir,
+    pub addrs: Vec<(&'static str, SocketAddr)>,
+    shutdown: Shutdown,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+const ZONE: &str = "\
+$ORIGIN remote.test.
+$TTL 60
+@    IN SOA ns.remote.test. admin.remote.test. 1 3600 600 86400 60
+@    IN NS  ns.remote.test.
+ns   IN A   127.0.0.1
+@    IN MX  10 mx.remote.test.
+mx   IN A   127.0.0.1
+";
+
+impl Stack {
+    /// Start everything; `extra` adds or overrides config pairs for every service.
+    pub async fn start(extra: &[(&str, &str)]) -> Stack {
+        spans();
+        let nats = NatsServer::start().await;
+        let dns = DnsServer::start(&[("remote.test.", ZONE)]).await;
+        let sink = SmtpSink::start().await;
+        let data = tempfile::tempdir().expect("temp data dir");
+        let any = "127.0.0.1:0";
+        let mut pairs: Vec<(String, String)> = [
+            ("data_dir", data.path().to_str().expect("utf-8 temp path")),
+            ("nats_url", nats.url().as_str()),
+            ("hostname", "tern.test"),
+            ("local_domains", "localhost,tern.test"),
+            ("dns_nameservers", dns.addr().to_string().as_str()),
+            ("remote_smtp_port", sink.addr().port().to_string().as_str()),
+            ("shutdown_grace", "5s"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for key in [
+            "smtp_listen", "submission_listen", "submissions_listen", "imap_listen", "imaps_listen",
+            "pop3_listen", "pop3s_listen", "ingress_grpc_listen", "queue_grpc_listen",
+            "resolver_grpc_listen", "delivery_grpc_listen", "mailbox_grpc_listen",
+            "ingress_admin_listen", "queue_admin_listen", "resolver_admin_listen",
+            "delivery_admin_listen", "mailbox_admin_listen",
+        ] {
+            pairs.push((key.into(), any.into()));
+        }
+        for (k, v) in extra {
+            pairs.retain(|(pk, _)| pk != k);
+            pairs.push((k.to_string(), v.to_string()));
+        }
+        let source = |more: &[(&str, String)]| {
+            let mut all: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            for (k, v) in more {
+                all.retain(|(pk, _)| pk != k);
+                all.push((k, v.as_str()));
+            }
+            Source::from_pairs(all)
+        };
+
+        let resolver = tern_resolver::bind(tern_resolver::Config::from_source(&source(&[])).expect("resolver config"))
+            .await
+            .expect("bind resolver");
+        let mailbox = tern_mailbox::bind(tern_mailbox::Config::from_source(&source(&[])).expect("mailbox config"))
+            .await
+            .expect("bind mailbox");
+        let queue = tern_queue::bind(tern_queue::Config::from_source(&source(&[])).expect("queue config"))
+            .await
+            .expect("bind queue");
+        let find = |addrs: &[(&'static str, SocketAddr)], what: &str| {
+            addrs
+                .iter()
+                .find(|(n, _)| n.contains(what))
+                .map(|(_, a)| format!("http://{a}"))
+                .unwrap_or_else(|| panic!("no {what} address"))
+        };
+        let resolver_url = find(&resolver.addrs(), "grpc");
+        let mailbox_url = find(&mailbox.addrs(), "grpc");
+        let delivery = tern_delivery::bind(
+            tern_delivery::Config::from_source(&source(&[("resolver_url", resolver_url)])).expect("delivery config"),
+        )
+        .await
+        .expect("bind delivery");
+        let ingress = tern_ingress::bind(
+            tern_ingress::Config::from_source(&source(&[("mailbox_url", mailbox_url)])).expect("ingress config"),
+        )
+        .await
+        .expect("bind ingress");
+
+        let mut addrs = Vec::new();
+        for a in [resolver.addrs(), mailbox.addrs(), queue.addrs(), delivery.addrs(), ingress.addrs()] {
+            addrs.extend(a);
+        }
+        let shutdown = Shutdown::new();
+        let mut tasks = Vec::new();
+        macro_rules! spawn {
+            ($bound:expr) => {{
+                let s = shutdown.clone();
+                let b = $bound;
+                tasks.push(tokio::spawn(async move {
+                    b.run(s).await.expect("service run");
+                }));
+            }};
+        }
+        spawn!(resolver);
+        spawn!(mailbox);
+        spawn!(queue);
+        spawn!(delivery);
+        spawn!(ingress);
+        let stack = Stack { nats, dns, sink, data, addrs, shutdown, tasks };
+        stack.wait_ready().await;
+        stack
+    }
+
+    /// The address of the listener whose name contains `what` (e.g. "smtp", "pop3").
+    pub fn addr(&self, what: &str) -> SocketAddr {
+        self.addrs
+            .iter()
+            .find(|(n, _)| *n == what || n.ends_with(&format!(" {what}")) || n.starts_with(&format!("{what} ")))
+            .or_else(|| self.addrs.iter().find(|(n, _)| n.contains(what)))
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no listener named {what} in {:?}", self.addrs))
+    }
+
+    /// Wait until every admin port says ready.
+    async fn wait_ready(&self) {
+        let admins: Vec<SocketAddr> = self.addrs.iter().filter(|(n, _)| n.contains("admin")).map(|(_, a)| *a).collect();
+        assert_eq!(admins.len(), 5, "one admin port per service: {:?}", self.addrs);
+        for a in admins {
+            tern_testkit::wait_for(&format!("{a}/readyz"), Duration::from_secs(30), || async move {
+                http_get(a, "/readyz").await.filter(|(code, _)| *code == 200)
+            })
+            .await;
+        }
+    }
+
+    /// Stop every service and wait for them to finish.
+    pub async fn stop(mut self) {
+        self.shutdown.trigger();
+        for t in self.tasks.drain(..) {
+            tokio::time::timeout(Duration::from_secs(15), t)
+                .await
+                .expect("service stops within its grace period")
+                .expect("service task");
+        }
+    }
+
+    /// Create an account through the mailbox's gRPC API.
+    pub async fn add_user(&self, address: &str, password: &str) {
+        let url = format!("http://{}", self.addr("mailbox grpc"));
+        let mut client = tern_proto::accounts_client::AccountsClient::connect(url).await.expect("connect accounts");
+        client
+            .add_user(tern_proto::AddUserRequest { address: address.into(), password: password.into() })
+            .await
+            .expect("add user");
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// A minimal HTTP/1.1 GET over loopback: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((code, body))
+}
+
+/// Run a Python 3 script (a real client library: smtplib, poplib, imaplib) and return stdout.
+pub async fn python(script: &str, args: &[String]) -> Vec<u8> {
+    let script = script.to_string();
+    let args = args.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new("python3").arg("-c").arg(&script).args(&args).output().expect("run python3");
+        assert!(
+            out.status.success(),
+            "python client failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        out.stdout
+    })
+    .await
+    .expect("python task")
+}
+
+/// Send `message` with Python's smtplib; returns the server's final reply text.
+pub async fn smtp_send(addr: SocketAddr, from: &str, to: &[&str], message: &[u8]) -> String {
+    const SCRIPT: &str = r#"
+import smtplib, sys
+host, port, sender, path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+rcpts = sys.argv[5:]
+data = open(path, 'rb').read()
+s = smtplib.SMTP(host, port, local_hostname='client.test', timeout=30)
+s.ehlo()
+code, resp = s.docmd('MAIL', 'FROM:<%s>' % sender)
+assert code == 250, (code, resp)
+for r in rcpts:
+    code, resp = s.docmd('RCPT', 'TO:<%s>' % r)
+    assert code == 250, (code, resp)
+code, resp = s.data(data)
+print(code, resp.decode())
+s.quit()
+"#;
+    let file = tempfile::NamedTempFile::new().expect("temp message file");
+    std::fs::write(file.path(), message).expect("write message");
+    let mut args = vec![
+        addr.ip().to_string(),
+        addr.port().to_string(),
+        from.to_string(),
+        file.path().to_str().expect("utf-8 path").to_string(),
+    ];
+    args.extend(to.iter().map(|s| s.to_string()));
+    String::from_utf8_lossy(&python(SCRIPT, &args).await).trim().to_string()
+}

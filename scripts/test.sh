@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite: installs the pinned nats-server if missing, checks
+# formatting and lints, then runs every test (unit, service, end to end).
+# Tests start their own nats-server, DNS server and SMTP peers on loopback.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export TERN_NATS_SERVER="$(scripts/deps.sh)"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked "$@"
