@@ -1,1 +1,372 @@
-//! SMTP ingress service
+//! SMTP ingress: accepts mail over SMTP, checks recipients, stores bodies and
+//! publishes each accepted message's envelope on the `tern.spool` JetStream
+//! subject. A `250` is sent only after JetStream acknowledged the envelope.
+//!
+//! The protocol itself is the pure state machine in [`tern_smtp`]; this crate
+//! does the I/O (plain TCP, STARTTLS, implicit TLS), the recipient policy
+//! (local mailboxes via the mailbox service's `Accounts` gRPC API, relaying
+//! only for trusted networks) and the spool publish. See `README.md`.
+
+mod conn;
+mod received;
+mod spool;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_runtime::Shutdown;
+use tern_runtime::admin::{self, Readiness};
+use tern_runtime::bus::{self, BusError};
+use tern_runtime::config::{Cidr, CommonConfig, ConfigError, Key, List, Source, endpoints};
+use tern_runtime::grpc::{self, GrpcError};
+use tern_runtime::tls::{TlsConfig, TlsError};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+
+pub use received::received_header;
+
+/// The configuration keys only ingress reads.
+pub mod keys {
+    use super::*;
+
+    /// `TERN_SMTP_LISTEN`.
+    pub const SMTP_LISTEN: Key<SocketAddr> = Key::new(
+        "smtp_listen",
+        "127.0.0.1:2525",
+        "SMTP (MX) listener, with STARTTLS",
+    );
+    /// `TERN_SUBMISSION_LISTEN`.
+    pub const SUBMISSION_LISTEN: Key<Option<SocketAddr>> = Key::new(
+        "submission_listen",
+        "127.0.0.1:2587",
+        "message submission listener (RFC 6409), with STARTTLS; empty disables",
+    );
+    /// `TERN_SUBMISSIONS_LISTEN`.
+    pub const SUBMISSIONS_LISTEN: Key<Option<SocketAddr>> = Key::new(
+        "submissions_listen",
+        "127.0.0.1:2465",
+        "message submission over implicit TLS (RFC 8314); empty disables",
+    );
+    /// `TERN_TRUSTED_NETWORKS`.
+    pub const TRUSTED_NETWORKS: Key<List<Cidr>> = Key::new(
+        "trusted_networks",
+        "",
+        "client networks allowed to relay to non-local domains, e.g. 10.0.0.0/8,::1",
+    );
+    /// `TERN_MAX_MESSAGE_SIZE`.
+    pub const MAX_MESSAGE_SIZE: Key<usize> = Key::new(
+        "max_message_size",
+        "26214400",
+        "largest accepted message body in octets (advertised as SIZE)",
+    );
+    /// `TERN_MAX_RECIPIENTS`.
+    pub const MAX_RECIPIENTS: Key<usize> = Key::new(
+        "max_recipients",
+        "1000",
+        "most recipients in one SMTP transaction",
+    );
+}
+
+/// Everything ingress is configured with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Settings every service shares (host name, local domains, NATS, grace).
+    pub common: CommonConfig,
+    /// TLS certificate for STARTTLS and implicit TLS.
+    pub tls: TlsConfig,
+    /// SMTP (MX) listener.
+    pub smtp_listen: SocketAddr,
+    /// Submission listener (port 587 style), if enabled.
+    pub submission_listen: Option<SocketAddr>,
+    /// Implicit-TLS submission listener (port 465 style), if enabled.
+    pub submissions_listen: Option<SocketAddr>,
+    /// gRPC listener (health).
+    pub grpc_listen: SocketAddr,
+    /// Admin HTTP listener (`/healthz`, `/readyz`, `/metrics`).
+    pub admin_listen: SocketAddr,
+    /// The mailbox service's gRPC URL (recipient checks).
+    pub mailbox_url: String,
+    /// Client networks that may relay to non-local domains.
+    pub trusted_networks: Vec<Cidr>,
+    /// Largest accepted message body, in octets.
+    pub max_message_size: usize,
+    /// Most recipients per transaction.
+    pub max_recipients: usize,
+}
+
+impl Config {
+    /// Read every ingress key from `src`.
+    pub fn from_source(src: &Source) -> Result<Config, ConfigError> {
+        Ok(Config {
+            common: CommonConfig::from_source(src)?,
+            tls: TlsConfig::from_source(src)?,
+            smtp_listen: src.get(&keys::SMTP_LISTEN)?,
+            submission_listen: src.get(&keys::SUBMISSION_LISTEN)?,
+            submissions_listen: src.get(&keys::SUBMISSIONS_LISTEN)?,
+            grpc_listen: src.get(&endpoints::INGRESS_GRPC)?,
+            admin_listen: src.get(&endpoints::INGRESS_ADMIN)?,
+            mailbox_url: endpoints::url(src, &endpoints::MAILBOX_URL, &endpoints::MAILBOX_GRPC)?,
+            trusted_networks: src.get(&keys::TRUSTED_NETWORKS)?.0,
+            max_message_size: src.get(&keys::MAX_MESSAGE_SIZE)?,
+            max_recipients: src.get(&keys::MAX_RECIPIENTS)?,
+        })
+    }
+}
+
+/// Errors starting or running ingress.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener could not be bound.
+    #[error("bind {what} listener on {addr}: {source}")]
+    Bind {
+        /// Which listener (`smtp`, `grpc`, ...).
+        what: &'static str,
+        /// The address tried.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The TLS certificate could not be loaded or generated.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// NATS could not be reached or set up.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The gRPC server failed, or the mailbox URL is malformed.
+    #[error(transparent)]
+    Grpc(#[from] GrpcError),
+    /// The admin HTTP server failed.
+    #[error("admin HTTP server: {0}")]
+    Admin(std::io::Error),
+    /// A server task ended unexpectedly (panicked or was cancelled).
+    #[error("{0} task ended unexpectedly: {1}")]
+    Task(&'static str, String),
+}
+
+/// The kinds of SMTP listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ListenerKind {
+    /// MX: STARTTLS offered.
+    Smtp,
+    /// Submission: STARTTLS offered.
+    Submission,
+    /// Submission over implicit TLS.
+    Submissions,
+}
+
+impl ListenerKind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ListenerKind::Smtp => "smtp",
+            ListenerKind::Submission => "submission",
+            ListenerKind::Submissions => "submissions",
+        }
+    }
+}
+
+/// Ingress with every listener bound, ready to [`Bound::run`].
+pub struct Bound {
+    config: Config,
+    nats_url: String,
+    smtp: Vec<(ListenerKind, TcpListener)>,
+    grpc: TcpListener,
+    admin: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+async fn bind_one(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { what, addr, source })
+}
+
+/// Load TLS material and bind every listener (port 0 picks a free port).
+pub async fn bind(config: Config) -> Result<Bound, Error> {
+    let nats_url = config.common.require_nats_url()?.to_string();
+    let tls = config
+        .tls
+        .server_config(&config.common.data_dir, &config.common.hostname)?;
+    let mut smtp = vec![(
+        ListenerKind::Smtp,
+        bind_one("smtp", config.smtp_listen).await?,
+    )];
+    if let Some(addr) = config.submission_listen {
+        smtp.push((
+            ListenerKind::Submission,
+            bind_one("submission", addr).await?,
+        ));
+    }
+    if let Some(addr) = config.submissions_listen {
+        smtp.push((
+            ListenerKind::Submissions,
+            bind_one("submissions", addr).await?,
+        ));
+    }
+    let grpc = bind_one("grpc", config.grpc_listen).await?;
+    let admin = bind_one("admin", config.admin_listen).await?;
+    Ok(Bound {
+        config,
+        nats_url,
+        smtp,
+        grpc,
+        admin,
+        tls,
+    })
+}
+
+impl Bound {
+    /// The bound addresses: `smtp`, `submission`, `submissions` (when
+    /// enabled), `grpc` and `admin`.
+    pub fn addrs(&self) -> Vec<(&'static str, SocketAddr)> {
+        let mut out: Vec<(&'static str, SocketAddr)> = self
+            .smtp
+            .iter()
+            .filter_map(|(kind, l)| l.local_addr().ok().map(|a| (kind.name(), a)))
+            .collect();
+        for (name, l) in [("grpc", &self.grpc), ("admin", &self.admin)] {
+            if let Ok(a) = l.local_addr() {
+                out.push((name, a));
+            }
+        }
+        out
+    }
+
+    /// Serve until `shutdown`, then stop accepting, let in-flight sessions
+    /// finish within `shutdown_grace` (idle ones are told `421 4.3.2`), and
+    /// return `Ok`.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), Error> {
+        let Bound {
+            config,
+            nats_url,
+            smtp,
+            grpc,
+            admin,
+            tls,
+        } = self;
+        // `draining` starts the drain (on shutdown or when a server task
+        // fails); `stop` ends the admin and gRPC servers once drained; `hard`
+        // cuts off sessions still running when the grace period is over.
+        let draining = shutdown.child();
+        let stop = Shutdown::new();
+        let hard = Shutdown::new();
+
+        let ready = Readiness::default();
+        let mut admin_task = tokio::spawn(admin::serve(
+            admin,
+            ready.clone(),
+            draining.clone(),
+            stop.clone(),
+        ));
+        let (reporter, health) = grpc::health();
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        let routes = tonic::service::Routes::new(health);
+        let mut grpc_task = tokio::spawn(grpc::serve(grpc, routes, stop.clone()));
+
+        let client = bus::connect(&nats_url, "tern-ingress").await?;
+        let js = async_nats::jetstream::new(client);
+        {
+            let (js, draining, ready, reporter) = (
+                js.clone(),
+                draining.clone(),
+                ready.clone(),
+                reporter.clone(),
+            );
+            tokio::spawn(async move {
+                let streams = bus::ensure_streams_until_ready(&js, &draining).await;
+                if streams.is_ok() && !draining.is_triggered() {
+                    ready.set(true);
+                    reporter
+                        .set_service_status("", tonic_health::ServingStatus::Serving)
+                        .await;
+                    tracing::info!("JetStream streams ready");
+                }
+            });
+        }
+
+        let accounts = tern_proto::accounts_client::AccountsClient::with_interceptor(
+            grpc::channel(&config.mailbox_url)?,
+            tern_runtime::telemetry::grpc_inject as conn::Interceptor,
+        );
+        let ctx = Arc::new(conn::Ctx::new(&config, js, accounts, tls));
+        let tracker = TaskTracker::new();
+        let mut accept_tasks: Vec<JoinHandle<()>> = Vec::new();
+        for (kind, listener) in smtp {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(listener = kind.name(), %addr, "accepting SMTP connections");
+            }
+            accept_tasks.push(tokio::spawn(conn::accept_loop(
+                listener,
+                kind,
+                ctx.clone(),
+                tracker.clone(),
+                draining.clone(),
+                hard.clone(),
+            )));
+        }
+
+        let mut failure: Option<Error> = None;
+        let (mut grpc_done, mut admin_done) = (false, false);
+        tokio::select! {
+            _ = draining.wait() => {}
+            r = &mut grpc_task => {
+                grpc_done = true;
+                failure = Some(match r {
+                    Ok(Ok(())) => Error::Task("gRPC server", "stopped".into()),
+                    Ok(Err(e)) => Error::Grpc(e),
+                    Err(e) => Error::Task("gRPC server", e.to_string()),
+                });
+            }
+            r = &mut admin_task => {
+                admin_done = true;
+                failure = Some(match r {
+                    Ok(Ok(())) => Error::Task("admin server", "stopped".into()),
+                    Ok(Err(e)) => Error::Admin(e),
+                    Err(e) => Error::Task("admin server", e.to_string()),
+                });
+            }
+        }
+        if let Some(e) = &failure {
+            tracing::error!(error = %e, "server task failed; draining");
+        }
+        draining.trigger();
+        ready.set(false);
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        for t in accept_tasks {
+            let _ = t.await;
+        }
+        tracing::info!(
+            in_flight = tracker.len(),
+            "stopped accepting; draining SMTP sessions"
+        );
+        if !tern_runtime::shutdown::drain(&tracker, config.common.shutdown_grace).await {
+            hard.trigger();
+            // Sessions reply 421 and close as soon as they see `hard`.
+            let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+        }
+        stop.trigger();
+        if !grpc_done {
+            let _ = grpc_task.await;
+        }
+        if !admin_done {
+            let _ = admin_task.await;
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Bind and run until `shutdown`.
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    bind(config).await?.run(shutdown).await
+}

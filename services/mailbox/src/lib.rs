@@ -1,1 +1,413 @@
-//! Mailbox service: accounts, storage, IMAP, POP3
+//! The mailbox service: accounts (the `tern.v1.Accounts` gRPC API), message
+//! storage in SQLite or PostgreSQL, local delivery of `tern.jobs.local` jobs,
+//! and mail access over IMAP and POP3 (cleartext and implicit TLS).
+//!
+//! See `services/mailbox/README.md` for what it owns, consumes and produces.
+
+mod accounts;
+mod deliver;
+mod imap;
+mod net;
+mod pop3;
+mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use tern_proto::accounts_server::AccountsServer;
+use tern_runtime::admin::{self, Readiness};
+use tern_runtime::bus::{self, BusError};
+use tern_runtime::config::{self, CommonConfig, ConfigError, Source, endpoints};
+use tern_runtime::tls::{TlsConfig, TlsError};
+use tern_runtime::{Shutdown, grpc, shutdown};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
+
+pub use store::StoreError;
+
+use accounts::AccountsService;
+use net::{Protocol, SessionCtx};
+use store::Store;
+
+/// The mailbox's configuration keys.
+pub mod keys {
+    use std::net::SocketAddr;
+
+    use tern_runtime::config::Key;
+
+    /// `TERN_IMAP_LISTEN`.
+    pub const IMAP_LISTEN: Key<Option<SocketAddr>> = Key::new(
+        "imap_listen",
+        "127.0.0.1:1143",
+        "IMAP (cleartext) listen address; empty disables",
+    );
+    /// `TERN_IMAPS_LISTEN`.
+    pub const IMAPS_LISTEN: Key<Option<SocketAddr>> = Key::new(
+        "imaps_listen",
+        "127.0.0.1:1993",
+        "IMAP over implicit TLS listen address; empty disables",
+    );
+    /// `TERN_POP3_LISTEN`.
+    pub const POP3_LISTEN: Key<Option<SocketAddr>> = Key::new(
+        "pop3_listen",
+        "127.0.0.1:1110",
+        "POP3 (cleartext) listen address; empty disables",
+    );
+    /// `TERN_POP3S_LISTEN`.
+    pub const POP3S_LISTEN: Key<Option<SocketAddr>> = Key::new(
+        "pop3s_listen",
+        "127.0.0.1:1995",
+        "POP3 over implicit TLS listen address; empty disables",
+    );
+    /// `TERN_DATABASE_URL`.
+    pub const DATABASE_URL: Key<String> = Key::new(
+        "database_url",
+        "",
+        "mailbox database: sqlite://PATH (default sqlite://<data_dir>/mailbox.db) or postgres://USER:PASS@HOST/DB",
+    );
+    /// `TERN_ALLOW_PLAINTEXT_AUTH`.
+    pub const ALLOW_PLAINTEXT_AUTH: Key<bool> = Key::new(
+        "allow_plaintext_auth",
+        "true",
+        "allow IMAP LOGIN and POP3 USER/PASS on the cleartext ports (TLS ports always allow them)",
+    );
+}
+
+/// Everything the mailbox service is configured with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Shared settings (data dir, NATS, hostname, local domains, shutdown grace).
+    pub common: CommonConfig,
+    /// IMAP cleartext listener (`None` disables it).
+    pub imap_listen: Option<SocketAddr>,
+    /// IMAP implicit-TLS listener (`None` disables it).
+    pub imaps_listen: Option<SocketAddr>,
+    /// POP3 cleartext listener (`None` disables it).
+    pub pop3_listen: Option<SocketAddr>,
+    /// POP3 implicit-TLS listener (`None` disables it).
+    pub pop3s_listen: Option<SocketAddr>,
+    /// gRPC (Accounts + health) listener.
+    pub grpc_listen: SocketAddr,
+    /// Admin HTTP (`/healthz`, `/readyz`, `/metrics`) listener.
+    pub admin_listen: SocketAddr,
+    /// `sqlite://PATH` or `postgres://...`.
+    pub database_url: String,
+    /// Allow password authentication on cleartext connections. Defaults to
+    /// true so the walking skeleton works without certificates; production
+    /// deployments should set it to false (there is no STARTTLS yet, so
+    /// cleartext ports then cannot log in at all).
+    pub allow_plaintext_auth: bool,
+    /// Certificate for the TLS listeners.
+    pub tls: TlsConfig,
+}
+
+/// Percent-encode the characters sqlx would read as URL syntax in a path.
+fn sqlite_url(path: &std::path::Path) -> String {
+    let p = path
+        .display()
+        .to_string()
+        .replace('%', "%25")
+        .replace('?', "%3F")
+        .replace('#', "%23");
+    format!("sqlite://{p}")
+}
+
+impl Config {
+    /// Read every key of this service.
+    pub fn from_source(src: &Source) -> Result<Config, ConfigError> {
+        let common = CommonConfig::from_source(src)?;
+        let default_db = sqlite_url(&common.data_dir.join("mailbox.db"));
+        let database_url = src.get_or(&keys::DATABASE_URL, &default_db)?;
+        let supported = ["sqlite:", "postgres://", "postgresql://"];
+        if !supported.iter().any(|p| database_url.starts_with(p)) {
+            return Err(ConfigError::Invalid {
+                key: config::env_name(keys::DATABASE_URL.name),
+                value: database_url,
+                expected: "sqlite://PATH or postgres://USER:PASS@HOST/DB",
+            });
+        }
+        Ok(Config {
+            imap_listen: src.get(&keys::IMAP_LISTEN)?,
+            imaps_listen: src.get(&keys::IMAPS_LISTEN)?,
+            pop3_listen: src.get(&keys::POP3_LISTEN)?,
+            pop3s_listen: src.get(&keys::POP3S_LISTEN)?,
+            grpc_listen: src.get(&endpoints::MAILBOX_GRPC)?,
+            admin_listen: src.get(&endpoints::MAILBOX_ADMIN)?,
+            database_url,
+            allow_plaintext_auth: src.get(&keys::ALLOW_PLAINTEXT_AUTH)?,
+            tls: TlsConfig::from_source(src)?,
+            common,
+        })
+    }
+}
+
+/// Errors starting or running the mailbox.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener could not be bound.
+    #[error("bind {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener (`imap`, `grpc`, ...).
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The TLS certificate could not be loaded or generated.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// NATS could not be reached or set up.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The admin HTTP server failed.
+    #[error("admin server: {0}")]
+    Admin(std::io::Error),
+}
+
+/// The mailbox with every listener bound, ready to [`run`](Bound::run).
+pub struct Bound {
+    config: Config,
+    imap: Option<TcpListener>,
+    imaps: Option<TcpListener>,
+    pop3: Option<TcpListener>,
+    pop3s: Option<TcpListener>,
+    grpc: TcpListener,
+    admin: TcpListener,
+    tls: Option<TlsAcceptor>,
+}
+
+async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { what, addr, source })
+}
+
+async fn listen_opt(
+    what: &'static str,
+    addr: Option<SocketAddr>,
+) -> Result<Option<TcpListener>, Error> {
+    match addr {
+        Some(a) => Ok(Some(listen(what, a).await?)),
+        None => Ok(None),
+    }
+}
+
+fn describe_metrics() {
+    metrics::describe_counter!(
+        "tern_mailbox_sessions_total",
+        "IMAP and POP3 connections accepted, by protocol (imap, imaps, pop3, pop3s)"
+    );
+    metrics::describe_counter!(
+        "tern_mailbox_deliveries_total",
+        "local deliveries per recipient, by outcome (delivered, deferred, bounced)"
+    );
+}
+
+/// Bind every listener (port 0 picks a free port) and load TLS material.
+pub async fn bind(config: Config) -> Result<Bound, Error> {
+    config.common.require_nats_url()?;
+    admin::metrics_handle();
+    describe_metrics();
+    let tls = if config.imaps_listen.is_some() || config.pop3s_listen.is_some() {
+        let sc = config
+            .tls
+            .server_config(&config.common.data_dir, &config.common.hostname)?;
+        Some(TlsAcceptor::from(sc))
+    } else {
+        None
+    };
+    Ok(Bound {
+        imap: listen_opt("imap", config.imap_listen).await?,
+        imaps: listen_opt("imaps", config.imaps_listen).await?,
+        pop3: listen_opt("pop3", config.pop3_listen).await?,
+        pop3s: listen_opt("pop3s", config.pop3s_listen).await?,
+        grpc: listen("grpc", config.grpc_listen).await?,
+        admin: listen("admin", config.admin_listen).await?,
+        tls,
+        config,
+    })
+}
+
+/// Open the database, retrying a PostgreSQL server that is not up yet.
+/// `None` when shutdown began first.
+async fn open_store(url: &str, shutdown: &Shutdown) -> Result<Option<Store>, Error> {
+    let retry = !url.starts_with("sqlite:");
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match Store::open(url).await {
+            Ok(s) => return Ok(Some(s)),
+            Err(StoreError::Db(e)) if retry && !shutdown.is_triggered() => {
+                tracing::warn!(error = %e, "database not reachable; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.wait() => return Ok(None),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+impl Bound {
+    /// The bound addresses: `imap`, `imaps`, `pop3`, `pop3s` (those
+    /// enabled), `grpc` and `admin`.
+    pub fn addrs(&self) -> Vec<(&'static str, SocketAddr)> {
+        let mut out = Vec::new();
+        for (name, l) in [
+            ("imap", &self.imap),
+            ("imaps", &self.imaps),
+            ("pop3", &self.pop3),
+            ("pop3s", &self.pop3s),
+        ] {
+            if let Some(a) = l.as_ref().and_then(|l| l.local_addr().ok()) {
+                out.push((name, a));
+            }
+        }
+        for (name, l) in [("grpc", &self.grpc), ("admin", &self.admin)] {
+            if let Ok(a) = l.local_addr() {
+                out.push((name, a));
+            }
+        }
+        out
+    }
+
+    /// Serve until `shutdown`, then stop accepting, drain in-flight
+    /// sessions and deliveries within `shutdown_grace`, and return.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), Error> {
+        let ready = Readiness::default();
+        let admin_stop = Shutdown::new();
+        let admin_task = tokio::spawn(admin::serve(
+            self.admin,
+            ready.clone(),
+            shutdown.clone(),
+            admin_stop.clone(),
+        ));
+        let served = serve(
+            self.config,
+            Listeners {
+                imap: self.imap,
+                imaps: self.imaps,
+                pop3: self.pop3,
+                pop3s: self.pop3s,
+                grpc: self.grpc,
+                tls: self.tls,
+            },
+            ready,
+            shutdown,
+        )
+        .await;
+        admin_stop.trigger();
+        let admin_result = admin_task.await;
+        served?;
+        match admin_result {
+            Ok(Err(e)) => Err(Error::Admin(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+struct Listeners {
+    imap: Option<TcpListener>,
+    imaps: Option<TcpListener>,
+    pop3: Option<TcpListener>,
+    pop3s: Option<TcpListener>,
+    grpc: TcpListener,
+    tls: Option<TlsAcceptor>,
+}
+
+async fn serve(
+    config: Config,
+    l: Listeners,
+    ready: Readiness,
+    shutdown: Shutdown,
+) -> Result<(), Error> {
+    let nats_url = config.common.require_nats_url()?.to_string();
+    let Some(store) = open_store(&config.database_url, &shutdown).await? else {
+        return Ok(());
+    };
+    let store = Arc::new(store);
+    tracing::info!(backend = store.backend(), "database ready");
+
+    let (reporter, health) = grpc::health();
+    reporter
+        .set_serving::<AccountsServer<AccountsService>>()
+        .await;
+    let accounts = AccountsService::new(store.clone(), config.common.local_domains.clone());
+    let routes = tonic::service::Routes::new(health).add_service(AccountsServer::new(accounts));
+    let grpc_task = tokio::spawn(grpc::serve(l.grpc, routes, shutdown.clone()));
+
+    let tracker = TaskTracker::new();
+    let ctx = Arc::new(SessionCtx {
+        store: store.clone(),
+        hostname: config.common.hostname.clone(),
+        allow_plaintext_auth: config.allow_plaintext_auth,
+        shutdown: shutdown.clone(),
+    });
+    let mut accept_tasks = Vec::new();
+    for (listener, protocol, label, tls) in [
+        (l.imap, Protocol::Imap, "imap", None),
+        (l.imaps, Protocol::Imap, "imaps", l.tls.clone()),
+        (l.pop3, Protocol::Pop3, "pop3", None),
+        (l.pop3s, Protocol::Pop3, "pop3s", l.tls.clone()),
+    ] {
+        if let Some(listener) = listener {
+            accept_tasks.push(tokio::spawn(net::accept_loop(
+                listener,
+                protocol,
+                label,
+                tls,
+                ctx.clone(),
+                tracker.clone(),
+            )));
+        }
+    }
+
+    let client = bus::connect(&nats_url, "tern-mailbox").await?;
+    let deliverer = Arc::new(deliver::Deliverer {
+        js: jetstream::new(client.clone()),
+        store: store.clone(),
+    });
+    let deliver_task = tokio::spawn(deliver::run(
+        deliverer,
+        ready,
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+
+    shutdown.wait().await;
+    tracing::info!("mailbox shutting down: draining sessions and deliveries");
+    reporter
+        .set_not_serving::<AccountsServer<AccountsService>>()
+        .await;
+    for t in accept_tasks {
+        let _ = t.await;
+    }
+    let _ = deliver_task.await;
+    let grace = config.common.shutdown_grace;
+    shutdown::drain(&tracker, grace).await;
+    match tokio::time::timeout(grace, grpc_task).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server"),
+        Err(_) => tracing::warn!("gRPC server did not stop within the grace period"),
+        _ => {}
+    }
+    let _ = client.flush().await;
+    store.close().await;
+    tracing::info!("mailbox stopped");
+    Ok(())
+}
+
+/// Bind and run until `shutdown`.
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    bind(config).await?.run(shutdown).await
+}

@@ -1,0 +1,211 @@
+//! Recipient policy and handing accepted messages to the spool.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use prost::Message as _;
+use tern_proto::{DsnRet, Envelope, Recipient};
+use tern_runtime::{body, bus, telemetry};
+use tern_smtp::{ForwardPath, Message, MessageOutcome, RcptDecision, RcptTo, Reply, Ret, codes};
+use tracing::Span;
+
+use crate::conn::Ctx;
+
+/// How long a recipient check may take before the client gets 451.
+const CHECK_DEADLINE: Duration = Duration::from_secs(5);
+/// How long storing a large body in the object store may take.
+const STORE_DEADLINE: Duration = Duration::from_secs(30);
+/// How long we wait for JetStream to acknowledge the envelope.
+const PUBLISH_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Why a message could not be spooled (the client gets 451 4.3.0).
+#[derive(Debug, thiserror::Error)]
+enum SpoolError {
+    /// The body could not be stored.
+    #[error("store body: {0}")]
+    Body(#[from] body::BodyError),
+    /// The envelope could not be published or was not acknowledged.
+    #[error("publish envelope: {0}")]
+    Publish(String),
+    /// A step did not finish within its deadline.
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+}
+
+fn temp_failure(text: &str) -> Reply {
+    Reply::new(451, codes::TEMP_SYSTEM, text)
+}
+
+impl Ctx {
+    fn trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|net| net.contains(ip))
+    }
+
+    /// The address a recipient is recorded under in the envelope: as the
+    /// client wrote it, except that a bare `<Postmaster>` becomes postmaster
+    /// at our first local domain (RFC 5321 §4.5.1).
+    pub(crate) fn rcpt_address(&self, rcpt: &RcptTo) -> String {
+        match &rcpt.forward_path {
+            ForwardPath::Postmaster => {
+                let domain = self
+                    .common
+                    .local_domains
+                    .first()
+                    .map(|d| d.0.clone())
+                    .unwrap_or_else(|| self.common.hostname.to_ascii_lowercase());
+                format!("postmaster@{domain}")
+            }
+            ForwardPath::Mailbox(m) => m.to_string(),
+        }
+    }
+
+    /// The address asked of the mailbox: the envelope address with the domain
+    /// lower-cased (domains are case-insensitive, RFC 5321 §2.4; the local
+    /// part is the mailbox's to interpret).
+    fn lookup_address(&self, rcpt: &RcptTo) -> String {
+        match &rcpt.forward_path {
+            ForwardPath::Mailbox(m) => format!("{}@{}", m.local_part, m.domain.to_lowercase()),
+            ForwardPath::Postmaster => self.rcpt_address(rcpt),
+        }
+    }
+
+    /// Local domains: ask the mailbox. Elsewhere: relay for trusted clients only.
+    pub(crate) async fn check_recipient(&self, client: IpAddr, rcpt: &RcptTo) -> RcptDecision {
+        let local = match &rcpt.forward_path {
+            ForwardPath::Postmaster => true,
+            ForwardPath::Mailbox(m) => {
+                !m.is_address_literal() && self.common.is_local_domain(&m.domain)
+            }
+        };
+        let address = self.lookup_address(rcpt);
+        if !local {
+            if self.trusted(client) {
+                return RcptDecision::Accept;
+            }
+            tracing::info!(rcpt = %address, client = %client, "relay denied");
+            return RcptDecision::Reject(Reply::new(
+                554,
+                codes::NOT_AUTHORIZED,
+                "Relay access denied",
+            ));
+        }
+        let mut accounts = self.accounts.clone();
+        let request = tern_proto::CheckRecipientRequest {
+            address: address.clone(),
+        };
+        match tokio::time::timeout(CHECK_DEADLINE, accounts.check_recipient(request)).await {
+            Ok(Ok(resp)) if resp.get_ref().exists => RcptDecision::Accept,
+            Ok(Ok(_)) => {
+                tracing::info!(rcpt = %address, "unknown local recipient");
+                RcptDecision::Reject(Reply::new(
+                    550,
+                    codes::NO_SUCH_USER,
+                    format!("<{address}>: no such user here"),
+                ))
+            }
+            Ok(Err(status)) => {
+                tracing::warn!(rcpt = %address, error = %status, "mailbox recipient check failed");
+                RcptDecision::Reject(temp_failure("Recipient lookup failed, try again later"))
+            }
+            Err(_) => {
+                tracing::warn!(rcpt = %address, "mailbox recipient check timed out");
+                RcptDecision::Reject(temp_failure("Recipient lookup timed out, try again later"))
+            }
+        }
+    }
+
+    /// Give the message an id, prepend `Received:`, store the body and
+    /// publish the envelope; `Queued` only once JetStream acknowledged it.
+    pub(crate) async fn accept_message(&self, message: Message, client: IpAddr) -> MessageOutcome {
+        let id = ulid::Ulid::new().to_string();
+        let span = Span::current();
+        span.record("message_id", id.as_str());
+        span.record("rcpt_count", message.rcpts.len());
+        match self.spool(&id, &message, client).await {
+            Ok(()) => {
+                tracing::info!(
+                    message_id = %id,
+                    mail_from = %message.mail_from.sender(),
+                    rcpts = message.rcpts.len(),
+                    size = message.body.len(),
+                    "message queued"
+                );
+                MessageOutcome::Queued { id }
+            }
+            Err(e) => {
+                tracing::warn!(message_id = %id, error = %e, "could not spool message");
+                MessageOutcome::Failed(temp_failure(
+                    "Temporary failure storing the message, try again later",
+                ))
+            }
+        }
+    }
+
+    async fn spool(&self, id: &str, message: &Message, client: IpAddr) -> Result<(), SpoolError> {
+        let received_at = tern_runtime::now_unix_ms();
+        let header =
+            crate::received_header(message, client, &self.common.hostname, id, received_at);
+        let mut full = BytesMut::with_capacity(header.len() + message.body.len());
+        full.extend_from_slice(header.as_bytes());
+        full.extend_from_slice(&message.body);
+        let body_ref =
+            tokio::time::timeout(STORE_DEADLINE, body::store(&self.js, id, full.freeze()))
+                .await
+                .map_err(|_| SpoolError::Timeout("body store"))??;
+        let envelope = Envelope {
+            id: id.to_string(),
+            mail_from: message.mail_from.sender(),
+            rcpts: message
+                .rcpts
+                .iter()
+                .map(|r| Recipient {
+                    address: self.rcpt_address(r),
+                    orcpt: r.orcpt.as_ref().map(|o| o.to_string()).unwrap_or_default(),
+                    notify: r.notify.iter().map(|n| n.as_str().to_string()).collect(),
+                })
+                .collect(),
+            body: Some(body_ref),
+            received_at_unix_ms: received_at,
+            client_ip: client.to_canonical().to_string(),
+            helo: message.helo.clone(),
+            auth_user: String::new(),
+            envid: message.mail_from.envid.clone().unwrap_or_default(),
+            ret: match message.mail_from.ret {
+                None => DsnRet::Unspecified,
+                Some(Ret::Full) => DsnRet::Full,
+                Some(Ret::Hdrs) => DsnRet::Hdrs,
+            } as i32,
+            smtputf8: message.mail_from.smtputf8,
+            eight_bit: message.eight_bit(),
+        };
+        self.publish(id, Bytes::from(envelope.encode_to_vec()))
+            .await
+    }
+
+    /// Publish on `tern.spool` with the message id for de-duplication and the
+    /// current trace context, and wait for the JetStream ack.
+    async fn publish(&self, id: &str, payload: Bytes) -> Result<(), SpoolError> {
+        let mut headers = async_nats::HeaderMap::new();
+        telemetry::inject_nats(&mut headers);
+        let publish = async_nats::jetstream::message::PublishMessage::build()
+            .headers(headers)
+            .message_id(id)
+            .expected_stream(bus::SPOOL_STREAM)
+            .payload(payload);
+        let start = Instant::now();
+        let result = tokio::time::timeout(PUBLISH_DEADLINE, async {
+            let ack = self
+                .js
+                .send_publish(bus::SPOOL_SUBJECT, publish)
+                .await
+                .map_err(|e| SpoolError::Publish(e.to_string()))?;
+            ack.await.map_err(|e| SpoolError::Publish(e.to_string()))
+        })
+        .await;
+        metrics::histogram!("tern_spool_publish_seconds").record(start.elapsed().as_secs_f64());
+        let ack = result.map_err(|_| SpoolError::Timeout("spool publish ack"))??;
+        tracing::debug!(stream = %ack.stream, seq = ack.sequence, duplicate = ack.duplicate, "spool ack");
+        Ok(())
+    }
+}

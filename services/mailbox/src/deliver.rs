@@ -1,0 +1,394 @@
+//! Local delivery: pull jobs from `tern.jobs.local`, store one copy per
+//! recipient, publish a `JobResult`, then ack the job.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt;
+use prost::Message as _;
+use tern_proto::{Job, JobResult, Outcome, RecipientResult};
+use tern_runtime::admin::Readiness;
+use tern_runtime::body::{self, BodyError};
+use tern_runtime::{Shutdown, bus, telemetry};
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::accounts::normalize_address;
+use crate::store::{Delivered, Store};
+
+/// How long a job may be in flight before JetStream redelivers it.
+pub const ACK_WAIT: Duration = Duration::from_secs(60);
+/// Jobs processed at the same time.
+const CONCURRENCY: usize = 8;
+/// The destination name of local jobs and results.
+const LOCAL: &str = "local";
+
+/// Everything a delivery needs.
+pub struct Deliverer {
+    /// JetStream context.
+    pub js: jetstream::Context,
+    /// The database.
+    pub store: Arc<Store>,
+}
+
+/// Pull and process local jobs until shutdown. Marks `ready` once the
+/// streams and the consumer exist.
+pub async fn run(d: Arc<Deliverer>, ready: Readiness, shutdown: Shutdown, tracker: TaskTracker) {
+    let limit = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut delay = Duration::from_millis(200);
+    'outer: while !shutdown.is_triggered() {
+        if bus::ensure_streams_until_ready(&d.js, &shutdown)
+            .await
+            .is_err()
+        {
+            break;
+        }
+        let consumer = match bus::pull_consumer(
+            &d.js,
+            bus::JOBS_STREAM,
+            bus::consumers::MAILBOX,
+            bus::LOCAL_JOBS_SUBJECT,
+            ACK_WAIT,
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "mailbox consumer not ready; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.wait() => break,
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let mut messages = match consumer
+            .stream()
+            .max_messages_per_batch(CONCURRENCY)
+            .messages()
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "pull local jobs; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.wait() => break,
+                }
+                continue;
+            }
+        };
+        ready.set(true);
+        delay = Duration::from_millis(200);
+        tracing::info!("consuming local jobs");
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.wait() => break 'outer,
+                m = messages.next() => m,
+            };
+            match next {
+                Some(Ok(msg)) => {
+                    let Ok(permit) = limit.clone().acquire_owned().await else {
+                        break 'outer;
+                    };
+                    let d = d.clone();
+                    tracker.spawn(async move {
+                        handle(&d, msg).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "reading local jobs");
+                }
+                None => {
+                    tracing::warn!("local job stream ended; re-subscribing");
+                    continue 'outer;
+                }
+            }
+        }
+    }
+}
+
+fn outcome_label(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Delivered => "delivered",
+        Outcome::Deferred => "deferred",
+        Outcome::Bounced => "bounced",
+        Outcome::Unspecified => "unspecified",
+    }
+}
+
+fn result(
+    address: &str,
+    outcome: Outcome,
+    code: u32,
+    enhanced: &str,
+    reply: &str,
+) -> RecipientResult {
+    RecipientResult {
+        address: address.to_string(),
+        outcome: outcome as i32,
+        code,
+        enhanced: enhanced.to_string(),
+        reply: reply.to_string(),
+        remote_host: String::new(),
+    }
+}
+
+/// Header-safe: no control characters (so no CR/LF injection).
+fn header_safe(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).collect()
+}
+
+/// The header lines put in front of the body for one recipient.
+pub fn prefix(mail_from: &str, rcpt: &str) -> Vec<u8> {
+    format!(
+        "Return-Path: <{}>\r\nDelivered-To: {}\r\n",
+        header_safe(mail_from),
+        header_safe(rcpt)
+    )
+    .into_bytes()
+}
+
+async fn handle(d: &Deliverer, msg: jetstream::Message) {
+    let span = tracing::info_span!(
+        "mailbox.deliver",
+        job_id = tracing::field::Empty,
+        message_id = tracing::field::Empty,
+        attempt = tracing::field::Empty,
+        rcpts = tracing::field::Empty,
+    );
+    telemetry::link_nats_parent(&span, msg.headers.as_ref());
+    async move {
+        let job = match Job::decode(msg.payload.clone()) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(error = %e, "undecodable local job; dropping it");
+                let _ = msg.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        let span = tracing::Span::current();
+        span.record("job_id", job.job_id.as_str());
+        span.record("message_id", job.message_id.as_str());
+        span.record("attempt", job.attempt);
+        span.record("rcpts", job.rcpts.len());
+
+        let results = deliver_job(d, &job).await;
+        let jr = JobResult {
+            job_id: job.job_id.clone(),
+            message_id: job.message_id.clone(),
+            destination: LOCAL.to_string(),
+            attempt: job.attempt,
+            results,
+        };
+        match publish_result(&d.js, &jr).await {
+            Ok(()) => {
+                if let Err(e) = msg.ack().await {
+                    tracing::warn!(error = %e, "ack local job (it will be redelivered; delivery is idempotent)");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "publish job result; job will be retried");
+                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn deliver_job(d: &Deliverer, job: &Job) -> Vec<RecipientResult> {
+    let body_ref = job.body.clone().unwrap_or_default();
+    let body = body::load(&d.js, &body_ref).await;
+    let received = if job.received_at_unix_ms > 0 {
+        job.received_at_unix_ms
+    } else {
+        tern_runtime::now_unix_ms()
+    };
+    let mut out = Vec::with_capacity(job.rcpts.len());
+    for rcpt in &job.rcpts {
+        let r = match &body {
+            Err(BodyError::Invalid) => result(
+                &rcpt.address,
+                Outcome::Bounced,
+                554,
+                "5.6.0",
+                "message body reference is invalid",
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "load body");
+                result(
+                    &rcpt.address,
+                    Outcome::Deferred,
+                    451,
+                    "4.3.0",
+                    "message body temporarily unavailable",
+                )
+            }
+            Ok(body) => deliver_one(&d.store, job, &rcpt.address, body, received).await,
+        };
+        let outcome = Outcome::try_from(r.outcome).unwrap_or(Outcome::Unspecified);
+        metrics::counter!("tern_mailbox_deliveries_total", "outcome" => outcome_label(outcome))
+            .increment(1);
+        out.push(r);
+    }
+    out
+}
+
+async fn deliver_one(
+    store: &Store,
+    job: &Job,
+    rcpt: &str,
+    body: &[u8],
+    received: i64,
+) -> RecipientResult {
+    let Some(address) = normalize_address(rcpt) else {
+        return result(
+            rcpt,
+            Outcome::Bounced,
+            550,
+            "5.1.3",
+            "bad recipient address syntax",
+        );
+    };
+    let account = match store.account(&address).await {
+        Ok(Some((a, _))) => a,
+        Ok(None) => {
+            tracing::info!(rcpt = %address, "no such mailbox");
+            return result(
+                rcpt,
+                Outcome::Bounced,
+                550,
+                "5.1.1",
+                "mailbox unavailable: no such user",
+            );
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, rcpt = %address, "look up account");
+            return result(
+                rcpt,
+                Outcome::Deferred,
+                451,
+                "4.3.0",
+                "temporary storage failure",
+            );
+        }
+    };
+    let prefix = prefix(&job.mail_from, rcpt);
+    match store
+        .deliver(account.id, &job.message_id, &prefix, body, received)
+        .await
+    {
+        Ok(Delivered::Stored(uid)) => {
+            tracing::info!(rcpt = %address, uid, "stored");
+            result(rcpt, Outcome::Delivered, 250, "2.0.0", "message stored")
+        }
+        Ok(Delivered::Duplicate) => {
+            tracing::info!(rcpt = %address, "already stored; not storing again");
+            result(
+                rcpt,
+                Outcome::Delivered,
+                250,
+                "2.0.0",
+                "message already stored",
+            )
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, rcpt = %address, "store message");
+            result(
+                rcpt,
+                Outcome::Deferred,
+                451,
+                "4.3.0",
+                "temporary storage failure",
+            )
+        }
+    }
+}
+
+/// Errors publishing a result.
+#[derive(Debug, thiserror::Error)]
+enum PublishError {
+    /// The publish was not sent.
+    #[error("publish: {0}")]
+    Publish(#[from] async_nats::jetstream::context::PublishError),
+}
+
+async fn publish_result(js: &jetstream::Context, jr: &JobResult) -> Result<(), PublishError> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        format!("{}/{}", jr.job_id, jr.attempt).as_str(),
+    );
+    telemetry::inject_nats(&mut headers);
+    let ack = js
+        .publish_with_headers(
+            bus::results_subject(LOCAL),
+            headers,
+            jr.encode_to_vec().into(),
+        )
+        .await?;
+    ack.await?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn outcomes_per_recipient() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}/m.db", dir.path().display()))
+            .await
+            .unwrap();
+        store.create_account("a@example.com", "h").await.unwrap();
+        let job = Job {
+            message_id: "m1".into(),
+            mail_from: "s@remote.test".into(),
+            ..Default::default()
+        };
+        let r = deliver_one(&store, &job, "A@example.com", b"x\r\n", 1).await;
+        assert_eq!(
+            (r.outcome(), r.code, r.enhanced.as_str()),
+            (Outcome::Delivered, 250, "2.0.0")
+        );
+        assert_eq!(r.address, "A@example.com");
+        let r = deliver_one(&store, &job, "a@example.com", b"x\r\n", 1).await;
+        assert_eq!(
+            (r.outcome(), r.reply.as_str()),
+            (Outcome::Delivered, "message already stored")
+        );
+        let r = deliver_one(&store, &job, "b@example.com", b"x\r\n", 1).await;
+        assert_eq!(
+            (r.outcome(), r.code, r.enhanced.as_str()),
+            (Outcome::Bounced, 550, "5.1.1")
+        );
+        let r = deliver_one(&store, &job, "not an address", b"x\r\n", 1).await;
+        assert_eq!(r.outcome(), Outcome::Bounced);
+        // A storage failure is temporary.
+        store.close().await;
+        let r = deliver_one(&store, &job, "a@example.com", b"y\r\n", 1).await;
+        assert_eq!(
+            (r.outcome(), r.code, r.enhanced.as_str()),
+            (Outcome::Deferred, 451, "4.3.0")
+        );
+    }
+
+    #[test]
+    fn prefix_lines() {
+        assert_eq!(
+            prefix("a@example.com", "b@example.com"),
+            b"Return-Path: <a@example.com>\r\nDelivered-To: b@example.com\r\n"
+        );
+        assert_eq!(
+            prefix("", "b@x\r\nBcc: evil"),
+            b"Return-Path: <>\r\nDelivered-To: b@xBcc: evil\r\n"
+        );
+    }
+}
