@@ -79,8 +79,8 @@ pub async fn load(js: &jetstream::Context, r: &BodyRef) -> Result<Bytes, BodyErr
                 .direct_get(*seq)
                 .await
                 .map_err(|e| BodyError::Spool(*seq, e.to_string()))?;
-            let env = Envelope::decode(msg.payload)
-                .map_err(|e| BodyError::Spool(*seq, e.to_string()))?;
+            let env =
+                Envelope::decode(msg.payload).map_err(|e| BodyError::Spool(*seq, e.to_string()))?;
             match env.body.and_then(|b| b.location) {
                 Some(Location::Inline(b)) => Ok(b),
                 _ => Err(BodyError::Invalid),

@@ -149,7 +149,9 @@ impl Source {
                 message,
             };
             let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-            let table: toml::Table = text.parse().map_err(|e: toml::de::Error| err(e.to_string()))?;
+            let table: toml::Table = text
+                .parse()
+                .map_err(|e: toml::de::Error| err(e.to_string()))?;
             for (k, v) in table {
                 let s = match v {
                     toml::Value::String(s) => s,
@@ -401,11 +403,15 @@ impl Cidr {
         };
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -437,16 +443,25 @@ pub mod keys {
         "NATS server URL(s), comma-separated; unset under `tern up` starts a managed nats-server",
     );
     /// `TERN_HOSTNAME`.
-    pub const HOSTNAME: Key<Option<String>> =
-        Key::new("hostname", "", "name in banners, EHLO and Received (default: machine hostname)");
+    pub const HOSTNAME: Key<Option<String>> = Key::new(
+        "hostname",
+        "",
+        "name in banners, EHLO and Received (default: machine hostname)",
+    );
     /// `TERN_LOCAL_DOMAINS`.
-    pub const LOCAL_DOMAINS: Key<List<Domain>> =
-        Key::new("local_domains", "localhost", "domains whose mail is stored here");
+    pub const LOCAL_DOMAINS: Key<List<Domain>> = Key::new(
+        "local_domains",
+        "localhost",
+        "domains whose mail is stored here",
+    );
     /// `TERN_LOG_FORMAT`.
     pub const LOG_FORMAT: Key<String> = Key::new("log_format", "text", "log format: text or json");
     /// `TERN_SHUTDOWN_GRACE`.
-    pub const SHUTDOWN_GRACE: Key<Duration> =
-        Key::new("shutdown_grace", "25s", "how long in-flight work may take after SIGTERM");
+    pub const SHUTDOWN_GRACE: Key<Duration> = Key::new(
+        "shutdown_grace",
+        "25s",
+        "how long in-flight work may take after SIGTERM",
+    );
 }
 
 /// Settings every service shares.
@@ -486,7 +501,9 @@ impl CommonConfig {
     /// Is `domain` one of ours?
     pub fn is_local_domain(&self, domain: &str) -> bool {
         let d = domain.trim_end_matches('.');
-        self.local_domains.iter().any(|l| l.0.eq_ignore_ascii_case(d))
+        self.local_domains
+            .iter()
+            .any(|l| l.0.eq_ignore_ascii_case(d))
     }
 
     /// The NATS URL, or an error naming the key when it is required.
@@ -568,17 +585,30 @@ pub mod endpoints {
         MAILBOX_ADMIN, "mailbox_admin_listen", "127.0.0.1:9085", "mailbox /healthz /readyz /metrics");
 
     /// `TERN_QUEUE_URL`.
-    pub const QUEUE_URL: Key<String> =
-        Key::new("queue_url", "", "queue gRPC URL (default: from TERN_QUEUE_GRPC_LISTEN)");
+    pub const QUEUE_URL: Key<String> = Key::new(
+        "queue_url",
+        "",
+        "queue gRPC URL (default: from TERN_QUEUE_GRPC_LISTEN)",
+    );
     /// `TERN_RESOLVER_URL`.
-    pub const RESOLVER_URL: Key<String> =
-        Key::new("resolver_url", "", "resolver gRPC URL (default: from TERN_RESOLVER_GRPC_LISTEN)");
+    pub const RESOLVER_URL: Key<String> = Key::new(
+        "resolver_url",
+        "",
+        "resolver gRPC URL (default: from TERN_RESOLVER_GRPC_LISTEN)",
+    );
     /// `TERN_MAILBOX_URL`.
-    pub const MAILBOX_URL: Key<String> =
-        Key::new("mailbox_url", "", "mailbox gRPC URL (default: from TERN_MAILBOX_GRPC_LISTEN)");
+    pub const MAILBOX_URL: Key<String> = Key::new(
+        "mailbox_url",
+        "",
+        "mailbox gRPC URL (default: from TERN_MAILBOX_GRPC_LISTEN)",
+    );
 
     /// Read a client URL, defaulting to `http://` + the server's listen address.
-    pub fn url(src: &Source, url: &Key<String>, listen: &Key<SocketAddr>) -> Result<String, ConfigError> {
+    pub fn url(
+        src: &Source,
+        url: &Key<String>,
+        listen: &Key<SocketAddr>,
+    ) -> Result<String, ConfigError> {
         let addr = src.get(listen)?;
         src.get_or(url, &format!("http://{addr}"))
     }

@@ -26,12 +26,19 @@ pub enum GrpcError {
 }
 
 /// The standard health service plus a reporter to flip service statuses.
-pub fn health() -> (HealthReporter, tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>) {
+pub fn health() -> (
+    HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
     tonic_health::server::health_reporter()
 }
 
 /// Serve `routes` (which should include the health service) until shutdown.
-pub async fn serve(listener: TcpListener, routes: Routes, shutdown: Shutdown) -> Result<(), GrpcError> {
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    shutdown: Shutdown,
+) -> Result<(), GrpcError> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_routes(routes)
@@ -42,9 +49,11 @@ pub async fn serve(listener: TcpListener, routes: Routes, shutdown: Shutdown) ->
 
 /// A lazily-connecting channel to `url` (reconnects on its own).
 pub fn channel(url: &str) -> Result<tonic::transport::Channel, GrpcError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string()).map_err(|e| GrpcError::Endpoint {
-        url: url.to_string(),
-        message: e.to_string(),
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string()).map_err(|e| {
+        GrpcError::Endpoint {
+            url: url.to_string(),
+            message: e.to_string(),
+        }
     })?;
     Ok(endpoint
         .connect_timeout(std::time::Duration::from_secs(3))

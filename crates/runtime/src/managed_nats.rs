@@ -15,8 +15,11 @@ pub const NATS_SERVER: Key<Option<PathBuf>> = Key::new(
     "nats-server binary for `tern up` (default: PATH, then .venv/bin/nats-server)",
 );
 /// `TERN_MANAGED_NATS_LISTEN`: where the managed nats-server listens.
-pub const MANAGED_NATS_LISTEN: Key<SocketAddr> =
-    Key::new("managed_nats_listen", "127.0.0.1:4222", "client address of the nats-server `tern up` manages");
+pub const MANAGED_NATS_LISTEN: Key<SocketAddr> = Key::new(
+    "managed_nats_listen",
+    "127.0.0.1:4222",
+    "client address of the nats-server `tern up` manages",
+);
 
 /// Settings for the managed server.
 #[derive(Debug, Clone)]
@@ -82,7 +85,10 @@ fn find_binary(configured: Option<&Path>) -> Option<PathBuf> {
 
 impl ManagedNats {
     /// Start nats-server with JetStream storing under `data_dir/nats`.
-    pub async fn start(cfg: &ManagedNatsConfig, data_dir: &Path) -> Result<ManagedNats, ManagedNatsError> {
+    pub async fn start(
+        cfg: &ManagedNatsConfig,
+        data_dir: &Path,
+    ) -> Result<ManagedNats, ManagedNatsError> {
         let bin = find_binary(cfg.binary.as_deref()).ok_or(ManagedNatsError::NotFound)?;
         let store = data_dir.join("nats");
         let spawn_err = |source| ManagedNatsError::Spawn {
@@ -91,7 +97,12 @@ impl ManagedNats {
         };
         std::fs::create_dir_all(&store).map_err(spawn_err)?;
         let child = Command::new(&bin)
-            .args(["-a", &cfg.listen.ip().to_string(), "-p", &cfg.listen.port().to_string()])
+            .args([
+                "-a",
+                &cfg.listen.ip().to_string(),
+                "-p",
+                &cfg.listen.port().to_string(),
+            ])
             .args(["-js", "-sd"])
             .arg(&store)
             .stdout(Stdio::null())
@@ -104,7 +115,9 @@ impl ManagedNats {
         };
         let start = Instant::now();
         while tokio::net::TcpStream::connect(cfg.listen).await.is_err() {
-            if start.elapsed() > Duration::from_secs(10) || me.child.try_wait().ok().flatten().is_some() {
+            if start.elapsed() > Duration::from_secs(10)
+                || me.child.try_wait().ok().flatten().is_some()
+            {
                 return Err(ManagedNatsError::NotListening(cfg.listen));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

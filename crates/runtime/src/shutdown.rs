@@ -72,7 +72,10 @@ pub async fn drain(tracker: &TaskTracker, grace: Duration) -> bool {
     tracker.close();
     let done = tokio::time::timeout(grace, tracker.wait()).await.is_ok();
     if !done {
-        tracing::warn!(in_flight = tracker.len(), "drain deadline passed; abandoning in-flight work");
+        tracing::warn!(
+            in_flight = tracker.len(),
+            "drain deadline passed; abandoning in-flight work"
+        );
     }
     done
 }

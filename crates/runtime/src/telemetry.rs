@@ -49,7 +49,9 @@ pub fn init_with_exporter<E: SpanExporter + 'static>(
     json: bool,
     exporter: E,
 ) -> Result<TelemetryGuard, TelemetryError> {
-    install(service_name, json, move |b| b.with_simple_exporter(exporter))
+    install(service_name, json, move |b| {
+        b.with_simple_exporter(exporter)
+    })
 }
 
 fn install(
@@ -64,9 +66,12 @@ fn install(
         )
         .build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
-    let otlp_on = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
-        .iter()
-        .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()));
+    let otlp_on = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()));
     if otlp_on {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
@@ -178,7 +183,9 @@ impl Extractor for GrpcExtractor<'_> {
 /// A tonic client interceptor that adds the current trace context to every request.
 pub fn grpc_inject(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
     let cx = tracing::Span::current().context();
-    global::get_text_map_propagator(|p| p.inject_context(&cx, &mut GrpcInjector(req.metadata_mut())));
+    global::get_text_map_propagator(|p| {
+        p.inject_context(&cx, &mut GrpcInjector(req.metadata_mut()))
+    });
     Ok(req)
 }
 

@@ -11,8 +11,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use crate::config::{ConfigError, Key, Source};
 
 /// `TERN_TLS_CERT`.
-pub const TLS_CERT: Key<Option<PathBuf>> =
-    Key::new("tls_cert", "", "PEM certificate chain (default: self-signed in the data dir)");
+pub const TLS_CERT: Key<Option<PathBuf>> = Key::new(
+    "tls_cert",
+    "",
+    "PEM certificate chain (default: self-signed in the data dir)",
+);
 /// `TERN_TLS_KEY`.
 pub const TLS_KEY: Key<Option<PathBuf>> = Key::new("tls_key", "", "PEM private key");
 
@@ -48,7 +51,9 @@ impl TlsConfig {
         let cert = src.get(&TLS_CERT)?;
         let key = src.get(&TLS_KEY)?;
         match (cert, key) {
-            (Some(c), Some(k)) => Ok(TlsConfig { files: Some((c, k)) }),
+            (Some(c), Some(k)) => Ok(TlsConfig {
+                files: Some((c, k)),
+            }),
             (None, None) => Ok(TlsConfig { files: None }),
             (Some(_), None) => Err(ConfigError::Invalid {
                 key: "TERN_TLS_KEY".into(),
@@ -65,7 +70,11 @@ impl TlsConfig {
 
     /// Build the rustls config, generating `tls/cert.pem` and `tls/key.pem`
     /// under `data_dir` the first time when no files are configured.
-    pub fn server_config(&self, data_dir: &Path, hostname: &str) -> Result<Arc<ServerConfig>, TlsError> {
+    pub fn server_config(
+        &self,
+        data_dir: &Path,
+        hostname: &str,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
         let (cert_path, key_path) = match &self.files {
             Some((c, k)) => (c.clone(), k.clone()),
             None => ensure_self_signed(data_dir, hostname)?,
@@ -107,7 +116,8 @@ fn ensure_self_signed(data_dir: &Path, hostname: &str) -> Result<(PathBuf, PathB
     };
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     let names = vec![hostname.to_string(), "localhost".to_string()];
-    let ck = rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let ck =
+        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
     std::fs::write(&cert, ck.cert.pem()).map_err(io(&cert))?;
     write_private(&key, ck.signing_key.serialize_pem().as_bytes()).map_err(io(&key))?;
     tracing::info!(path = %cert.display(), "generated a self-signed TLS certificate");

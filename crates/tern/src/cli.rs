@@ -80,7 +80,9 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
     let src = Source::load(args.config.as_deref())?;
     let cfg = TernConfig::load(&src)?;
     match args.command {
-        Command::Config { command: ConfigCommand::Check } => {
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
             for e in &cfg.effective {
                 let env = tern_runtime::config::env_name(e.name);
                 println!("{env}={}\t# {} ({})", e.value, e.help, e.origin);
@@ -121,10 +123,15 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
 
 fn read_password() -> anyhow::Result<String> {
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).context("read password from stdin")?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("read password from stdin")?;
     let pw = line.trim_end_matches(['\r', '\n']).to_string();
     if pw.is_empty() {
-        bail!("empty password: give it on stdin, e.g. `echo secret | tern user add alice@example.com`");
+        bail!(
+            "empty password: give it on stdin, e.g. `echo secret | tern user add alice@example.com`"
+        );
     }
     Ok(pw)
 }
@@ -137,7 +144,10 @@ async fn user(cfg: &TernConfig, command: UserCommand) -> anyhow::Result<()> {
         UserCommand::Add { email } => {
             let password = read_password()?;
             client
-                .add_user(tern_proto::AddUserRequest { address: email.clone(), password })
+                .add_user(tern_proto::AddUserRequest {
+                    address: email.clone(),
+                    password,
+                })
                 .await
                 .map_err(status_err)
                 .with_context(ctx)?;
@@ -145,7 +155,9 @@ async fn user(cfg: &TernConfig, command: UserCommand) -> anyhow::Result<()> {
         }
         UserCommand::Del { email } => {
             client
-                .delete_user(tern_proto::DeleteUserRequest { address: email.clone() })
+                .delete_user(tern_proto::DeleteUserRequest {
+                    address: email.clone(),
+                })
                 .await
                 .map_err(status_err)
                 .with_context(ctx)?;
@@ -164,7 +176,10 @@ async fn user(cfg: &TernConfig, command: UserCommand) -> anyhow::Result<()> {
         UserCommand::Passwd { email } => {
             let password = read_password()?;
             client
-                .set_password(tern_proto::SetPasswordRequest { address: email.clone(), password })
+                .set_password(tern_proto::SetPasswordRequest {
+                    address: email.clone(),
+                    password,
+                })
                 .await
                 .map_err(status_err)
                 .with_context(ctx)?;
@@ -184,7 +199,10 @@ async fn queue_admin(cfg: &TernConfig, command: QueueCommand) -> anyhow::Result<
                 .map_err(status_err)
                 .with_context(|| format!("queue at {} (is it running?)", cfg.queue_url))?
                 .into_inner();
-            println!("received\t{}\njobs_routed\t{}\ndelivered\t{}\ndeferred\t{}\nbounced\t{}", s.received, s.jobs_routed, s.delivered, s.deferred, s.bounced);
+            println!(
+                "received\t{}\njobs_routed\t{}\ndelivered\t{}\ndeferred\t{}\nbounced\t{}",
+                s.received, s.jobs_routed, s.delivered, s.deferred, s.bounced
+            );
         }
     }
     Ok(())

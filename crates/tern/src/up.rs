@@ -19,11 +19,19 @@ pub async fn up(mut cfg: TernConfig) -> anyhow::Result<()> {
     }
 
     // Servers first, so the addresses their clients use are listening.
-    let resolver = tern_resolver::bind(cfg.resolver).await.context("start resolver")?;
-    let mailbox = tern_mailbox::bind(cfg.mailbox).await.context("start mailbox")?;
+    let resolver = tern_resolver::bind(cfg.resolver)
+        .await
+        .context("start resolver")?;
+    let mailbox = tern_mailbox::bind(cfg.mailbox)
+        .await
+        .context("start mailbox")?;
     let queue = tern_queue::bind(cfg.queue).await.context("start queue")?;
-    let delivery = tern_delivery::bind(cfg.delivery).await.context("start delivery")?;
-    let ingress = tern_ingress::bind(cfg.ingress).await.context("start ingress")?;
+    let delivery = tern_delivery::bind(cfg.delivery)
+        .await
+        .context("start delivery")?;
+    let ingress = tern_ingress::bind(cfg.ingress)
+        .await
+        .context("start ingress")?;
     for (what, addr) in resolver
         .addrs()
         .into_iter()
@@ -39,13 +47,23 @@ pub async fn up(mut cfg: TernConfig) -> anyhow::Result<()> {
     shutdown.trigger_on_signals();
     let mut tasks = tokio::task::JoinSet::new();
     let s = shutdown.clone();
-    tasks.spawn(async move { ("resolver", resolver.run(s).await.map_err(anyhow::Error::from)) });
+    tasks.spawn(async move {
+        (
+            "resolver",
+            resolver.run(s).await.map_err(anyhow::Error::from),
+        )
+    });
     let s = shutdown.clone();
     tasks.spawn(async move { ("mailbox", mailbox.run(s).await.map_err(anyhow::Error::from)) });
     let s = shutdown.clone();
     tasks.spawn(async move { ("queue", queue.run(s).await.map_err(anyhow::Error::from)) });
     let s = shutdown.clone();
-    tasks.spawn(async move { ("delivery", delivery.run(s).await.map_err(anyhow::Error::from)) });
+    tasks.spawn(async move {
+        (
+            "delivery",
+            delivery.run(s).await.map_err(anyhow::Error::from),
+        )
+    });
     let s = shutdown.clone();
     tasks.spawn(async move { ("ingress", ingress.run(s).await.map_err(anyhow::Error::from)) });
     println!("tern is up");

@@ -32,7 +32,10 @@ fn assert_same_message(got: &[u8], sent: &[u8]) {
         let trace_header = ["Received:", "Return-Path:", "Delivered-To:", " ", "\t"]
             .iter()
             .any(|h| line.starts_with(h));
-        assert!(trace_header, "unexpected header added in front of the message: {line:?}");
+        assert!(
+            trace_header,
+            "unexpected header added in front of the message: {line:?}"
+        );
     }
 }
 
@@ -41,7 +44,13 @@ async fn local_mail_reads_back_identical_over_pop3_and_imap() {
     let stack = Stack::start(&[]).await;
     stack.add_user("alice@localhost", "wonderland").await;
 
-    let reply = smtp_send(stack.addr("smtp"), "sender@example.org", &["alice@localhost"], MESSAGE).await;
+    let reply = smtp_send(
+        stack.addr("smtp"),
+        "sender@example.org",
+        &["alice@localhost"],
+        MESSAGE,
+    )
+    .await;
     assert!(reply.starts_with("250"), "SMTP reply: {reply}");
 
     let pop3 = stack.addr("pop3");
@@ -86,14 +95,28 @@ m.logout()
 async fn remote_mail_reaches_the_mx_with_envelope_body_and_one_trace() {
     let stack = Stack::start(&[("trusted_networks", "127.0.0.0/8")]).await;
     let msg = b"From: app@example.org\r\nTo: bob@remote.test\r\nSubject: relay\r\n\r\nrelayed body\r\n.dot\r\n";
-    let reply = smtp_send(stack.addr("smtp"), "app@example.org", &["bob@remote.test", "carol@Remote.Test"], msg).await;
+    let reply = smtp_send(
+        stack.addr("smtp"),
+        "app@example.org",
+        &["bob@remote.test", "carol@Remote.Test"],
+        msg,
+    )
+    .await;
     assert!(reply.starts_with("250"), "SMTP reply: {reply}");
-    let id = reply.rsplit(' ').next().expect("message id in the reply").to_string();
+    let id = reply
+        .rsplit(' ')
+        .next()
+        .expect("message id in the reply")
+        .to_string();
 
-    let received = tern_testkit::wait_for("the MX sink to receive the message", Duration::from_secs(30), || {
-        let m = stack.sink.messages();
-        async move { m.into_iter().next() }
-    })
+    let received = tern_testkit::wait_for(
+        "the MX sink to receive the message",
+        Duration::from_secs(30),
+        || {
+            let m = stack.sink.messages();
+            async move { m.into_iter().next() }
+        },
+    )
     .await;
     assert_eq!(received.mail_from, "app@example.org");
     let mut rcpts = received.rcpts.clone();
@@ -109,16 +132,26 @@ async fn remote_mail_reaches_the_mx_with_envelope_body_and_one_trace() {
             .ok()?
             .into_iter()
             .find(|s| {
-                s.name == name && s.attributes.iter().any(|kv| kv.key.as_str() == "message_id" && kv.value.as_str() == id.as_str())
+                s.name == name
+                    && s.attributes.iter().any(|kv| {
+                        kv.key.as_str() == "message_id" && kv.value.as_str() == id.as_str()
+                    })
             })
             .map(|s| s.span_context.trace_id())
     };
-    let (ingress, delivery) = tern_testkit::wait_for("ingress and delivery spans", Duration::from_secs(10), || {
-        let pair = trace_of("smtp.transaction").zip(trace_of("delivery.attempt"));
-        async move { pair }
-    })
+    let (ingress, delivery) = tern_testkit::wait_for(
+        "ingress and delivery spans",
+        Duration::from_secs(10),
+        || {
+            let pair = trace_of("smtp.transaction").zip(trace_of("delivery.attempt"));
+            async move { pair }
+        },
+    )
     .await;
     assert_ne!(ingress, TraceId::INVALID);
-    assert_eq!(ingress, delivery, "delivery attempt is in the ingress trace");
+    assert_eq!(
+        ingress, delivery,
+        "delivery attempt is in the ingress trace"
+    );
     stack.stop().await;
 }

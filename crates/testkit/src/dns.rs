@@ -38,9 +38,13 @@ impl DnsServer {
             let handler: Arc<dyn ZoneHandler> = Arc::new(handler);
             catalog.upsert(LowerName::from(&name), vec![handler]);
         }
-        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind DNS UDP");
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind DNS UDP");
         let addr = udp.local_addr().expect("DNS UDP address");
-        let tcp = tokio::net::TcpListener::bind(addr).await.expect("bind DNS TCP on the UDP port");
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind DNS TCP on the UDP port");
         let mut server = Server::new(catalog);
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5), 4096);

@@ -40,13 +40,23 @@ impl NatsServer {
     async fn spawn(&mut self) {
         let bin = nats_server_binary();
         let child = Command::new(&bin)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("start {} (run scripts/deps.sh to install it): {e}", bin.display())
+                panic!(
+                    "start {} (run scripts/deps.sh to install it): {e}",
+                    bin.display()
+                )
             });
         self.child = Some(child);
         let addr = format!("127.0.0.1:{}", self.port);

@@ -34,7 +34,9 @@ pub struct SmtpSink {
 impl SmtpSink {
     /// Listen on 127.0.0.1 with an ephemeral port.
     pub async fn start() -> SmtpSink {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind SMTP sink");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind SMTP sink");
         let addr = listener.local_addr().expect("sink address");
         let messages = Arc::new(Mutex::new(Vec::new()));
         let m = messages.clone();
@@ -43,7 +45,11 @@ impl SmtpSink {
                 tokio::spawn(session(stream, m.clone()));
             }
         });
-        SmtpSink { addr, messages, task }
+        SmtpSink {
+            addr,
+            messages,
+            task,
+        }
     }
 
     /// Where it listens.
@@ -65,7 +71,10 @@ impl Drop for SmtpSink {
 
 fn path_of(arg: &str) -> String {
     let start = arg.find('<').map(|i| i + 1).unwrap_or(0);
-    let end = arg[start..].find('>').map(|i| start + i).unwrap_or(arg.len());
+    let end = arg[start..]
+        .find('>')
+        .map(|i| start + i)
+        .unwrap_or(arg.len());
     arg[start..end].to_string()
 }
 
@@ -78,7 +87,10 @@ async fn session(stream: TcpStream, store: Arc<Mutex<Vec<SinkMessage>>>) {
         rcpts: Vec::new(),
         data: Vec::new(),
     };
-    if w.write_all(b"220 sink.test ESMTP test sink\r\n").await.is_err() {
+    if w.write_all(b"220 sink.test ESMTP test sink\r\n")
+        .await
+        .is_err()
+    {
         return;
     }
     let mut line = Vec::new();
@@ -119,7 +131,10 @@ async fn session(stream: TcpStream, store: Arc<Mutex<Vec<SinkMessage>>>) {
                 if cur.rcpts.is_empty() {
                     b"554 5.5.1 No valid recipients\r\n"
                 } else {
-                    if w.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n").await.is_err() {
+                    if w.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     cur.data.clear();
@@ -132,7 +147,11 @@ async fn session(stream: TcpStream, store: Arc<Mutex<Vec<SinkMessage>>>) {
                         if line == b".\r\n" {
                             break;
                         }
-                        let unstuffed = if line.starts_with(b".") { &line[1..] } else { &line[..] };
+                        let unstuffed = if line.starts_with(b".") {
+                            &line[1..]
+                        } else {
+                            &line[..]
+                        };
                         cur.data.extend_from_slice(unstuffed);
                     }
                     if let Ok(mut s) = store.lock() {

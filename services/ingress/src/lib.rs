@@ -207,8 +207,8 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
             bind_one("submissions", addr).await?,
         ));
     }
-    let grpc = bind_one("grpc", config.grpc_listen).await?;
-    let admin = bind_one("admin", config.admin_listen).await?;
+    let grpc = bind_one("ingress grpc", config.grpc_listen).await?;
+    let admin = bind_one("ingress admin", config.admin_listen).await?;
     Ok(Bound {
         config,
         nats_url,
@@ -228,7 +228,7 @@ impl Bound {
             .iter()
             .filter_map(|(kind, l)| l.local_addr().ok().map(|a| (kind.name(), a)))
             .collect();
-        for (name, l) in [("grpc", &self.grpc), ("admin", &self.admin)] {
+        for (name, l) in [("ingress grpc", &self.grpc), ("ingress admin", &self.admin)] {
             if let Ok(a) = l.local_addr() {
                 out.push((name, a));
             }

@@ -103,7 +103,7 @@ async fn accepted_message_is_on_the_spool_byte_identical() {
     );
 
     // The metrics endpoint shows the session and the replies.
-    let metrics = http_get(ingress.addr("admin"), "/metrics")
+    let metrics = http_get(ingress.addr("ingress admin"), "/metrics")
         .await
         .expect("metrics");
     assert!(metrics.contains("tern_smtp_sessions_total"), "{metrics}");

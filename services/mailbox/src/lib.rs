@@ -231,8 +231,8 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         imaps: listen_opt("imaps", config.imaps_listen).await?,
         pop3: listen_opt("pop3", config.pop3_listen).await?,
         pop3s: listen_opt("pop3s", config.pop3s_listen).await?,
-        grpc: listen("grpc", config.grpc_listen).await?,
-        admin: listen("admin", config.admin_listen).await?,
+        grpc: listen("mailbox grpc", config.grpc_listen).await?,
+        admin: listen("mailbox admin", config.admin_listen).await?,
         tls,
         config,
     })
@@ -274,7 +274,7 @@ impl Bound {
                 out.push((name, a));
             }
         }
-        for (name, l) in [("grpc", &self.grpc), ("admin", &self.admin)] {
+        for (name, l) in [("mailbox grpc", &self.grpc), ("mailbox admin", &self.admin)] {
             if let Ok(a) = l.local_addr() {
                 out.push((name, a));
             }

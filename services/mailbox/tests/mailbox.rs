@@ -81,12 +81,19 @@ impl Harness {
         src.finish().expect("every key is known");
         let bound = tern_mailbox::bind(config).await.unwrap();
         let addrs: HashMap<_, _> = bound.addrs().into_iter().collect();
-        for name in ["imap", "imaps", "pop3", "pop3s", "grpc", "admin"] {
+        for name in [
+            "imap",
+            "imaps",
+            "pop3",
+            "pop3s",
+            "mailbox grpc",
+            "mailbox admin",
+        ] {
             assert!(addrs.contains_key(name), "missing {name} in {addrs:?}");
         }
         let shutdown = Shutdown::new();
         let task = tokio::spawn(bound.run(shutdown.clone()));
-        let admin = addrs["admin"];
+        let admin = addrs["mailbox admin"];
         wait_for("mailbox /readyz", DEADLINE, || async move {
             (http_get(admin, "/readyz").await.as_deref() == Some("200")).then_some(())
         })
@@ -107,7 +114,7 @@ impl Harness {
     }
 
     async fn accounts(&self) -> AccountsClient<tonic::transport::Channel> {
-        AccountsClient::connect(format!("http://{}", self.addr("grpc")))
+        AccountsClient::connect(format!("http://{}", self.addr("mailbox grpc")))
             .await
             .unwrap()
     }
@@ -385,7 +392,7 @@ async fn delivers_once_and_reads_back_over_pop3_and_imap() {
     assert!(out.starts_with(format!("1 {}\n", expected.len()).as_bytes()));
 
     // Metrics are exported.
-    let metrics = http_body(h.addr("admin"), "/metrics").await;
+    let metrics = http_body(h.addr("mailbox admin"), "/metrics").await;
     assert!(
         metrics.contains("tern_mailbox_deliveries_total{outcome=\"delivered\"}"),
         "{metrics}"

@@ -40,8 +40,11 @@ pub struct Config {
 }
 
 /// `TERN_QUEUE_MAX_AGE`.
-pub const MAX_AGE: tern_runtime::config::Key<Duration> =
-    tern_runtime::config::Key::new("queue_max_age", "5d", "age after which an undelivered message expires");
+pub const MAX_AGE: tern_runtime::config::Key<Duration> = tern_runtime::config::Key::new(
+    "queue_max_age",
+    "5d",
+    "age after which an undelivered message expires",
+);
 
 impl Config {
     /// Read the queue's keys.
@@ -89,7 +92,9 @@ pub struct Bound {
 /// Bind the queue's listeners.
 pub async fn bind(config: Config) -> Result<Bound, Error> {
     let bind = |what, addr| async move {
-        TcpListener::bind(addr).await.map_err(|source| Error::Bind { what, addr, source })
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { what, addr, source })
     };
     Ok(Bound {
         grpc: bind("queue gRPC", config.grpc_listen).await?,
@@ -117,7 +122,10 @@ struct Admin(Arc<Stats>);
 
 #[tonic::async_trait]
 impl QueueAdmin for Admin {
-    async fn stats(&self, _: tonic::Request<StatsRequest>) -> Result<tonic::Response<StatsResponse>, tonic::Status> {
+    async fn stats(
+        &self,
+        _: tonic::Request<StatsRequest>,
+    ) -> Result<tonic::Response<StatsResponse>, tonic::Status> {
         let s = &self.0;
         Ok(tonic::Response::new(StatsResponse {
             received: s.received.load(Ordering::Relaxed),
@@ -140,28 +148,57 @@ impl Bound {
 
     /// Run until shutdown, then finish in-flight messages within the grace period.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), Error> {
-        let Bound { config, grpc, admin } = self;
+        let Bound {
+            config,
+            grpc,
+            admin,
+        } = self;
         let ready = admin::Readiness::default();
         let stop = Shutdown::new();
-        let admin_task = tokio::spawn(admin::serve(admin, ready.clone(), shutdown.clone(), stop.clone()));
+        let admin_task = tokio::spawn(admin::serve(
+            admin,
+            ready.clone(),
+            shutdown.clone(),
+            stop.clone(),
+        ));
 
         let stats = Arc::new(Stats::default());
         let (reporter, health) = grpc::health();
-        let routes = tonic::service::Routes::new(health).add_service(QueueAdminServer::new(Admin(stats.clone())));
+        let routes = tonic::service::Routes::new(health)
+            .add_service(QueueAdminServer::new(Admin(stats.clone())));
         let grpc_task = tokio::spawn(grpc::serve(grpc, routes, stop.clone()));
 
         let client = bus::connect(config.common.require_nats_url()?, "tern-queue").await?;
         let js = jetstream::new(client);
         bus::ensure_streams_until_ready(&js, &shutdown).await?;
-        let spool = bus::pull_consumer(&js, bus::SPOOL_STREAM, bus::consumers::QUEUE_SPOOL, bus::SPOOL_SUBJECT, Duration::from_secs(30)).await?;
-        let results = bus::pull_consumer(&js, bus::RESULTS_STREAM, bus::consumers::QUEUE_RESULTS, bus::RESULTS_FILTER, Duration::from_secs(30)).await?;
+        let spool = bus::pull_consumer(
+            &js,
+            bus::SPOOL_STREAM,
+            bus::consumers::QUEUE_SPOOL,
+            bus::SPOOL_SUBJECT,
+            Duration::from_secs(30),
+        )
+        .await?;
+        let results = bus::pull_consumer(
+            &js,
+            bus::RESULTS_STREAM,
+            bus::consumers::QUEUE_RESULTS,
+            bus::RESULTS_FILTER,
+            Duration::from_secs(30),
+        )
+        .await?;
         reporter.set_serving::<QueueAdminServer<Admin>>().await;
         ready.set(true);
         tracing::info!("queue ready");
 
         let ctx = Arc::new(Ctx { js, config, stats });
         let spool_loop = tokio::spawn(consume(spool, shutdown.clone(), ctx.clone(), Kind::Spool));
-        let results_loop = tokio::spawn(consume(results, shutdown.clone(), ctx.clone(), Kind::Results));
+        let results_loop = tokio::spawn(consume(
+            results,
+            shutdown.clone(),
+            ctx.clone(),
+            Kind::Results,
+        ));
         shutdown.wait().await;
         // The consume loops stop pulling at shutdown and finish the message in hand.
         let grace = ctx.config.common.shutdown_grace;
@@ -195,7 +232,12 @@ enum Kind {
 /// its work is durable, and left for redelivery otherwise.
 async fn consume(consumer: PullConsumer, shutdown: Shutdown, ctx: Arc<Ctx>, kind: Kind) {
     while !shutdown.is_triggered() {
-        let batch = consumer.fetch().max_messages(64).expires(Duration::from_secs(1)).messages().await;
+        let batch = consumer
+            .fetch()
+            .max_messages(64)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await;
         let mut batch = match batch {
             Ok(b) => b,
             Err(e) => {
@@ -246,16 +288,23 @@ async fn handle_spool(ctx: &Ctx, msg: &jetstream::Message) -> Result<(), String>
         let routes = fan_out(&env, seq, expires, |d| ctx.config.common.is_local_domain(d));
         let mut acks = Vec::with_capacity(routes.len());
         for Route { subject, job } in &routes {
-            let ack = bus::publish(&ctx.js, subject.clone(), job.encode_to_vec().into(), &job.job_id)
-                .await
-                .map_err(|e| e.to_string())?;
+            let ack = bus::publish(
+                &ctx.js,
+                subject.clone(),
+                job.encode_to_vec().into(),
+                &job.job_id,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             acks.push(ack);
         }
         for ack in acks {
             ack.await.map_err(|e| e.to_string())?;
         }
         ctx.stats.received.fetch_add(1, Ordering::Relaxed);
-        ctx.stats.jobs_routed.fetch_add(routes.len() as u64, Ordering::Relaxed);
+        ctx.stats
+            .jobs_routed
+            .fetch_add(routes.len() as u64, Ordering::Relaxed);
         metrics::counter!("tern_queue_messages_received_total").increment(1);
         metrics::counter!("tern_queue_jobs_routed_total").increment(routes.len() as u64);
         tracing::info!(jobs = routes.len(), "routed");

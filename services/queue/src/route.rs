@@ -22,21 +22,33 @@ pub fn domain_of(address: &str) -> Option<String> {
     let (_, d) = address.rsplit_once('@')?;
     let d = d.trim_end_matches('.').to_ascii_lowercase();
     // A domain that would break NATS subject syntax cannot be a real mail domain.
-    let valid = !d.is_empty() && !d.contains(['*', '>', ' ', '\t']) && !d.starts_with('.') && !d.contains("..");
+    let valid = !d.is_empty()
+        && !d.contains(['*', '>', ' ', '\t'])
+        && !d.starts_with('.')
+        && !d.contains("..");
     valid.then_some(d)
 }
 
 /// Group `env`'s recipients by destination: every local recipient into one
 /// mailbox job, remote ones into one job per domain. `spool_seq` is where the
 /// envelope sits in the spool stream, so jobs can refer to an inline body.
-pub fn fan_out(env: &Envelope, spool_seq: u64, expires_at_unix_ms: i64, is_local: impl Fn(&str) -> bool) -> Vec<Route> {
+pub fn fan_out(
+    env: &Envelope,
+    spool_seq: u64,
+    expires_at_unix_ms: i64,
+    is_local: impl Fn(&str) -> bool,
+) -> Vec<Route> {
     let mut groups: BTreeMap<String, Vec<Recipient>> = BTreeMap::new();
     for r in &env.rcpts {
         let Some(domain) = domain_of(&r.address) else {
             tracing::warn!(rcpt = %r.address, "recipient without a usable domain; skipped");
             continue;
         };
-        let dest = if is_local(&domain) { LOCAL.to_string() } else { domain };
+        let dest = if is_local(&domain) {
+            LOCAL.to_string()
+        } else {
+            domain
+        };
         groups.entry(dest).or_default().push(r.clone());
     }
     let body = env.body.as_ref().map(|b| body::job_ref(b, spool_seq));
@@ -85,7 +97,13 @@ mod tests {
         let env = Envelope {
             id: "01ABC".into(),
             mail_from: "s@example.org".into(),
-            rcpts: vec![rcpt("a@localhost"), rcpt("b@Remote.test"), rcpt("B@LOCALHOST"), rcpt("c@remote.test"), rcpt("d@other.test")],
+            rcpts: vec![
+                rcpt("a@localhost"),
+                rcpt("b@Remote.test"),
+                rcpt("B@LOCALHOST"),
+                rcpt("c@remote.test"),
+                rcpt("d@other.test"),
+            ],
             body: Some(BodyRef {
                 location: Some(Location::Inline(bytes::Bytes::from_static(b"x"))),
                 size: 1,
@@ -93,13 +111,19 @@ mod tests {
             ..Default::default()
         };
         let routes = fan_out(&env, 42, 0, |d| d == "localhost");
-        let dests: Vec<_> = routes.iter().map(|r| (r.job.destination.as_str(), r.job.rcpts.len())).collect();
+        let dests: Vec<_> = routes
+            .iter()
+            .map(|r| (r.job.destination.as_str(), r.job.rcpts.len()))
+            .collect();
         assert_eq!(dests, [("local", 2), ("other.test", 1), ("remote.test", 2)]);
         assert_eq!(routes[0].subject, bus::LOCAL_JOBS_SUBJECT);
         assert_eq!(routes[2].subject, "tern.jobs.remote.remote.test");
         assert_eq!(routes[2].job.job_id, "01ABC/remote.test");
         // Jobs refer to the spool message instead of copying the body.
-        assert_eq!(routes[1].job.body.as_ref().and_then(|b| b.location.clone()), Some(Location::SpoolSeq(42)));
+        assert_eq!(
+            routes[1].job.body.as_ref().and_then(|b| b.location.clone()),
+            Some(Location::SpoolSeq(42))
+        );
     }
 
     #[test]

@@ -20,8 +20,9 @@ pub fn spans() -> &'static InMemorySpanExporter {
     static EXPORTER: OnceLock<InMemorySpanExporter> = OnceLock::new();
     EXPORTER.get_or_init(|| {
         let exporter = InMemorySpanExporter::default();
-        let guard = tern_runtime::telemetry::init_with_exporter("tern-test", false, exporter.clone())
-            .expect("install telemetry once per test process");
+        let guard =
+            tern_runtime::telemetry::init_with_exporter("tern-test", false, exporter.clone())
+                .expect("install telemetry once per test process");
         // Keep the provider for the life of the test process.
         std::mem::forget(guard);
         exporter
@@ -71,11 +72,23 @@ impl Stack {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         for key in [
-            "smtp_listen", "submission_listen", "submissions_listen", "imap_listen", "imaps_listen",
-            "pop3_listen", "pop3s_listen", "ingress_grpc_listen", "queue_grpc_listen",
-            "resolver_grpc_listen", "delivery_grpc_listen", "mailbox_grpc_listen",
-            "ingress_admin_listen", "queue_admin_listen", "resolver_admin_listen",
-            "delivery_admin_listen", "mailbox_admin_listen",
+            "smtp_listen",
+            "submission_listen",
+            "submissions_listen",
+            "imap_listen",
+            "imaps_listen",
+            "pop3_listen",
+            "pop3s_listen",
+            "ingress_grpc_listen",
+            "queue_grpc_listen",
+            "resolver_grpc_listen",
+            "delivery_grpc_listen",
+            "mailbox_grpc_listen",
+            "ingress_admin_listen",
+            "queue_admin_listen",
+            "resolver_admin_listen",
+            "delivery_admin_listen",
+            "mailbox_admin_listen",
         ] {
             pairs.push((key.into(), any.into()));
         }
@@ -84,7 +97,10 @@ impl Stack {
             pairs.push((k.to_string(), v.to_string()));
         }
         let source = |more: &[(&str, String)]| {
-            let mut all: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let mut all: Vec<(&str, &str)> = pairs
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
             for (k, v) in more {
                 all.retain(|(pk, _)| pk != k);
                 all.push((k, v.as_str()));
@@ -92,15 +108,20 @@ impl Stack {
             Source::from_pairs(all)
         };
 
-        let resolver = tern_resolver::bind(tern_resolver::Config::from_source(&source(&[])).expect("resolver config"))
-            .await
-            .expect("bind resolver");
-        let mailbox = tern_mailbox::bind(tern_mailbox::Config::from_source(&source(&[])).expect("mailbox config"))
-            .await
-            .expect("bind mailbox");
-        let queue = tern_queue::bind(tern_queue::Config::from_source(&source(&[])).expect("queue config"))
-            .await
-            .expect("bind queue");
+        let resolver = tern_resolver::bind(
+            tern_resolver::Config::from_source(&source(&[])).expect("resolver config"),
+        )
+        .await
+        .expect("bind resolver");
+        let mailbox = tern_mailbox::bind(
+            tern_mailbox::Config::from_source(&source(&[])).expect("mailbox config"),
+        )
+        .await
+        .expect("bind mailbox");
+        let queue =
+            tern_queue::bind(tern_queue::Config::from_source(&source(&[])).expect("queue config"))
+                .await
+                .expect("bind queue");
         let find = |addrs: &[(&'static str, SocketAddr)], what: &str| {
             addrs
                 .iter()
@@ -111,18 +132,26 @@ impl Stack {
         let resolver_url = find(&resolver.addrs(), "grpc");
         let mailbox_url = find(&mailbox.addrs(), "grpc");
         let delivery = tern_delivery::bind(
-            tern_delivery::Config::from_source(&source(&[("resolver_url", resolver_url)])).expect("delivery config"),
+            tern_delivery::Config::from_source(&source(&[("resolver_url", resolver_url)]))
+                .expect("delivery config"),
         )
         .await
         .expect("bind delivery");
         let ingress = tern_ingress::bind(
-            tern_ingress::Config::from_source(&source(&[("mailbox_url", mailbox_url)])).expect("ingress config"),
+            tern_ingress::Config::from_source(&source(&[("mailbox_url", mailbox_url)]))
+                .expect("ingress config"),
         )
         .await
         .expect("bind ingress");
 
         let mut addrs = Vec::new();
-        for a in [resolver.addrs(), mailbox.addrs(), queue.addrs(), delivery.addrs(), ingress.addrs()] {
+        for a in [
+            resolver.addrs(),
+            mailbox.addrs(),
+            queue.addrs(),
+            delivery.addrs(),
+            ingress.addrs(),
+        ] {
             addrs.extend(a);
         }
         let shutdown = Shutdown::new();
@@ -141,7 +170,15 @@ impl Stack {
         spawn!(queue);
         spawn!(delivery);
         spawn!(ingress);
-        let stack = Stack { nats, dns, sink, data, addrs, shutdown, tasks };
+        let stack = Stack {
+            nats,
+            dns,
+            sink,
+            data,
+            addrs,
+            shutdown,
+            tasks,
+        };
         stack.wait_ready().await;
         stack
     }
@@ -150,7 +187,9 @@ impl Stack {
     pub fn addr(&self, what: &str) -> SocketAddr {
         self.addrs
             .iter()
-            .find(|(n, _)| *n == what || n.ends_with(&format!(" {what}")) || n.starts_with(&format!("{what} ")))
+            .find(|(n, _)| {
+                *n == what || n.ends_with(&format!(" {what}")) || n.starts_with(&format!("{what} "))
+            })
             .or_else(|| self.addrs.iter().find(|(n, _)| n.contains(what)))
             .map(|(_, a)| *a)
             .unwrap_or_else(|| panic!("no listener named {what} in {:?}", self.addrs))
@@ -158,12 +197,28 @@ impl Stack {
 
     /// Wait until every admin port says ready.
     async fn wait_ready(&self) {
-        let admins: Vec<SocketAddr> = self.addrs.iter().filter(|(n, _)| n.contains("admin")).map(|(_, a)| *a).collect();
-        assert_eq!(admins.len(), 5, "one admin port per service: {:?}", self.addrs);
+        let admins: Vec<SocketAddr> = self
+            .addrs
+            .iter()
+            .filter(|(n, _)| n.contains("admin"))
+            .map(|(_, a)| *a)
+            .collect();
+        assert_eq!(
+            admins.len(),
+            5,
+            "one admin port per service: {:?}",
+            self.addrs
+        );
         for a in admins {
-            tern_testkit::wait_for(&format!("{a}/readyz"), Duration::from_secs(30), || async move {
-                http_get(a, "/readyz").await.filter(|(code, _)| *code == 200)
-            })
+            tern_testkit::wait_for(
+                &format!("{a}/readyz"),
+                Duration::from_secs(30),
+                || async move {
+                    http_get(a, "/readyz")
+                        .await
+                        .filter(|(code, _)| *code == 200)
+                },
+            )
             .await;
         }
     }
@@ -182,9 +237,14 @@ impl Stack {
     /// Create an account through the mailbox's gRPC API.
     pub async fn add_user(&self, address: &str, password: &str) {
         let url = format!("http://{}", self.addr("mailbox grpc"));
-        let mut client = tern_proto::accounts_client::AccountsClient::connect(url).await.expect("connect accounts");
+        let mut client = tern_proto::accounts_client::AccountsClient::connect(url)
+            .await
+            .expect("connect accounts");
         client
-            .add_user(tern_proto::AddUserRequest { address: address.into(), password: password.into() })
+            .add_user(tern_proto::AddUserRequest {
+                address: address.into(),
+                password: password.into(),
+            })
             .await
             .expect("add user");
     }
@@ -200,14 +260,19 @@ impl Drop for Stack {
 pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.ok()?;
     let text = String::from_utf8_lossy(&buf).to_string();
     let code = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((code, body))
 }
 
@@ -216,7 +281,12 @@ pub async fn python(script: &str, args: &[String]) -> Vec<u8> {
     let script = script.to_string();
     let args = args.to_vec();
     tokio::task::spawn_blocking(move || {
-        let out = Command::new("python3").arg("-c").arg(&script).args(&args).output().expect("run python3");
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(&script)
+            .args(&args)
+            .output()
+            .expect("run python3");
         assert!(
             out.status.success(),
             "python client failed: {}\n{}",
@@ -256,5 +326,7 @@ s.quit()
         file.path().to_str().expect("utf-8 path").to_string(),
     ];
     args.extend(to.iter().map(|s| s.to_string()));
-    String::from_utf8_lossy(&python(SCRIPT, &args).await).trim().to_string()
+    String::from_utf8_lossy(&python(SCRIPT, &args).await)
+        .trim()
+        .to_string()
 }

@@ -168,7 +168,7 @@ impl Ingress {
             task,
             _dir: dir,
         };
-        let admin = ingress.addr("admin");
+        let admin = ingress.addr("ingress admin");
         wait_for("ingress /readyz", Duration::from_secs(20), || async move {
             http_get(admin, "/readyz")
                 .await
