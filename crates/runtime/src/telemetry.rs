@@ -202,3 +202,15 @@ fn set_parent(span: &tracing::Span, cx: Context) {
         let _ = span.set_parent(cx);
     }
 }
+
+/// Add a link from `span` to the current span (a new trace that remembers
+/// where it came from: a message's transaction and its SMTP session, a retry
+/// and the earlier attempt).
+pub fn link_to_current(span: &tracing::Span) {
+    use opentelemetry::trace::TraceContextExt;
+    let cx = tracing::Span::current().context();
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() {
+        span.add_link(sc);
+    }
+}

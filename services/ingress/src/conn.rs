@@ -238,12 +238,18 @@ where
         let action = session.poll();
         match (session.mail_from(), &txn) {
             (Some(mail), None) => {
-                txn = Some(tracing::info_span!(
+                // One trace per message: the transaction starts its own trace
+                // and links to the session, so several messages on one
+                // connection are several traces, each found by its message id.
+                let span = tracing::info_span!(
+                    parent: None,
                     "smtp.transaction",
                     mail_from = %mail.sender(),
                     rcpt_count = field::Empty,
                     message_id = field::Empty,
-                ));
+                );
+                tern_runtime::telemetry::link_to_current(&span);
+                txn = Some(span);
             }
             (None, Some(_)) => txn = None,
             _ => {}
