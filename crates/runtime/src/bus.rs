@@ -92,8 +92,10 @@ fn setup_err(what: &str) -> impl FnOnce(Box<dyn std::fmt::Display>) -> BusError 
     }
 }
 
-/// Create or update every stream and the body bucket. Idempotent; any service may call it.
-pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), BusError> {
+/// Create or update every stream and the body bucket with `replicas` copies
+/// of each (1 on a single node, 3 in a production cluster). Idempotent; any
+/// service may call it.
+pub async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> Result<(), BusError> {
     let streams = [
         stream::Config {
             name: SPOOL_STREAM.into(),
@@ -105,6 +107,7 @@ pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), BusError> {
             duplicate_window: DEDUP_WINDOW,
             storage: stream::StorageType::File,
             allow_direct: true,
+            num_replicas: replicas,
             ..Default::default()
         },
         stream::Config {
@@ -113,6 +116,7 @@ pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), BusError> {
             retention: stream::RetentionPolicy::WorkQueue,
             duplicate_window: DEDUP_WINDOW,
             storage: stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         },
         stream::Config {
@@ -121,6 +125,7 @@ pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), BusError> {
             retention: stream::RetentionPolicy::WorkQueue,
             duplicate_window: DEDUP_WINDOW,
             storage: stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         },
     ];
@@ -134,6 +139,7 @@ pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), BusError> {
         js.create_object_store(jetstream::object_store::Config {
             bucket: BODY_BUCKET.into(),
             storage: stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         })
         .await
@@ -145,11 +151,12 @@ pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), BusError> {
 /// Retry `ensure_streams` until it succeeds or shutdown begins.
 pub async fn ensure_streams_until_ready(
     js: &jetstream::Context,
+    replicas: usize,
     shutdown: &crate::Shutdown,
 ) -> Result<(), BusError> {
     let mut delay = Duration::from_millis(200);
     loop {
-        match ensure_streams(js).await {
+        match ensure_streams(js, replicas).await {
             Ok(()) => return Ok(()),
             Err(e) if shutdown.is_triggered() => return Err(e),
             Err(e) => {

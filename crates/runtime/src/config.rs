@@ -456,6 +456,12 @@ pub mod keys {
     );
     /// `TERN_LOG_FORMAT`.
     pub const LOG_FORMAT: Key<String> = Key::new("log_format", "text", "log format: text or json");
+    /// `TERN_NATS_REPLICAS`.
+    pub const NATS_REPLICAS: Key<usize> = Key::new(
+        "nats_replicas",
+        "1",
+        "copies of every JetStream stream (3 in a production cluster)",
+    );
     /// `TERN_SHUTDOWN_GRACE`.
     pub const SHUTDOWN_GRACE: Key<Duration> = Key::new(
         "shutdown_grace",
@@ -477,6 +483,8 @@ pub struct CommonConfig {
     pub local_domains: Vec<Domain>,
     /// How long to drain after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Replicas of every JetStream stream.
+    pub nats_replicas: usize,
 }
 
 impl CommonConfig {
@@ -495,6 +503,16 @@ impl CommonConfig {
             hostname,
             local_domains: src.get(&keys::LOCAL_DOMAINS)?.0,
             shutdown_grace: src.get(&keys::SHUTDOWN_GRACE)?,
+            nats_replicas: match src.get(&keys::NATS_REPLICAS)? {
+                n @ 1..=5 => n,
+                n => {
+                    return Err(ConfigError::Invalid {
+                        key: env_name(keys::NATS_REPLICAS.name),
+                        value: n.to_string(),
+                        expected: "a replica count from 1 to 5",
+                    });
+                }
+            },
         })
     }
 

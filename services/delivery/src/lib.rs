@@ -209,7 +209,9 @@ async fn work(config: Config, shutdown: &Shutdown, ready: &admin::Readiness) -> 
         ResolverClient::with_interceptor(channel, telemetry::grpc_inject as attempt::Interceptor);
     let client = bus::connect(config.common.require_nats_url()?, "tern-delivery").await?;
     let js = jetstream::new(client);
-    if let Err(e) = bus::ensure_streams_until_ready(&js, shutdown).await {
+    if let Err(e) =
+        bus::ensure_streams_until_ready(&js, config.common.nats_replicas, shutdown).await
+    {
         if shutdown.is_triggered() {
             return Ok(());
         }

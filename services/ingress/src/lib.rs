@@ -278,8 +278,9 @@ impl Bound {
                 ready.clone(),
                 reporter.clone(),
             );
+            let replicas = config.common.nats_replicas;
             tokio::spawn(async move {
-                let streams = bus::ensure_streams_until_ready(&js, &draining).await;
+                let streams = bus::ensure_streams_until_ready(&js, replicas, &draining).await;
                 if streams.is_ok() && !draining.is_triggered() {
                     ready.set(true);
                     reporter

@@ -31,6 +31,8 @@ pub struct Deliverer {
     pub js: jetstream::Context,
     /// The database.
     pub store: Arc<Store>,
+    /// Replicas of each JetStream stream (`TERN_NATS_REPLICAS`).
+    pub nats_replicas: usize,
 }
 
 /// Pull and process local jobs until shutdown. Marks `ready` once the
@@ -39,7 +41,7 @@ pub async fn run(d: Arc<Deliverer>, ready: Readiness, shutdown: Shutdown, tracke
     let limit = Arc::new(Semaphore::new(CONCURRENCY));
     let mut delay = Duration::from_millis(200);
     'outer: while !shutdown.is_triggered() {
-        if bus::ensure_streams_until_ready(&d.js, &shutdown)
+        if bus::ensure_streams_until_ready(&d.js, d.nats_replicas, &shutdown)
             .await
             .is_err()
         {

@@ -377,6 +377,7 @@ async fn serve(
     let deliverer = Arc::new(deliver::Deliverer {
         js: jetstream::new(client.clone()),
         store: store.clone(),
+        nats_replicas: config.common.nats_replicas,
     });
     let deliver_task = tokio::spawn(deliver::run(
         deliverer,

@@ -170,7 +170,7 @@ impl Bound {
 
         let client = bus::connect(config.common.require_nats_url()?, "tern-queue").await?;
         let js = jetstream::new(client);
-        bus::ensure_streams_until_ready(&js, &shutdown).await?;
+        bus::ensure_streams_until_ready(&js, config.common.nats_replicas, &shutdown).await?;
         let spool = bus::pull_consumer(
             &js,
             bus::SPOOL_STREAM,

@@ -110,7 +110,7 @@ impl Harness {
 
         let client = async_nats::connect(nats.url()).await.unwrap();
         let js = jetstream::new(client);
-        bus::ensure_streams(&js).await.unwrap();
+        bus::ensure_streams(&js, 1).await.unwrap();
         Harness {
             _nats: nats,
             _dns: dns,
