@@ -9,13 +9,25 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 NATS_VERSION=2.15.1
 
-if [ "${1:-}" = "--test" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
-    && ! command -v initdb >/dev/null 2>&1; then
-  sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  echo "installing Debian's postgresql for the mailbox tests" >&2
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql >&2 \
-    || { $sudo apt-get update -q >&2 && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql >&2; }
+# Debian packages the tests use as real peers (one per line: package, then
+# the file that shows it is installed).
+TEST_PACKAGES="
+postgresql /usr/bin/pg_ctlcluster
+"
+
+if [ "${1:-}" = "--test" ]; then
+  missing=""
+  while read -r pkg probe; do
+    [ -n "$pkg" ] || continue
+    [ -e "$probe" ] || missing="$missing $pkg"
+  done <<< "$TEST_PACKAGES"
+  if [ -n "$missing" ]; then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    echo "installing Debian packages for the tests:$missing" >&2
+    install() { $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >&2; }
+    install || { $sudo apt-get update -q >&2 && install; }
+  fi
 fi
 
 venv="$root/.venv"
