@@ -15,6 +15,22 @@ pub const JOBS_STREAM: &str = "TERN_JOBS";
 pub const LOCAL_JOBS_SUBJECT: &str = "tern.jobs.local";
 /// Filter for every remote job.
 pub const REMOTE_JOBS_FILTER: &str = "tern.jobs.remote.>";
+/// Filter for jobs waiting for their retry time. Each is a JetStream message
+/// schedule (ADR-51, nats-server 2.12+) that the server republishes onto the
+/// job's ready subject at its time, so a waiting job costs no worker anything.
+pub const SCHEDULED_FILTER: &str = "tern.sched.>";
+/// Filter for jobs of destinations on hold.
+pub const HELD_FILTER: &str = "tern.held.>";
+/// Stream of lifecycle events (received, delivered, deferred, bounced, expired, ...).
+pub const EVENTS_STREAM: &str = "TERN_EVENTS";
+/// Filter for every event.
+pub const EVENTS_FILTER: &str = "tern.events.>";
+/// Key-value bucket with the queue's job and message state.
+pub const QUEUE_BUCKET: &str = "tern-queue";
+/// Key-value bucket with the destinations on hold (read by queue and delivery).
+pub const HOLDS_BUCKET: &str = "tern-holds";
+/// How long events are kept.
+pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 86_400);
 /// Stream of attempt results back to queue.
 pub const RESULTS_STREAM: &str = "TERN_RESULTS";
 /// Filter for every result.
@@ -36,6 +52,44 @@ pub mod consumers {
 /// Subject of a remote job for `domain`.
 pub fn remote_jobs_subject(domain: &str) -> String {
     format!("tern.jobs.remote.{domain}")
+}
+
+/// The ready subject of a job for `destination` ("local" or a domain).
+pub fn ready_subject(destination: &str) -> String {
+    if destination == LOCAL_DESTINATION {
+        LOCAL_JOBS_SUBJECT.to_string()
+    } else {
+        remote_jobs_subject(destination)
+    }
+}
+
+/// The destination name of mailbox jobs.
+pub const LOCAL_DESTINATION: &str = "local";
+
+/// The schedule subject of job `message_id` for `destination` (one schedule per job).
+pub fn scheduled_subject(destination: &str, message_id: &str) -> String {
+    format!("tern.sched.{destination}.{message_id}")
+}
+
+/// The subject jobs of a held `destination` wait on.
+pub fn held_subject(destination: &str) -> String {
+    format!("tern.held.{destination}")
+}
+
+/// `destination` made safe as a key-value key (`[-/_=.a-zA-Z0-9]`). Mail
+/// domains never contain `_` (RFC 5321 §4.1.2), so the mapping is one-to-one
+/// for domains; address literals map their brackets and colons to `_`.
+pub fn kv_token(destination: &str) -> String {
+    destination
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Subject of a result for `destination`.
@@ -70,14 +124,20 @@ pub enum BusError {
 }
 
 /// Connect, retrying in the background until the server is reachable, and
-/// reconnecting forever after that.
+/// reconnecting forever after that. `url` may list several servers,
+/// comma-separated (`TERN_NATS_URL`), e.g. the seeds of a cluster.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BusError> {
+    let servers: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(2))
-        .connect(url)
+        .connect(servers)
         .await
         .map_err(|source| BusError::Connect {
             url: url.to_string(),
@@ -112,8 +172,14 @@ pub async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> Result<
         },
         stream::Config {
             name: JOBS_STREAM.into(),
-            subjects: vec![LOCAL_JOBS_SUBJECT.into(), REMOTE_JOBS_FILTER.into()],
+            subjects: vec![
+                LOCAL_JOBS_SUBJECT.into(),
+                REMOTE_JOBS_FILTER.into(),
+                SCHEDULED_FILTER.into(),
+                HELD_FILTER.into(),
+            ],
             retention: stream::RetentionPolicy::WorkQueue,
+            allow_message_schedules: true,
             duplicate_window: DEDUP_WINDOW,
             storage: stream::StorageType::File,
             num_replicas: replicas,
@@ -123,6 +189,16 @@ pub async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> Result<
             name: RESULTS_STREAM.into(),
             subjects: vec![RESULTS_FILTER.into()],
             retention: stream::RetentionPolicy::WorkQueue,
+            duplicate_window: DEDUP_WINDOW,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        stream::Config {
+            name: EVENTS_STREAM.into(),
+            subjects: vec![EVENTS_FILTER.into()],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: EVENTS_MAX_AGE,
             duplicate_window: DEDUP_WINDOW,
             storage: stream::StorageType::File,
             num_replicas: replicas,
@@ -144,6 +220,19 @@ pub async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> Result<
         })
         .await
         .map_err(|e| setup_err(BODY_BUCKET)(Box::new(e)))?;
+    }
+    for bucket in [QUEUE_BUCKET, HOLDS_BUCKET] {
+        if js.get_key_value(bucket).await.is_err() {
+            js.create_key_value(jetstream::kv::Config {
+                bucket: bucket.into(),
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| setup_err(bucket)(Box::new(e)))?;
+        }
     }
     Ok(())
 }

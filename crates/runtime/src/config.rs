@@ -266,6 +266,17 @@ impl ConfigValue for Option<SocketAddr> {
     }
 }
 
+impl ConfigValue for Option<Duration> {
+    const EXPECTED: &'static str = "a duration like 30s, 5m or 4h, or empty for never";
+    fn parse_value(s: &str) -> Option<Self> {
+        if s.is_empty() {
+            Some(None)
+        } else {
+            parse_duration(s).map(Some)
+        }
+    }
+}
+
 impl ConfigValue for Option<PathBuf> {
     const EXPECTED: &'static str = "a file path, or empty";
     fn parse_value(s: &str) -> Option<Self> {

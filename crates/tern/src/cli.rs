@@ -53,8 +53,14 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum QueueCommand {
-    /// Counters: received, routed, delivered, deferred, bounced.
+    /// Jobs per destination: ready, scheduled (waiting to retry), held; oldest age; in flight.
     Stats,
+    /// One message: its pending jobs, recipients, attempts, last replies, next attempt.
+    Show { message_id: String },
+    /// Stop attempts for a destination (a domain, or "local"); jobs are kept.
+    Hold { destination: String },
+    /// Resume a held destination: its jobs become ready now.
+    Release { destination: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -191,18 +197,84 @@ async fn user(cfg: &TernConfig, command: UserCommand) -> anyhow::Result<()> {
 
 async fn queue_admin(cfg: &TernConfig, command: QueueCommand) -> anyhow::Result<()> {
     let mut client = QueueAdminClient::new(grpc::channel(&cfg.queue_url)?);
+    let ctx = || format!("queue at {} (is it running?)", cfg.queue_url);
     match command {
         QueueCommand::Stats => {
             let s = client
                 .stats(tern_proto::StatsRequest {})
                 .await
                 .map_err(status_err)
-                .with_context(|| format!("queue at {} (is it running?)", cfg.queue_url))?
+                .with_context(ctx)?
                 .into_inner();
             println!(
-                "received\t{}\njobs_routed\t{}\ndelivered\t{}\ndeferred\t{}\nbounced\t{}",
-                s.received, s.jobs_routed, s.delivered, s.deferred, s.bounced
+                "{:<32} {:>9} {:>9} {:>9} {:>10}  hold",
+                "destination", "ready", "scheduled", "held", "oldest(s)"
             );
+            for d in &s.destinations {
+                let hold = if d.on_hold { "on hold" } else { "" };
+                println!(
+                    "{:<32} {:>9} {:>9} {:>9} {:>10}  {hold}",
+                    d.destination, d.ready, d.scheduled, d.held, d.oldest_age_seconds
+                );
+            }
+            println!("in flight: {}", s.in_flight);
+        }
+        QueueCommand::Show { message_id } => {
+            let r = client
+                .show(tern_proto::ShowRequest { message_id })
+                .await
+                .map_err(status_err)
+                .with_context(ctx)?
+                .into_inner();
+            for st in r.jobs {
+                let Some(job) = st.job else { continue };
+                println!(
+                    "job {} ({}), attempt {}, from <{}>",
+                    job.job_id, st.state, job.attempt, job.mail_from
+                );
+                if st.next_attempt_unix_ms > 0 {
+                    println!(
+                        "  next attempt {}",
+                        tern_runtime::date::rfc3339(st.next_attempt_unix_ms)
+                    );
+                }
+                println!(
+                    "  expires {}",
+                    tern_runtime::date::rfc3339(job.expires_at_unix_ms)
+                );
+                for rcpt in &job.rcpts {
+                    println!("  pending  {}", rcpt.address);
+                }
+                for res in &st.results {
+                    println!(
+                        "  last     {}: {} {} {}",
+                        res.address, res.code, res.enhanced, res.reply
+                    );
+                }
+            }
+        }
+        QueueCommand::Hold { destination } => {
+            let req = tern_proto::DestinationRequest {
+                destination: destination.clone(),
+            };
+            client
+                .hold(req)
+                .await
+                .map_err(status_err)
+                .with_context(ctx)?;
+            println!("{destination} on hold");
+        }
+        QueueCommand::Release { destination } => {
+            let req = tern_proto::DestinationRequest {
+                destination: destination.clone(),
+            };
+            let r = client
+                .release(req)
+                .await
+                .map_err(status_err)
+                .with_context(ctx)?
+                .into_inner();
+            println!("{destination} released; {} jobs ready", r.moved);
         }
     }
     Ok(())

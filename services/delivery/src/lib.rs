@@ -19,6 +19,7 @@ use prost::Message as _;
 use tern_proto::resolver_client::ResolverClient;
 use tern_proto::{Job, JobResult, Outcome};
 use tern_runtime::config::{CommonConfig, ConfigError, Key, Source, endpoints};
+use tern_runtime::holds::Holds;
 use tern_runtime::{Shutdown, admin, body, bus, grpc, telemetry};
 use tern_smtp::client::Timeouts;
 use tokio::net::TcpListener;
@@ -225,12 +226,14 @@ async fn work(config: Config, shutdown: &Shutdown, ready: &admin::Readiness) -> 
         ACK_WAIT,
     )
     .await?;
+    let holds = Holds::watch(&js, shutdown.clone()).await?;
     ready.set(true);
     tracing::info!(concurrency = config.concurrency, "delivery ready");
     let ctx = Arc::new(Ctx {
         js,
         resolver,
         config,
+        holds,
         abandon: Shutdown::new(),
     });
     consume(consumer, ctx, shutdown).await;
@@ -241,6 +244,8 @@ struct Ctx {
     js: jetstream::Context,
     resolver: attempt::Resolver,
     config: Config,
+    /// Destinations on hold: their jobs are set aside, not attempted.
+    holds: Holds,
     /// Triggered when the drain deadline passes: in-flight attempts give up.
     abandon: Shutdown,
 }
@@ -306,6 +311,32 @@ async fn consume(consumer: PullConsumer, ctx: Arc<Ctx>, shutdown: &Shutdown) {
     }
 }
 
+/// The job's destination is on hold: move it to the held subject (where the
+/// queue's release finds it) without an attempt, then ack.
+async fn set_aside(ctx: &Ctx, job: &Job, msg: jetstream::Message) {
+    let id = format!("{}/{}/held", job.job_id, job.attempt);
+    let moved = match bus::publish(
+        &ctx.js,
+        bus::held_subject(&job.destination),
+        msg.payload.clone(),
+        &id,
+    )
+    .await
+    {
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
+    };
+    if moved {
+        tracing::info!("destination on hold; job set aside");
+        let _ = msg.ack().await;
+    } else {
+        // Could not move it: leave it for redelivery rather than lose it.
+        let _ = msg
+            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+            .await;
+    }
+}
+
 /// One job: attempt, publish the result, then ack. Progress acks keep the
 /// job ours while the attempt runs.
 async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, _permit: OwnedSemaphorePermit) {
@@ -330,6 +361,10 @@ async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, _permit: OwnedSemaphoreP
         bounced = tracing::field::Empty,
     );
     telemetry::link_nats_parent(&span, msg.headers.as_ref());
+    if ctx.holds.is_held(&job.destination) {
+        set_aside(&ctx, &job, msg).instrument(span).await;
+        return;
+    }
     let work = async {
         let results = run_attempt(&ctx, &job).await;
         let counts = count(&results);

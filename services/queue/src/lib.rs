@@ -1,30 +1,59 @@
-//! The queue service: takes accepted envelopes off the spool, fans each out
-//! into one job per destination (the local mailbox, or each remote domain),
-//! and collects the results delivery and mailbox report back.
+//! The queue service: owns every message after ingress said `250`.
 //!
-//! Its state lives in JetStream, so replicas are interchangeable: the spool
-//! and results consumers are durable and shared, and jobs are published with
-//! a stable id as the de-duplication id, so a redelivered envelope does not
-//! make a second job.
+//! - Takes envelopes off the spool and fans each out into one job per
+//!   destination (the local mailbox, or each remote domain).
+//! - Reads attempt results: delivered and bounced recipients are final;
+//!   deferred ones get a new job scheduled for their retry time as a
+//!   JetStream message schedule, so waiting jobs use no delivery capacity.
+//! - Expires messages past their lifetime, sends RFC 3464 DSNs to the sender
+//!   (never to `<>`), publishes lifecycle events, deletes the body once the
+//!   last job is final, and serves the admin API (`tern queue ...`).
+//!
+//! Its state lives in JetStream (streams and the `tern-queue` bucket), so
+//! replicas are interchangeable.
 
+mod admin;
+mod dsn;
+mod events;
+mod handle;
+mod retry;
 mod route;
+mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
-use prost::Message as _;
-use tern_proto::queue_admin_server::{QueueAdmin, QueueAdminServer};
-use tern_proto::{Envelope, JobResult, Outcome, StatsRequest, StatsResponse};
-use tern_runtime::config::{CommonConfig, ConfigError, Source, endpoints};
-use tern_runtime::{Shutdown, admin, bus, grpc, telemetry};
+use tern_proto::queue_admin_server::QueueAdminServer;
+use tern_runtime::config::{CommonConfig, ConfigError, Key, Source, endpoints};
+use tern_runtime::holds::Holds;
+use tern_runtime::{Shutdown, admin as admin_http, bus, grpc};
 use tokio::net::TcpListener;
-use tracing::Instrument;
 
+pub use dsn::Kind as DsnKind;
+pub use retry::RetrySchedule;
 pub use route::{Route, fan_out};
+
+/// `TERN_QUEUE_MAX_AGE`.
+pub const MAX_AGE: Key<Duration> = Key::new(
+    "queue_max_age",
+    "5d",
+    "age after which an undelivered message expires",
+);
+/// `TERN_QUEUE_RETRY_SCHEDULE`.
+pub const RETRY_SCHEDULE: Key<RetrySchedule> = Key::new(
+    "queue_retry_schedule",
+    "2m,5m,10m,15m,30m,1h,2h,4h",
+    "delays between attempts (±10% jitter); the last repeats",
+);
+/// `TERN_QUEUE_DELAY_DSN_AFTER`.
+pub const DELAY_DSN_AFTER: Key<Option<Duration>> = Key::new(
+    "queue_delay_dsn_after",
+    "4h",
+    "send one delay DSN once a message has waited this long (empty: never)",
+);
 
 /// Queue configuration.
 #[derive(Debug, Clone)]
@@ -37,14 +66,11 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// How long a message may stay in the queue before it expires.
     pub max_age: Duration,
+    /// Delays between attempts.
+    pub retry: RetrySchedule,
+    /// When to send a delay DSN, if at all.
+    pub delay_dsn_after: Option<Duration>,
 }
-
-/// `TERN_QUEUE_MAX_AGE`.
-pub const MAX_AGE: tern_runtime::config::Key<Duration> = tern_runtime::config::Key::new(
-    "queue_max_age",
-    "5d",
-    "age after which an undelivered message expires",
-);
 
 impl Config {
     /// Read the queue's keys.
@@ -54,6 +80,8 @@ impl Config {
             grpc_listen: src.get(&endpoints::QUEUE_GRPC)?,
             admin_listen: src.get(&endpoints::QUEUE_ADMIN)?,
             max_age: src.get(&MAX_AGE)?,
+            retry: src.get(&RETRY_SCHEDULE)?,
+            delay_dsn_after: src.get(&DELAY_DSN_AFTER)?,
         })
     }
 }
@@ -77,6 +105,9 @@ pub enum Error {
     /// NATS setup failed.
     #[error(transparent)]
     Bus(#[from] bus::BusError),
+    /// The queue state bucket could not be opened.
+    #[error(transparent)]
+    State(#[from] state::StateError),
     /// The gRPC server failed.
     #[error(transparent)]
     Grpc(#[from] grpc::GrpcError),
@@ -97,7 +128,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
             .map_err(|source| Error::Bind { what, addr, source })
     };
     Ok(Bound {
-        grpc: bind("queue gRPC", config.grpc_listen).await?,
+        grpc: bind("queue grpc", config.grpc_listen).await?,
         admin: bind("queue admin", config.admin_listen).await?,
         config,
     })
@@ -108,33 +139,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     bind(config).await?.run(shutdown).await
 }
 
-/// Counters behind the admin `Stats` call.
-#[derive(Debug, Default)]
-struct Stats {
-    received: AtomicU64,
-    jobs_routed: AtomicU64,
-    delivered: AtomicU64,
-    deferred: AtomicU64,
-    bounced: AtomicU64,
-}
-
-struct Admin(Arc<Stats>);
-
-#[tonic::async_trait]
-impl QueueAdmin for Admin {
-    async fn stats(
-        &self,
-        _: tonic::Request<StatsRequest>,
-    ) -> Result<tonic::Response<StatsResponse>, tonic::Status> {
-        let s = &self.0;
-        Ok(tonic::Response::new(StatsResponse {
-            received: s.received.load(Ordering::Relaxed),
-            jobs_routed: s.jobs_routed.load(Ordering::Relaxed),
-            delivered: s.delivered.load(Ordering::Relaxed),
-            deferred: s.deferred.load(Ordering::Relaxed),
-            bounced: s.bounced.load(Ordering::Relaxed),
-        }))
-    }
+/// What the handlers share.
+pub(crate) struct Ctx {
+    pub js: jetstream::Context,
+    pub config: Config,
+    pub state: state::State,
+    pub holds: Holds,
 }
 
 impl Bound {
@@ -146,37 +156,42 @@ impl Bound {
             .collect()
     }
 
-    /// Run until shutdown, then finish in-flight messages within the grace period.
+    /// Run until shutdown, then finish the messages in hand within the grace period.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), Error> {
         let Bound {
             config,
             grpc,
             admin,
         } = self;
-        let ready = admin::Readiness::default();
+        let ready = admin_http::Readiness::default();
         let stop = Shutdown::new();
-        let admin_task = tokio::spawn(admin::serve(
+        let admin_task = tokio::spawn(admin_http::serve(
             admin,
             ready.clone(),
             shutdown.clone(),
             stop.clone(),
         ));
 
-        let stats = Arc::new(Stats::default());
-        let (reporter, health) = grpc::health();
-        let routes = tonic::service::Routes::new(health)
-            .add_service(QueueAdminServer::new(Admin(stats.clone())));
-        let grpc_task = tokio::spawn(grpc::serve(grpc, routes, stop.clone()));
-
         let client = bus::connect(config.common.require_nats_url()?, "tern-queue").await?;
         let js = jetstream::new(client);
+        let (reporter, health) = grpc::health();
         bus::ensure_streams_until_ready(&js, config.common.nats_replicas, &shutdown).await?;
+        let ctx = Arc::new(Ctx {
+            state: state::State::open(&js).await?,
+            holds: Holds::watch(&js, stop.clone()).await?,
+            js: js.clone(),
+            config,
+        });
+        let routes = tonic::service::Routes::new(health)
+            .add_service(QueueAdminServer::new(admin::Admin(ctx.clone())));
+        let grpc_task = tokio::spawn(grpc::serve(grpc, routes, stop.clone()));
+        let ack_wait = Duration::from_secs(30);
         let spool = bus::pull_consumer(
             &js,
             bus::SPOOL_STREAM,
             bus::consumers::QUEUE_SPOOL,
             bus::SPOOL_SUBJECT,
-            Duration::from_secs(30),
+            ack_wait,
         )
         .await?;
         let results = bus::pull_consumer(
@@ -184,14 +199,15 @@ impl Bound {
             bus::RESULTS_STREAM,
             bus::consumers::QUEUE_RESULTS,
             bus::RESULTS_FILTER,
-            Duration::from_secs(30),
+            ack_wait,
         )
         .await?;
-        reporter.set_serving::<QueueAdminServer<Admin>>().await;
+        reporter
+            .set_serving::<QueueAdminServer<admin::Admin>>()
+            .await;
         ready.set(true);
         tracing::info!("queue ready");
 
-        let ctx = Arc::new(Ctx { js, config, stats });
         let spool_loop = tokio::spawn(consume(spool, shutdown.clone(), ctx.clone(), Kind::Spool));
         let results_loop = tokio::spawn(consume(
             results,
@@ -200,7 +216,7 @@ impl Bound {
             Kind::Results,
         ));
         shutdown.wait().await;
-        // The consume loops stop pulling at shutdown and finish the message in hand.
+        // The consume loops stop pulling at shutdown and finish the batch in hand.
         let grace = ctx.config.common.shutdown_grace;
         let _ = tokio::time::timeout(grace, async {
             let _ = spool_loop.await;
@@ -214,12 +230,6 @@ impl Bound {
         }
         Ok(())
     }
-}
-
-struct Ctx {
-    js: jetstream::Context,
-    config: Config,
-    stats: Arc<Stats>,
 }
 
 #[derive(Clone, Copy)]
@@ -251,8 +261,8 @@ async fn consume(consumer: PullConsumer, shutdown: Shutdown, ctx: Arc<Ctx>, kind
         while let Some(msg) = batch.next().await {
             let Ok(msg) = msg else { continue };
             let outcome = match kind {
-                Kind::Spool => handle_spool(&ctx, &msg).await,
-                Kind::Results => handle_result(&ctx, &msg).await,
+                Kind::Spool => handle::spool(&ctx, &msg).await,
+                Kind::Results => handle::result(&ctx, &msg).await,
             };
             match outcome {
                 Ok(()) => {
@@ -269,69 +279,4 @@ async fn consume(consumer: PullConsumer, shutdown: Shutdown, ctx: Arc<Ctx>, kind
             }
         }
     }
-}
-
-async fn handle_spool(ctx: &Ctx, msg: &jetstream::Message) -> Result<(), String> {
-    let env = match Envelope::decode(msg.payload.clone()) {
-        Ok(e) => e,
-        Err(e) => {
-            // Not ours to fix by retrying: acknowledge so it does not loop forever.
-            tracing::error!(error = %e, "undecodable envelope on the spool; dropping");
-            return Ok(());
-        }
-    };
-    let seq = msg.info().map_err(|e| e.to_string())?.stream_sequence;
-    let span = tracing::info_span!("queue.route", message_id = %env.id, rcpts = env.rcpts.len());
-    telemetry::link_nats_parent(&span, msg.headers.as_ref());
-    async {
-        let expires = env.received_at_unix_ms + ctx.config.max_age.as_millis() as i64;
-        let routes = fan_out(&env, seq, expires, |d| ctx.config.common.is_local_domain(d));
-        let mut acks = Vec::with_capacity(routes.len());
-        for Route { subject, job } in &routes {
-            let ack = bus::publish(
-                &ctx.js,
-                subject.clone(),
-                job.encode_to_vec().into(),
-                &job.job_id,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            acks.push(ack);
-        }
-        for ack in acks {
-            ack.await.map_err(|e| e.to_string())?;
-        }
-        ctx.stats.received.fetch_add(1, Ordering::Relaxed);
-        ctx.stats
-            .jobs_routed
-            .fetch_add(routes.len() as u64, Ordering::Relaxed);
-        metrics::counter!("tern_queue_messages_received_total").increment(1);
-        metrics::counter!("tern_queue_jobs_routed_total").increment(routes.len() as u64);
-        tracing::info!(jobs = routes.len(), "routed");
-        Ok(())
-    }
-    .instrument(span)
-    .await
-}
-
-async fn handle_result(ctx: &Ctx, msg: &jetstream::Message) -> Result<(), String> {
-    let Ok(res) = JobResult::decode(msg.payload.clone()) else {
-        tracing::error!("undecodable job result; dropping");
-        return Ok(());
-    };
-    let span = tracing::info_span!("queue.result", message_id = %res.message_id, destination = %res.destination);
-    telemetry::link_nats_parent(&span, msg.headers.as_ref());
-    let _g = span.enter();
-    for r in &res.results {
-        let (counter, label) = match Outcome::try_from(r.outcome) {
-            Ok(Outcome::Delivered) => (&ctx.stats.delivered, "delivered"),
-            Ok(Outcome::Deferred) => (&ctx.stats.deferred, "deferred"),
-            Ok(Outcome::Bounced) => (&ctx.stats.bounced, "bounced"),
-            _ => continue,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("tern_queue_results_total", "outcome" => label).increment(1);
-        tracing::info!(rcpt = %r.address, outcome = label, code = r.code, reply = %r.reply, "result");
-    }
-    Ok(())
 }

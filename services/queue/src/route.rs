@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 use tern_proto::{Envelope, Job, Recipient};
 use tern_runtime::{body, bus};
 
-/// The destination name of local (mailbox) jobs.
-pub const LOCAL: &str = "local";
+use bus::LOCAL_DESTINATION as LOCAL;
 
 /// A job and the subject it is published on.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,11 +54,7 @@ pub fn fan_out(
     groups
         .into_iter()
         .map(|(dest, rcpts)| {
-            let subject = if dest == LOCAL {
-                bus::LOCAL_JOBS_SUBJECT.to_string()
-            } else {
-                bus::remote_jobs_subject(&dest)
-            };
+            let subject = bus::ready_subject(&dest);
             let job = Job {
                 job_id: format!("{}/{}", env.id, dest),
                 message_id: env.id.clone(),
