@@ -29,6 +29,16 @@ pub fn rfc3339(unix_ms: i64) -> String {
     )
 }
 
+/// An RFC 3339 UTC timestamp with milliseconds: `2025-06-03T12:34:56.789Z`.
+pub fn rfc3339_millis(unix_ms: i64) -> String {
+    let whole = rfc3339(unix_ms);
+    format!(
+        "{}.{:03}Z",
+        whole.trim_end_matches('Z'),
+        unix_ms.rem_euclid(1000)
+    )
+}
+
 fn split(unix_ms: i64) -> (i64, i64, i64, i64, i64) {
     let secs = unix_ms.div_euclid(1000);
     let days = secs.div_euclid(86_400);
@@ -67,5 +77,9 @@ mod tests {
     fn rfc3339_dates() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_748_954_096_789), "2025-06-03T12:34:56Z");
+        assert_eq!(
+            rfc3339_millis(1_748_954_096_789),
+            "2025-06-03T12:34:56.789Z"
+        );
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod date;
 pub mod grpc;
 pub mod holds;
+pub mod logfmt;
 pub mod managed_nats;
 pub mod shutdown;
 pub mod telemetry;

@@ -88,12 +88,13 @@ fn install(
         .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,hyper=warn,tower=warn,async_nats=warn"));
     let fmt = if json {
         tracing_subscriber::fmt::layer()
-            .json()
+            .event_format(crate::logfmt::Json)
             .with_writer(std::io::stderr)
             .boxed()
     } else {
         tracing_subscriber::fmt::layer()
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .event_format(crate::logfmt::Text(tracing_subscriber::fmt::format()))
+            .with_ansi(false)
             .with_writer(std::io::stderr)
             .boxed()
     };
@@ -143,11 +144,25 @@ pub fn inject_nats(headers: &mut async_nats::HeaderMap) {
     global::get_text_map_propagator(|p| p.inject_context(&cx, &mut NatsInjector(headers)));
 }
 
-/// Make `span` a child of the trace context in NATS headers, if any.
+/// Header a retried job carries: the W3C `traceparent` of the attempt that
+/// deferred it, so the retry's span links to the earlier attempt.
+pub const PREVIOUS_ATTEMPT_HEADER: &str = "Tern-Previous-Attempt";
+
+/// Make `span` a child of the trace context in NATS headers, if any, and
+/// link it to the earlier attempt when the message is a retry.
 pub fn link_nats_parent(span: &tracing::Span, headers: Option<&async_nats::HeaderMap>) {
-    if let Some(h) = headers {
-        let cx = global::get_text_map_propagator(|p| p.extract(&NatsExtractor(h)));
-        set_parent(span, cx);
+    use opentelemetry::trace::TraceContextExt;
+    let Some(h) = headers else { return };
+    let cx = global::get_text_map_propagator(|p| p.extract(&NatsExtractor(h)));
+    set_parent(span, cx);
+    if let Some(prev) = h.get(PREVIOUS_ATTEMPT_HEADER) {
+        let mut one = async_nats::HeaderMap::new();
+        one.insert("traceparent", prev.as_str());
+        let cx = global::get_text_map_propagator(|p| p.extract(&NatsExtractor(&one)));
+        let sc = cx.span().span_context().clone();
+        if sc.is_valid() {
+            span.add_link(sc);
+        }
     }
 }
 

@@ -18,101 +18,241 @@ fn tern() -> Command {
     c
 }
 
+/// A running `tern up` on free ports, and the addresses it printed.
+struct Up {
+    child: std::process::Child,
+    addrs: Vec<(String, SocketAddr)>,
+    _data: tempfile::TempDir,
+}
+
+impl Up {
+    fn start(extra: &[(&str, &str)], stderr: Stdio) -> Up {
+        let data = tempfile::tempdir().expect("temp dir");
+        let nats_bin = tern_testkit::workspace_root().join(".venv/bin/nats-server");
+        let mut cmd = tern();
+        cmd.arg("up")
+            .env("TERN_DATA_DIR", data.path())
+            .env("TERN_NATS_SERVER", &nats_bin)
+            .env(
+                "TERN_MANAGED_NATS_LISTEN",
+                format!("127.0.0.1:{}", tern_testkit::free_port()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        for key in [
+            "SMTP_LISTEN",
+            "SUBMISSION_LISTEN",
+            "SUBMISSIONS_LISTEN",
+            "IMAP_LISTEN",
+            "IMAPS_LISTEN",
+            "POP3_LISTEN",
+            "POP3S_LISTEN",
+            "INGRESS_GRPC_LISTEN",
+            "QUEUE_GRPC_LISTEN",
+            "RESOLVER_GRPC_LISTEN",
+            "DELIVERY_GRPC_LISTEN",
+            "MAILBOX_GRPC_LISTEN",
+            "INGRESS_ADMIN_LISTEN",
+            "QUEUE_ADMIN_LISTEN",
+            "RESOLVER_ADMIN_LISTEN",
+            "DELIVERY_ADMIN_LISTEN",
+            "MAILBOX_ADMIN_LISTEN",
+        ] {
+            cmd.env(
+                format!("TERN_{key}"),
+                format!("127.0.0.1:{}", tern_testkit::free_port()),
+            );
+        }
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start tern up");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut addrs = Vec::new();
+        let mut up = false;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.expect("read tern up output");
+            if line == "tern is up" {
+                up = true;
+                break;
+            }
+            let mut parts = line.split_whitespace().rev();
+            if let Some(addr) = parts
+                .next()
+                .and_then(|a| a.trim_start_matches("nats://").parse().ok())
+            {
+                addrs.push((line.clone(), addr));
+            }
+        }
+        assert!(up, "tern up did not report that it is up");
+        Up {
+            child,
+            addrs,
+            _data: data,
+        }
+    }
+
+    /// The address printed after `label` ("smtp", "mailbox grpc", "nats").
+    fn addr(&self, label: &str) -> SocketAddr {
+        self.addrs
+            .iter()
+            .find(|(line, _)| {
+                line.rsplit_once(char::is_whitespace).map(|(l, _)| l.trim()) == Some(label)
+            })
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no {label} in {:?}", self.addrs))
+    }
+
+    /// SIGTERM, then the exit status (within a deadline).
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .expect("kill")
+                .success()
+        );
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(40),
+                "tern up did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn tern_up_answers_on_every_port_and_exits_zero_on_sigterm() {
-    let data = tempfile::tempdir().expect("temp dir");
-    let nats_bin = tern_testkit::workspace_root().join(".venv/bin/nats-server");
-    let mut cmd = tern();
-    cmd.arg("up")
-        .env("TERN_DATA_DIR", data.path())
-        .env("TERN_NATS_SERVER", &nats_bin)
-        .env(
-            "TERN_MANAGED_NATS_LISTEN",
-            format!("127.0.0.1:{}", tern_testkit::free_port()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for key in [
-        "SMTP_LISTEN",
-        "SUBMISSION_LISTEN",
-        "SUBMISSIONS_LISTEN",
-        "IMAP_LISTEN",
-        "IMAPS_LISTEN",
-        "POP3_LISTEN",
-        "POP3S_LISTEN",
-        "INGRESS_GRPC_LISTEN",
-        "QUEUE_GRPC_LISTEN",
-        "RESOLVER_GRPC_LISTEN",
-        "DELIVERY_GRPC_LISTEN",
-        "MAILBOX_GRPC_LISTEN",
-        "INGRESS_ADMIN_LISTEN",
-        "QUEUE_ADMIN_LISTEN",
-        "RESOLVER_ADMIN_LISTEN",
-        "DELIVERY_ADMIN_LISTEN",
-        "MAILBOX_ADMIN_LISTEN",
-    ] {
-        cmd.env(
-            format!("TERN_{key}"),
-            format!("127.0.0.1:{}", tern_testkit::free_port()),
-        );
-    }
-    let mut child = cmd.spawn().expect("start tern up");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut addrs: Vec<(String, SocketAddr)> = Vec::new();
-    let mut up = false;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.expect("read tern up output");
-        if line == "tern is up" {
-            up = true;
-            break;
-        }
-        let mut parts = line.split_whitespace().rev();
-        if let Some(addr) = parts
-            .next()
-            .and_then(|a| a.trim_start_matches("nats://").parse().ok())
-        {
-            addrs.push((line.clone(), addr));
-        }
-    }
-    assert!(up, "tern up did not report that it is up");
+    let mut up = Up::start(&[], Stdio::null());
     // nats + 7 mail listeners + 5 gRPC + 5 admin
-    assert_eq!(addrs.len(), 18, "listening addresses printed: {addrs:?}");
-    for (what, addr) in &addrs {
+    assert_eq!(
+        up.addrs.len(),
+        18,
+        "listening addresses printed: {:?}",
+        up.addrs
+    );
+    for (what, addr) in &up.addrs {
         assert!(
             std::net::TcpStream::connect_timeout(addr, Duration::from_secs(2)).is_ok(),
             "{what} does not answer"
         );
     }
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(40),
-            "tern up did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = up.terminate();
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
     // The managed nats-server went with it.
-    let nats = addrs
-        .iter()
-        .find(|(w, _)| w.starts_with("nats"))
-        .expect("nats address")
-        .1;
+    let nats = up.addr("nats");
     assert!(
         std::net::TcpStream::connect_timeout(&nats, Duration::from_secs(1)).is_err(),
         "nats-server still running"
     );
+}
+
+#[test]
+fn json_logs_follow_a_message_by_the_id_in_the_250_reply() {
+    let mut up = Up::start(&[("TERN_LOG_FORMAT", "json")], Stdio::piped());
+    let stderr = up.child.stderr.take().expect("stderr");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let v: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
+            sink.lock().expect("log lines").push(v);
+        }
+    });
+    let mut add = tern()
+        .args(["user", "add", "alice@localhost"])
+        .env(
+            "TERN_MAILBOX_URL",
+            format!("http://{}", up.addr("mailbox grpc")),
+        )
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("tern user add");
+    use std::io::Write;
+    add.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"secret\n")
+        .expect("password");
+    assert!(add.wait().expect("user add").success());
+
+    let smtp = up.addr("smtp");
+    let script = "import smtplib,sys\ns=smtplib.SMTP(sys.argv[1],int(sys.argv[2]))\ns.ehlo()\ns.mail('bob@example.org')\ns.rcpt('alice@localhost')\nprint(s.data(b'Subject: hi\\r\\n\\r\\nhello\\r\\n')[1].decode())\ns.quit()";
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &smtp.ip().to_string(),
+            &smtp.port().to_string(),
+        ])
+        .output()
+        .expect("python smtplib");
+    let reply = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let id = reply
+        .rsplit(' ')
+        .next()
+        .expect("id in the 250 reply")
+        .to_string();
+    assert!(
+        reply.contains("queued as"),
+        "{reply} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The id finds a log line, its trace id finds the line of every later stage.
+    let start = Instant::now();
+    let (trace, stages) = loop {
+        let logs = lines.lock().expect("log lines").clone();
+        let trace = logs
+            .iter()
+            .find(|l| l["message_id"] == id.as_str() && l["trace_id"].is_string())
+            .map(|l| l["trace_id"].as_str().unwrap_or_default().to_string());
+        if let Some(trace) = trace {
+            let spans: Vec<String> = logs
+                .iter()
+                .filter(|l| l["trace_id"] == trace.as_str())
+                .filter_map(|l| l["span"].as_str().map(str::to_string))
+                .collect();
+            // queue.result is a child of the mailbox delivery span, through the result message.
+            if spans.iter().any(|s| s == "queue.result") {
+                break (trace, spans);
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no complete trace in the logs: {logs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(trace.len(), 32, "W3C trace id");
+    for stage in ["smtp.transaction", "queue.route"] {
+        assert!(
+            stages.iter().any(|s| s == stage),
+            "no {stage} line in trace {trace}: {stages:?}"
+        );
+    }
+    assert!(
+        lines
+            .lock()
+            .expect("log lines")
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string())
+    );
+    assert_eq!(up.terminate().code(), Some(0));
 }
 
 #[test]

@@ -118,10 +118,16 @@ pub(crate) async fn result(ctx: &Ctx, msg: &jetstream::Message) -> Result<(), St
     };
     let span = tracing::info_span!("queue.result", message_id = %res.message_id, destination = %res.destination, attempt = res.attempt);
     telemetry::link_nats_parent(&span, msg.headers.as_ref());
-    apply(ctx, res).instrument(span).await
+    // The attempt that produced this result; a retry links back to it.
+    let attempt_trace = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("traceparent"))
+        .map(|v| v.as_str().to_string());
+    apply(ctx, res, attempt_trace).instrument(span).await
 }
 
-async fn apply(ctx: &Ctx, res: JobResult) -> Result<(), String> {
+async fn apply(ctx: &Ctx, res: JobResult, attempt_trace: Option<String>) -> Result<(), String> {
     let Some(mut st) = ctx
         .state
         .job(&res.message_id, &res.destination)
@@ -224,6 +230,9 @@ async fn apply(ctx: &Ctx, res: JobResult) -> Result<(), String> {
             let target = bus::ready_subject(&retry.destination);
             let mut headers = async_nats::HeaderMap::new();
             telemetry::inject_nats(&mut headers);
+            if let Some(tp) = &attempt_trace {
+                headers.insert(telemetry::PREVIOUS_ATTEMPT_HEADER, tp.as_str());
+            }
             // Round up: a schedule fires on whole seconds.
             headers.insert(
                 "Nats-Schedule",
