@@ -305,6 +305,24 @@ async fn hold_keeps_jobs_and_release_delivers_them() {
     })
     .await;
     assert_eq!(held.ready, 0);
+    // The same figure reaches Prometheus as a gauge.
+    let admin_addr = stack.addr("queue admin");
+    tern_testkit::wait_for(
+        "the held gauge on /metrics",
+        Duration::from_secs(20),
+        || async move {
+            let (_, body) = common::http_get(admin_addr, "/metrics").await?;
+            body.lines()
+                .any(|l| {
+                    l.starts_with("tern_queue_jobs{")
+                        && l.contains("destination=\"remote.test\"")
+                        && l.contains("state=\"held\"")
+                        && l.ends_with(" 3")
+                })
+                .then_some(())
+        },
+    )
+    .await;
     assert!(
         stack.sink.messages().is_empty(),
         "nothing is attempted while on hold"

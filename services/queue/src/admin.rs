@@ -52,69 +52,134 @@ fn valid_destination(d: &str) -> Result<String, Status> {
         .ok_or_else(|| Status::invalid_argument("destination must be a domain name or \"local\""))
 }
 
+/// Queue depth per destination and jobs in flight, from JetStream's own counters.
+pub(crate) async fn collect(ctx: &Ctx) -> Result<StatsResponse, String> {
+    let stream = ctx
+        .js
+        .get_stream(bus::JOBS_STREAM)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut per: BTreeMap<String, DestinationStats> = BTreeMap::new();
+    let mut subjects = stream
+        .info_with_subjects(">")
+        .await
+        .map_err(|e| e.to_string())?;
+    while let Some(item) = subjects.next().await {
+        let (subject, count) = item.map_err(|e| e.to_string())?;
+        let Some((what, dest)) = classify(&subject) else {
+            continue;
+        };
+        let s = per.entry(dest.clone()).or_insert_with(|| DestinationStats {
+            destination: dest,
+            ..Default::default()
+        });
+        let n = count as u64;
+        match what {
+            "ready" => s.ready += n,
+            "held" => s.held += n,
+            _ => s.scheduled += n,
+        }
+    }
+    for d in ctx.holds.all() {
+        per.entry(d.clone())
+            .or_insert_with(|| DestinationStats {
+                destination: d,
+                ..Default::default()
+            })
+            .on_hold = true;
+    }
+    let now = now_unix_ms();
+    for s in per.values_mut() {
+        s.on_hold |= ctx.holds.is_held(&s.destination);
+        // The oldest ready or held job: the first message on its subject.
+        for subject in [
+            bus::ready_subject(&s.destination),
+            bus::held_subject(&s.destination),
+        ] {
+            if let Ok(m) = stream.direct_get_first_for_subject(subject).await
+                && let Ok(job) = Job::decode(m.payload)
+            {
+                let age = ((now - job.received_at_unix_ms).max(0) / 1000) as u64;
+                s.oldest_age_seconds = s.oldest_age_seconds.max(age);
+            }
+        }
+    }
+    let mut in_flight = 0;
+    for name in [bus::consumers::DELIVERY, bus::consumers::MAILBOX] {
+        if let Ok(mut c) = stream.get_consumer::<consumer::pull::Config>(name).await
+            && let Ok(info) = c.info().await
+        {
+            in_flight += info.num_ack_pending as u64;
+        }
+    }
+    Ok(StatsResponse {
+        destinations: per.into_values().collect(),
+        in_flight,
+    })
+}
+
+/// Keep the depth gauges and JetStream consumer lag current for Prometheus
+/// (and the autoscaler) until shutdown.
+pub(crate) async fn export_gauges(
+    ctx: Arc<Ctx>,
+    every: Duration,
+    shutdown: tern_runtime::Shutdown,
+) {
+    let mut seen: std::collections::BTreeSet<String> = Default::default();
+    loop {
+        if let Ok(stats) = collect(&ctx).await {
+            let mut now_seen = std::collections::BTreeSet::new();
+            for d in &stats.destinations {
+                let dest = d.destination.clone();
+                for (state, n) in [
+                    ("ready", d.ready),
+                    ("scheduled", d.scheduled),
+                    ("held", d.held),
+                ] {
+                    metrics::gauge!("tern_queue_jobs", "destination" => dest.clone(), "state" => state).set(n as f64);
+                }
+                metrics::gauge!("tern_queue_oldest_age_seconds", "destination" => dest.clone())
+                    .set(d.oldest_age_seconds as f64);
+                now_seen.insert(dest);
+            }
+            // Destinations that emptied go to zero instead of keeping their last value.
+            for gone in seen.difference(&now_seen) {
+                for state in ["ready", "scheduled", "held"] {
+                    metrics::gauge!("tern_queue_jobs", "destination" => gone.clone(), "state" => state).set(0.0);
+                }
+                metrics::gauge!("tern_queue_oldest_age_seconds", "destination" => gone.clone())
+                    .set(0.0);
+            }
+            seen = now_seen;
+            metrics::gauge!("tern_queue_in_flight").set(stats.in_flight as f64);
+        }
+        for (stream_name, durable) in [
+            (bus::SPOOL_STREAM, bus::consumers::QUEUE_SPOOL),
+            (bus::RESULTS_STREAM, bus::consumers::QUEUE_RESULTS),
+            (bus::JOBS_STREAM, bus::consumers::DELIVERY),
+            (bus::JOBS_STREAM, bus::consumers::MAILBOX),
+        ] {
+            if let Ok(stream) = ctx.js.get_stream(stream_name).await
+                && let Ok(mut c) = stream.get_consumer::<consumer::pull::Config>(durable).await
+                && let Ok(info) = c.info().await
+            {
+                metrics::gauge!("tern_jetstream_consumer_pending", "consumer" => durable)
+                    .set(info.num_pending as f64);
+                metrics::gauge!("tern_jetstream_consumer_ack_pending", "consumer" => durable)
+                    .set(info.num_ack_pending as f64);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait() => return,
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl QueueAdmin for Admin {
     async fn stats(&self, _: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
-        let ctx = &self.0;
-        let stream = ctx
-            .js
-            .get_stream(bus::JOBS_STREAM)
-            .await
-            .map_err(internal)?;
-        let mut per: BTreeMap<String, DestinationStats> = BTreeMap::new();
-        let mut subjects = stream.info_with_subjects(">").await.map_err(internal)?;
-        while let Some(item) = subjects.next().await {
-            let (subject, count) = item.map_err(internal)?;
-            let Some((what, dest)) = classify(&subject) else {
-                continue;
-            };
-            let s = per.entry(dest.clone()).or_insert_with(|| DestinationStats {
-                destination: dest,
-                ..Default::default()
-            });
-            let n = count as u64;
-            match what {
-                "ready" => s.ready += n,
-                "held" => s.held += n,
-                _ => s.scheduled += n,
-            }
-        }
-        for d in ctx.holds.all() {
-            per.entry(d.clone())
-                .or_insert_with(|| DestinationStats {
-                    destination: d,
-                    ..Default::default()
-                })
-                .on_hold = true;
-        }
-        let now = now_unix_ms();
-        for s in per.values_mut() {
-            s.on_hold |= ctx.holds.is_held(&s.destination);
-            // The oldest ready or held job: the first message on its subject.
-            for subject in [
-                bus::ready_subject(&s.destination),
-                bus::held_subject(&s.destination),
-            ] {
-                if let Ok(m) = stream.direct_get_first_for_subject(subject).await
-                    && let Ok(job) = Job::decode(m.payload)
-                {
-                    let age = ((now - job.received_at_unix_ms).max(0) / 1000) as u64;
-                    s.oldest_age_seconds = s.oldest_age_seconds.max(age);
-                }
-            }
-        }
-        let mut in_flight = 0;
-        for name in [bus::consumers::DELIVERY, bus::consumers::MAILBOX] {
-            if let Ok(mut c) = stream.get_consumer::<consumer::pull::Config>(name).await
-                && let Ok(info) = c.info().await
-            {
-                in_flight += info.num_ack_pending as u64;
-            }
-        }
-        Ok(Response::new(StatsResponse {
-            destinations: per.into_values().collect(),
-            in_flight,
-        }))
+        collect(&self.0).await.map(Response::new).map_err(internal)
     }
 
     async fn show(&self, req: Request<ShowRequest>) -> Result<Response<ShowResponse>, Status> {

@@ -55,6 +55,9 @@ pub const DELAY_DSN_AFTER: Key<Option<Duration>> = Key::new(
     "send one delay DSN once a message has waited this long (empty: never)",
 );
 
+/// How often queue depth and consumer lag gauges are refreshed.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Queue configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -208,6 +211,11 @@ impl Bound {
         ready.set(true);
         tracing::info!("queue ready");
 
+        tokio::spawn(admin::export_gauges(
+            ctx.clone(),
+            GAUGE_INTERVAL,
+            stop.clone(),
+        ));
         let spool_loop = tokio::spawn(consume(spool, shutdown.clone(), ctx.clone(), Kind::Spool));
         let results_loop = tokio::spawn(consume(
             results,
