@@ -13,6 +13,10 @@ NATS_VERSION=2.15.1
 # the file that shows it is installed).
 TEST_PACKAGES="
 postgresql /usr/bin/pg_ctlcluster
+swaks /usr/bin/swaks
+postfix /usr/sbin/postfix
+unbound /usr/sbin/unbound
+prometheus /usr/bin/prometheus
 "
 
 if [ "${1:-}" = "--test" ]; then
@@ -25,6 +29,9 @@ if [ "${1:-}" = "--test" ]; then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"
     echo "installing Debian packages for the tests:$missing" >&2
+    # Postfix (ingress interop test and benchmark peer) asks how to set up
+    # the system's mail on install; the tests run their own instances.
+    echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections
     install() { $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >&2; }
     install || { $sudo apt-get update -q >&2 && install; }
   fi

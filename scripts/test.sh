@@ -10,3 +10,5 @@ export TEST_REQUIRE_POSTGRES=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"
+# Prometheus scrapes a running `tern up` and agrees with `tern queue stats`.
+deploy/observability/prometheus-check.sh target/debug/tern

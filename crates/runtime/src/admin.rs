@@ -28,11 +28,24 @@ impl Readiness {
     }
 }
 
+/// Histogram bucket bounds in seconds, shared by every latency metric.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
 /// The process-wide Prometheus recorder (installed on first use).
 pub fn metrics_handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        // Real Prometheus histograms (not summaries), so latency quantiles can
+        // be aggregated across replicas: from 0.5 ms (a cached DNS answer) to
+        // 5 minutes (an SMTP transaction at its RFC 5321 timeouts).
+        let builder = PrometheusBuilder::new();
+        let builder = match builder.set_buckets(LATENCY_BUCKETS) {
+            Ok(b) => b,
+            Err(_) => PrometheusBuilder::new(),
+        };
+        let recorder = builder.build_recorder();
         let handle = recorder.handle();
         // Fails only if another recorder was installed first; then ours stays local.
         let _ = metrics::set_global_recorder(recorder);
