@@ -5,6 +5,7 @@
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{Context, global};
+use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanExporter, TracerProviderBuilder};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -52,6 +53,28 @@ pub fn init_with_exporter<E: SpanExporter + 'static>(
     install(service_name, json, move |b| {
         b.with_simple_exporter(exporter)
     })
+}
+
+/// Like [`init`], also exporting every span over OTLP/gRPC to `endpoint`
+/// (batched, as in production). Tests point this at their own receiver.
+pub fn init_with_otlp(
+    service_name: &str,
+    json: bool,
+    endpoint: &str,
+) -> Result<TelemetryGuard, TelemetryError> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .build()
+        .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+    install(service_name, json, move |b| b.with_batch_exporter(exporter))
+}
+
+impl TelemetryGuard {
+    /// Export every finished span now (blocks until the exporters answer).
+    pub fn flush(&self) {
+        let _ = self.provider.force_flush();
+    }
 }
 
 fn install(

@@ -4,14 +4,17 @@
 //! - [`NatsServer`]: a real `nats-server` with JetStream in a temp dir;
 //! - [`DnsServer`]: an in-process authoritative DNS server (hickory-server)
 //!   serving zone text written in the test;
-//! - [`SmtpSink`]: an SMTP server that records every transaction it receives.
+//! - [`SmtpSink`]: an SMTP server that records every transaction it receives;
+//! - [`OtlpReceiver`]: an OTLP/gRPC trace receiver that keeps the spans it is sent.
 
 mod dns;
 mod nats;
+mod otlp;
 mod sink;
 
 pub use dns::DnsServer;
 pub use nats::NatsServer;
+pub use otlp::{OtlpReceiver, OtlpSpan};
 pub use sink::{SinkMessage, SmtpSink};
 
 use std::time::{Duration, Instant};

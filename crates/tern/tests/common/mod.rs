@@ -15,18 +15,46 @@ use tern_runtime::Shutdown;
 use tern_runtime::config::Source;
 use tern_testkit::{DnsServer, NatsServer, SmtpSink};
 
+/// How this test process exports spans: to memory (most tests), or over
+/// OTLP to a receiver (the OTLP test). Installed once per process.
+pub enum Telemetry {
+    /// Spans kept in memory, read back with [`spans`].
+    Memory(InMemorySpanExporter),
+    /// Spans exported over OTLP/gRPC.
+    Otlp(tern_runtime::telemetry::TelemetryGuard),
+}
+
+static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
+
+fn memory() -> Telemetry {
+    let exporter = InMemorySpanExporter::default();
+    let guard = tern_runtime::telemetry::init_with_exporter("tern-test", false, exporter.clone())
+        .expect("install telemetry once per test process");
+    // Keep the provider for the life of the test process.
+    std::mem::forget(guard);
+    Telemetry::Memory(exporter)
+}
+
 /// Spans of every test in this process, read back to check trace propagation.
 pub fn spans() -> &'static InMemorySpanExporter {
-    static EXPORTER: OnceLock<InMemorySpanExporter> = OnceLock::new();
-    EXPORTER.get_or_init(|| {
-        let exporter = InMemorySpanExporter::default();
-        let guard =
-            tern_runtime::telemetry::init_with_exporter("tern-test", false, exporter.clone())
-                .expect("install telemetry once per test process");
-        // Keep the provider for the life of the test process.
-        std::mem::forget(guard);
-        exporter
-    })
+    match TELEMETRY.get_or_init(memory) {
+        Telemetry::Memory(e) => e,
+        Telemetry::Otlp(_) => panic!("this test process exports spans over OTLP"),
+    }
+}
+
+/// Export this process's spans over OTLP to `endpoint` (call before [`Stack::start`]).
+pub fn export_otlp(endpoint: &str) -> &'static tern_runtime::telemetry::TelemetryGuard {
+    let t = TELEMETRY.get_or_init(|| {
+        Telemetry::Otlp(
+            tern_runtime::telemetry::init_with_otlp("tern-test", false, endpoint)
+                .expect("OTLP telemetry"),
+        )
+    });
+    match t {
+        Telemetry::Otlp(g) => g,
+        Telemetry::Memory(_) => panic!("telemetry was already installed in memory"),
+    }
 }
 
 /// A running stack.
@@ -53,7 +81,7 @@ mx   IN A   127.0.0.1
 impl Stack {
     /// Start everything; `extra` adds or overrides config pairs for every service.
     pub async fn start(extra: &[(&str, &str)]) -> Stack {
-        spans();
+        TELEMETRY.get_or_init(memory);
         let nats = NatsServer::start().await;
         let dns = DnsServer::start(&[("remote.test.", ZONE)]).await;
         let sink = SmtpSink::start().await;
