@@ -125,24 +125,90 @@ pub enum BusError {
 
 /// Connect, retrying in the background until the server is reachable, and
 /// reconnecting forever after that. `url` may list several servers,
-/// comma-separated (`TERN_NATS_URL`), e.g. the seeds of a cluster.
+/// comma-separated (`TERN_NATS_URL`), e.g. the seeds of a cluster, and carry
+/// credentials in its user-info part: `nats://user:password@host:4222` or
+/// `nats://token@host:4222` (percent-encoded where needed).
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BusError> {
+    let (servers, auth) = nats_servers(url);
+    let mut options = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(2));
+    // async-nats parses the user-info of a server URL but does not send it.
+    match auth {
+        Some((user, Some(password))) => options = options.user_and_password(user, password),
+        Some((token, None)) => options = options.token(token),
+        None => {}
+    }
+    options
+        .connect(servers)
+        .await
+        .map_err(|source| BusError::Connect {
+            url: redact_nats_url(url),
+            source,
+        })
+}
+
+/// The servers of a `TERN_NATS_URL` value and the credentials in the first
+/// user-info part found: `(user, Some(password))` or `(token, None)`.
+fn nats_servers(url: &str) -> (Vec<&str>, Option<(String, Option<String>)>) {
     let servers: Vec<&str> = url
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .collect();
-    async_nats::ConnectOptions::new()
-        .name(name)
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .connection_timeout(Duration::from_secs(2))
-        .connect(servers)
-        .await
-        .map_err(|source| BusError::Connect {
-            url: url.to_string(),
-            source,
+    let auth = servers.iter().find_map(|s| {
+        let (_, rest) = s.split_once("://")?;
+        let (userinfo, _) = rest.split_once('@')?;
+        let (user, password) = match userinfo.split_once(':') {
+            Some((u, p)) => (u, Some(percent_decode(p))),
+            None => (userinfo, None),
+        };
+        Some((percent_decode(user), password))
+    });
+    (servers, auth)
+}
+
+/// `url` with every password or token replaced by `***`, for messages and logs.
+pub fn redact_nats_url(url: &str) -> String {
+    url.split(',')
+        .map(|s| match s.split_once("://") {
+            Some((scheme, rest)) => match rest.split_once('@') {
+                Some((userinfo, host)) => match userinfo.split_once(':') {
+                    Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                    None => format!("{scheme}://***@{host}"),
+                },
+                None => s.to_string(),
+            },
+            None => s.to_string(),
         })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn setup_err(what: &str) -> impl FnOnce(Box<dyn std::fmt::Display>) -> BusError + '_ {
@@ -305,4 +371,29 @@ pub async fn publish(
         .headers(headers)
         .message_id(msg_id);
     js.send_publish(subject, msg).await
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[test]
+    fn servers_and_credentials_from_the_url() {
+        let (servers, auth) = nats_servers("nats://a:4222, nats://b:4222,");
+        assert_eq!(servers, ["nats://a:4222", "nats://b:4222"]);
+        assert_eq!(auth, None);
+        let (servers, auth) = nats_servers("nats://tern:p%40ss@a:4222,nats://tern:p%40ss@b:4222");
+        assert_eq!(servers.len(), 2);
+        assert_eq!(auth, Some(("tern".into(), Some("p@ss".into()))));
+        let (_, auth) = nats_servers("tls://s3cr3t-token@nats.example:4222");
+        assert_eq!(auth, Some(("s3cr3t-token".into(), None)));
+    }
+
+    #[test]
+    fn redaction_hides_passwords_and_tokens() {
+        assert_eq!(
+            redact_nats_url("nats://tern:secret@a:4222,nats://tok@b:4222,nats://c:4222"),
+            "nats://tern:***@a:4222,nats://***@b:4222,nats://c:4222"
+        );
+    }
 }
