@@ -12,3 +12,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"
 # Prometheus scrapes a running `tern up` and agrees with `tern queue stats`.
 deploy/observability/prometheus-check.sh target/debug/tern
+# The Helm chart: lint, render over several value sets, validate every
+# manifest against the Kubernetes schemas, and `tern config check` each
+# Deployment's environment.
+scripts/helm-check.sh
+# The production topology as processes on loopback (3-node NATS, PostgreSQL,
+# two replicas of every service), with SIGKILLs mid-run; every message accounted for.
+deploy/rehearse.sh
