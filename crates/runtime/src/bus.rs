@@ -397,3 +397,31 @@ mod url_tests {
         );
     }
 }
+
+/// [`pull_consumer`], retried with backoff until it exists or shutdown
+/// begins: right after start-up (or a NATS restart) the stream leader may
+/// not be elected yet, and that is no reason for a service to exit.
+pub async fn pull_consumer_until_ready(
+    js: &jetstream::Context,
+    stream_name: &str,
+    durable: &str,
+    filter: &str,
+    ack_wait: Duration,
+    shutdown: &crate::Shutdown,
+) -> Result<consumer::PullConsumer, BusError> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match pull_consumer(js, stream_name, durable, filter, ack_wait).await {
+            Ok(c) => return Ok(c),
+            Err(e) if shutdown.is_triggered() => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "consumer not ready; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.wait() => return Err(e),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

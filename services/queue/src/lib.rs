@@ -189,20 +189,22 @@ impl Bound {
             .add_service(QueueAdminServer::new(admin::Admin(ctx.clone())));
         let grpc_task = tokio::spawn(grpc::serve(grpc, routes, stop.clone()));
         let ack_wait = Duration::from_secs(30);
-        let spool = bus::pull_consumer(
+        let spool = bus::pull_consumer_until_ready(
             &js,
             bus::SPOOL_STREAM,
             bus::consumers::QUEUE_SPOOL,
             bus::SPOOL_SUBJECT,
             ack_wait,
+            &shutdown,
         )
         .await?;
-        let results = bus::pull_consumer(
+        let results = bus::pull_consumer_until_ready(
             &js,
             bus::RESULTS_STREAM,
             bus::consumers::QUEUE_RESULTS,
             bus::RESULTS_FILTER,
             ack_wait,
+            &shutdown,
         )
         .await?;
         reporter
