@@ -15,7 +15,7 @@ use hickory_resolver::{Resolver, TokioResolver};
 use rand::seq::SliceRandom;
 use tern_proto::{LookupResponse, MxHost, ResolveRouteResponse, RouteStatus};
 
-use crate::cache::TtlCache;
+use crate::cache::{Answer, Served, TtlCache};
 
 /// Enhanced status for a domain that does not exist (RFC 3463).
 pub const ENHANCED_NO_DOMAIN: &str = "5.1.2";
@@ -42,6 +42,14 @@ pub struct DnsSettings {
     pub ttl_floor: Duration,
     /// Longest time an answer is cached.
     pub ttl_ceiling: Duration,
+    /// Longest time a negative answer (NXDOMAIN, NODATA) is cached; the
+    /// RFC 2308 §5 negative TTL (from the SOA) is capped at this.
+    pub negative_ttl_max: Duration,
+    /// How long past its TTL an answer may still be served when upstream
+    /// fails (RFC 8767); zero disables serve-stale.
+    pub stale_window: Duration,
+    /// Upstream queries in flight at most; more wait for a slot.
+    pub max_inflight: usize,
 }
 
 /// Building the DNS client failed.
@@ -84,6 +92,9 @@ struct Inner {
     resolver: TokioResolver,
     floor: u32,
     ceiling: u32,
+    negative_max: u32,
+    /// Bounds upstream concurrency (`max_inflight`).
+    upstream: tokio::sync::Semaphore,
 }
 
 /// What a failed query means for mail routing.
@@ -122,12 +133,17 @@ impl DnsResolver {
         };
         let floor = secs(settings.ttl_floor);
         let ceiling = secs(settings.ttl_ceiling).max(floor);
+        let negative_max = secs(settings.negative_ttl_max).clamp(floor, ceiling);
+        let max_inflight = settings.max_inflight.max(1);
         let opts: &mut ResolverOpts = builder.options_mut();
         opts.timeout = settings.timeout;
         opts.positive_min_ttl = (floor > 0).then(|| Duration::from_secs(u64::from(floor)));
         opts.negative_min_ttl = opts.positive_min_ttl;
         opts.positive_max_ttl = Some(Duration::from_secs(u64::from(ceiling)));
-        opts.negative_max_ttl = opts.positive_max_ttl;
+        opts.negative_max_ttl = Some(Duration::from_secs(u64::from(negative_max)));
+        // hickory answers "busy" beyond this per connection; our semaphore
+        // keeps us below it.
+        opts.max_active_requests = opts.max_active_requests.max(max_inflight);
         let resolver = builder
             .build()
             .map_err(|e| DnsSetupError::Build(e.to_string()))?;
@@ -136,30 +152,27 @@ impl DnsResolver {
                 resolver,
                 floor,
                 ceiling,
+                negative_max,
+                upstream: tokio::sync::Semaphore::new(max_inflight),
             }),
-            routes: TtlCache::new(CACHE_ENTRIES),
-            lookups: TtlCache::new(CACHE_ENTRIES),
+            routes: TtlCache::new("route", CACHE_ENTRIES, settings.stale_window),
+            lookups: TtlCache::new("lookup", CACHE_ENTRIES, settings.stale_window),
         })
     }
 
     /// The ordered route for a mail domain or address literal (cached).
-    pub async fn resolve_route(&self, domain: &str) -> Arc<ResolveRouteResponse> {
+    pub async fn resolve_route(&self, domain: &str) -> ResolveRouteResponse {
         let key = domain.trim().trim_end_matches('.').to_ascii_lowercase();
         let inner = self.inner.clone();
         let k = key.clone();
-        let (mut route, hit) = self
+        let (route, served) = self
             .routes
-            .get_or_resolve(
-                &key,
-                route_ttl,
-                async move { inner.resolve_route(&k).await },
-            )
+            .get_or_resolve(&key, async move { inner.resolve_route(&k).await })
             .await;
-        if hit && route.hosts.len() > 1 {
-            // A cached answer still gets a fresh shuffle within each preference.
-            let mut r = (*route).clone();
-            shuffle_equal_preferences(&mut r.hosts);
-            route = Arc::new(r);
+        let mut route = Arc::unwrap_or_clone(route);
+        if served != Served::Miss && route.hosts.len() > 1 {
+            // A shared answer still gets a fresh shuffle within each preference.
+            shuffle_equal_preferences(&mut route.hosts);
         }
         route
     }
@@ -183,33 +196,72 @@ impl DnsResolver {
         let inner = self.inner.clone();
         let (resp, _) = self
             .lookups
-            .get_or_resolve(
-                &key,
-                lookup_ttl,
-                async move { inner.lookup(fqdn, rtype).await },
-            )
+            .get_or_resolve(&key, async move { inner.lookup(fqdn, rtype).await })
             .await;
         Ok(resp)
     }
 }
 
-fn route_ttl(r: &ResolveRouteResponse) -> Duration {
-    if r.status == RouteStatus::Temporary as i32 {
-        Duration::ZERO
-    } else {
-        Duration::from_secs(u64::from(r.ttl))
+/// Temporary failures are never kept; everything else for its TTL.
+impl Answer for ResolveRouteResponse {
+    fn keep_for(&self) -> Duration {
+        if self.is_temporary() {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(u64::from(self.ttl))
+        }
+    }
+    fn is_temporary(&self) -> bool {
+        self.status == RouteStatus::Temporary as i32
+    }
+    fn as_stale(&self, ttl: u32) -> Self {
+        ResolveRouteResponse {
+            ttl,
+            ..self.clone()
+        }
     }
 }
 
-fn lookup_ttl(r: &LookupResponse) -> Duration {
-    if r.status == RouteStatus::Temporary as i32 {
-        Duration::ZERO
-    } else {
-        Duration::from_secs(u64::from(r.ttl))
+/// Temporary failures are never kept; everything else for its TTL.
+impl Answer for LookupResponse {
+    fn keep_for(&self) -> Duration {
+        if self.is_temporary() {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(u64::from(self.ttl))
+        }
+    }
+    fn is_temporary(&self) -> bool {
+        self.status == RouteStatus::Temporary as i32
+    }
+    fn as_stale(&self, ttl: u32) -> Self {
+        LookupResponse {
+            ttl,
+            ..self.clone()
+        }
     }
 }
 
-fn secs(d: Duration) -> u32 {
+/// Counts a query waiting for an upstream slot in `tern_dns_upstream_queued`
+/// (also when the waiting request is cancelled).
+struct Queued(metrics::Gauge);
+
+impl Queued {
+    fn enter() -> Queued {
+        let g = metrics::gauge!("tern_dns_upstream_queued");
+        g.increment(1.0);
+        Queued(g)
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// Whole seconds of `d`, saturating.
+pub(crate) fn secs(d: Duration) -> u32 {
     u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
 }
 
@@ -218,9 +270,27 @@ impl Inner {
         ttl.clamp(self.floor, self.ceiling)
     }
 
-    /// One query, with the outcome counted in `tern_dns_lookups_total`.
+    /// TTL for a negative answer: RFC 2308 §5 (the SOA's negative TTL, which
+    /// hickory computes), capped at `negative_max`.
+    fn clamp_negative(&self, ttl: u32) -> u32 {
+        self.clamp(ttl).min(self.negative_max)
+    }
+
+    /// One query, with the outcome counted in `tern_dns_lookups_total` and
+    /// its latency in `tern_dns_upstream_seconds`. At most `max_inflight`
+    /// queries run at once.
     async fn query(&self, name: &Name, rtype: RecordType) -> Result<Lookup, Failure> {
+        let _slot = match self.upstream.try_acquire() {
+            Ok(slot) => Ok(slot),
+            Err(_) => {
+                let _queued = Queued::enter();
+                self.upstream.acquire().await
+            }
+        };
+        let started = Instant::now();
         let res = self.resolver.lookup(name.clone(), rtype).await;
+        metrics::histogram!("tern_dns_upstream_seconds", "type" => rtype.to_string())
+            .record(started.elapsed().as_secs_f64());
         let (outcome, result) = match res {
             Ok(l) => ("ok", Ok(l)),
             Err(e) => {
@@ -259,10 +329,14 @@ impl Inner {
                 return permanent(
                     ENHANCED_NO_DOMAIN,
                     format!("domain {domain} does not exist (NXDOMAIN)"),
-                    self.clamp(ttl),
+                    self.clamp_negative(ttl),
                 );
             }
-            Err(Failure::NoData { .. }) => return self.implicit_mx(domain, &name).await,
+            Err(Failure::NoData { ttl }) => {
+                return self
+                    .implicit_mx(domain, &name, self.clamp_negative(ttl))
+                    .await;
+            }
             Err(Failure::Temporary(e)) => {
                 return temporary(format!("MX lookup for {domain} failed: {e}"));
             }
@@ -278,7 +352,8 @@ impl Inner {
             .collect();
         if records.is_empty() {
             // Only a CNAME chain or other types came back: treat as NODATA.
-            return self.implicit_mx(domain, &name).await;
+            let ttl = mx_ttl.min(self.negative_max);
+            return self.implicit_mx(domain, &name, ttl).await;
         }
         if records.iter().all(|(_, host)| host.is_root()) {
             return permanent(
@@ -294,6 +369,21 @@ impl Inner {
         let mut site: Vec<String> = records.iter().map(|(_, h)| display_name(h)).collect();
         site.sort();
         site.dedup();
+
+        // RFC 1035 §3.3.9 / RFC 5321 §5.1: the exchange is a host *name*. A
+        // target spelled like an IPv4 address ("MX 10 192.0.2.1.") is a
+        // misconfiguration; like Exim and Postfix we do not use it (nor look
+        // it up as a name), and say so if nothing else is left.
+        let mut ip_targets = Vec::new();
+        records.retain(|(_, host)| {
+            let text = display_name(host);
+            if text.parse::<Ipv4Addr>().is_ok() {
+                ip_targets.push(text);
+                false
+            } else {
+                true
+            }
+        });
 
         let lookups = records.iter().map(|(pref, host)| async move {
             let (addrs, ttl, temp) = self.addresses(host).await;
@@ -324,13 +414,21 @@ impl Inner {
                     temp_errors.join("; ")
                 ));
             }
+            let why = if ip_targets.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; MX targets that are IP addresses, not host names, are not used: {}",
+                    ip_targets.join(", ")
+                )
+            };
             return permanent(
                 ENHANCED_NO_ROUTE,
                 format!(
-                    "no MX host of {domain} has an address ({})",
+                    "no MX host of {domain} has an address ({}){why}",
                     site.join(", ")
                 ),
-                self.clamp(mx_ttl),
+                self.clamp(mx_ttl).min(self.negative_max),
             );
         }
         shuffle_equal_preferences(&mut hosts);
@@ -344,9 +442,12 @@ impl Inner {
         }
     }
 
-    /// RFC 5321 §5.1: no MX records means the domain itself is the one host.
-    async fn implicit_mx(&self, domain: &str, name: &Name) -> ResolveRouteResponse {
+    /// RFC 5321 §5.1: no MX records means the domain itself is the one host
+    /// (the "implicit MX"). `mx_ttl` is how long the NODATA answer for MX may
+    /// be cached; the route is cached no longer than that.
+    async fn implicit_mx(&self, domain: &str, name: &Name, mx_ttl: u32) -> ResolveRouteResponse {
         let (addrs, ttl, temp) = self.addresses(name).await;
+        let ttl = ttl.unwrap_or(DEFAULT_NEGATIVE_TTL).min(mx_ttl);
         if addrs.is_empty() {
             if let Some(e) = temp {
                 return temporary(format!("address lookup for {domain} failed: {e}"));
@@ -354,7 +455,7 @@ impl Inner {
             return permanent(
                 ENHANCED_NO_DOMAIN,
                 format!("domain {domain} has no MX and no address records"),
-                self.clamp(ttl.unwrap_or(DEFAULT_NEGATIVE_TTL)),
+                self.clamp_negative(ttl),
             );
         }
         let host = display_name(name);
@@ -365,7 +466,7 @@ impl Inner {
                 preference: 0,
                 addresses: addrs,
             }],
-            ttl: self.clamp(ttl.unwrap_or(DEFAULT_NEGATIVE_TTL)),
+            ttl: self.clamp(ttl),
             site: host,
             error: String::new(),
             enhanced: String::new(),
@@ -397,6 +498,7 @@ impl Inner {
                     }
                 }
                 Err(Failure::NxDomain { ttl: t } | Failure::NoData { ttl: t }) => {
+                    let t = t.min(self.negative_max);
                     ttl = Some(ttl.map_or(t, |x| x.min(t)));
                 }
                 Err(Failure::Temporary(e)) => temp = Some(e),
@@ -421,13 +523,13 @@ impl Inner {
             Err(Failure::NoData { ttl }) => LookupResponse {
                 status: RouteStatus::Ok as i32,
                 records: Vec::new(),
-                ttl: self.clamp(ttl),
+                ttl: self.clamp_negative(ttl),
                 error: String::new(),
             },
             Err(Failure::NxDomain { ttl }) => LookupResponse {
                 status: RouteStatus::Permanent as i32,
                 records: Vec::new(),
-                ttl: self.clamp(ttl),
+                ttl: self.clamp_negative(ttl),
                 error: format!("{} does not exist (NXDOMAIN)", display_name(&name)),
             },
             Err(Failure::Temporary(e)) => LookupResponse {
@@ -456,7 +558,14 @@ fn classify(e: &NetError) -> Failure {
         }
         NetError::Timeout => Failure::Temporary("DNS query timed out".into()),
         NetError::Dns(DnsError::ResponseCode(code)) => {
-            Failure::Temporary(format!("DNS server answered {code}"))
+            let name = match code {
+                ResponseCode::ServFail => "SERVFAIL",
+                ResponseCode::Refused => "REFUSED",
+                ResponseCode::FormErr => "FORMERR",
+                ResponseCode::NotImp => "NOTIMP",
+                _ => "an error",
+            };
+            Failure::Temporary(format!("DNS server answered {name} ({code})"))
         }
         other => Failure::Temporary(other.to_string()),
     }

@@ -7,12 +7,16 @@
 //! has no MX (implicit MX); a permanent failure for NXDOMAIN (5.1.2) and null
 //! MX (RFC 7505, 5.1.10); a temporary failure for SERVFAIL and timeouts.
 //! Address literals (`[192.0.2.1]`, `[IPv6:2001:db8::1]`) need no DNS.
+//!
+//! Answers are cached for their TTL (negative ones per RFC 2308, capped),
+//! concurrent identical requests share one upstream resolution, upstream
+//! concurrency is bounded, and expired answers are served for a short window
+//! when upstream fails (RFC 8767).
 
 mod cache;
 mod dns;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tern_proto::resolver_server::{Resolver, ResolverServer};
@@ -54,6 +58,25 @@ pub const DNS_TTL_CEILING: Key<Duration> = Key::new(
     "longest time a DNS answer is cached",
 );
 
+/// `TERN_DNS_NEGATIVE_TTL_MAX`.
+pub const DNS_NEGATIVE_TTL_MAX: Key<Duration> = Key::new(
+    "dns_negative_ttl_max",
+    "5m",
+    "longest time a negative answer (NXDOMAIN, no records) is cached (RFC 2308)",
+);
+/// `TERN_DNS_STALE_WINDOW`.
+pub const DNS_STALE_WINDOW: Key<Duration> = Key::new(
+    "dns_stale_window",
+    "5m",
+    "how long past its TTL an answer is still served when upstream DNS fails (0s: never)",
+);
+/// `TERN_DNS_MAX_INFLIGHT`.
+pub const DNS_MAX_INFLIGHT: Key<usize> = Key::new(
+    "dns_max_inflight",
+    "128",
+    "upstream DNS queries in flight at most",
+);
+
 /// Resolver configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -88,6 +111,9 @@ impl Config {
                 timeout: src.get(&DNS_TIMEOUT)?,
                 ttl_floor,
                 ttl_ceiling,
+                negative_ttl_max: src.get(&DNS_NEGATIVE_TTL_MAX)?,
+                stale_window: src.get(&DNS_STALE_WINDOW)?,
+                max_inflight: src.get(&DNS_MAX_INFLIGHT)?,
             },
         })
     }
@@ -130,6 +156,8 @@ pub struct Bound {
 
 /// Bind the resolver's listeners and build the DNS client.
 pub async fn bind(config: Config) -> Result<Bound, Error> {
+    // Install the metrics recorder before the first lookup is counted.
+    admin::metrics_handle();
     let dns = DnsResolver::new(&config.dns)?;
     let bind = |what, addr| async move {
         TcpListener::bind(addr)
@@ -247,7 +275,7 @@ impl Resolver for Service {
             hosts = tracing::field::Empty,
         );
         telemetry::link_grpc_parent(&span, request.metadata());
-        let route: Arc<ResolveRouteResponse> = self
+        let route: ResolveRouteResponse = self
             .dns
             .resolve_route(&domain)
             .instrument(span.clone())
@@ -257,7 +285,7 @@ impl Resolver for Service {
         if route.status != RouteStatus::Ok as i32 {
             span.in_scope(|| tracing::info!(error = %route.error, "route not usable"));
         }
-        Ok(tonic::Response::new((*route).clone()))
+        Ok(tonic::Response::new(route))
     }
 
     async fn lookup(

@@ -2,16 +2,17 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tern_proto::resolver_client::ResolverClient;
-use tern_proto::{LookupRequest, ResolveRouteRequest, ResolveRouteResponse, RouteStatus};
+use common::{Running, http_get, route};
+use tern_proto::{LookupRequest, RouteStatus};
 use tern_runtime::Shutdown;
 use tern_runtime::config::Source;
 use tern_testkit::DnsServer;
-use tonic::transport::Channel;
 
 const ZONE: &str = r#"
 $ORIGIN test.
@@ -34,60 +35,19 @@ dangling      IN MX    10 nowhere.test.
 spf           IN TXT   "v=spf1 -all"
 short         60 IN MX 10 mx.short
 mx.short      30 IN A  192.0.2.30
+expiring      3 IN MX  10 mx.expiring
+mx.expiring   3 IN A   192.0.2.31
+stale         2 IN MX  10 mx.stale
+mx.stale      2 IN A   192.0.2.40
+cnamed        IN MX    10 alias
+alias         IN CNAME mx1.multi
+v6only        IN MX    10 mx.v6only
+mx.v6only     IN AAAA  2001:db8::66
+xn--bcher-kva IN MX    10 mx2.multi
 "#;
 
-struct Running {
-    client: ResolverClient<Channel>,
-    shutdown: Shutdown,
-    task: tokio::task::JoinHandle<Result<(), tern_resolver::Error>>,
-}
-
-impl Running {
-    async fn stop(self) {
-        self.shutdown.trigger();
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("resolver stops within the grace period")
-            .unwrap()
-            .unwrap();
-    }
-}
-
 async fn start(nameserver: SocketAddr, timeout: &str) -> Running {
-    let ns = nameserver.to_string();
-    let src = Source::from_pairs([
-        ("resolver_grpc_listen", "127.0.0.1:0"),
-        ("resolver_admin_listen", "127.0.0.1:0"),
-        ("dns_nameservers", ns.as_str()),
-        ("dns_timeout", timeout),
-        ("shutdown_grace", "2s"),
-    ]);
-    let config = tern_resolver::Config::from_source(&src).unwrap();
-    src.finish().unwrap();
-    let bound = tern_resolver::bind(config).await.unwrap();
-    let grpc = bound
-        .addrs()
-        .into_iter()
-        .find(|(n, _)| *n == "resolver grpc")
-        .unwrap()
-        .1;
-    let shutdown = Shutdown::new();
-    let task = tokio::spawn(bound.run(shutdown.clone()));
-    let channel = tern_runtime::grpc::channel(&tern_runtime::grpc::url_for(grpc)).unwrap();
-    Running {
-        client: ResolverClient::new(channel),
-        shutdown,
-        task,
-    }
-}
-
-async fn route(c: &mut ResolverClient<Channel>, domain: &str) -> ResolveRouteResponse {
-    c.resolve_route(ResolveRouteRequest {
-        domain: domain.into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
+    common::start(nameserver, &[("dns_timeout", timeout)]).await
 }
 
 #[tokio::test]
@@ -213,12 +173,31 @@ async fn dead_nameserver_is_temporary() {
 }
 
 #[tokio::test]
+async fn unreachable_nameserver_is_temporary() {
+    // Nothing listens on this port: the kernel refuses every query.
+    let port = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap()
+    };
+    let mut r = start(port, "1s").await;
+    let resp = route(&mut r.client, "multi.test").await;
+    assert_eq!(resp.status, RouteStatus::Temporary as i32, "{resp:?}");
+    assert!(
+        resp.error.contains("timed out"),
+        "the cause: {}",
+        resp.error
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
 async fn refused_answer_is_temporary() {
     // The server is not authoritative for this domain and does not recurse.
     let dns = DnsServer::start(&[("test.", ZONE)]).await;
     let mut r = start(dns.addr(), "2s").await;
     let resp = route(&mut r.client, "elsewhere.example").await;
     assert_eq!(resp.status, RouteStatus::Temporary as i32, "{resp:?}");
+    assert!(resp.error.contains("REFUSED"), "the cause: {}", resp.error);
     r.stop().await;
 }
 
@@ -320,13 +299,148 @@ async fn health_and_admin_endpoints() {
         .unwrap();
 }
 
-async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.ok()?;
-    Some(out)
+#[tokio::test]
+async fn cname_targets_ipv6_only_hosts_and_idn_domains() {
+    let dns = DnsServer::start(&[("test.", ZONE)]).await;
+    let mut r = start(dns.addr(), "2s").await;
+    let cn = route(&mut r.client, "cnamed.test").await;
+    assert_eq!(cn.status, RouteStatus::Ok as i32, "{cn:?}");
+    assert_eq!(
+        cn.hosts[0].name, "alias.test",
+        "the MX record's name is kept"
+    );
+    assert_eq!(cn.hosts[0].addresses, vec!["2001:db8::1", "192.0.2.1"]);
+    let v6 = route(&mut r.client, "v6only.test").await;
+    assert_eq!(v6.hosts[0].addresses, vec!["2001:db8::66"]);
+    let idn = route(&mut r.client, "Bücher.test").await;
+    assert_eq!(idn.status, RouteStatus::Ok as i32, "{idn:?}");
+    assert_eq!(idn.hosts[0].name, "mx2.multi.test");
+    assert_eq!(
+        dns.queries("xn--bcher-kva.test", "MX"),
+        1,
+        "asked as punycode"
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn cached_until_the_ttl_expires_then_asked_again() {
+    let dns = DnsServer::start(&[("test.", ZONE)]).await;
+    let mut r = start(dns.addr(), "2s").await;
+    let first = route(&mut r.client, "expiring.test").await;
+    let at = Instant::now();
+    assert_eq!(first.status, RouteStatus::Ok as i32, "{first:?}");
+    assert!(first.ttl <= 3, "ttl {}", first.ttl);
+    assert_eq!(dns.queries("expiring.test", "MX"), 1);
+    for _ in 0..20 {
+        route(&mut r.client, "expiring.test").await;
+    }
+    if at.elapsed() < Duration::from_secs(1) {
+        assert_eq!(dns.queries("expiring.test", "MX"), 1, "answered from cache");
+        assert_eq!(
+            dns.queries("mx.expiring.test", "A"),
+            1,
+            "answered from cache"
+        );
+    }
+    tern_testkit::wait_for(
+        "a fresh MX query after the TTL",
+        Duration::from_secs(10),
+        || {
+            let mut c = r.client.clone();
+            let dns = &dns;
+            async move {
+                let resp = route(&mut c, "expiring.test").await;
+                assert_eq!(resp.status, RouteStatus::Ok as i32, "{resp:?}");
+                (dns.queries("expiring.test", "MX") == 2).then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(at.elapsed() >= Duration::from_secs(1), "not before the TTL");
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn negative_answers_are_cached_up_to_the_cap() {
+    let dns = DnsServer::start(&[("test.", ZONE)]).await;
+    let mut r = common::start(dns.addr(), &[("dns_negative_ttl_max", "2s")]).await;
+    let nx = route(&mut r.client, "absent.test").await;
+    let at = Instant::now();
+    assert_eq!(nx.status, RouteStatus::Permanent as i32, "{nx:?}");
+    assert!(nx.ttl <= 2, "SOA minimum 60 s capped to 2 s: {}", nx.ttl);
+    let nodata = common::lookup(&mut r.client, "spf.test", "TLSA").await;
+    assert!(nodata.records.is_empty() && nodata.ttl <= 2);
+    for _ in 0..10 {
+        route(&mut r.client, "absent.test").await;
+        common::lookup(&mut r.client, "spf.test", "TLSA").await;
+    }
+    if at.elapsed() < Duration::from_secs(1) {
+        assert_eq!(dns.queries("absent.test", "MX"), 1, "NXDOMAIN cached");
+        assert_eq!(dns.queries("spf.test", "TLSA"), 1, "NODATA cached");
+    }
+    tern_testkit::wait_for("NXDOMAIN to expire", Duration::from_secs(10), || {
+        let mut c = r.client.clone();
+        let dns = &dns;
+        async move {
+            route(&mut c, "absent.test").await;
+            (dns.queries("absent.test", "MX") == 2).then_some(())
+        }
+    })
+    .await;
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn stale_answer_served_while_upstream_is_down() {
+    let dns = DnsServer::start(&[("test.", ZONE)]).await;
+    let timeout = ("dns_timeout", "200ms");
+    let mut with_stale = common::start(dns.addr(), &[timeout, ("dns_stale_window", "1m")]).await;
+    let mut without = common::start(dns.addr(), &[timeout, ("dns_stale_window", "0s")]).await;
+    for r in [&mut with_stale, &mut without] {
+        let resp = route(&mut r.client, "stale.test").await;
+        assert_eq!(resp.status, RouteStatus::Ok as i32, "{resp:?}");
+    }
+    // Upstream stops answering.
+    dns.hold();
+    let stale = tern_testkit::wait_for(
+        "a stale answer after the TTL",
+        Duration::from_secs(15),
+        || {
+            let mut c = with_stale.client.clone();
+            let dns = &dns;
+            async move {
+                let resp = route(&mut c, "stale.test").await;
+                // The refresh reached upstream (and timed out).
+                (dns.queries("stale.test", "MX") >= 3).then_some(resp)
+            }
+        },
+    )
+    .await;
+    assert_eq!(stale.status, RouteStatus::Ok as i32, "{stale:?}");
+    assert_eq!(stale.hosts[0].addresses, vec!["192.0.2.40"]);
+    assert!(
+        stale.ttl <= 30,
+        "stale answers carry a short ttl: {}",
+        stale.ttl
+    );
+    assert!(
+        with_stale
+            .metric(r#"tern_dns_stale_served_total{cache="route"}"#)
+            .await
+            >= 1.0
+    );
+    // Without the window the same outage is a temporary failure.
+    let failed = tern_testkit::wait_for("a temporary failure", Duration::from_secs(15), || {
+        let mut c = without.client.clone();
+        async move {
+            let resp = route(&mut c, "stale.test").await;
+            (resp.status == RouteStatus::Temporary as i32).then_some(resp)
+        }
+    })
+    .await;
+    assert!(!failed.error.is_empty());
+    dns.release();
+    with_stale.stop().await;
+    without.stop().await;
 }
