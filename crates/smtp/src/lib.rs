@@ -9,7 +9,9 @@
 pub mod client;
 pub mod command;
 pub mod data;
+pub mod proxy;
 pub mod reply;
+pub mod sasl;
 pub mod session;
 
 pub use command::{
@@ -17,4 +19,7 @@ pub use command::{
 };
 pub use data::{DataOutcome, DataReader};
 pub use reply::{Enhanced, Reply, codes};
-pub use session::{Action, Message, MessageOutcome, RcptDecision, Session, SessionConfig};
+pub use sasl::Credentials;
+pub use session::{
+    Action, AuthDecision, Message, MessageOutcome, RcptDecision, Session, SessionConfig,
+};

@@ -227,6 +227,16 @@ pub mod codes {
     pub const NEEDS_SMTPUTF8: Enhanced = Enhanced::new(5, 6, 7);
     /// 5.7.1 Delivery not authorized (relay denied).
     pub const NOT_AUTHORIZED: Enhanced = Enhanced::new(5, 7, 1);
+    /// 2.7.0 Authentication succeeded (RFC 4954 §6).
+    pub const AUTH_OK: Enhanced = Enhanced::new(2, 7, 0);
+    /// 5.7.0 Authentication (or TLS) required (RFC 4954 §6, RFC 3207 §4).
+    pub const AUTH_REQUIRED: Enhanced = Enhanced::new(5, 7, 0);
+    /// 5.7.8 Authentication credentials invalid (RFC 4954 §6).
+    pub const AUTH_INVALID: Enhanced = Enhanced::new(5, 7, 8);
+    /// 5.7.11 Encryption required for the mechanism (RFC 4954 §6, RFC 5248).
+    pub const ENCRYPTION_REQUIRED: Enhanced = Enhanced::new(5, 7, 11);
+    /// 5.0.0 Other undefined status (AUTH cancelled, RFC 4954 §4).
+    pub const UNDEFINED: Enhanced = Enhanced::new(5, 0, 0);
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! | `CheckRecipient(rcpt)`     | decides, then calls [`Session::recipient_checked`]                |
 //! | `Deliver(message)`         | stores the message, then calls [`Session::message_stored`]        |
 //! | `StartTls`                 | flushes, runs the TLS handshake, calls [`Session::tls_established`] |
+//! | `Authenticate(creds)`      | checks the AUTH credentials, calls [`Session::auth_checked`]      |
 //! | `Close`                    | flushes and closes the connection                                 |
 //!
 //! While a decision is outstanding, `poll` keeps returning the same request.
@@ -20,8 +21,10 @@
 //!
 //! The session enforces command sequencing (503 5.5.1), syntax (500 5.5.2,
 //! 501 5.5.4, 555 5.5.4), line length (RFC 5321 §4.5.3.1.4/§4.5.3.1.6), the
-//! recipient limit (452 4.5.3, RFC 5321 §4.5.3.1.10) and the size limit
-//! (552 5.3.4, RFC 1870 §6). Nothing here panics on any input.
+//! recipient limit (452 4.5.3, RFC 5321 §4.5.3.1.10), the size limit
+//! (552 5.3.4, RFC 1870 §6), and, when configured, TLS before commands
+//! (530 5.7.0, RFC 3207 §4), AUTH PLAIN/LOGIN (RFC 4954) and AUTH before
+//! MAIL (530 5.7.0). Nothing here panics on any input.
 
 use std::collections::VecDeque;
 
@@ -30,6 +33,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use crate::command::{self, BodyType, Command, ForwardPath, MailFrom, RcptTo};
 use crate::data::{DataOutcome, DataReader};
 use crate::reply::{Reply, codes};
+use crate::sasl::{self, Credentials};
 
 /// Limits and features of a session.
 #[derive(Debug, Clone)]
@@ -53,6 +57,22 @@ pub struct SessionConfig {
     pub max_errors: usize,
     /// Offer STARTTLS (the I/O layer must be able to upgrade).
     pub starttls: bool,
+    /// Offer AUTH PLAIN and LOGIN (RFC 4954); the I/O layer answers
+    /// [`Action::Authenticate`].
+    pub auth: bool,
+    /// Allow AUTH without TLS. Off by default: PLAIN and LOGIN send the
+    /// password in clear, so without TLS AUTH is neither advertised nor
+    /// accepted (`538 5.7.11`, RFC 4954 §4).
+    pub auth_plaintext: bool,
+    /// MAIL needs a successful AUTH first (`530 5.7.0`, message submission,
+    /// RFC 6409 §4.1 / RFC 4954 §6).
+    pub require_auth: bool,
+    /// Every command but EHLO, HELO, NOOP, RSET, QUIT and STARTTLS needs
+    /// TLS first (`530 5.7.0`, RFC 3207 §4).
+    pub require_tls: bool,
+    /// An authenticated client may only use its own address (or `<>`) as
+    /// the envelope sender (`553 5.7.1` otherwise).
+    pub sender_login_match: bool,
 }
 
 impl SessionConfig {
@@ -66,6 +86,11 @@ impl SessionConfig {
             max_data_line: 64 * 1024,
             max_errors: 20,
             starttls: false,
+            auth: false,
+            auth_plaintext: false,
+            require_auth: false,
+            require_tls: false,
+            sender_login_match: true,
         }
     }
 }
@@ -87,6 +112,8 @@ pub enum Action {
     /// call [`Session::tls_established`] (or close on failure). Any input
     /// pipelined after STARTTLS has been discarded (RFC 3207 §5).
     StartTls,
+    /// Check these AUTH credentials, then call [`Session::auth_checked`].
+    Authenticate(Credentials),
     /// Flush and close the connection.
     Close,
 }
@@ -100,6 +127,8 @@ pub struct Message {
     pub esmtp: bool,
     /// The session ran over TLS.
     pub tls: bool,
+    /// The authenticated user (RFC 4954), if the client authenticated.
+    pub auth_user: Option<String>,
     /// The sender and its parameters.
     pub mail_from: MailFrom,
     /// The accepted recipients, in order, without duplicates.
@@ -111,14 +140,20 @@ pub struct Message {
 
 impl Message {
     /// The `with` protocol name for a `Received:` header: SMTP, ESMTP,
-    /// ESMTPS (RFC 3848), UTF8SMTP or UTF8SMTPS (RFC 6531 §4.3).
+    /// ESMTPS, ESMTPA, ESMTPSA (RFC 3848), UTF8SMTP, UTF8SMTPS, UTF8SMTPA or
+    /// UTF8SMTPSA (RFC 6531 §4.3).
     pub fn protocol(&self) -> &'static str {
-        match (self.esmtp, self.mail_from.smtputf8, self.tls) {
-            (false, _, _) => "SMTP",
-            (true, true, true) => "UTF8SMTPS",
-            (true, true, false) => "UTF8SMTP",
-            (true, false, true) => "ESMTPS",
-            (true, false, false) => "ESMTP",
+        let auth = self.auth_user.is_some();
+        match (self.esmtp, self.mail_from.smtputf8, self.tls, auth) {
+            (false, _, _, _) => "SMTP",
+            (true, true, true, true) => "UTF8SMTPSA",
+            (true, true, true, false) => "UTF8SMTPS",
+            (true, true, false, true) => "UTF8SMTPA",
+            (true, true, false, false) => "UTF8SMTP",
+            (true, false, true, true) => "ESMTPSA",
+            (true, false, true, false) => "ESMTPS",
+            (true, false, false, true) => "ESMTPA",
+            (true, false, false, false) => "ESMTP",
         }
     }
 
@@ -134,6 +169,20 @@ pub enum RcptDecision {
     /// Accept: `250 2.1.5`.
     Accept,
     /// Refuse with this reply (e.g. `550 5.1.1`, `451 4.3.0`, `554 5.7.1`).
+    Reject(Reply),
+}
+
+/// The caller's verdict on AUTH credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthDecision {
+    /// Valid: `235 2.7.0`; the session is authenticated as `user` (the
+    /// canonical account address).
+    Accept {
+        /// The canonical account address.
+        user: String,
+    },
+    /// Refused with this reply (`535 5.7.8`, or `454 4.7.0` when the
+    /// account store cannot answer).
     Reject(Reply),
 }
 
@@ -169,8 +218,35 @@ enum Phase {
     AwaitMessage(Message),
     /// Waiting for [`Session::tls_established`].
     AwaitTls,
+    /// Reading a SASL response line (RFC 4954 §4).
+    Sasl(SaslStep),
+    /// Waiting for [`Session::auth_checked`].
+    AwaitAuth(Credentials),
     /// Done; only `Close` remains.
     Closed,
+}
+
+/// Which SASL response the session waits for.
+#[derive(Debug)]
+enum SaslStep {
+    /// PLAIN without an initial response: the whole message.
+    Plain,
+    /// LOGIN: the user name.
+    LoginUser,
+    /// LOGIN: the password, for this user name.
+    LoginPassword(String),
+}
+
+/// One line of input, as taken by [`Session::take_line`].
+enum Line {
+    /// No complete line buffered yet.
+    Need,
+    /// A line over the limit was (or is being) dropped: report it.
+    TooLong,
+    /// The rest of an over-long line, already reported, was skipped.
+    Skipped,
+    /// A complete line without its CRLF (or bare LF).
+    Complete(BytesMut),
 }
 
 #[derive(Debug)]
@@ -203,6 +279,10 @@ pub struct Session {
     errors: usize,
     /// Skipping the rest of an over-long command line.
     discarding: bool,
+    /// The authenticated user, after a successful AUTH.
+    auth_user: Option<String>,
+    /// Input units (command lines, SASL lines, bodies) completed so far.
+    progress: u64,
 }
 
 impl Session {
@@ -220,13 +300,18 @@ impl Session {
             txn: None,
             errors: 0,
             discarding: false,
+            auth_user: None,
+            progress: 0,
         }
     }
 
     /// Append bytes read from the client. Ignored once the session is closed
     /// or while a TLS handshake is pending.
     pub fn feed(&mut self, bytes: &[u8]) {
-        if !matches!(self.phase, Phase::Closed | Phase::AwaitTls) {
+        if !matches!(
+            self.phase,
+            Phase::Closed | Phase::AwaitTls | Phase::AwaitAuth(_)
+        ) {
             self.input.extend_from_slice(bytes);
         }
     }
@@ -242,7 +327,8 @@ impl Session {
                 Phase::AwaitRcpt(r) => return Action::CheckRecipient(r.clone()),
                 Phase::AwaitMessage(m) => return Action::Deliver(m.clone()),
                 Phase::AwaitTls => return Action::StartTls,
-                Phase::Command | Phase::Data(_) | Phase::Bdat { .. } => {}
+                Phase::AwaitAuth(c) => return Action::Authenticate(c.clone()),
+                Phase::Command | Phase::Data(_) | Phase::Bdat { .. } | Phase::Sasl(_) => {}
             }
             if !self.step() {
                 return Action::NeedInput;
@@ -285,15 +371,32 @@ impl Session {
         }
     }
 
+    /// Answer an outstanding [`Action::Authenticate`]. Ignored otherwise.
+    pub fn auth_checked(&mut self, decision: AuthDecision) {
+        if !matches!(self.phase, Phase::AwaitAuth(_)) {
+            return;
+        }
+        self.phase = Phase::Command;
+        match decision {
+            AuthDecision::Accept { user } => {
+                self.auth_user = Some(user);
+                self.reply(Reply::new(235, codes::AUTH_OK, "Authentication successful"));
+            }
+            AuthDecision::Reject(reply) => self.reply(reply),
+        }
+    }
+
     /// The TLS handshake after [`Action::StartTls`] succeeded. The session
     /// starts over: the client must send EHLO again (RFC 3207 §4.2).
     pub fn tls_established(&mut self) {
         if !matches!(self.phase, Phase::AwaitTls) {
             return;
         }
+        // RFC 3207 §4.2: discard all knowledge obtained from the client.
         self.tls = true;
         self.helo = None;
         self.txn = None;
+        self.auth_user = None;
         self.input.clear();
         self.phase = Phase::Command;
     }
@@ -340,6 +443,24 @@ impl Session {
         self.helo.as_ref().map(|h| h.name.as_str())
     }
 
+    /// The authenticated user, if AUTH succeeded.
+    pub fn auth_user(&self) -> Option<&str> {
+        self.auth_user.as_deref()
+    }
+
+    /// How many input units (command lines, SASL responses, message bodies)
+    /// were completed so far; the I/O layer restarts its per-command
+    /// deadline whenever this changes (RFC 5321 §4.5.3.2).
+    pub fn progress(&self) -> u64 {
+        self.progress
+    }
+
+    /// Reading a DATA or BDAT body (the data timeout applies rather than
+    /// the command timeout).
+    pub fn reading_body(&self) -> bool {
+        matches!(self.phase, Phase::Data(_) | Phase::Bdat { .. })
+    }
+
     /// The session runs over TLS.
     pub fn is_tls(&self) -> bool {
         self.tls
@@ -380,12 +501,14 @@ impl Session {
     fn step(&mut self) -> bool {
         match &mut self.phase {
             Phase::Command => self.step_command(),
+            Phase::Sasl(_) => self.step_sasl(),
             Phase::Data(reader) => {
                 let (used, outcome) = reader.feed(&self.input);
                 self.input.advance(used);
                 match outcome {
                     None => false,
                     Some(outcome) => {
+                        self.progress += 1;
                         self.data_done(outcome);
                         true
                     }
@@ -414,53 +537,137 @@ impl Session {
                     return false;
                 }
                 let (last, chunk, error) = (*last, *chunk, error.take());
+                self.progress += 1;
                 self.phase = Phase::Command;
                 self.bdat_done(last, chunk, error);
                 true
             }
-            Phase::AwaitRcpt(_) | Phase::AwaitMessage(_) | Phase::AwaitTls | Phase::Closed => false,
+            Phase::AwaitRcpt(_)
+            | Phase::AwaitMessage(_)
+            | Phase::AwaitTls
+            | Phase::AwaitAuth(_)
+            | Phase::Closed => false,
         }
     }
 
-    fn step_command(&mut self) -> bool {
+    /// Take one line (CRLF or, leniently, bare LF ended) from the input,
+    /// enforcing `max_command_line`.
+    fn take_line(&mut self) -> Line {
         let newline = self.input.iter().position(|&b| b == b'\n');
         if self.discarding {
             match newline {
                 Some(i) => {
                     self.input.advance(i + 1);
                     self.discarding = false;
-                    return true;
+                    return Line::Skipped;
                 }
                 None => {
                     self.input.clear();
-                    return false;
+                    return Line::Need;
                 }
             }
         }
         let Some(i) = newline else {
             if self.input.len() > self.config.max_command_line {
+                // Report now, then skip to the end of the line.
                 self.input.clear();
                 self.discarding = true;
+                return Line::TooLong;
+            }
+            return Line::Need;
+        };
+        let mut line = self.input.split_to(i + 1);
+        self.progress += 1;
+        if line.len() > self.config.max_command_line {
+            return Line::TooLong;
+        }
+        line.truncate(i);
+        if line.last() == Some(&b'\r') {
+            line.truncate(i - 1);
+        }
+        Line::Complete(line)
+    }
+
+    fn step_command(&mut self) -> bool {
+        match self.take_line() {
+            Line::Need => false,
+            Line::Skipped => true,
+            Line::TooLong => {
+                self.line_too_long();
+                true
+            }
+            Line::Complete(line) => {
+                match command::parse(&line) {
+                    Ok(cmd) => self.handle(cmd),
+                    Err(e) => self.error(e.reply()),
+                }
+                true
+            }
+        }
+    }
+
+    fn step_sasl(&mut self) -> bool {
+        let line = match self.take_line() {
+            Line::Need => return false,
+            Line::Skipped => return true,
+            Line::TooLong => {
+                self.phase = Phase::Command;
                 self.line_too_long();
                 return true;
             }
-            return false;
+            Line::Complete(line) => line,
         };
-        let line = self.input.split_to(i + 1);
-        if line.len() > self.config.max_command_line {
-            self.line_too_long();
+        let Phase::Sasl(step) = std::mem::replace(&mut self.phase, Phase::Command) else {
+            return true;
+        };
+        let Ok(text) = std::str::from_utf8(&line) else {
+            self.error(bad_base64());
+            return true;
+        };
+        if text == "*" {
+            // RFC 4954 §4: the client cancelled the exchange.
+            self.error(Reply::new(
+                501,
+                codes::UNDEFINED,
+                "Authentication cancelled",
+            ));
             return true;
         }
-        // Accept CRLF and, leniently, a bare LF as the end of a command line.
-        let mut line = &line[..i];
-        if let Some(l) = line.strip_suffix(b"\r") {
-            line = l;
-        }
-        match command::parse(line) {
-            Ok(cmd) => self.handle(cmd),
-            Err(e) => self.error(e.reply()),
+        match step {
+            SaslStep::Plain => self.sasl_plain(text),
+            SaslStep::LoginUser => match sasl::parse_login_field(text) {
+                Ok(user) => {
+                    self.reply(Reply::plain(334, sasl::base64_encode(b"Password:")));
+                    self.phase = Phase::Sasl(SaslStep::LoginPassword(user));
+                }
+                Err(_) => self.error(bad_base64()),
+            },
+            SaslStep::LoginPassword(username) => match sasl::parse_login_field(text) {
+                Ok(password) => {
+                    self.phase = Phase::AwaitAuth(Credentials { username, password });
+                }
+                Err(_) => self.error(bad_base64()),
+            },
         }
         true
+    }
+
+    /// A PLAIN message, base64 (`=` is an empty one, RFC 4954 §4).
+    fn sasl_plain(&mut self, text: &str) {
+        let decoded = if text == "=" {
+            Ok(Vec::new())
+        } else {
+            sasl::base64_decode(text)
+        };
+        match decoded.map(|d| sasl::parse_plain(&d)) {
+            Ok(Ok(c)) => self.phase = Phase::AwaitAuth(c),
+            Ok(Err(_)) => self.error(Reply::new(
+                535,
+                codes::AUTH_INVALID,
+                "Authentication credentials invalid",
+            )),
+            Err(_) => self.error(bad_base64()),
+        }
     }
 
     fn line_too_long(&mut self) {
@@ -469,6 +676,25 @@ impl Session {
     }
 
     fn handle(&mut self, cmd: Command) {
+        if self.config.require_tls
+            && !self.tls
+            && !matches!(
+                cmd,
+                Command::Ehlo(_)
+                    | Command::Helo(_)
+                    | Command::Noop
+                    | Command::Rset
+                    | Command::Quit
+                    | Command::StartTls
+            )
+        {
+            // RFC 3207 §4.
+            return self.error(Reply::new(
+                530,
+                codes::AUTH_REQUIRED,
+                "Must issue a STARTTLS command first",
+            ));
+        }
         match cmd {
             Command::Ehlo(name) => {
                 // RFC 5321 §4.1.4: EHLO in a session resets any transaction.
@@ -512,13 +738,16 @@ impl Session {
                 if self.config.starttls && !self.tls {
                     verbs.push_str(" STARTTLS");
                 }
+                if self.auth_offered() {
+                    verbs.push_str(" AUTH");
+                }
                 self.reply(Reply::new(214, codes::OK, verbs).with_line("See RFC 5321"));
             }
             Command::StartTls => self.starttls(),
-            // Room for RFC 4954 AUTH: a SASL exchange as another phase.
-            Command::Auth { .. } => {
-                self.error(Reply::new(502, codes::BAD_SEQUENCE, "AUTH not available"))
-            }
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(&mechanism, initial_response.as_deref()),
         }
     }
 
@@ -535,7 +764,72 @@ impl Session {
         if self.config.starttls && !self.tls {
             r = r.with_line("STARTTLS");
         }
+        if self.auth_offered() {
+            r = r.with_line("AUTH PLAIN LOGIN");
+        }
         r
+    }
+
+    /// AUTH is offered now: configured, and over TLS unless plaintext AUTH
+    /// is allowed (RFC 4954 §4), and not done yet.
+    fn auth_offered(&self) -> bool {
+        self.config.auth && (self.tls || self.config.auth_plaintext) && self.auth_user.is_none()
+    }
+
+    fn auth(&mut self, mechanism: &str, initial: Option<&str>) {
+        if !self.config.auth {
+            return self.error(Reply::new(502, codes::BAD_SEQUENCE, "AUTH not available"));
+        }
+        if !self.helo.as_ref().is_some_and(|h| h.esmtp) {
+            return self.error(Reply::new(503, codes::BAD_SEQUENCE, "Send EHLO first"));
+        }
+        if self.auth_user.is_some() {
+            // RFC 4954 §4: only one successful AUTH per session.
+            return self.error(Reply::new(
+                503,
+                codes::BAD_SEQUENCE,
+                "Already authenticated",
+            ));
+        }
+        if self.txn.is_some() {
+            return self.error(Reply::new(
+                503,
+                codes::BAD_SEQUENCE,
+                "AUTH not allowed during a mail transaction",
+            ));
+        }
+        if !self.tls && !self.config.auth_plaintext {
+            return self.error(Reply::new(
+                538,
+                codes::ENCRYPTION_REQUIRED,
+                "Encryption required for requested authentication mechanism",
+            ));
+        }
+        match (mechanism, initial) {
+            ("PLAIN", Some(ir)) => self.sasl_plain(ir),
+            ("PLAIN", None) => {
+                self.reply(Reply::plain(334, ""));
+                self.phase = Phase::Sasl(SaslStep::Plain);
+            }
+            ("LOGIN", None) => {
+                self.reply(Reply::plain(334, sasl::base64_encode(b"Username:")));
+                self.phase = Phase::Sasl(SaslStep::LoginUser);
+            }
+            ("LOGIN", Some(ir)) => match sasl::parse_login_field(ir) {
+                // A LOGIN initial response is the user name (as sent by
+                // some clients, e.g. swaks and Outlook).
+                Ok(user) => {
+                    self.reply(Reply::plain(334, sasl::base64_encode(b"Password:")));
+                    self.phase = Phase::Sasl(SaslStep::LoginPassword(user));
+                }
+                Err(_) => self.error(bad_base64()),
+            },
+            _ => self.error(Reply::new(
+                504,
+                codes::BAD_ARGS,
+                "Unrecognized authentication mechanism",
+            )),
+        }
     }
 
     fn mail(&mut self, mail: MailFrom) {
@@ -564,12 +858,31 @@ impl Session {
                 "BODY=BINARYMIME not supported",
             ));
         }
-        if mail.auth.is_some() {
+        if mail.auth.is_some() && !self.config.auth {
             // RFC 4954 §5: without AUTH, the parameter is an unknown one.
+            // With AUTH it is accepted; we do not relay it onward, which
+            // §5 allows (the message is then treated as AUTH=<>).
             return self.error(Reply::new(
                 555,
                 codes::BAD_ARGS,
                 "Unsupported parameter AUTH",
+            ));
+        }
+        if self.config.require_auth && self.auth_user.is_none() {
+            return self.error(Reply::new(
+                530,
+                codes::AUTH_REQUIRED,
+                "Authentication required",
+            ));
+        }
+        if self.config.sender_login_match
+            && let (Some(user), Some(sender)) = (&self.auth_user, &mail.reverse_path)
+            && !sender.to_string().eq_ignore_ascii_case(user)
+        {
+            return self.reply(Reply::new(
+                553,
+                codes::NOT_AUTHORIZED,
+                format!("Sender address <{sender}> not owned by user {user}"),
             ));
         }
         if mail
@@ -764,6 +1077,7 @@ impl Session {
             helo,
             esmtp,
             tls: self.tls,
+            auth_user: self.auth_user.clone(),
             mail_from: txn.mail.clone(),
             rcpts: txn.rcpts.clone(),
             body,
@@ -809,6 +1123,10 @@ fn too_big() -> Reply {
         codes::TOO_BIG,
         "Message size exceeds fixed maximum message size",
     )
+}
+
+fn bad_base64() -> Reply {
+    Reply::new(501, codes::UNRECOGNIZED, "Invalid base64 in AUTH response")
 }
 
 fn needs_smtputf8() -> Reply {

@@ -8,8 +8,10 @@
 //! only for trusted networks) and the spool publish. See `README.md`.
 
 mod conn;
+mod limits;
 mod received;
 mod spool;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,6 +69,108 @@ pub mod keys {
         "1000",
         "most recipients in one SMTP transaction",
     );
+    /// `TERN_SMTP_PROXY_PROTOCOL`.
+    pub const SMTP_PROXY_PROTOCOL: Key<bool> = Key::new(
+        "smtp_proxy_protocol",
+        "false",
+        "expect a PROXY protocol v1/v2 header on the smtp listener",
+    );
+    /// `TERN_SUBMISSION_PROXY_PROTOCOL`.
+    pub const SUBMISSION_PROXY_PROTOCOL: Key<bool> = Key::new(
+        "submission_proxy_protocol",
+        "false",
+        "expect a PROXY protocol v1/v2 header on the submission listener",
+    );
+    /// `TERN_SUBMISSIONS_PROXY_PROTOCOL`.
+    pub const SUBMISSIONS_PROXY_PROTOCOL: Key<bool> = Key::new(
+        "submissions_proxy_protocol",
+        "false",
+        "expect a PROXY protocol v1/v2 header on the submissions listener",
+    );
+    /// `TERN_SMTP_AUTH`.
+    pub const SMTP_AUTH: Key<bool> = Key::new(
+        "smtp_auth",
+        "false",
+        "also offer AUTH on the smtp (MX) listener (after STARTTLS)",
+    );
+    /// `TERN_AUTH_PLAINTEXT`.
+    pub const AUTH_PLAINTEXT: Key<bool> = Key::new(
+        "auth_plaintext",
+        "false",
+        "allow AUTH PLAIN/LOGIN without TLS (and submission without STARTTLS)",
+    );
+    /// `TERN_SENDER_LOGIN_MATCH`.
+    pub const SENDER_LOGIN_MATCH: Key<bool> = Key::new(
+        "sender_login_match",
+        "true",
+        "authenticated clients may only use their own address (or <>) as MAIL FROM",
+    );
+    /// `TERN_MAX_ERRORS`.
+    pub const MAX_ERRORS: Key<usize> = Key::new(
+        "max_errors",
+        "20",
+        "protocol errors per session before 421 and disconnect",
+    );
+    /// `TERN_MAX_COMMAND_LINE`.
+    pub const MAX_COMMAND_LINE: Key<usize> = Key::new(
+        "max_command_line",
+        "4096",
+        "longest command line in octets with CRLF (RFC 5321 §4.5.3.1.4; at least 512)",
+    );
+    /// `TERN_MAX_LINE_LENGTH`.
+    pub const MAX_LINE_LENGTH: Key<usize> = Key::new(
+        "max_line_length",
+        "65536",
+        "longest message text line in octets with CRLF (RFC 5321 §4.5.3.1.6; at least 1000)",
+    );
+    /// `TERN_COMMAND_TIMEOUT`.
+    pub const COMMAND_TIMEOUT: Key<Duration> = Key::new(
+        "command_timeout",
+        "5m",
+        "time a client has to send each complete command (RFC 5321 §4.5.3.2.7)",
+    );
+    /// `TERN_DATA_TIMEOUT`.
+    pub const DATA_TIMEOUT: Key<Duration> = Key::new(
+        "data_timeout",
+        "10m",
+        "time a client has to send a whole DATA body or BDAT chunk",
+    );
+    /// `TERN_MAX_CONNECTIONS`.
+    pub const MAX_CONNECTIONS: Key<usize> = Key::new(
+        "max_connections",
+        "20000",
+        "concurrent SMTP connections in total (more get 421 4.7.0)",
+    );
+    /// `TERN_MAX_CONNECTIONS_PER_IP`.
+    pub const MAX_CONNECTIONS_PER_IP: Key<usize> = Key::new(
+        "max_connections_per_ip",
+        "100",
+        "concurrent SMTP connections from one client address (more get 421 4.7.0)",
+    );
+    /// `TERN_AUTH_MAX_FAILURES`.
+    pub const AUTH_MAX_FAILURES: Key<usize> = Key::new(
+        "auth_max_failures",
+        "5",
+        "failed AUTH attempts per client address within auth_failure_window before it is disconnected and refused",
+    );
+    /// `TERN_AUTH_FAILURE_DELAY`.
+    pub const AUTH_FAILURE_DELAY: Key<Duration> = Key::new(
+        "auth_failure_delay",
+        "1s",
+        "delay before a failed AUTH reply, times the client's failures so far",
+    );
+    /// `TERN_AUTH_FAILURE_WINDOW`.
+    pub const AUTH_FAILURE_WINDOW: Key<Duration> = Key::new(
+        "auth_failure_window",
+        "15m",
+        "how long AUTH failures count against a client address",
+    );
+    /// `TERN_TLS_RELOAD_INTERVAL`.
+    pub const TLS_RELOAD_INTERVAL: Key<Duration> = Key::new(
+        "tls_reload_interval",
+        "10s",
+        "how often the TLS certificate and key files are checked for changes",
+    );
 }
 
 /// Everything ingress is configured with.
@@ -94,6 +198,36 @@ pub struct Config {
     pub max_message_size: usize,
     /// Most recipients per transaction.
     pub max_recipients: usize,
+    /// PROXY protocol expected on `smtp`, `submission`, `submissions`.
+    pub proxy_protocol: [bool; 3],
+    /// Offer AUTH on the MX listener too.
+    pub smtp_auth: bool,
+    /// Allow AUTH (and submission) without TLS.
+    pub auth_plaintext: bool,
+    /// Authenticated senders may only use their own address.
+    pub sender_login_match: bool,
+    /// Protocol errors per session before disconnect.
+    pub max_errors: usize,
+    /// Longest command line.
+    pub max_command_line: usize,
+    /// Longest message text line.
+    pub max_line_length: usize,
+    /// Time for each complete command.
+    pub command_timeout: Duration,
+    /// Time for each DATA body or BDAT chunk.
+    pub data_timeout: Duration,
+    /// Concurrent connections in total.
+    pub max_connections: usize,
+    /// Concurrent connections per client address.
+    pub max_connections_per_ip: usize,
+    /// AUTH failures per client address before disconnect.
+    pub auth_max_failures: usize,
+    /// Delay per AUTH failure.
+    pub auth_failure_delay: Duration,
+    /// How long AUTH failures count.
+    pub auth_failure_window: Duration,
+    /// How often the certificate files are checked.
+    pub tls_reload_interval: Duration,
 }
 
 impl Config {
@@ -111,6 +245,26 @@ impl Config {
             trusted_networks: src.get(&keys::TRUSTED_NETWORKS)?.0,
             max_message_size: src.get(&keys::MAX_MESSAGE_SIZE)?,
             max_recipients: src.get(&keys::MAX_RECIPIENTS)?,
+            proxy_protocol: [
+                src.get(&keys::SMTP_PROXY_PROTOCOL)?,
+                src.get(&keys::SUBMISSION_PROXY_PROTOCOL)?,
+                src.get(&keys::SUBMISSIONS_PROXY_PROTOCOL)?,
+            ],
+            smtp_auth: src.get(&keys::SMTP_AUTH)?,
+            auth_plaintext: src.get(&keys::AUTH_PLAINTEXT)?,
+            sender_login_match: src.get(&keys::SENDER_LOGIN_MATCH)?,
+            max_errors: src.get(&keys::MAX_ERRORS)?.max(1),
+            // RFC 5321 §4.5.3.1.4 and §4.5.3.1.6: never below the minimums.
+            max_command_line: src.get(&keys::MAX_COMMAND_LINE)?.max(512),
+            max_line_length: src.get(&keys::MAX_LINE_LENGTH)?.max(1000),
+            command_timeout: src.get(&keys::COMMAND_TIMEOUT)?,
+            data_timeout: src.get(&keys::DATA_TIMEOUT)?,
+            max_connections: src.get(&keys::MAX_CONNECTIONS)?.max(1),
+            max_connections_per_ip: src.get(&keys::MAX_CONNECTIONS_PER_IP)?.max(1),
+            auth_max_failures: src.get(&keys::AUTH_MAX_FAILURES)?.max(1),
+            auth_failure_delay: src.get(&keys::AUTH_FAILURE_DELAY)?,
+            auth_failure_window: src.get(&keys::AUTH_FAILURE_WINDOW)?,
+            tls_reload_interval: src.get(&keys::TLS_RELOAD_INTERVAL)?,
         })
     }
 }
@@ -167,6 +321,19 @@ impl ListenerKind {
             ListenerKind::Submissions => "submissions",
         }
     }
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            ListenerKind::Smtp => 0,
+            ListenerKind::Submission => 1,
+            ListenerKind::Submissions => 2,
+        }
+    }
+
+    /// This listener expects a PROXY protocol header.
+    pub(crate) fn proxy(self, config: &Config) -> bool {
+        config.proxy_protocol[self.index()]
+    }
 }
 
 /// Ingress with every listener bound, ready to [`Bound::run`].
@@ -177,20 +344,38 @@ pub struct Bound {
     grpc: TcpListener,
     admin: TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    certs: Arc<tls::CertStore>,
 }
 
+/// Listen backlog. A burst of connections beyond the backlog makes the
+/// kernel drop handshakes (or answer with SYN cookies whose final ACK is
+/// then dropped); since the SMTP server speaks first, such a client would
+/// wait for a greeting that never comes. The kernel caps this at somaxconn.
+const BACKLOG: u32 = 4096;
+
 async fn bind_one(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { what, addr, source })
+    let bind = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(BACKLOG)
+    };
+    bind().map_err(|source| Error::Bind { what, addr, source })
 }
 
 /// Load TLS material and bind every listener (port 0 picks a free port).
 pub async fn bind(config: Config) -> Result<Bound, Error> {
     let nats_url = config.common.require_nats_url()?.to_string();
-    let tls = config
-        .tls
-        .server_config(&config.common.data_dir, &config.common.hostname)?;
+    let certs = tls::CertStore::new(
+        &config.tls,
+        &config.common.data_dir,
+        &config.common.hostname,
+    )?;
+    let tls = certs.server_config()?;
     let mut smtp = vec![(
         ListenerKind::Smtp,
         bind_one("smtp", config.smtp_listen).await?,
@@ -216,6 +401,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         grpc,
         admin,
         tls,
+        certs,
     })
 }
 
@@ -247,6 +433,7 @@ impl Bound {
             grpc,
             admin,
             tls,
+            certs,
         } = self;
         // `draining` starts the drain (on shutdown or when a server task
         // fails); `stop` ends the admin and gRPC servers once drained; `hard`
@@ -255,6 +442,7 @@ impl Bound {
         let stop = Shutdown::new();
         let hard = Shutdown::new();
 
+        tokio::spawn(certs.watch(config.tls_reload_interval, stop.clone()));
         let ready = Readiness::default();
         let mut admin_task = tokio::spawn(admin::serve(
             admin,

@@ -6,13 +6,19 @@ use std::net::IpAddr;
 use tern_smtp::{ForwardPath, Message};
 
 /// Build the `Received:` header for `message`, accepted from `client_ip` by
-/// `hostname` under message id `id` at `unix_ms`, ending in CRLF.
+/// `hostname` under message id `id` at `unix_ms`, over `tls` (version and
+/// cipher) if any, ending in CRLF.
 ///
 /// ```text
 /// Received: from client.example ([192.0.2.1])
-///         by mx.example (Tern) with ESMTPS id 01J...
+///         by mx.example (Tern) with ESMTPSA
+///         (TLSv1.3 TLS13_AES_256_GCM_SHA384; authenticated as alice@example.com)
+///         id 01J...
 ///         for <bob@example.com>; Tue, 3 Jun 2025 12:34:56 +0000
 /// ```
+///
+/// TLS and the authenticated user are a comment (RFC 5322 §3.2.2), which
+/// RFC 5321 §4.4 allows between the clauses, as other MTAs write them.
 ///
 /// The `for` clause names the recipient only when there is exactly one, so
 /// the header does not disclose the other recipients (RFC 5321 §7.2).
@@ -22,6 +28,7 @@ pub fn received_header(
     hostname: &str,
     id: &str,
     unix_ms: i64,
+    tls: Option<&str>,
 ) -> String {
     let helo = if message.helo.is_empty() {
         "unknown"
@@ -29,10 +36,21 @@ pub fn received_header(
         message.helo.as_str()
     };
     let mut h = format!(
-        "Received: from {helo} ({})\r\n\tby {hostname} (Tern) with {} id {id}",
+        "Received: from {helo} ({})\r\n\tby {hostname} (Tern) with {}",
         address_literal(client_ip),
         message.protocol(),
     );
+    let mut notes = Vec::new();
+    if let Some(tls) = tls {
+        notes.push(comment_safe(tls));
+    }
+    if let Some(user) = &message.auth_user {
+        notes.push(format!("authenticated as {}", comment_safe(user)));
+    }
+    if !notes.is_empty() {
+        h.push_str(&format!("\r\n\t({})", notes.join("; ")));
+    }
+    h.push_str(&format!("\r\n\tid {id}"));
     if let [only] = message.rcpts.as_slice() {
         let rcpt = match &only.forward_path {
             ForwardPath::Postmaster => "postmaster".to_string(),
@@ -40,8 +58,25 @@ pub fn received_header(
         };
         h.push_str(&format!("\r\n\tfor <{rcpt}>"));
     }
-    h.push_str(&format!(";\r\n\t{}\r\n", rfc5322_date(unix_ms)));
+    h.push_str(&format!(
+        ";\r\n\t{}\r\n",
+        tern_runtime::date::rfc5322(unix_ms)
+    ));
     h
+}
+
+/// Text that cannot break out of a comment or the header: no parentheses,
+/// backslashes or control characters.
+fn comment_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() || matches!(c, '(' | ')' | '\\') {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// `[192.0.2.1]` or `[IPv6:2001:db8::1]` (RFC 5321 §4.1.3).
@@ -52,59 +87,10 @@ fn address_literal(ip: IpAddr) -> String {
     }
 }
 
-/// An RFC 5322 §3.3 date-time in UTC: `Tue, 3 Jun 2025 12:34:56 +0000`.
-pub(crate) fn rfc5322_date(unix_ms: i64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let secs = unix_ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{}, {day} {} {year} {:02}:{:02}:{:02} +0000",
-        DAYS[days.rem_euclid(7) as usize],
-        MONTHS[(month - 1) as usize],
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60,
-    )
-}
-
-/// Days since 1970-01-01 to (year, month 1-12, day 1-31), proleptic
-/// Gregorian (H. Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use tern_smtp::{MailFrom, Mailbox, RcptTo};
-
-    #[test]
-    fn dates() {
-        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(
-            rfc5322_date(951_782_400_000),
-            "Tue, 29 Feb 2000 00:00:00 +0000"
-        );
-        assert_eq!(
-            rfc5322_date(1_748_954_096_789),
-            "Tue, 3 Jun 2025 12:34:56 +0000"
-        );
-        assert_eq!(rfc5322_date(-1000), "Wed, 31 Dec 1969 23:59:59 +0000");
-    }
 
     fn message(rcpts: usize, helo: &str) -> Message {
         let rcpt = |i: usize| RcptTo {
@@ -119,6 +105,7 @@ mod tests {
             helo: helo.into(),
             esmtp: true,
             tls: true,
+            auth_user: None,
             mail_from: MailFrom::default(),
             rcpts: (0..rcpts).map(rcpt).collect(),
             body: bytes::Bytes::new(),
@@ -128,20 +115,48 @@ mod tests {
     #[test]
     fn header_shape() {
         let ip: IpAddr = "192.0.2.1".parse().expect("ip");
-        let h = received_header(&message(1, "client.example"), ip, "mx.example", "01ID", 0);
+        let h = received_header(
+            &message(1, "client.example"),
+            ip,
+            "mx.example",
+            "01ID",
+            0,
+            None,
+        );
         assert_eq!(
             h,
-            "Received: from client.example ([192.0.2.1])\r\n\tby mx.example (Tern) with ESMTPS id 01ID\r\n\
+            "Received: from client.example ([192.0.2.1])\r\n\tby mx.example (Tern) with ESMTPS\r\n\tid 01ID\r\n\
              \tfor <u0@example.com>;\r\n\tThu, 1 Jan 1970 00:00:00 +0000\r\n"
         );
         let ip: IpAddr = "2001:db8::1".parse().expect("ip");
-        let h = received_header(&message(2, ""), ip, "mx.example", "01ID", 0);
+        let h = received_header(&message(2, ""), ip, "mx.example", "01ID", 0, None);
         assert!(
             h.starts_with("Received: from unknown ([IPv6:2001:db8::1])\r\n"),
             "{h}"
         );
         assert!(!h.contains("for <"), "{h}");
         let ip: IpAddr = "::ffff:10.0.0.1".parse().expect("ip");
-        assert!(received_header(&message(2, "x"), ip, "h", "i", 0).contains("([10.0.0.1])"));
+        assert!(received_header(&message(2, "x"), ip, "h", "i", 0, None).contains("([10.0.0.1])"));
+    }
+
+    #[test]
+    fn tls_and_auth_are_recorded() {
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let mut m = message(1, "c");
+        m.auth_user = Some("al(ice)@example.com".into());
+        let h = received_header(
+            &m,
+            ip,
+            "mx",
+            "ID",
+            0,
+            Some("TLSv1.3 TLS13_AES_128_GCM_SHA256"),
+        );
+        assert!(
+            h.contains(
+                "with ESMTPSA\r\n\t(TLSv1.3 TLS13_AES_128_GCM_SHA256; authenticated as al?ice?@example.com)\r\n\tid ID"
+            ),
+            "{h}"
+        );
     }
 }

@@ -71,7 +71,13 @@ impl Ctx {
     }
 
     /// Local domains: ask the mailbox. Elsewhere: relay for trusted clients only.
-    pub(crate) async fn check_recipient(&self, client: IpAddr, rcpt: &RcptTo) -> RcptDecision {
+    /// `authenticated`: the session did AUTH, which allows relaying.
+    pub(crate) async fn check_recipient(
+        &self,
+        client: IpAddr,
+        authenticated: bool,
+        rcpt: &RcptTo,
+    ) -> RcptDecision {
         let local = match &rcpt.forward_path {
             ForwardPath::Postmaster => true,
             ForwardPath::Mailbox(m) => {
@@ -80,7 +86,7 @@ impl Ctx {
         };
         let address = self.lookup_address(rcpt);
         if !local {
-            if self.trusted(client) {
+            if authenticated || self.trusted(client) {
                 return RcptDecision::Accept;
             }
             tracing::info!(rcpt = %address, client = %client, "relay denied");
@@ -117,12 +123,17 @@ impl Ctx {
 
     /// Give the message an id, prepend `Received:`, store the body and
     /// publish the envelope; `Queued` only once JetStream acknowledged it.
-    pub(crate) async fn accept_message(&self, message: Message, client: IpAddr) -> MessageOutcome {
+    pub(crate) async fn accept_message(
+        &self,
+        message: Message,
+        client: IpAddr,
+        tls: Option<&str>,
+    ) -> MessageOutcome {
         let id = ulid::Ulid::new().to_string();
         let span = Span::current();
         span.record("message_id", id.as_str());
         span.record("rcpt_count", message.rcpts.len());
-        match self.spool(&id, &message, client).await {
+        match self.spool(&id, &message, client, tls).await {
             Ok(()) => {
                 tracing::info!(
                     message_id = %id,
@@ -142,10 +153,16 @@ impl Ctx {
         }
     }
 
-    async fn spool(&self, id: &str, message: &Message, client: IpAddr) -> Result<(), SpoolError> {
+    async fn spool(
+        &self,
+        id: &str,
+        message: &Message,
+        client: IpAddr,
+        tls: Option<&str>,
+    ) -> Result<(), SpoolError> {
         let received_at = tern_runtime::now_unix_ms();
         let header =
-            crate::received_header(message, client, &self.common.hostname, id, received_at);
+            crate::received_header(message, client, &self.common.hostname, id, received_at, tls);
         let mut full = BytesMut::with_capacity(header.len() + message.body.len());
         full.extend_from_slice(header.as_bytes());
         full.extend_from_slice(&message.body);
@@ -169,7 +186,7 @@ impl Ctx {
             received_at_unix_ms: received_at,
             client_ip: client.to_canonical().to_string(),
             helo: message.helo.clone(),
-            auth_user: String::new(),
+            auth_user: message.auth_user.clone().unwrap_or_default(),
             envid: message.mail_from.envid.clone().unwrap_or_default(),
             ret: match message.mail_from.ret {
                 None => DsnRet::Unspecified,

@@ -87,6 +87,17 @@ impl Driver {
                     self.starttls += 1;
                     self.s.tls_established();
                 }
+                Action::Authenticate(c) => {
+                    self.s.auth_checked(if c.password == "secret" {
+                        AuthDecision::Accept { user: c.username }
+                    } else {
+                        AuthDecision::Reject(Reply::new(
+                            535,
+                            codes::AUTH_INVALID,
+                            "Authentication credentials invalid",
+                        ))
+                    });
+                }
                 Action::Close => {
                     self.closed = true;
                     return;
@@ -757,4 +768,136 @@ fn random_input_never_panics_and_stays_bounded() {
             );
         }
     }
+}
+
+fn submission() -> SessionConfig {
+    let mut c = SessionConfig::new("mx.example");
+    c.starttls = true;
+    c.auth = true;
+    c.require_auth = true;
+    c.require_tls = true;
+    c
+}
+
+#[test]
+fn submission_requires_tls_then_auth() {
+    let mut d = Driver::new(submission());
+    let ehlo = d.send(EHLO);
+    assert!(!ehlo.contains("AUTH"), "no AUTH before TLS: {ehlo}");
+    assert!(ehlo.contains("STARTTLS"));
+    assert_eq!(
+        codes_of(&d.send(b"MAIL FROM:<a@example.com>\r\nAUTH PLAIN AGFAAHNlY3JldA==\r\n")),
+        ["530 5.7.0", "530 5.7.0"]
+    );
+    d.send(b"STARTTLS\r\n");
+    assert_eq!(d.starttls, 1);
+    let ehlo = d.send(EHLO);
+    assert!(
+        ehlo.contains("250-AUTH PLAIN LOGIN") || ehlo.contains("250 AUTH PLAIN LOGIN"),
+        "{ehlo}"
+    );
+    assert_eq!(
+        codes_of(&d.send(b"MAIL FROM:<a@example.com>\r\n")),
+        ["530 5.7.0"]
+    );
+    // PLAIN with an initial response: \0a@example.com\0secret
+    let ir = sasl::base64_encode(b"\0a@example.com\0secret");
+    assert_eq!(
+        codes_of(&d.send(format!("AUTH PLAIN {ir}\r\n").as_bytes())),
+        ["235 2.7.0"]
+    );
+    assert_eq!(d.s.auth_user(), Some("a@example.com"));
+    assert!(!d.send(EHLO).contains("AUTH"), "not offered again");
+    assert_eq!(
+        codes_of(&d.send(format!("AUTH PLAIN {ir}\r\n").as_bytes())),
+        ["503 5.5.1"]
+    );
+    // Someone else's sender address is refused; our own and <> are fine.
+    assert_eq!(
+        codes_of(&d.send(b"MAIL FROM:<b@example.com>\r\n")),
+        ["553 5.7.1"]
+    );
+    assert_eq!(
+        codes_of(&d.send(
+            b"MAIL FROM:<A@Example.COM> AUTH=<>\r\nRCPT TO:<x@y.example>\r\nDATA\r\nhi\r\n.\r\n"
+        )),
+        ["250 2.1.0", "250 2.1.5", "354", "250 2.0.0"]
+    );
+    assert_eq!(d.delivered[0].auth_user.as_deref(), Some("a@example.com"));
+    assert_eq!(d.delivered[0].protocol(), "ESMTPSA");
+}
+
+#[test]
+fn auth_login_and_plain_exchanges() {
+    let mut c = submission();
+    c.require_tls = false;
+    c.auth_plaintext = true;
+    let mut d = Driver::new(c);
+    d.send(EHLO);
+    // LOGIN: user name and password in two 334 rounds.
+    let r = d.send(b"AUTH LOGIN\r\n");
+    assert_eq!(r, "334 VXNlcm5hbWU6\r\n");
+    let r = d.send(format!("{}\r\n", sasl::base64_encode(b"u@example.com")).as_bytes());
+    assert_eq!(r, "334 UGFzc3dvcmQ6\r\n");
+    let r = d.send(format!("{}\r\n", sasl::base64_encode(b"wrong")).as_bytes());
+    assert_eq!(codes_of(&r), ["535 5.7.8"]);
+    assert_eq!(d.s.auth_user(), None);
+    // PLAIN without an initial response; cancelled with "*".
+    assert_eq!(d.send(b"AUTH PLAIN\r\n"), "334 \r\n");
+    assert_eq!(codes_of(&d.send(b"*\r\n")), ["501 5.0.0"]);
+    // Bad base64, unknown mechanism, proxy authorization.
+    assert_eq!(d.send(b"AUTH PLAIN\r\n"), "334 \r\n");
+    assert_eq!(codes_of(&d.send(b"!!!!\r\n")), ["501 5.5.2"]);
+    assert_eq!(codes_of(&d.send(b"AUTH CRAM-MD5\r\n")), ["504 5.5.4"]);
+    let ir = sasl::base64_encode(b"other\0u@example.com\0secret");
+    assert_eq!(
+        codes_of(&d.send(format!("AUTH PLAIN {ir}\r\n").as_bytes())),
+        ["535 5.7.8"]
+    );
+    // LOGIN with the user name as initial response, then success.
+    let r = d.send(format!("AUTH LOGIN {}\r\n", sasl::base64_encode(b"u@example.com")).as_bytes());
+    assert_eq!(r, "334 UGFzc3dvcmQ6\r\n");
+    let r = d.send(format!("{}\r\n", sasl::base64_encode(b"secret")).as_bytes());
+    assert_eq!(codes_of(&r), ["235 2.7.0"]);
+    assert!(!d.closed);
+}
+
+#[test]
+fn auth_refused_in_clear_text_by_default() {
+    let mut c = SessionConfig::new("mx.example");
+    c.starttls = true;
+    c.auth = true;
+    let mut d = Driver::new(c);
+    assert!(!d.send(EHLO).contains("AUTH"));
+    assert_eq!(
+        codes_of(&d.send(b"AUTH PLAIN AGEAYg==\r\n")),
+        ["538 5.7.11"]
+    );
+    // MX sessions need no AUTH for MAIL.
+    assert_eq!(
+        codes_of(&d.send(b"MAIL FROM:<a@b.example>\r\n")),
+        ["250 2.1.0"]
+    );
+    // AUTH= is accepted on MAIL when AUTH is offered (RFC 4954 §5).
+    d.send(b"RSET\r\n");
+    assert_eq!(
+        codes_of(&d.send(b"MAIL FROM:<a@b.example> AUTH=<>\r\n")),
+        ["250 2.1.0"]
+    );
+}
+
+#[test]
+fn starttls_forgets_authentication() {
+    let mut c = submission();
+    c.require_tls = false;
+    c.auth_plaintext = true;
+    let mut d = Driver::new(c);
+    d.send(EHLO);
+    let ir = sasl::base64_encode(b"\0a@example.com\0secret");
+    assert_eq!(
+        codes_of(&d.send(format!("AUTH PLAIN {ir}\r\n").as_bytes())),
+        ["235 2.7.0"]
+    );
+    d.send(b"STARTTLS\r\n");
+    assert_eq!(d.s.auth_user(), None, "RFC 3207 §4.2");
 }

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +34,10 @@ pub const IO_DEADLINE: Duration = Duration::from_secs(15);
 struct FixedAccounts {
     users: HashSet<String>,
     traceparents: Arc<Mutex<Vec<String>>>,
+    /// user name -> password, for `Authenticate`.
+    passwords: Vec<(String, String)>,
+    /// `Authenticate` calls received.
+    auth_calls: Arc<AtomicUsize>,
 }
 
 #[tonic::async_trait]
@@ -56,9 +61,21 @@ impl Accounts for FixedAccounts {
     }
     async fn authenticate(
         &self,
-        _: Request<AuthenticateRequest>,
+        request: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
-        Err(Status::unimplemented("test double"))
+        self.auth_calls.fetch_add(1, Ordering::SeqCst);
+        let r = request.get_ref();
+        // Like the mailbox: the user name is the account address,
+        // case-insensitively; the canonical (lower-case) address comes back.
+        let user = r.username.to_ascii_lowercase();
+        let ok = self
+            .passwords
+            .iter()
+            .any(|(u, p)| *u == user && *p == r.password);
+        Ok(Response::new(AuthenticateResponse {
+            ok,
+            address: if ok { user } else { String::new() },
+        }))
     }
     async fn add_user(
         &self,
@@ -93,6 +110,25 @@ pub async fn start_accounts(users: &[&str]) -> String {
 
 /// Start the fake mailbox; also return the `traceparent`s it receives.
 pub async fn start_accounts_recording(users: &[&str]) -> (String, Arc<Mutex<Vec<String>>>) {
+    let (url, tp, _) = start_accounts_full(users, &[]).await;
+    (url, tp)
+}
+
+/// Start the fake mailbox with `logins` (user, password) for AUTH; also
+/// return the number of `Authenticate` calls it received.
+pub async fn start_accounts_auth(
+    users: &[&str],
+    logins: &[(&str, &str)],
+) -> (String, Arc<AtomicUsize>) {
+    let (url, _, calls) = start_accounts_full(users, logins).await;
+    (url, calls)
+}
+
+async fn start_accounts_full(
+    users: &[&str],
+    logins: &[(&str, &str)],
+) -> (String, Arc<Mutex<Vec<String>>>, Arc<AtomicUsize>) {
+    let auth_calls = Arc::new(AtomicUsize::new(0));
     let traceparents = Arc::new(Mutex::new(Vec::new()));
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
@@ -101,6 +137,11 @@ pub async fn start_accounts_recording(users: &[&str]) -> (String, Arc<Mutex<Vec<
     let svc = AccountsServer::new(FixedAccounts {
         users: users.iter().map(|u| u.to_string()).collect(),
         traceparents: traceparents.clone(),
+        passwords: logins
+            .iter()
+            .map(|(u, p)| (u.to_string(), p.to_string()))
+            .collect(),
+        auth_calls: auth_calls.clone(),
     });
     tokio::spawn(async move {
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
@@ -109,7 +150,7 @@ pub async fn start_accounts_recording(users: &[&str]) -> (String, Arc<Mutex<Vec<
             .serve_with_incoming(incoming)
             .await;
     });
-    (format!("http://{addr}"), traceparents)
+    (format!("http://{addr}"), traceparents, auth_calls)
 }
 
 /// A URL where nothing listens.
@@ -212,6 +253,16 @@ impl Smtp {
     /// Connect and read the greeting.
     pub async fn connect(addr: SocketAddr) -> Smtp {
         let stream = TcpStream::connect(addr).await.expect("connect to ingress");
+        let mut c = Smtp {
+            r: BufReader::new(stream),
+        };
+        let (code, text) = c.reply().await;
+        assert_eq!(code, 220, "{text}");
+        c
+    }
+
+    /// Use an already connected stream; read the greeting.
+    pub async fn from_stream(stream: TcpStream) -> Smtp {
         let mut c = Smtp {
             r: BufReader::new(stream),
         };
