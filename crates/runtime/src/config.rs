@@ -465,6 +465,12 @@ pub mod keys {
         "localhost",
         "domains whose mail is stored here",
     );
+    /// `TERN_LOG`.
+    pub const LOG: Key<String> = Key::new(
+        "log",
+        "",
+        "log filter, e.g. info,tern_delivery=debug (default: RUST_LOG, else info)",
+    );
     /// `TERN_LOG_FORMAT`.
     pub const LOG_FORMAT: Key<String> = Key::new("log_format", "text", "log format: text or json");
     /// `TERN_NATS_REPLICAS`.

@@ -37,10 +37,16 @@ impl Drop for TelemetryGuard {
 
 /// Install logging and tracing for this process.
 ///
-/// `json` selects JSON log lines. OTLP export is on only when
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces-specific variable) is set.
-pub fn init(service_name: &str, json: bool) -> Result<TelemetryGuard, TelemetryError> {
-    install(service_name, json, |b| b)
+/// `json` selects JSON log lines; `filter` is a log filter such as
+/// `info,tern_delivery=debug` (`TERN_LOG`; empty: `RUST_LOG`, else `info`).
+/// OTLP export is on only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the
+/// traces-specific variable) is set.
+pub fn init(
+    service_name: &str,
+    json: bool,
+    filter: &str,
+) -> Result<TelemetryGuard, TelemetryError> {
+    install(service_name, json, filter, |b| b)
 }
 
 /// Like [`init`], also sending every span to `exporter` as it ends (tests
@@ -50,7 +56,7 @@ pub fn init_with_exporter<E: SpanExporter + 'static>(
     json: bool,
     exporter: E,
 ) -> Result<TelemetryGuard, TelemetryError> {
-    install(service_name, json, move |b| {
+    install(service_name, json, "", move |b| {
         b.with_simple_exporter(exporter)
     })
 }
@@ -67,7 +73,9 @@ pub fn init_with_otlp(
         .with_endpoint(endpoint)
         .build()
         .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-    install(service_name, json, move |b| b.with_batch_exporter(exporter))
+    install(service_name, json, "", move |b| {
+        b.with_batch_exporter(exporter)
+    })
 }
 
 impl TelemetryGuard {
@@ -80,6 +88,7 @@ impl TelemetryGuard {
 fn install(
     service_name: &str,
     json: bool,
+    filter: &str,
     extra: impl FnOnce(TracerProviderBuilder) -> TracerProviderBuilder,
 ) -> Result<TelemetryGuard, TelemetryError> {
     global::set_text_map_propagator(TraceContextPropagator::new());
@@ -106,9 +115,11 @@ fn install(
     global::set_tracer_provider(provider.clone());
     let tracer = provider.tracer("tern");
 
-    let filter = EnvFilter::try_from_env("TERN_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,hyper=warn,tower=warn,async_nats=warn"));
+    let filter = (!filter.is_empty())
+        .then(|| EnvFilter::try_new(filter).ok())
+        .flatten()
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("info,h2=warn,hyper=warn,tower=warn,async_nats=warn"));
     let fmt = if json {
         tracing_subscriber::fmt::layer()
             .event_format(crate::logfmt::Json)

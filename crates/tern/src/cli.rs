@@ -99,7 +99,7 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
         Command::User { command } => user(&cfg, command).await,
         Command::Queue { command: Some(c) } => queue_admin(&cfg, c).await,
         Command::Up => {
-            let _t = telemetry::init("tern", cfg.log_json)?;
+            let _t = telemetry::init("tern", cfg.log_json, &cfg.log_filter)?;
             crate::up::up(cfg).await
         }
         service => {
@@ -107,7 +107,8 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
             shutdown.trigger_on_signals();
             macro_rules! serve {
                 ($name:literal, $krate:ident, $cfg:expr) => {{
-                    let _t = telemetry::init(concat!("tern-", $name), cfg.log_json)?;
+                    let _t =
+                        telemetry::init(concat!("tern-", $name), cfg.log_json, &cfg.log_filter)?;
                     let bound = $krate::bind($cfg).await.context(concat!("start ", $name))?;
                     for (what, addr) in bound.addrs() {
                         tracing::info!("{what} listening on {addr}");

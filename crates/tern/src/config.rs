@@ -18,6 +18,8 @@ pub struct TernConfig {
     pub queue_url: String,
     /// `log_format = json`.
     pub log_json: bool,
+    /// `TERN_LOG`: the log filter.
+    pub log_filter: String,
     /// Effective values, for `tern config check`.
     pub effective: Vec<Effective>,
 }
@@ -48,6 +50,7 @@ impl TernConfig {
             mailbox_url: endpoints::url(src, &endpoints::MAILBOX_URL, &endpoints::MAILBOX_GRPC)?,
             queue_url: endpoints::url(src, &endpoints::QUEUE_URL, &endpoints::QUEUE_GRPC)?,
             log_json,
+            log_filter: src.get(&keys::LOG)?,
             effective: Vec::new(),
         };
         cfg.effective = src.finish()?;

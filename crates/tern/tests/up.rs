@@ -295,6 +295,7 @@ fn config_check_prints_effective_values() {
     let out = tern()
         .args(["config", "check"])
         .env("TERN_LOCAL_DOMAINS", "example.com")
+        .env("TERN_LOG", "info,tern_delivery=debug")
         .output()
         .expect("run tern");
     assert!(
@@ -305,4 +306,5 @@ fn config_check_prints_effective_values() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("TERN_LOCAL_DOMAINS=example.com"), "{text}");
     assert!(text.contains("TERN_SMTP_LISTEN=127.0.0.1:2525"), "{text}");
+    assert!(text.contains("TERN_LOG=info,tern_delivery=debug"), "{text}");
 }
