@@ -5,6 +5,8 @@
 # loopback, on ephemeral ports, and stop them when they end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The ingress test that holds 10,000 idle SMTP connections needs the fds.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 export TERN_NATS_SERVER="$(scripts/deps.sh --test)"
 export TEST_REQUIRE_POSTGRES=1
 cargo fmt --all -- --check
