@@ -1,10 +1,12 @@
 //! A small async SMTP client (RFC 5321) over any `AsyncRead + AsyncWrite`.
 //!
-//! The client speaks one command at a time (no pipelining): greeting, EHLO
-//! (falling back to HELO when EHLO is refused with 5xx), MAIL FROM, one RCPT TO
-//! per recipient with the reply kept per recipient, DATA with dot-stuffing and
-//! CRLF line endings, and QUIT. Every read is bounded by the RFC 5321
-//! §4.5.3.2 timeout for that stage; [`Timeouts`] makes them configurable.
+//! Greeting, EHLO (falling back to HELO when EHLO is refused with 5xx),
+//! STARTTLS (RFC 3207; the caller does the handshake on the stream it gets
+//! back), MAIL FROM, one RCPT TO per recipient with the reply kept per
+//! recipient (sent as one pipelined group when the server offers PIPELINING,
+//! RFC 2920), DATA with dot-stuffing and CRLF line endings or BDAT (RFC 3030
+//! CHUNKING), RSET and QUIT. Every read is bounded by the RFC 5321 §4.5.3.2
+//! timeout for that stage; [`Timeouts`] makes them configurable.
 //!
 //! ```no_run
 //! # async fn demo(stream: tokio::net::TcpStream) -> Result<(), tern_smtp::client::ClientError> {
@@ -33,6 +35,8 @@ pub const MAX_REPLY_LINES: usize = 256;
 pub const QUIT_WAIT: Duration = Duration::from_secs(10);
 /// Size of each write while sending the message content.
 const DATA_CHUNK: usize = 64 * 1024;
+/// Largest BDAT chunk sent; bigger messages go in several chunks.
+pub const BDAT_CHUNK: usize = 1024 * 1024;
 
 /// Per-stage timeouts, defaulting to the minimums of RFC 5321 §4.5.3.2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +103,10 @@ pub enum Stage {
     DataEnd,
     /// RSET.
     Rset,
+    /// STARTTLS (RFC 3207).
+    StartTls,
+    /// BDAT chunks (RFC 3030).
+    Bdat,
     /// QUIT.
     Quit,
 }
@@ -113,6 +121,8 @@ impl fmt::Display for Stage {
             Stage::Data => "DATA",
             Stage::DataEnd => "end of data",
             Stage::Rset => "RSET",
+            Stage::StartTls => "STARTTLS",
+            Stage::Bdat => "BDAT",
             Stage::Quit => "QUIT",
         })
     }
@@ -405,6 +415,33 @@ impl Extensions {
     pub fn pipelining(&self) -> bool {
         self.has("PIPELINING")
     }
+
+    /// CHUNKING, i.e. the BDAT command (RFC 3030).
+    pub fn chunking(&self) -> bool {
+        self.has("CHUNKING")
+    }
+}
+
+/// Normalise line endings to CRLF (a bare CR or LF becomes CRLF) without
+/// dot-stuffing: the content of BDAT chunks (RFC 3030 §2), which is counted
+/// in octets and so needs no transparency, but must still be valid RFC 5322.
+pub fn canonical_crlf(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 2);
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'\r' => {
+                out.extend_from_slice(b"\r\n");
+                if body.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+            }
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Encode message content for DATA: every line ends in CRLF (a bare LF or a
@@ -586,6 +623,145 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SmtpClient<S> {
             .read_reply(Stage::DataEnd, self.timeouts.data_term)
             .await?;
         positive(Stage::DataEnd, reply)
+    }
+
+    /// MAIL FROM and one RCPT TO per recipient, returning the reply to each
+    /// RCPT in order (a refused recipient is a per-recipient result, not an
+    /// error). When the server announced PIPELINING the whole group is
+    /// written at once and the replies read in order afterwards (RFC 2920
+    /// §3.1: MAIL and RCPT may appear anywhere in a group); otherwise one
+    /// command at a time. A refused MAIL is [`ClientError::Rejected`] with
+    /// stage [`Stage::MailFrom`] (pipelined: after reading the RCPT replies
+    /// the server still owes, so the session stays in step); a 421 to any
+    /// RCPT is an error, as in [`SmtpClient::rcpt_to`].
+    pub async fn envelope(
+        &mut self,
+        reverse_path: &str,
+        mail_params: &[String],
+        rcpts: &[(&str, &[String])],
+    ) -> Result<Vec<Reply>, ClientError> {
+        if !self.extensions.pipelining() {
+            self.mail_from(reverse_path, mail_params).await?;
+            let mut replies = Vec::with_capacity(rcpts.len());
+            for (addr, params) in rcpts {
+                replies.push(self.rcpt_to(addr, params).await?);
+            }
+            return Ok(replies);
+        }
+        check_arg(Stage::MailFrom, reverse_path)?;
+        for p in mail_params {
+            check_arg(Stage::MailFrom, p)?;
+        }
+        let mut group = with_params(format!("MAIL FROM:<{reverse_path}>"), mail_params);
+        group.push_str("\r\n");
+        for (addr, params) in rcpts {
+            check_arg(Stage::RcptTo, addr)?;
+            for p in *params {
+                check_arg(Stage::RcptTo, p)?;
+            }
+            group.push_str(&with_params(format!("RCPT TO:<{addr}>"), params));
+            group.push_str("\r\n");
+        }
+        self.write(Stage::MailFrom, group.as_bytes(), self.timeouts.command)
+            .await?;
+        let mail = self.read_reply(Stage::MailFrom, self.timeouts.mail).await?;
+        let mut replies = Vec::with_capacity(rcpts.len());
+        for _ in rcpts {
+            let reply = self.read_reply(Stage::RcptTo, self.timeouts.rcpt).await?;
+            if reply.code == 421 {
+                return Err(ClientError::Rejected {
+                    stage: Stage::RcptTo,
+                    reply,
+                });
+            }
+            replies.push(reply);
+        }
+        positive(Stage::MailFrom, mail)?;
+        Ok(replies)
+    }
+
+    /// Send the message with BDAT (RFC 3030 CHUNKING) instead of DATA: line
+    /// endings normalised to CRLF (see [`canonical_crlf`]), no dot-stuffing,
+    /// in chunks of at most [`BDAT_CHUNK`] octets, the last marked `LAST`.
+    /// Returns the final 2xx reply; a refused chunk is an error (stage
+    /// [`Stage::Bdat`] for an intermediate chunk, [`Stage::DataEnd`] for the
+    /// last, like the reply to DATA's terminator).
+    pub async fn bdat(&mut self, body: &[u8]) -> Result<Reply, ClientError> {
+        let content = canonical_crlf(body);
+        let chunks: Vec<&[u8]> = if content.is_empty() {
+            vec![&[][..]]
+        } else {
+            content.chunks(BDAT_CHUNK).collect()
+        };
+        let n = chunks.len();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let last = i + 1 == n;
+            let stage = if last { Stage::DataEnd } else { Stage::Bdat };
+            let mut buf = Vec::with_capacity(chunk.len() + 32);
+            buf.extend_from_slice(
+                format!(
+                    "BDAT {}{}\r\n",
+                    chunk.len(),
+                    if last { " LAST" } else { "" }
+                )
+                .as_bytes(),
+            );
+            buf.extend_from_slice(chunk);
+            for piece in buf.chunks(DATA_CHUNK) {
+                self.write(stage, piece, self.timeouts.data_block).await?;
+            }
+            let timeout = if last {
+                self.timeouts.data_term
+            } else {
+                self.timeouts.data_block
+            };
+            let reply = positive(stage, self.read_reply(stage, timeout).await?)?;
+            if last {
+                return Ok(reply);
+            }
+        }
+        Err(ClientError::Protocol {
+            stage: Stage::Bdat,
+            message: "no chunk sent".into(),
+        })
+    }
+
+    /// STARTTLS (RFC 3207): expect 220, then the caller performs the TLS
+    /// handshake on [`SmtpClient::into_inner`] and continues with
+    /// [`SmtpClient::resume`] and a new EHLO. Bytes the server sent after
+    /// the 220 and before the handshake are a protocol error: they would be
+    /// read as if they came over TLS (the plaintext injection attack of
+    /// CVE-2011-0411, RFC 3207 §6 says the client must discard them; we
+    /// refuse the session instead).
+    pub async fn starttls(&mut self) -> Result<Reply, ClientError> {
+        let reply = self
+            .command(Stage::StartTls, "STARTTLS", self.timeouts.command)
+            .await?;
+        if reply.code != 220 {
+            return Err(ClientError::Rejected {
+                stage: Stage::StartTls,
+                reply,
+            });
+        }
+        if !self.io.buffer().is_empty() {
+            return Err(ClientError::Protocol {
+                stage: Stage::StartTls,
+                message: "data received after the 220 to STARTTLS, before the TLS handshake".into(),
+            });
+        }
+        Ok(reply)
+    }
+
+    /// Continue a session on a new stream without reading a greeting: after
+    /// the TLS handshake that follows [`SmtpClient::starttls`]. The server
+    /// has forgotten everything from before (RFC 3207 §4.2), so the
+    /// extensions are empty until the next EHLO.
+    pub fn resume(stream: S, timeouts: Timeouts) -> Self {
+        SmtpClient {
+            io: BufReader::new(stream),
+            timeouts,
+            extensions: Extensions::default(),
+        }
     }
 
     /// RSET: abort the current transaction.
@@ -1028,6 +1204,171 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, ClientError::InvalidArgument { .. }));
+    }
+
+    #[tokio::test]
+    async fn pipelined_envelope_is_one_write_with_replies_in_order() {
+        let (client, mut server) = duplex(64 * 1024);
+        let srv = tokio::spawn(async move {
+            server.write_all(b"220 x\r\n").await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = server.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"EHLO c.test\r\n");
+            server
+                .write_all(b"250-x\r\n250 PIPELINING\r\n")
+                .await
+                .unwrap();
+            // The whole group arrives before any reply is sent (RFC 2920 §3.1).
+            let group = b"MAIL FROM:<a@b.test> SIZE=5\r\nRCPT TO:<r1@x.test>\r\nRCPT TO:<r2@x.test> NOTIFY=NEVER\r\n";
+            let mut got = Vec::new();
+            while got.len() < group.len() {
+                let n = server.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(got, group);
+            server
+                .write_all(b"250 ok\r\n250 ok\r\n550 5.1.1 unknown\r\n")
+                .await
+                .unwrap();
+        });
+        let (mut c, _) = SmtpClient::connect(client, Timeouts::uniform(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        c.ehlo("c.test").await.unwrap();
+        let notify = vec!["NOTIFY=NEVER".to_string()];
+        let replies = c
+            .envelope(
+                "a@b.test",
+                &["SIZE=5".to_string()],
+                &[("r1@x.test", &[]), ("r2@x.test", &notify)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            replies.iter().map(|r| r.code).collect::<Vec<_>>(),
+            vec![250, 550]
+        );
+        srv.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn pipelined_mail_rejection_reads_the_owed_replies() {
+        let (client, server) = duplex(64 * 1024);
+        tokio::spawn(serve(
+            server,
+            "220 x\r\n",
+            vec![
+                ("\r\n", "250-x\r\n250 PIPELINING\r\n"),
+                (
+                    "RCPT TO:<r@x.test>\r\n",
+                    "550 5.7.1 sender denied\r\n503 5.5.1 no MAIL\r\n",
+                ),
+                ("RSET\r\n", "250 ok\r\n"),
+            ],
+        ));
+        let (mut c, _) = SmtpClient::connect(client, Timeouts::uniform(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        c.ehlo("c.test").await.unwrap();
+        let err = c
+            .envelope("a@b.test", &[], &[("r@x.test", &[])])
+            .await
+            .unwrap_err();
+        assert_eq!(err.stage(), Stage::MailFrom);
+        assert_eq!(err.reply().unwrap().code, 550);
+        // Still in step: the next command gets its own reply.
+        assert_eq!(c.rset().await.unwrap().code, 250);
+    }
+
+    #[tokio::test]
+    async fn bdat_sends_counted_chunks_without_dot_stuffing() {
+        let (client, mut server) = duplex(4 * 1024 * 1024);
+        let mut body = b".first\nline\r\n".to_vec();
+        body.extend(std::iter::repeat_n(b'x', BDAT_CHUNK));
+        let expected = canonical_crlf(&body);
+        let srv = tokio::spawn(async move {
+            server
+                .write_all(b"220 x\r\n250-x\r\n250 CHUNKING\r\n")
+                .await
+                .unwrap();
+            let mut all = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            let mut content = Vec::new();
+            let mut chunks = Vec::new();
+            loop {
+                // Parse "BDAT n [LAST]\r\n" + n octets from what has arrived.
+                if let Some(end) = all.windows(2).position(|w| w == b"\r\n") {
+                    let line = String::from_utf8(all[..end].to_vec()).unwrap();
+                    if let Some(rest) = line.strip_prefix("BDAT ") {
+                        let mut words = rest.split(' ');
+                        let n: usize = words.next().unwrap().parse().unwrap();
+                        let last = words.next() == Some("LAST");
+                        if all.len() >= end + 2 + n {
+                            content.extend_from_slice(&all[end + 2..end + 2 + n]);
+                            all.drain(..end + 2 + n);
+                            chunks.push((n, last));
+                            let reply: &[u8] = if last {
+                                b"250 2.0.0 done\r\n"
+                            } else {
+                                b"250 2.0.0 more\r\n"
+                            };
+                            server.write_all(reply).await.unwrap();
+                            if last {
+                                return (content, chunks);
+                            }
+                            continue;
+                        }
+                    } else {
+                        all.drain(..end + 2); // EHLO
+                        continue;
+                    }
+                }
+                let n = server.read(&mut buf).await.unwrap();
+                assert!(n > 0);
+                all.extend_from_slice(&buf[..n]);
+            }
+        });
+        let (mut c, _) = SmtpClient::connect(client, Timeouts::uniform(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert!(c.ehlo("c.test").await.unwrap().chunking());
+        let reply = c.bdat(&body).await.unwrap();
+        assert_eq!(reply.text(), "done");
+        let (content, chunks) = srv.await.unwrap();
+        assert_eq!(content, expected, "no dot-stuffing, CRLF line endings");
+        assert_eq!(
+            chunks,
+            vec![(BDAT_CHUNK, false), (expected.len() - BDAT_CHUNK, true)]
+        );
+    }
+
+    #[tokio::test]
+    async fn starttls_refuses_data_injected_before_the_handshake() {
+        let (client, server) = duplex(4096);
+        tokio::spawn(serve(
+            server,
+            "220 x\r\n",
+            vec![
+                ("\r\n", "250-x\r\n250 STARTTLS\r\n"),
+                // CVE-2011-0411 style: a reply smuggled before the handshake.
+                ("STARTTLS\r\n", "220 go ahead\r\n250 injected\r\n"),
+            ],
+        ));
+        let (mut c, _) = SmtpClient::connect(client, Timeouts::uniform(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert!(c.ehlo("c.test").await.unwrap().starttls());
+        // The peer wrote both lines in one write, so they arrive together.
+        match c.starttls().await {
+            Err(ClientError::Protocol { stage, .. }) => assert_eq!(stage, Stage::StartTls),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn canonical_crlf_normalises_without_stuffing() {
+        assert_eq!(canonical_crlf(b"a\n.b\rc\r\n"), b"a\r\n.b\r\nc\r\n");
+        assert_eq!(canonical_crlf(b""), b"");
     }
 
     #[test]

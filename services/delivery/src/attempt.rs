@@ -3,13 +3,20 @@
 //! per-recipient outcome.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::ServerName;
 use tern_proto::resolver_client::ResolverClient;
 use tern_proto::{DsnRet, Job, MxHost, Outcome, RecipientResult, ResolveRouteRequest, RouteStatus};
-use tern_smtp::client::{ClientError, Reply, SmtpClient, Stage, Timeouts};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use tern_runtime::Shutdown;
+use tern_smtp::client::{ClientError, Reply, Stage, Timeouts};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::egress::Egress;
+use crate::limit::{Lease, Limiter};
+use crate::pool::{Conn, Io, Pool, Session};
+use crate::tls::{TlsPolicies, TlsPolicy};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tracing::Instrument;
@@ -28,9 +35,22 @@ pub const MAX_SESSIONS: usize = 2;
 pub(crate) struct Env<'a> {
     pub resolver: Resolver,
     pub port: u16,
-    pub helo: &'a str,
     pub connect_timeout: Duration,
     pub timeouts: Timeouts,
+    /// Source address and EHLO name.
+    pub egress: &'a Egress,
+    /// STARTTLS policy per destination, and the default.
+    pub tls: &'a TlsPolicies,
+    pub tls_default: TlsPolicy,
+    /// Retry a host in plaintext after its TLS failed (opportunistic only).
+    pub tls_fallback: bool,
+    pub tls_config: Arc<rustls::ClientConfig>,
+    pub pool: &'a Pool,
+    pub limiter: Option<&'a Limiter>,
+    /// Longest wait for a free connection slot before deferring.
+    pub limit_wait: Duration,
+    /// Shutting down: sessions are closed, not pooled.
+    pub closing: &'a Shutdown,
 }
 
 /// Why a host could not take the message; reported when no host could.
@@ -40,14 +60,6 @@ struct Failure {
     enhanced: String,
     reply: String,
     remote_host: String,
-}
-
-/// How one SMTP session ended.
-enum SessionEnd {
-    /// The host gave a definitive answer for every recipient.
-    Done(Vec<RecipientResult>),
-    /// The host could not take the message; try the next one.
-    Next(Failure),
 }
 
 /// Resolve, connect and relay. The body is loaded lazily by `load_body`
@@ -136,144 +148,457 @@ where
             );
         }
     };
-    relay(&env, job, &route.hosts, &body).await
+    let site = if route.site.is_empty() {
+        job.destination.as_str()
+    } else {
+        route.site.as_str()
+    };
+    relay(&env, job, &route.hosts, site, &body).await
 }
 
-/// Try the hosts in order: the next address on a connection failure, the
-/// next host when a session cannot take the message.
-async fn relay(env: &Env<'_>, job: &Job, hosts: &[MxHost], body: &[u8]) -> Vec<RecipientResult> {
+/// Try a pooled session for `key`, then fresh connections to the hosts in
+/// order: the next address on a connection failure, the next host when a
+/// session cannot take the message.
+async fn relay(
+    env: &Env<'_>,
+    job: &Job,
+    hosts: &[MxHost],
+    site: &str,
+    body: &[u8],
+) -> Vec<RecipientResult> {
+    let policy = env.tls.for_destination(&job.destination, env.tls_default);
+    // Sessions are shared only between jobs with the same egress identity and
+    // TLS policy, so a `required` job never rides a plaintext session.
+    let key = format!("{}|{}|{}", env.egress.name, policy, site);
+    if let Some(results) = try_pooled(env, &key, job, body).await {
+        return results;
+    }
+    let limit = env.limiter.map_or(0, |l| l.limit_for(&job.destination));
     let mut last = Failure {
         code: 0,
         enhanced: "4.4.4".into(),
         reply: "no usable MX host address".into(),
         remote_host: String::new(),
     };
+    let mut lease: Option<Lease> = None;
     let (mut addresses, mut sessions) = (0, 0);
     'hosts: for host in hosts {
         for text in &host.addresses {
             let Ok(ip) = text.parse::<IpAddr>() else {
                 continue;
             };
+            let source = match env.egress.source_for(ip) {
+                Ok(s) => s,
+                Err(()) => continue,
+            };
             if addresses == MAX_ADDRESSES || sessions == MAX_SESSIONS {
                 break 'hosts;
             }
             addresses += 1;
+            if lease.is_none()
+                && let Some(limiter) = env.limiter
+                && limit > 0
+            {
+                match wait_for_slot(env, limiter, &key, site, limit, job, body).await {
+                    Slot::Lease(l) => lease = Some(*l),
+                    Slot::Delivered(results) => return results,
+                    Slot::Failed(f) => return all(job, Outcome::Deferred, &f),
+                }
+            }
             let addr = SocketAddr::new(ip, env.port);
-            let span = tracing::info_span!("delivery.smtp", host = %host.name, addr = %addr, result = tracing::field::Empty);
-            let stream = match tokio::time::timeout(env.connect_timeout, TcpStream::connect(addr))
+            let mut policy_here = policy;
+            loop {
+                let span = tracing::info_span!("delivery.smtp", host = %host.name, addr = %addr, tls = tracing::field::Empty, result = tracing::field::Empty);
+                let stream = match connect(addr, source, env.connect_timeout)
+                    .instrument(span.clone())
+                    .await
+                {
+                    Ok(s) => s,
+                    Err(reply) => {
+                        span.record("result", "connect failed");
+                        last = Failure {
+                            code: 0,
+                            enhanced: "4.4.1".into(),
+                            reply: format!("connect to {}[{addr}]: {reply}", host.name),
+                            remote_host: host.name.clone(),
+                        };
+                        break;
+                    }
+                };
+                sessions += 1;
+                let opened = open(
+                    Box::new(stream),
+                    &host.name,
+                    &env.egress.ehlo_name,
+                    env.timeouts,
+                    &env.tls_config,
+                    policy_here,
+                )
                 .instrument(span.clone())
-                .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    span.record("result", "connect failed");
-                    last = Failure {
-                        code: 0,
-                        enhanced: "4.4.1".into(),
-                        reply: format!("connect to {}[{addr}]: {e}", host.name),
-                        remote_host: host.name.clone(),
-                    };
-                    continue;
-                }
-                Err(_) => {
-                    span.record("result", "connect timeout");
-                    last = Failure {
-                        code: 0,
-                        enhanced: "4.4.1".into(),
-                        reply: format!(
-                            "connect to {}[{addr}]: timed out after {:?}",
-                            host.name, env.connect_timeout
-                        ),
-                        remote_host: host.name.clone(),
-                    };
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            sessions += 1;
-            match session(stream, &host.name, job, body, env.helo, env.timeouts)
-                .instrument(span.clone())
-                .await
-            {
-                SessionEnd::Done(results) => {
-                    span.record("result", "done");
-                    return results;
-                }
-                SessionEnd::Next(f) => {
-                    span.record("result", "next host");
-                    tracing::info!(parent: &span, reply = %f.reply, "host did not take the message; trying the next");
-                    last = f;
-                    continue 'hosts;
+                .await;
+                let mut s = match opened {
+                    Ok(s) => s,
+                    Err(OpenError::Tls(f))
+                        if policy_here == TlsPolicy::Opportunistic && env.tls_fallback =>
+                    {
+                        // Explicitly allowed by the operator: the same host once more, in plaintext.
+                        tracing::info!(parent: &span, reply = %f.reply, "TLS failed; retrying this host in plaintext as configured");
+                        span.record("result", "TLS failed");
+                        policy_here = TlsPolicy::Disabled;
+                        continue;
+                    }
+                    Err(OpenError::Tls(f) | OpenError::Next(f)) => {
+                        span.record("result", "next host");
+                        tracing::info!(parent: &span, reply = %f.reply, "host did not take the message; trying the next");
+                        last = f;
+                        continue 'hosts;
+                    }
+                };
+                span.record("tls", s.tls);
+                s.lease = lease.take();
+                metrics::counter!("tern_delivery_connections_total", "tls" => if s.tls { "yes" } else { "no" }).increment(1);
+                match transact(s, job, body).instrument(span.clone()).await {
+                    TransEnd::Done(results, session) => {
+                        span.record("result", "done");
+                        finish(env, key, session);
+                        return results;
+                    }
+                    TransEnd::Next(f, mut session) => {
+                        span.record("result", "next host");
+                        tracing::info!(parent: &span, reply = %f.reply, "host did not take the message; trying the next");
+                        lease = session.lease.take();
+                        session.conn.quit().await;
+                        last = f;
+                        continue 'hosts;
+                    }
                 }
             }
         }
     }
+    if let Some(l) = lease {
+        l.release().await;
+    }
     all(job, Outcome::Deferred, &last)
 }
 
-/// One SMTP transaction for every recipient of `job`.
-async fn session<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: S,
-    host: &str,
+/// Run the job on pooled sessions for `key` while there are any; `None`
+/// when none could take it (the caller opens a new connection).
+async fn try_pooled(
+    env: &Env<'_>,
+    key: &str,
     job: &Job,
     body: &[u8],
+) -> Option<Vec<RecipientResult>> {
+    while let Some(s) = env.pool.take(key) {
+        let span = tracing::info_span!("delivery.smtp", host = %s.host, reused = true, tls = s.tls, result = tracing::field::Empty);
+        match transact(s, job, body).instrument(span.clone()).await {
+            TransEnd::Done(results, session) => {
+                span.record("result", "done");
+                finish(env, key.to_string(), session);
+                return Some(results);
+            }
+            TransEnd::Next(f, mut session) => {
+                // The server closed the idle session or is going away: nothing
+                // was accepted, so a fresh connection may carry the message.
+                span.record("result", "stale");
+                tracing::debug!(parent: &span, reply = %f.reply, "pooled session unusable");
+                session.reusable = false;
+                finish(env, key.to_string(), session);
+            }
+        }
+    }
+    None
+}
+
+/// What waiting for a connection slot ended with.
+enum Slot {
+    Lease(Box<Lease>),
+    /// A pooled session became free meanwhile and carried the message.
+    Delivered(Vec<RecipientResult>),
+    Failed(Failure),
+}
+
+/// Claim a connection slot for `site`, waiting up to `env.limit_wait`; a
+/// session returned to the pool meanwhile is used instead.
+async fn wait_for_slot(
+    env: &Env<'_>,
+    limiter: &Limiter,
+    key: &str,
+    site: &str,
+    limit: usize,
+    job: &Job,
+    body: &[u8],
+) -> Slot {
+    let deadline = tokio::time::Instant::now() + env.limit_wait;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let why = match limiter.acquire(site, limit).await {
+            Ok(Some(l)) => return Slot::Lease(Box::new(l)),
+            Ok(None) => "connection limiter returned no slot".to_string(),
+            Err(e) => e.to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            metrics::counter!("tern_delivery_limit_deferrals_total").increment(1);
+            return Slot::Failed(Failure {
+                code: 0,
+                enhanced: "4.4.5".into(),
+                reply: format!("{why} (waited {:?})", env.limit_wait),
+                remote_host: String::new(),
+            });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+        if let Some(results) = try_pooled(env, key, job, body).await {
+            return Slot::Delivered(results);
+        }
+    }
+}
+
+/// Put a session that ended cleanly back in the pool; close the others.
+fn finish(env: &Env<'_>, key: String, mut session: Session) {
+    if session.reusable && !env.closing.is_triggered() {
+        session.reusable = true;
+        env.pool.put(key, session);
+    } else {
+        tokio::spawn(async move {
+            session.conn.quit().await;
+            if let Some(l) = session.lease.take() {
+                l.release().await;
+            }
+        });
+    }
+}
+
+/// TCP connect from the egress source address, if one is configured.
+async fn connect(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<TcpStream, String> {
+    let fut = async {
+        let sock = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(src) = source {
+            sock.bind(SocketAddr::new(src, 0))?;
+        }
+        sock.connect(addr).await
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("timed out after {timeout:?}")),
+    }
+}
+
+/// Why a new session could not be opened.
+enum OpenError {
+    /// Greeting, EHLO, or a TLS policy the host cannot meet: next host.
+    Next(Failure),
+    /// STARTTLS or the TLS handshake failed on this host.
+    Tls(Failure),
+}
+
+/// Greeting, EHLO, STARTTLS as `policy` says (then EHLO again, RFC 3207 §4.2).
+async fn open(
+    stream: Box<dyn Io>,
+    host: &str,
     helo: &str,
     timeouts: Timeouts,
-) -> SessionEnd {
-    let (mut c, _greeting) = match SmtpClient::connect(stream, timeouts).await {
+    tls_config: &Arc<rustls::ClientConfig>,
+    policy: TlsPolicy,
+) -> Result<Session, OpenError> {
+    let (mut c, _greeting) = match Conn::connect(stream, timeouts).await {
         Ok(x) => x,
         // A 4xx or 5xx greeting, or no greeting: this host is not taking mail now.
-        Err(e) => return SessionEnd::Next(failure(&e, host)),
+        Err(e) => return Err(OpenError::Next(failure(&e, host))),
     };
-    let ext = match c.ehlo(helo).await {
-        Ok(ext) => ext.clone(),
+    let offers_tls = match c.ehlo(helo).await {
+        Ok(ext) => ext.starttls(),
         Err(e) => {
             c.quit().await;
-            return SessionEnd::Next(failure(&e, host));
+            return Err(OpenError::Next(failure(&e, host)));
         }
     };
-    let needs_utf8 = !job.mail_from.is_ascii() || job.rcpts.iter().any(|r| !r.address.is_ascii());
-    if needs_utf8 && !ext.smtputf8() {
+    let mut tls = false;
+    if policy != TlsPolicy::Disabled && offers_tls {
+        if let Err(e) = c.starttls().await {
+            c.quit().await;
+            let mut f = failure(&e, host);
+            if e.reply().is_none() {
+                f.enhanced = "4.7.5".into();
+            }
+            f.reply = format!("STARTTLS: {}", f.reply);
+            return Err(OpenError::Tls(f));
+        }
+        let plain = c.into_inner();
+        // SNI only: the opportunistic verifier does not check the name.
+        let name = ServerName::try_from(host.trim_end_matches('.').to_string()).unwrap_or(
+            ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into()),
+        );
+        let connector = tokio_rustls::TlsConnector::from(tls_config.clone());
+        let handshake =
+            tokio::time::timeout(timeouts.command, connector.connect(name, plain)).await;
+        let stream = match handshake {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return Err(OpenError::Tls(Failure {
+                    code: 0,
+                    enhanced: "4.7.5".into(),
+                    reply: format!("{host}: TLS handshake failed: {e}"),
+                    remote_host: host.into(),
+                }));
+            }
+            Err(_) => {
+                return Err(OpenError::Tls(Failure {
+                    code: 0,
+                    enhanced: "4.7.5".into(),
+                    reply: format!("{host}: TLS handshake timed out"),
+                    remote_host: host.into(),
+                }));
+            }
+        };
+        c = Conn::resume(Box::new(stream), timeouts);
+        tls = true;
+        if let Err(e) = c.ehlo(helo).await {
+            c.quit().await;
+            return Err(OpenError::Next(failure(&e, host)));
+        }
+    }
+    if policy == TlsPolicy::Required && !tls {
         c.quit().await;
-        return SessionEnd::Done(all(
-            job,
-            Outcome::Bounced,
-            &Failure {
-                code: 0,
-                enhanced: "5.6.7".into(),
-                reply: format!("{host} does not support SMTPUTF8, which the addresses need"),
-                remote_host: host.into(),
-            },
-        ));
+        return Err(OpenError::Next(Failure {
+            code: 0,
+            enhanced: "4.7.4".into(),
+            reply: format!("TLS is required, but was not offered by host {host}"),
+            remote_host: host.into(),
+        }));
+    }
+    Ok(Session {
+        conn: c,
+        host: host.to_string(),
+        tls,
+        messages: 0,
+        idle_since: std::time::Instant::now(),
+        lease: None,
+        reusable: false,
+    })
+}
+
+/// How one transaction ended.
+enum TransEnd {
+    /// A definitive answer for every recipient; the session is reusable if
+    /// `session.reusable`.
+    Done(Vec<RecipientResult>, Session),
+    /// The host could not take the message; try the next one.
+    Next(Failure, Session),
+}
+
+/// Does the header section contain non-ASCII (RFC 6532 UTF-8 headers)?
+fn utf8_headers(body: &[u8]) -> bool {
+    let end = body
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .or_else(|| body.windows(2).position(|w| w == b"\n\n"))
+        .unwrap_or(body.len());
+    !body[..end].is_ascii()
+}
+
+/// Could this address go on a command line at all?
+fn sendable(address: &str) -> bool {
+    !address
+        .bytes()
+        .any(|b| b.is_ascii_control() || b == b'<' || b == b'>')
+}
+
+/// One transaction for every recipient of `job` on an open session.
+async fn transact(mut s: Session, job: &Job, body: &[u8]) -> TransEnd {
+    s.reusable = false;
+    s.messages += 1;
+    let host = s.host.clone();
+    let host = host.as_str();
+    let ext = s.conn.extensions().clone();
+    let bounce_all = |mut s: Session, enhanced: &str, reply: String| {
+        // No transaction was started: the session is still clean.
+        s.reusable = true;
+        TransEnd::Done(
+            all(
+                job,
+                Outcome::Bounced,
+                &Failure {
+                    code: 0,
+                    enhanced: enhanced.into(),
+                    reply,
+                    remote_host: host.into(),
+                },
+            ),
+            s,
+        )
+    };
+    // RFC 6531 §3.2: a message whose envelope has non-ASCII addresses, or
+    // whose header has UTF-8 (RFC 6532), may only go to a server that
+    // offers SMTPUTF8; there is no downgrade, so it bounces (X.6.7 for
+    // addresses, X.6.9 for a UTF-8 header, RFC 6531 §3.7.4.1 / RFC 6532).
+    let utf8_addrs = !job.mail_from.is_ascii() || job.rcpts.iter().any(|r| !r.address.is_ascii());
+    let utf8_header = (job.smtputf8 || utf8_addrs) && utf8_headers(body);
+    if utf8_addrs && !ext.smtputf8() {
+        return bounce_all(
+            s,
+            "5.6.7",
+            format!("{host} does not support SMTPUTF8, which the addresses need"),
+        );
+    }
+    if utf8_header && !ext.smtputf8() {
+        return bounce_all(
+            s,
+            "5.6.9",
+            format!("{host} does not support SMTPUTF8, which the UTF-8 header needs"),
+        );
+    }
+    // RFC 6152 §3: 8-bit content to a server without 8BITMIME must be
+    // converted or returned; Tern does not convert, so it is returned.
+    let eight_bit = !body.is_ascii();
+    if eight_bit && !ext.eight_bit_mime() {
+        return bounce_all(
+            s,
+            "5.6.3",
+            format!("{host} does not support 8BITMIME, which the 8-bit message needs"),
+        );
     }
     if let Some(limit) = ext.size()
         && limit > 0
         && body.len() as u64 > limit
     {
-        c.quit().await;
-        return SessionEnd::Done(all(
-            job,
-            Outcome::Bounced,
-            &Failure {
-                code: 552,
-                enhanced: "5.3.4".into(),
-                reply: format!(
-                    "message of {} octets exceeds the {limit} octet limit of {host}",
-                    body.len()
-                ),
-                remote_host: host.into(),
-            },
-        ));
+        let mut end = bounce_all(
+            s,
+            "5.3.4",
+            format!(
+                "message of {} octets exceeds the {limit} octet limit of {host}",
+                body.len()
+            ),
+        );
+        if let TransEnd::Done(r, _) = &mut end {
+            for x in r {
+                x.code = 552;
+            }
+        }
+        return end;
     }
 
     let mut params = Vec::new();
     if ext.size().is_some() {
         params.push(format!("SIZE={}", body.len()));
     }
-    if job.eight_bit && ext.eight_bit_mime() {
+    if (job.eight_bit || eight_bit) && ext.eight_bit_mime() {
         params.push("BODY=8BITMIME".to_string());
     }
-    if job.smtputf8 && ext.smtputf8() {
+    // RFC 6531 §3.4: SMTPUTF8 only when the message needs it.
+    if (utf8_addrs || utf8_header) && ext.smtputf8() {
         params.push("SMTPUTF8".to_string());
     }
     if ext.dsn() {
@@ -286,21 +611,25 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             params.push(format!("ENVID={}", job.envid));
         }
     }
-    match c.mail_from(&job.mail_from, &params).await {
-        Ok(_) => {}
-        Err(e) if e.is_permanent() || matches!(e, ClientError::InvalidArgument { .. }) => {
-            c.quit().await;
-            let outcome = Outcome::Bounced;
-            return SessionEnd::Done(all(job, outcome, &failure(&e, host)));
-        }
-        Err(e) => {
-            c.quit().await;
-            return SessionEnd::Next(failure(&e, host));
-        }
-    }
 
-    let mut results: Vec<Option<RecipientResult>> = Vec::with_capacity(job.rcpts.len());
-    for r in &job.rcpts {
+    // Results by recipient index; None = accepted, waiting for DATA.
+    let mut results: Vec<Option<RecipientResult>> = vec![None; job.rcpts.len()];
+    let mut rcpt_params: Vec<Vec<String>> = Vec::new();
+    let mut sent: Vec<usize> = Vec::new();
+    for (i, r) in job.rcpts.iter().enumerate() {
+        if !sendable(&r.address) {
+            results[i] = Some(result(
+                &r.address,
+                Outcome::Bounced,
+                &Failure {
+                    code: 0,
+                    enhanced: "5.1.3".into(),
+                    reply: "recipient address cannot be sent over SMTP".into(),
+                    remote_host: host.into(),
+                },
+            ));
+            continue;
+        }
         let mut p = Vec::new();
         if ext.dsn() {
             if !r.notify.is_empty() {
@@ -310,41 +639,56 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 p.push(format!("ORCPT={}", r.orcpt));
             }
         }
-        match c.rcpt_to(&r.address, &p).await {
-            Ok(reply) if reply.is_positive() => results.push(None),
-            Ok(reply) => {
-                let outcome = if reply.is_permanent() {
-                    Outcome::Bounced
-                } else {
-                    Outcome::Deferred
-                };
-                results.push(Some(from_reply(&r.address, outcome, &reply, host)));
-            }
-            Err(ClientError::InvalidArgument { .. }) => {
-                results.push(Some(result(
-                    &r.address,
-                    Outcome::Bounced,
-                    &Failure {
-                        code: 0,
-                        enhanced: "5.1.3".into(),
-                        reply: "recipient address cannot be sent over SMTP".into(),
-                        remote_host: host.into(),
-                    },
-                )));
-            }
-            Err(e) => {
-                c.quit().await;
-                return SessionEnd::Next(failure(&e, host));
+        rcpt_params.push(p);
+        sent.push(i);
+    }
+    if sent.is_empty() {
+        s.reusable = true;
+        return TransEnd::Done(results.into_iter().flatten().collect(), s);
+    }
+    let rcpts: Vec<(&str, &[String])> = sent
+        .iter()
+        .zip(&rcpt_params)
+        .map(|(&i, p)| (job.rcpts[i].address.as_str(), p.as_slice()))
+        .collect();
+    match s.conn.envelope(&job.mail_from, &params, &rcpts).await {
+        Ok(replies) => {
+            for (&i, reply) in sent.iter().zip(&replies) {
+                if !reply.is_positive() {
+                    let outcome = if reply.is_permanent() {
+                        Outcome::Bounced
+                    } else {
+                        Outcome::Deferred
+                    };
+                    results[i] = Some(from_reply(&job.rcpts[i].address, outcome, reply, host));
+                }
             }
         }
+        Err(e)
+            if e.stage() == Stage::MailFrom
+                && (e.is_permanent() || matches!(e, ClientError::InvalidArgument { .. })) =>
+        {
+            s.reusable = e.reply().is_some_and(|r| r.code != 421);
+            return TransEnd::Done(all(job, Outcome::Bounced, &failure(&e, host)), s);
+        }
+        Err(e) => return TransEnd::Next(failure(&e, host), s),
     }
     if results.iter().all(Option::is_some) {
-        c.quit().await;
-        return SessionEnd::Done(results.into_iter().flatten().collect());
+        // Every recipient refused: end the transaction (RFC 5321 §4.1.1.5).
+        s.reusable = s.conn.rset().await.is_ok();
+        return TransEnd::Done(results.into_iter().flatten().collect(), s);
     }
 
-    let (outcome, f) = match c.data(body).await {
-        Ok(reply) => (Outcome::Delivered, reply_failure(&reply, host)),
+    let sent_data = if ext.chunking() {
+        s.conn.bdat(body).await
+    } else {
+        s.conn.data(body).await
+    };
+    let (outcome, f) = match sent_data {
+        Ok(reply) => {
+            s.reusable = true;
+            (Outcome::Delivered, reply_failure(&reply, host))
+        }
         Err(e) => {
             // After DATA the server may hold the message; retrying later (not
             // on another host now) is the conservative choice.
@@ -353,16 +697,18 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             } else {
                 Outcome::Deferred
             };
+            // A final reply other than 421 leaves the session in step.
+            s.reusable = e.stage() == Stage::DataEnd && e.reply().is_some_and(|r| r.code != 421);
             (outcome, failure(&e, host))
         }
     };
-    c.quit().await;
-    SessionEnd::Done(
+    TransEnd::Done(
         results
             .into_iter()
             .zip(&job.rcpts)
             .map(|(r, rcpt)| r.unwrap_or_else(|| result(&rcpt.address, outcome, &f)))
             .collect(),
+        s,
     )
 }
 
@@ -433,6 +779,41 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// How one plaintext session ended.
+    enum SessionEnd {
+        Done(Vec<RecipientResult>),
+        Next(Failure),
+    }
+
+    /// Open a plaintext session on `stream` and run one transaction.
+    async fn session(
+        stream: tokio::io::DuplexStream,
+        host: &str,
+        job: &Job,
+        body: &[u8],
+        helo: &str,
+        timeouts: Timeouts,
+    ) -> SessionEnd {
+        let cfg = crate::tls::client_config().unwrap();
+        let s = match open(
+            Box::new(stream),
+            host,
+            helo,
+            timeouts,
+            &cfg,
+            TlsPolicy::Disabled,
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(OpenError::Next(f) | OpenError::Tls(f)) => return SessionEnd::Next(f),
+        };
+        match transact(s, job, body).await {
+            TransEnd::Done(r, _) => SessionEnd::Done(r),
+            TransEnd::Next(f, _) => SessionEnd::Next(f),
+        }
+    }
     use tern_proto::Recipient;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 

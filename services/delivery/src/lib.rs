@@ -8,6 +8,10 @@
 //! is attempted again rather than lost.
 
 mod attempt;
+pub mod egress;
+mod limit;
+mod pool;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +32,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use attempt::{MAX_ADDRESSES, MAX_SESSIONS};
+pub use egress::{Egress, IpList};
+pub use limit::{LEASE_TTL, LIMITS_BUCKET, Limits};
+pub use tls::{TlsPolicies, TlsPolicy};
 
 /// `TERN_REMOTE_SMTP_PORT`.
 pub const REMOTE_SMTP_PORT: Key<u16> = Key::new(
@@ -48,8 +55,105 @@ pub const DELIVERY_CONNECT_TIMEOUT: Key<Duration> = Key::new(
     "timeout of one TCP connect to an MX host",
 );
 
-/// How long JetStream waits for an ack before redelivering a job; attempts
-/// that take longer keep it alive with progress acks.
+/// `TERN_DELIVERY_TLS_POLICY`.
+pub const DELIVERY_TLS_POLICY: Key<TlsPolicy> = Key::new(
+    "delivery_tls_policy",
+    "opportunistic",
+    "STARTTLS policy for destinations without their own: opportunistic, required or disabled",
+);
+/// `TERN_DELIVERY_TLS_POLICIES`.
+pub const DELIVERY_TLS_POLICIES: Key<TlsPolicies> = Key::new(
+    "delivery_tls_policies",
+    "",
+    "per-destination STARTTLS policies: domain=policy,... (.domain covers subdomains)",
+);
+/// `TERN_DELIVERY_TLS_PLAINTEXT_FALLBACK`.
+pub const DELIVERY_TLS_PLAINTEXT_FALLBACK: Key<bool> = Key::new(
+    "delivery_tls_plaintext_fallback",
+    "false",
+    "after a failed STARTTLS/handshake on an opportunistic destination, retry that host in plaintext",
+);
+/// `TERN_DELIVERY_MESSAGES_PER_CONNECTION`.
+pub const DELIVERY_MESSAGES_PER_CONNECTION: Key<usize> = Key::new(
+    "delivery_messages_per_connection",
+    "100",
+    "most transactions carried by one SMTP connection (1 = no reuse)",
+);
+/// `TERN_DELIVERY_CONNECTION_IDLE`.
+pub const DELIVERY_CONNECTION_IDLE: Key<Duration> = Key::new(
+    "delivery_connection_idle",
+    "5s",
+    "how long an idle SMTP connection is kept for the next message to its site (0 = no reuse)",
+);
+/// `TERN_DELIVERY_DESTINATION_CONCURRENCY`.
+pub const DELIVERY_DESTINATION_CONCURRENCY: Key<usize> = Key::new(
+    "delivery_destination_concurrency",
+    "20",
+    "most SMTP connections to one site across all delivery processes (0 = unlimited)",
+);
+/// `TERN_DELIVERY_DESTINATION_CONCURRENCY_LIMITS`.
+pub const DELIVERY_DESTINATION_CONCURRENCY_LIMITS: Key<Limits> = Key::new(
+    "delivery_destination_concurrency_limits",
+    "",
+    "per-destination connection limits: domain=n,... (0 = unlimited)",
+);
+/// `TERN_DELIVERY_LIMIT_WAIT`.
+pub const DELIVERY_LIMIT_WAIT: Key<Duration> = Key::new(
+    "delivery_limit_wait",
+    "30s",
+    "how long a job waits for a free connection slot before it is deferred",
+);
+/// `TERN_DELIVERY_POOL`.
+pub const DELIVERY_POOL: Key<String> = Key::new(
+    "delivery_pool",
+    "default",
+    "egress pool name of this delivery process",
+);
+/// `TERN_DELIVERY_SOURCE_ADDRESSES`.
+pub const DELIVERY_SOURCE_ADDRESSES: Key<IpList> = Key::new(
+    "delivery_source_addresses",
+    "",
+    "source IPs to connect from (one per family; empty = the kernel's choice)",
+);
+/// `TERN_DELIVERY_EHLO_NAME`.
+pub const DELIVERY_EHLO_NAME: Key<Option<String>> = Key::new(
+    "delivery_ehlo_name",
+    "",
+    "EHLO name (default TERN_HOSTNAME)",
+);
+
+/// `TERN_DELIVERY_COMMAND_TIMEOUT`.
+pub const DELIVERY_COMMAND_TIMEOUT: Key<Duration> = Key::new(
+    "delivery_command_timeout",
+    "5m",
+    "wait for the greeting and the replies to EHLO, STARTTLS, MAIL, RCPT, RSET (RFC 5321 4.5.3.2: 5 min)",
+);
+/// `TERN_DELIVERY_DATA_TIMEOUT`.
+pub const DELIVERY_DATA_TIMEOUT: Key<Duration> = Key::new(
+    "delivery_data_timeout",
+    "3m",
+    "wait for the 354 to DATA (capped at 2 min) and for each block of content to be taken (RFC 5321 4.5.3.2: 2 and 3 min)",
+);
+/// `TERN_DELIVERY_FINAL_TIMEOUT`.
+pub const DELIVERY_FINAL_TIMEOUT: Key<Duration> = Key::new(
+    "delivery_final_timeout",
+    "10m",
+    "wait for the reply after the end of the message (RFC 5321 4.5.3.2: 10 min)",
+);
+
+/// How often the consumer lag gauges are refreshed.
+pub const LAG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// `TERN_DELIVERY_ACK_WAIT`.
+pub const DELIVERY_ACK_WAIT: Key<Duration> = Key::new(
+    "delivery_ack_wait",
+    "60s",
+    "how long a job taken by a delivery process that died stays invisible before another takes it",
+);
+
+/// The default of [`DELIVERY_ACK_WAIT`]: how long JetStream waits for an
+/// ack before redelivering a job; attempts that take longer keep it alive
+/// with progress acks every third of it.
 pub const ACK_WAIT: Duration = Duration::from_secs(60);
 /// How long one pull request waits for jobs before asking again.
 const FETCH_EXPIRES: Duration = Duration::from_secs(1);
@@ -71,8 +175,28 @@ pub struct Config {
     pub concurrency: usize,
     /// Timeout of one TCP connect.
     pub connect_timeout: Duration,
-    /// SMTP timeouts per stage (RFC 5321 §4.5.3.2 defaults; no key).
+    /// SMTP timeouts per stage (RFC 5321 §4.5.3.2 defaults).
     pub smtp_timeouts: Timeouts,
+    /// STARTTLS policy for destinations not in `tls_policies`.
+    pub tls_policy: TlsPolicy,
+    /// Per-destination STARTTLS policies.
+    pub tls_policies: TlsPolicies,
+    /// Retry a host in plaintext after its TLS failed (opportunistic only).
+    pub tls_plaintext_fallback: bool,
+    /// Most transactions per connection.
+    pub messages_per_connection: usize,
+    /// Longest idle time of a pooled connection.
+    pub connection_idle: Duration,
+    /// Connections per site across all processes (0 = unlimited).
+    pub destination_concurrency: usize,
+    /// Per-destination overrides of `destination_concurrency`.
+    pub destination_concurrency_limits: Limits,
+    /// Longest wait for a connection slot.
+    pub limit_wait: Duration,
+    /// Source addresses and EHLO name.
+    pub egress: Egress,
+    /// Ack deadline of the jobs consumer (used when this process creates it).
+    pub ack_wait: Duration,
 }
 
 impl Config {
@@ -86,17 +210,50 @@ impl Config {
                 expected: "a positive integer",
             });
         }
+        let common = CommonConfig::from_source(src)?;
         Ok(Config {
-            common: CommonConfig::from_source(src)?,
             grpc_listen: src.get(&endpoints::DELIVERY_GRPC)?,
             admin_listen: src.get(&endpoints::DELIVERY_ADMIN)?,
             resolver_url: endpoints::url(src, &endpoints::RESOLVER_URL, &endpoints::RESOLVER_GRPC)?,
             remote_smtp_port: src.get(&REMOTE_SMTP_PORT)?,
             concurrency,
             connect_timeout: src.get(&DELIVERY_CONNECT_TIMEOUT)?,
-            smtp_timeouts: Timeouts::default(),
+            smtp_timeouts: timeouts(src)?,
+            tls_policy: src.get(&DELIVERY_TLS_POLICY)?,
+            tls_policies: src.get(&DELIVERY_TLS_POLICIES)?,
+            tls_plaintext_fallback: src.get(&DELIVERY_TLS_PLAINTEXT_FALLBACK)?,
+            messages_per_connection: src.get(&DELIVERY_MESSAGES_PER_CONNECTION)?.max(1),
+            connection_idle: src.get(&DELIVERY_CONNECTION_IDLE)?,
+            destination_concurrency: src.get(&DELIVERY_DESTINATION_CONCURRENCY)?,
+            destination_concurrency_limits: src.get(&DELIVERY_DESTINATION_CONCURRENCY_LIMITS)?,
+            limit_wait: src.get(&DELIVERY_LIMIT_WAIT)?,
+            egress: Egress {
+                name: src.get(&DELIVERY_POOL)?,
+                sources: src.get(&DELIVERY_SOURCE_ADDRESSES)?.0,
+                ehlo_name: src
+                    .get(&DELIVERY_EHLO_NAME)?
+                    .unwrap_or_else(|| common.hostname.clone()),
+            },
+            ack_wait: src.get(&DELIVERY_ACK_WAIT)?,
+            common,
         })
     }
+}
+
+/// The SMTP timeouts from the three timeout keys.
+fn timeouts(src: &Source) -> Result<Timeouts, ConfigError> {
+    let command = src.get(&DELIVERY_COMMAND_TIMEOUT)?;
+    let data = src.get(&DELIVERY_DATA_TIMEOUT)?;
+    let fin = src.get(&DELIVERY_FINAL_TIMEOUT)?;
+    Ok(Timeouts {
+        greeting: command,
+        command,
+        mail: command,
+        rcpt: command,
+        data_init: data.min(Duration::from_secs(120)),
+        data_block: data,
+        data_term: fin,
+    })
 }
 
 /// Errors that stop the delivery service.
@@ -124,6 +281,9 @@ pub enum Error {
     /// The admin HTTP server failed.
     #[error("admin HTTP server: {0}")]
     Admin(std::io::Error),
+    /// The TLS client configuration could not be built.
+    #[error("TLS client configuration: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// Delivery with its listeners bound.
@@ -223,21 +383,89 @@ async fn work(config: Config, shutdown: &Shutdown, ready: &admin::Readiness) -> 
         bus::JOBS_STREAM,
         bus::consumers::DELIVERY,
         bus::REMOTE_JOBS_FILTER,
-        ACK_WAIT,
+        config.ack_wait,
     )
     .await?;
     let holds = Holds::watch(&js, shutdown.clone()).await?;
+    let needs_limiter = config.destination_concurrency > 0
+        || config
+            .destination_concurrency_limits
+            .0
+            .values()
+            .any(|&n| n > 0);
+    let limiter = if needs_limiter {
+        Some(
+            limit::Limiter::new(
+                &js,
+                config.common.nats_replicas,
+                config.destination_concurrency,
+                config.destination_concurrency_limits.clone(),
+                format!("{}/{}", config.common.hostname, std::process::id()),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let pool = pool::Pool::new(config.messages_per_connection, config.connection_idle);
+    tokio::spawn(reap(pool.clone(), shutdown.clone()));
+    tokio::spawn(report_lag(consumer.clone(), shutdown.clone()));
     ready.set(true);
-    tracing::info!(concurrency = config.concurrency, "delivery ready");
+    tracing::info!(
+        concurrency = config.concurrency,
+        pool = %config.egress.name,
+        tls = %config.tls_policy,
+        "delivery ready"
+    );
     let ctx = Arc::new(Ctx {
         js,
         resolver,
+        tls_config: tls::client_config()?,
         config,
         holds,
         abandon: Shutdown::new(),
+        closing: shutdown.clone(),
+        pool,
+        limiter,
     });
-    consume(consumer, ctx, shutdown).await;
+    consume(consumer, ctx.clone(), shutdown).await;
+    // Close pooled connections politely (QUIT) and free their slots.
+    let closing = ctx.pool.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(closing)).await;
     Ok(())
+}
+
+/// Close idle pooled connections once they pass the idle limit.
+async fn reap(pool: pool::Pool, shutdown: Shutdown) {
+    let every = (pool.max_idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => pool.reap(),
+            _ = shutdown.wait() => return,
+        }
+    }
+}
+
+/// Publish the consumer lag for the autoscaler: jobs waiting for any
+/// delivery process (`num_pending`) and jobs handed out but not yet acked
+/// (`num_ack_pending`). Every replica reports the same consumer-wide value.
+async fn report_lag(mut consumer: PullConsumer, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(LAG_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait() => return,
+        }
+        match consumer.info().await {
+            Ok(info) => {
+                metrics::gauge!("tern_delivery_consumer_pending").set(info.num_pending as f64);
+                metrics::gauge!("tern_delivery_consumer_ack_pending")
+                    .set(info.num_ack_pending as f64);
+            }
+            Err(e) => tracing::debug!(error = %e, "reading the consumer lag failed"),
+        }
+    }
 }
 
 struct Ctx {
@@ -248,6 +476,14 @@ struct Ctx {
     holds: Holds,
     /// Triggered when the drain deadline passes: in-flight attempts give up.
     abandon: Shutdown,
+    /// The service shutdown: sessions are closed instead of pooled.
+    closing: Shutdown,
+    /// rustls client configuration for STARTTLS.
+    tls_config: Arc<rustls::ClientConfig>,
+    /// Idle sessions for reuse.
+    pool: pool::Pool,
+    /// Cluster-wide per-site connection limits.
+    limiter: Option<limit::Limiter>,
 }
 
 /// Pull as many jobs as there are free workers, run each in its own task,
@@ -397,7 +633,7 @@ async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, _permit: OwnedSemaphoreP
         }
     };
     let keepalive = async {
-        let mut tick = tokio::time::interval(ACK_WAIT / 3);
+        let mut tick = tokio::time::interval(ctx.config.ack_wait / 3);
         tick.tick().await;
         loop {
             tick.tick().await;
@@ -418,9 +654,17 @@ async fn run_attempt(ctx: &Ctx, job: &Job) -> Vec<tern_proto::RecipientResult> {
     let env = attempt::Env {
         resolver: ctx.resolver.clone(),
         port: ctx.config.remote_smtp_port,
-        helo: &ctx.config.common.hostname,
         connect_timeout: ctx.config.connect_timeout,
         timeouts: ctx.config.smtp_timeouts,
+        egress: &ctx.config.egress,
+        tls: &ctx.config.tls_policies,
+        tls_default: ctx.config.tls_policy,
+        tls_fallback: ctx.config.tls_plaintext_fallback,
+        tls_config: ctx.tls_config.clone(),
+        pool: &ctx.pool,
+        limiter: ctx.limiter.as_ref(),
+        limit_wait: ctx.config.limit_wait,
+        closing: &ctx.closing,
     };
     let body_ref = job.body.clone().unwrap_or_default();
     attempt::attempt(env, job, || async { body::load(&ctx.js, &body_ref).await }).await

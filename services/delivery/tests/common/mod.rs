@@ -35,11 +35,86 @@ mx.grey    IN A   127.0.0.3
 slow       IN MX  10 mx.slow
 mx.slow    IN A   127.0.0.4
 nullmx     IN MX  0 .
+tls        IN MX  10 mx.tls
+mx.tls     IN A   127.0.0.5
+broken     IN MX  10 mx.broken
+mx.broken  IN A   127.0.0.6
+brokenfb   IN MX  10 mx.broken
+brokenfb   IN MX  20 mx.tls
+plain      IN MX  10 mx.plain
+mx.plain   IN A   127.0.0.7
+v6only     IN MX  10 mx.v6only
+mx.v6only  IN AAAA ::1
+sink       IN MX  10 mx.sink
+mx.sink    IN A   127.0.0.8
+pfmx       IN MX  10 mx.pfmx
+mx.pfmx    IN A   127.0.0.10
 "#;
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// What every delivery instance of a harness shares.
+#[derive(Clone)]
+pub struct DeliveryBase {
+    pub nats_url: String,
+    pub resolver_url: String,
+    /// The port every MX host is reached on (the sink's).
+    pub port: String,
+}
+
+impl DeliveryBase {
+    /// Start one delivery instance (its own consumer client, pool and
+    /// limiter handle; only NATS is shared, as between processes).
+    pub async fn spawn(
+        &self,
+        extra: &[(&str, &str)],
+        shutdown: Shutdown,
+    ) -> JoinHandle<Result<(), tern_delivery::Error>> {
+        self.spawn_with_admin(extra, shutdown).await.0
+    }
+
+    /// [`DeliveryBase::spawn`], also returning the admin HTTP address.
+    pub async fn spawn_with_admin(
+        &self,
+        extra: &[(&str, &str)],
+        shutdown: Shutdown,
+    ) -> (
+        JoinHandle<Result<(), tern_delivery::Error>>,
+        std::net::SocketAddr,
+    ) {
+        let mut pairs: Vec<(&str, &str)> = vec![
+            ("nats_url", self.nats_url.as_str()),
+            ("hostname", "delivery.test"),
+            ("delivery_grpc_listen", "127.0.0.1:0"),
+            ("delivery_admin_listen", "127.0.0.1:0"),
+            ("resolver_url", self.resolver_url.as_str()),
+            ("remote_smtp_port", self.port.as_str()),
+            ("delivery_connect_timeout", "2s"),
+            ("delivery_concurrency", "4"),
+            ("shutdown_grace", "15s"),
+        ];
+        for (k, v) in extra {
+            pairs.retain(|(pk, _)| pk != k);
+            pairs.push((k, v));
+        }
+        let src = Source::from_pairs(pairs);
+        let mut config = tern_delivery::Config::from_source(&src).unwrap();
+        src.finish().unwrap();
+        config.smtp_timeouts = tern_smtp::client::Timeouts::uniform(Duration::from_secs(15));
+        let bound = tern_delivery::bind(config).await.unwrap();
+        assert_eq!(bound.addrs().len(), 2);
+        let admin = bound
+            .addrs()
+            .into_iter()
+            .find(|(n, _)| *n == "delivery admin")
+            .unwrap()
+            .1;
+        (tokio::spawn(bound.run(shutdown)), admin)
+    }
+}
+
 pub struct Harness {
+    pub base: DeliveryBase,
     _nats: NatsServer,
     _dns: DnsServer,
     pub sink: SmtpSink,
@@ -63,6 +138,30 @@ impl Harness {
 
     /// `resolver_url` overrides the resolver started here (to test an unreachable one).
     pub async fn start_with(resolver_url: Option<String>) -> Harness {
+        Self::start_opts(resolver_url, &[]).await
+    }
+
+    /// Delivery with extra config pairs (they override the defaults here).
+    pub async fn start_extra(extra: &[(&str, &str)]) -> Harness {
+        Self::start_opts(None, extra).await
+    }
+
+    /// Everything but delivery (tests that run delivery as child processes).
+    pub async fn start_without_delivery() -> Harness {
+        Self::start_full(None, &[], false).await
+    }
+
+    /// Delivery with extra config, optionally another resolver URL.
+    pub async fn start_opts(resolver_url: Option<String>, extra: &[(&str, &str)]) -> Harness {
+        Self::start_full(resolver_url, extra, true).await
+    }
+
+    /// The general form.
+    pub async fn start_full(
+        resolver_url: Option<String>,
+        extra: &[(&str, &str)],
+        with_delivery: bool,
+    ) -> Harness {
         let nats = NatsServer::start().await;
         let dns = DnsServer::start(&[("test.", ZONE)]).await;
         let sink = SmtpSink::start().await;
@@ -88,36 +187,29 @@ impl Harness {
 
         let url = resolver_url.unwrap_or_else(|| tern_runtime::grpc::url_for(resolver_grpc));
         let port = sink.addr().port().to_string();
-        let nats_url = nats.url();
-        let src = Source::from_pairs([
-            ("nats_url", nats_url.as_str()),
-            ("hostname", "delivery.test"),
-            ("delivery_grpc_listen", "127.0.0.1:0"),
-            ("delivery_admin_listen", "127.0.0.1:0"),
-            ("resolver_url", url.as_str()),
-            ("remote_smtp_port", port.as_str()),
-            ("delivery_connect_timeout", "2s"),
-            ("delivery_concurrency", "4"),
-            ("shutdown_grace", "15s"),
-        ]);
-        let mut config = tern_delivery::Config::from_source(&src).unwrap();
-        src.finish().unwrap();
-        config.smtp_timeouts = tern_smtp::client::Timeouts::uniform(Duration::from_secs(15));
-        let bound = tern_delivery::bind(config).await.unwrap();
-        assert_eq!(bound.addrs().len(), 2);
+        let base = DeliveryBase {
+            nats_url: nats.url(),
+            resolver_url: url,
+            port,
+        };
         let shutdown = Shutdown::new();
-        let delivery = tokio::spawn(bound.run(shutdown.clone()));
+        let delivery = if with_delivery {
+            Some(base.spawn(extra, shutdown.clone()).await)
+        } else {
+            None
+        };
 
         let client = async_nats::connect(nats.url()).await.unwrap();
         let js = jetstream::new(client);
         bus::ensure_streams(&js, 1).await.unwrap();
         Harness {
+            base,
             _nats: nats,
             _dns: dns,
             sink,
             js,
             shutdown,
-            delivery: Some(delivery),
+            delivery,
             resolver_shutdown,
         }
     }
@@ -280,5 +372,183 @@ pub async fn scripted_peer(
                 break;
             }
         }
+    }
+}
+
+/// A message the Python peer accepted.
+#[derive(Debug, Clone)]
+pub struct PeerMessage {
+    pub conn: u64,
+    /// The TLS version ("TLSv1.3") when the transaction ran over TLS.
+    pub tls: Option<String>,
+    pub helo: String,
+    pub ehlo_count: u64,
+    pub mail_from: String,
+    pub mail_params: Vec<String>,
+    pub rcpts: Vec<String>,
+    /// MAIL and RCPT arrived as one group before the reply to MAIL.
+    pub pipelined: bool,
+    /// Sent with BDAT rather than DATA.
+    pub bdat: bool,
+    pub data: Vec<u8>,
+}
+
+/// `tests/peers/smtp_peer.py`: an SMTP server in Python's standard library
+/// (TLS by OpenSSL), a peer independent of Tern's SMTP and TLS code.
+pub struct PyPeer {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for PyPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A self-signed certificate and key, generated by tern_runtime::tls.
+pub fn self_signed(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    tern_runtime::tls::TlsConfig { files: None }
+        .server_config(dir, name)
+        .unwrap();
+    (dir.join("tls/cert.pem"), dir.join("tls/key.pem"))
+}
+
+impl PyPeer {
+    /// Listen on `ip:port` with the given flags (see the script); `tls`
+    /// generates a self-signed certificate and offers STARTTLS.
+    pub fn start(ip: &str, port: &str, tls: bool, flags: &[&str]) -> PyPeer {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("peer.jsonl");
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/smtp_peer.py");
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg(&script)
+            .args(["--listen", ip, "--port", port, "--log"])
+            .arg(&log)
+            .args(flags)
+            .stdout(std::process::Stdio::piped());
+        if tls {
+            let (cert, key) = self_signed(dir.path(), "mx.tls.test");
+            cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("python3 is required for the delivery tests' SMTP peer: {e}")
+        });
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line.trim(), port, "peer did not start on {ip}:{port}");
+        PyPeer {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Connections accepted so far, with the client's address.
+    pub fn connections(&self) -> Vec<String> {
+        self.events()
+            .iter()
+            .filter(|e| e["event"] == "connect")
+            .map(|e| e["peer"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    /// Connections that ended with QUIT.
+    pub fn quits(&self) -> usize {
+        self.events()
+            .iter()
+            .filter(|e| e["event"] == "close" && e["quit"] == true)
+            .count()
+    }
+
+    /// The most connections open at once.
+    pub fn max_concurrent(&self) -> u64 {
+        self.events()
+            .iter()
+            .filter_map(|e| e["max_concurrent"].as_u64())
+            .max()
+            .unwrap_or(0)
+    }
+
+    pub fn messages(&self) -> Vec<PeerMessage> {
+        let strs = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        self.events()
+            .iter()
+            .filter(|e| e["event"] == "message")
+            .map(|e| PeerMessage {
+                conn: e["conn"].as_u64().unwrap_or(0),
+                tls: e["tls"].as_str().map(String::from),
+                helo: e["helo"].as_str().unwrap_or("").into(),
+                ehlo_count: e["ehlo_count"].as_u64().unwrap_or(0),
+                mail_from: e["mail_from"].as_str().unwrap_or("").into(),
+                mail_params: strs(&e["mail_params"]),
+                rcpts: strs(&e["rcpts"]),
+                pipelined: e["pipelined"] == true,
+                bdat: e["bdat"] == true,
+                data: unhex(e["data_hex"].as_str().unwrap_or("")),
+            })
+            .collect()
+    }
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+impl Harness {
+    /// Wait until the latest result for `destination` is the one for `message_id`.
+    pub async fn result_of(&self, destination: &str, message_id: &str) -> JobResult {
+        let subject = bus::results_subject(destination);
+        wait_for(&format!("the result of {message_id}"), WAIT, || {
+            let (js, subject) = (self.js.clone(), subject.clone());
+            async move {
+                let stream = js.get_stream(bus::RESULTS_STREAM).await.ok()?;
+                let m = stream
+                    .get_last_raw_message_by_subject(&subject)
+                    .await
+                    .ok()?;
+                let r = JobResult::decode(m.payload).ok()?;
+                (r.message_id == message_id).then_some(r)
+            }
+        })
+        .await
+    }
+
+    /// Every result stored so far for `destination`.
+    pub async fn results(&self, destination: &str) -> Vec<JobResult> {
+        let stream = self.js.get_stream(bus::RESULTS_STREAM).await.unwrap();
+        let mut out = Vec::new();
+        let mut info = stream.clone();
+        let last = info.info().await.unwrap().state.last_sequence;
+        for seq in 1..=last {
+            if let Ok(m) = stream.get_raw_message(seq).await
+                && m.subject.as_str() == bus::results_subject(destination)
+            {
+                out.push(JobResult::decode(m.payload).unwrap());
+            }
+        }
+        out
     }
 }

@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# Delivery benchmark, end to end on one machine, loopback only, bounded:
+#
+#   smtp-source -s 20 -m 20000 -l 4096 -> ingress -> queue -> delivery -> smtp-sink
+#
+# side by side with a private Postfix instance relaying the same load to its
+# own smtp-sink in the same run, with 1, 2 and 4 delivery processes.
+#
+#   deploy/bench/delivery/bench.sh                 # defaults below
+#   PROCS="1 2" MESSAGES=5000 deploy/bench/delivery/bench.sh
+#
+# Throughput (both systems measured the same way): messages / seconds from
+# the start of smtp-source until smtp-sink has counted every message.
+# Latency (Tern): per message, from its publish on `tern.spool` (ingress
+# answers 250 right after that publish is acked) to delivery's publish of the
+# result with the sink's 250, both seen by one plain NATS subscriber
+# (services/delivery/examples/bench_latency.rs).
+# MX records come from a real DNS server (Debian's unbound) with a local zone.
+# Both sides run with their default per-destination concurrency (20).
+# Needs root (Postfix), postfix, unbound, python3, curl; scripts/deps.sh --test
+# installs them. Every wait has a limit (TIMEOUT, default 600 s).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../../.." && pwd)
+SESSIONS=${SESSIONS:-20}
+MESSAGES=${MESSAGES:-20000}
+SIZE=${SIZE:-4096}
+PROCS=${PROCS:-"1 2 4"}
+TIMEOUT=${TIMEOUT:-600}
+UNBOUND=${UNBOUND:-/usr/sbin/unbound}
+for bin in "$UNBOUND" /usr/sbin/smtp-sink /usr/sbin/smtp-source /usr/sbin/postfix; do
+  [ -x "$bin" ] || { echo "needs $bin (scripts/deps.sh --test)" >&2; exit 1; }
+done
+
+nats_bin=$("$root/scripts/deps.sh")
+(cd "$root" && cargo build --release -q -p tern && cargo build --release -q -p tern-delivery --example bench_latency)
+tern="$root/target/release/tern"
+latency="$root/target/release/examples/bench_latency"
+
+work=$(mktemp -d)
+chmod 755 "$work"
+pids=()
+stop_all() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}
+cleanup() {
+  "$root/deploy/bench/ingress/postfix-instance.sh" stop "$work/postfix" || true
+  stop_all
+  [ -n "${unbound_pid:-}" ] && kill "$unbound_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 1 300); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on $1" >&2; return 1
+}
+wait_ready() { # admin port
+  for _ in $(seq 1 300); do
+    curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return 0
+    sleep 0.1
+  done
+  echo "service on admin port $1 not ready" >&2; return 1
+}
+sink_user=()
+[ "$(id -u)" = 0 ] && sink_user=(-u nobody)
+# smtp-sink -c prints a running count; the last number is the total so far.
+sink_count() { tr '\r' '\n' <"$1" | grep -Eo '[0-9]+' | tail -1 || echo 0; }
+wait_sink() { # file, count, start time -> seconds
+  local deadline=$((SECONDS + TIMEOUT))
+  while [ "$(sink_count "$1")" -lt "$2" ]; do
+    [ $SECONDS -lt $deadline ] || { echo "timeout: $(sink_count "$1") of $2 arrived" >&2; return 1; }
+    sleep 0.05
+  done
+  python3 -c "import time; print(f'{time.time()-$3:.2f}')"
+}
+
+# DNS: remote.bench.test MX -> 127.0.0.1, where smtp-sink listens.
+ub_port=$(free_port)
+cat >"$work/unbound.conf" <<CONF
+server:
+  interface: 127.0.0.1
+  port: $ub_port
+  do-ip6: no
+  do-daemonize: no
+  chroot: ""
+  username: ""
+  directory: "$work"
+  pidfile: "$work/unbound.pid"
+  use-syslog: no
+  logfile: "$work/unbound.log"
+  access-control: 127.0.0.0/8 allow
+  module-config: "iterator"
+  do-not-query-localhost: yes
+  local-zone: "bench.test." static
+  local-data: "bench.test. 3600 IN SOA ns.bench.test. hostmaster.bench.test. 1 3600 600 86400 3600"
+  local-data: "remote.bench.test. 3600 IN MX 10 mx.bench.test."
+  local-data: "mx.bench.test. 3600 IN A 127.0.0.1"
+CONF
+"$UNBOUND" -d -c "$work/unbound.conf" &
+unbound_pid=$!
+
+source_run() { # port -> start time
+  local start
+  start=$(python3 -c 'import time; print(time.time())')
+  timeout "$TIMEOUT" smtp-source -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" \
+    -f sender@origin.bench.test -t rcpt@remote.bench.test "127.0.0.1:$1" >/dev/null
+  echo "$start"
+}
+
+tern_run() { # number of delivery processes
+  local n=$1 dir="$work/tern$1"
+  mkdir -p "$dir"
+  local nats_port sink_port smtp_port r_grpc
+  nats_port=$(free_port); sink_port=$(free_port); smtp_port=$(free_port); r_grpc=$(free_port)
+  "$nats_bin" -js -sd "$dir/js" -a 127.0.0.1 -p "$nats_port" >"$dir/nats.log" 2>&1 &
+  pids+=($!)
+  wait_port "$nats_port"
+  smtp-sink "${sink_user[@]}" -c "127.0.0.1:$sink_port" 1000 >"$dir/sink.out" 2>"$dir/sink.err" &
+  pids+=($!)
+  wait_port "$sink_port"
+  local common=(env -i PATH="$PATH" TERN_NATS_URL="nats://127.0.0.1:$nats_port" TERN_DATA_DIR="$dir/data"
+    TERN_HOSTNAME=mx.origin.bench.test TERN_LOCAL_DOMAINS=origin.bench.test
+    TERN_RESOLVER_GRPC_LISTEN="127.0.0.1:$r_grpc" TERN_DNS_NAMESERVERS="127.0.0.1:$ub_port"
+    TERN_REMOTE_SMTP_PORT="$sink_port")
+  local admin
+  admin=$(free_port)
+  "${common[@]}" TERN_RESOLVER_ADMIN_LISTEN="127.0.0.1:$admin" "$tern" resolver >"$dir/resolver.log" 2>&1 &
+  pids+=($!); wait_ready "$admin"
+  admin=$(free_port)
+  "${common[@]}" TERN_QUEUE_GRPC_LISTEN=127.0.0.1:0 TERN_QUEUE_ADMIN_LISTEN="127.0.0.1:$admin" "$tern" queue >"$dir/queue.log" 2>&1 &
+  pids+=($!); wait_ready "$admin"
+  for i in $(seq 1 "$n"); do
+    admin=$(free_port)
+    "${common[@]}" TERN_DELIVERY_GRPC_LISTEN=127.0.0.1:0 TERN_DELIVERY_ADMIN_LISTEN="127.0.0.1:$admin" \
+      "$tern" delivery >"$dir/delivery$i.log" 2>&1 &
+    pids+=($!); wait_ready "$admin"
+  done
+  admin=$(free_port)
+  "${common[@]}" TERN_SMTP_LISTEN="127.0.0.1:$smtp_port" TERN_SUBMISSION_LISTEN= TERN_SUBMISSIONS_LISTEN= \
+    TERN_INGRESS_GRPC_LISTEN=127.0.0.1:0 TERN_INGRESS_ADMIN_LISTEN="127.0.0.1:$admin" \
+    TERN_TRUSTED_NETWORKS=127.0.0.1/32 TERN_MAX_CONNECTIONS_PER_IP=20000 \
+    "$tern" ingress >"$dir/ingress.log" 2>&1 &
+  pids+=($!); wait_ready "$admin"
+  "$latency" --nats "nats://127.0.0.1:$nats_port" --count "$MESSAGES" --idle 60 >"$dir/latency.out" &
+  local lat_pid=$!
+  for _ in $(seq 1 100); do grep -q ready "$dir/latency.out" 2>/dev/null && break; sleep 0.05; done
+  local start secs
+  start=$(source_run "$smtp_port")
+  secs=$(wait_sink "$dir/sink.out" "$MESSAGES" "$start")
+  timeout 120 tail --pid=$lat_pid -f /dev/null || true
+  local lat
+  lat=$(tail -1 "$dir/latency.out")
+  printf '%-22s %8s %10s   %s\n' "tern, $n delivery" "$secs" \
+    "$(python3 -c "print(f'{$MESSAGES/$secs:.0f}')")" "$lat"
+  echo "$MESSAGES/$secs" >"$work/tern$n.rate"
+  stop_all
+}
+
+postfix_run() {
+  local dir="$work/postfix" pf_port sink_port
+  pf_port=$(free_port); sink_port=$(free_port)
+  smtp-sink "${sink_user[@]}" -c "127.0.0.1:$sink_port" 1000 >"$work/pfsink.out" 2>"$work/pfsink.err" &
+  pids+=($!)
+  wait_port "$sink_port"
+  "$root/deploy/bench/ingress/postfix-instance.sh" start "$dir" "$pf_port" "$sink_port"
+  wait_port "$pf_port"
+  local start secs
+  start=$(source_run "$pf_port")
+  secs=$(wait_sink "$work/pfsink.out" "$MESSAGES" "$start")
+  printf '%-22s %8s %10s\n' "postfix relay" "$secs" "$(python3 -c "print(f'{$MESSAGES/$secs:.0f}')")"
+  echo "$MESSAGES/$secs" >"$work/postfix.rate"
+  "$root/deploy/bench/ingress/postfix-instance.sh" stop "$dir"
+  stop_all
+}
+
+echo "smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE -> ... -> smtp-sink; $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-22s %8s %10s   %s\n' system seconds "msg/s" "latency spool (250 at ingress) -> sink's 250 (Tern)"
+postfix_run
+for n in $PROCS; do tern_run "$n"; done
+pf=$(python3 -c "print($(cat "$work/postfix.rate"))")
+for n in $PROCS; do
+  python3 -c "t=$(cat "$work/tern$n.rate"); print(f'ratio tern($n delivery)/postfix: {t/$pf:.2f}x')"
+done
