@@ -29,6 +29,10 @@ pub const EVENTS_FILTER: &str = "tern.events.>";
 pub const QUEUE_BUCKET: &str = "tern-queue";
 /// Key-value bucket with the destinations on hold (read by queue and delivery).
 pub const HOLDS_BUCKET: &str = "tern-holds";
+/// Key-value bucket (memory storage) of delivery's connection slots per
+/// destination, shared by every delivery replica; entries expire, so a
+/// crashed replica's slots free themselves.
+pub const LIMITS_BUCKET: &str = "tern-delivery-limits";
 /// How long events are kept.
 pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 86_400);
 /// Stream of attempt results back to queue.

@@ -24,7 +24,7 @@ use tern_runtime::bus;
 use tern_runtime::config::ConfigValue;
 
 /// The key-value bucket holding the connection slots.
-pub const LIMITS_BUCKET: &str = "tern-delivery-limits";
+pub use tern_runtime::bus::LIMITS_BUCKET;
 /// How long a slot survives without being refreshed.
 pub const LEASE_TTL: Duration = Duration::from_secs(30);
 
