@@ -17,6 +17,7 @@ swaks /usr/bin/swaks
 postfix /usr/sbin/postfix
 unbound /usr/sbin/unbound
 prometheus /usr/bin/prometheus
+curl /usr/bin/curl
 "
 
 if [ "${1:-}" = "--test" ]; then

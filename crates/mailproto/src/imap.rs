@@ -248,15 +248,19 @@ pub enum CommandKind {
         /// Password.
         password: String,
     },
-    /// `SELECT mailbox`.
+    /// `SELECT mailbox [(CONDSTORE)]`.
     Select {
         /// Mailbox name as given (`INBOX` is case-insensitive).
         mailbox: String,
+        /// The CONDSTORE parameter (RFC 7162 §3.1.8) was given.
+        condstore: bool,
     },
-    /// `EXAMINE mailbox` (read-only SELECT).
+    /// `EXAMINE mailbox [(CONDSTORE)]` (read-only SELECT).
     Examine {
         /// Mailbox name as given.
         mailbox: String,
+        /// The CONDSTORE parameter was given.
+        condstore: bool,
     },
     /// `FETCH` or `UID FETCH`.
     Fetch {
@@ -266,7 +270,338 @@ pub enum CommandKind {
         attrs: Vec<FetchAttr>,
         /// `UID FETCH`: `set` holds UIDs and UID is always returned.
         uid: bool,
+        /// `(CHANGEDSINCE n)` (RFC 7162 §3.1.4.1): only messages with a
+        /// greater mod-sequence.
+        changed_since: Option<u64>,
     },
+    /// `STARTTLS` (RFC 9051 §6.2.1).
+    StartTls,
+    /// `AUTHENTICATE mechanism [initial-response]` (RFC 9051 §6.2.2, SASL-IR).
+    Authenticate {
+        /// Mechanism name, upper-cased.
+        mechanism: String,
+        /// Base64 initial response (`=` for an empty one), if given.
+        initial: Option<String>,
+    },
+    /// `ENABLE cap ...` (RFC 5161).
+    Enable(Vec<String>),
+    /// `ID (...)` or `ID NIL` (RFC 2971); the client's fields are ignored.
+    Id,
+    /// `NAMESPACE` (RFC 2342).
+    Namespace,
+    /// `CREATE mailbox`.
+    Create {
+        /// Name.
+        mailbox: String,
+    },
+    /// `DELETE mailbox`.
+    Delete {
+        /// Name.
+        mailbox: String,
+    },
+    /// `RENAME from to`.
+    Rename {
+        /// Existing name.
+        from: String,
+        /// New name.
+        to: String,
+    },
+    /// `SUBSCRIBE mailbox` or `UNSUBSCRIBE mailbox`.
+    Subscribe {
+        /// Name.
+        mailbox: String,
+        /// SUBSCRIBE (true) or UNSUBSCRIBE (false).
+        on: bool,
+    },
+    /// `LIST`, `LSUB`, or extended `LIST (SUBSCRIBED) ...` (RFC 5258, RFC 6154).
+    List {
+        /// Reference name.
+        reference: String,
+        /// Patterns with `*` and `%` wildcards.
+        patterns: Vec<String>,
+        /// Only subscribed mailboxes (LSUB or the SUBSCRIBED selection option).
+        subscribed_only: bool,
+        /// Only mailboxes with a special use (the SPECIAL-USE selection option).
+        special_only: bool,
+        /// LSUB (responses are `* LSUB`).
+        lsub: bool,
+        /// `RETURN (STATUS (...))` items (RFC 5819).
+        status: Vec<StatusItem>,
+    },
+    /// `STATUS mailbox (items)`.
+    Status {
+        /// Name.
+        mailbox: String,
+        /// Requested items.
+        items: Vec<StatusItem>,
+    },
+    /// `APPEND mailbox [(flags)] [date-time] literal`.
+    Append {
+        /// Target mailbox.
+        mailbox: String,
+        /// Flags to set.
+        flags: Vec<String>,
+        /// Internal date, Unix milliseconds.
+        date_ms: Option<i64>,
+        /// The message.
+        message: Vec<u8>,
+    },
+    /// `CHECK`.
+    Check,
+    /// `CLOSE`: expunge silently and deselect.
+    Close,
+    /// `UNSELECT` (RFC 3691): deselect without expunging.
+    Unselect,
+    /// `EXPUNGE` or `UID EXPUNGE set` (RFC 4315).
+    Expunge {
+        /// `UID EXPUNGE`: only these UIDs.
+        uids: Option<SequenceSet>,
+    },
+    /// `STORE` / `UID STORE`.
+    Store {
+        /// Messages.
+        set: SequenceSet,
+        /// `set` holds UIDs.
+        uid: bool,
+        /// Replace, add or remove.
+        mode: StoreMode,
+        /// `.SILENT`: no untagged FETCH for the change.
+        silent: bool,
+        /// The flags.
+        flags: Vec<String>,
+        /// `(UNCHANGEDSINCE n)` (RFC 7162 §3.1.3).
+        unchanged_since: Option<u64>,
+    },
+    /// `COPY` / `MOVE` (RFC 6851) and their UID forms.
+    Copy {
+        /// Messages.
+        set: SequenceSet,
+        /// `set` holds UIDs.
+        uid: bool,
+        /// Target mailbox.
+        mailbox: String,
+        /// MOVE rather than COPY.
+        remove: bool,
+    },
+    /// `SEARCH` / `UID SEARCH`.
+    Search {
+        /// Return UIDs.
+        uid: bool,
+        /// The criteria (an implicit AND).
+        key: SearchKey,
+        /// `RETURN (...)` given (RFC 4731 ESEARCH): which items.
+        ret: Option<Vec<String>>,
+    },
+    /// `IDLE` (RFC 2177).
+    Idle,
+    /// `GETQUOTAROOT mailbox` (RFC 9208).
+    GetQuotaRoot {
+        /// Name.
+        mailbox: String,
+    },
+    /// `GETQUOTA root` (RFC 9208).
+    GetQuota {
+        /// Quota root (this server has one: `""`).
+        root: String,
+    },
+}
+
+/// STORE's operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreMode {
+    /// `FLAGS`: replace.
+    Replace,
+    /// `+FLAGS`: add.
+    Add,
+    /// `-FLAGS`: remove.
+    Remove,
+}
+
+/// A STATUS data item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusItem {
+    /// `MESSAGES`.
+    Messages,
+    /// `RECENT`.
+    Recent,
+    /// `UIDNEXT`.
+    UidNext,
+    /// `UIDVALIDITY`.
+    UidValidity,
+    /// `UNSEEN`.
+    Unseen,
+    /// `SIZE` (RFC 8438).
+    Size,
+    /// `HIGHESTMODSEQ` (RFC 7162).
+    HighestModSeq,
+}
+
+impl StatusItem {
+    /// The item's name in a STATUS response.
+    pub fn name(self) -> &'static str {
+        match self {
+            StatusItem::Messages => "MESSAGES",
+            StatusItem::Recent => "RECENT",
+            StatusItem::UidNext => "UIDNEXT",
+            StatusItem::UidValidity => "UIDVALIDITY",
+            StatusItem::Unseen => "UNSEEN",
+            StatusItem::Size => "SIZE",
+            StatusItem::HighestModSeq => "HIGHESTMODSEQ",
+        }
+    }
+}
+
+/// A SEARCH criterion (RFC 3501 §6.4.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SearchKey {
+    /// Every criterion holds.
+    And(Vec<SearchKey>),
+    /// Either holds.
+    Or(Box<SearchKey>, Box<SearchKey>),
+    /// Does not hold.
+    Not(Box<SearchKey>),
+    /// `ALL`.
+    All,
+    /// The flag is set (`SEEN`, `KEYWORD x`, ...).
+    Flag(String),
+    /// The flag is not set (`UNSEEN`, `UNKEYWORD x`, ...).
+    NoFlag(String),
+    /// `RECENT`.
+    Recent,
+    /// `NEW` (recent and unseen).
+    New,
+    /// `OLD`.
+    Old,
+    /// `HEADER name value` (and FROM, TO, CC, BCC, SUBJECT): a
+    /// case-insensitive substring of the field; an empty value matches any
+    /// message that has the field.
+    Header(String, String),
+    /// `BODY text`.
+    Body(String),
+    /// `TEXT text`: header or body.
+    Text(String),
+    /// `LARGER n`.
+    Larger(u64),
+    /// `SMALLER n`.
+    Smaller(u64),
+    /// `BEFORE`/`ON`/`SINCE` date (internal date), as days since the epoch.
+    Date(DateCmp, i64),
+    /// `SENTBEFORE`/`SENTON`/`SENTSINCE` (the Date: header).
+    SentDate(DateCmp, i64),
+    /// `UID set`.
+    Uid(SequenceSet),
+    /// A sequence set.
+    Seq(SequenceSet),
+    /// `MODSEQ n` (RFC 7162): modseq at least n.
+    ModSeq(u64),
+}
+
+/// How a date criterion compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DateCmp {
+    /// Strictly earlier.
+    Before,
+    /// The same day.
+    On,
+    /// That day or later.
+    Since,
+}
+
+/// What SEARCH looks at for one message.
+#[derive(Debug, Clone, Copy)]
+pub struct SearchMsg<'a> {
+    /// Sequence number.
+    pub seq: u32,
+    /// UID.
+    pub uid: u32,
+    /// The largest sequence number (for `*`).
+    pub max_seq: u32,
+    /// The largest UID (for `*`).
+    pub max_uid: u32,
+    /// Flags.
+    pub flags: &'a [String],
+    /// `\Recent` for this session.
+    pub recent: bool,
+    /// RFC822.SIZE.
+    pub size: u64,
+    /// Internal date, Unix milliseconds.
+    pub internal_date_ms: i64,
+    /// Mod-sequence.
+    pub modseq: u64,
+    /// The message, when the criteria need it.
+    pub content: Option<&'a [u8]>,
+}
+
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    if needle.len() > hay.len() {
+        return false;
+    }
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+impl SearchKey {
+    /// Does evaluating this need the message content?
+    pub fn needs_content(&self) -> bool {
+        match self {
+            SearchKey::And(v) => v.iter().any(SearchKey::needs_content),
+            SearchKey::Or(a, b) => a.needs_content() || b.needs_content(),
+            SearchKey::Not(a) => a.needs_content(),
+            SearchKey::Header(..) | SearchKey::Body(_) | SearchKey::Text(_) => true,
+            SearchKey::SentDate(..) => true,
+            _ => false,
+        }
+    }
+
+    /// Does the message match?
+    pub fn matches(&self, m: &SearchMsg<'_>) -> bool {
+        let has = |f: &str| m.flags.iter().any(|x| x.eq_ignore_ascii_case(f));
+        let content = m.content.unwrap_or_default();
+        match self {
+            SearchKey::And(v) => v.iter().all(|k| k.matches(m)),
+            SearchKey::Or(a, b) => a.matches(m) || b.matches(m),
+            SearchKey::Not(a) => !a.matches(m),
+            SearchKey::All => true,
+            SearchKey::Flag(f) => has(f),
+            SearchKey::NoFlag(f) => !has(f),
+            SearchKey::Recent => m.recent,
+            SearchKey::New => m.recent && !has("\\Seen"),
+            SearchKey::Old => !m.recent,
+            SearchKey::Header(name, value) => {
+                let (h, _) = split_header(content);
+                crate::mime::fields(h)
+                    .iter()
+                    .any(|(n, v)| n.eq_ignore_ascii_case(name) && contains_ci(v, value.as_bytes()))
+            }
+            SearchKey::Body(t) => contains_ci(split_header(content).1, t.as_bytes()),
+            SearchKey::Text(t) => contains_ci(content, t.as_bytes()),
+            SearchKey::Larger(n) => m.size > *n,
+            SearchKey::Smaller(n) => m.size < *n,
+            SearchKey::Date(cmp, day) => {
+                cmp_day(*cmp, m.internal_date_ms.div_euclid(86_400_000), *day)
+            }
+            SearchKey::SentDate(cmp, day) => {
+                let (h, _) = split_header(content);
+                crate::mime::field(h, "Date")
+                    .and_then(|d| crate::mime::date_header_day(&d))
+                    .is_some_and(|d| cmp_day(*cmp, d, *day))
+            }
+            SearchKey::Uid(set) => set.contains(m.uid, m.max_uid),
+            SearchKey::Seq(set) => set.contains(m.seq, m.max_seq),
+            SearchKey::ModSeq(n) => m.modseq >= *n,
+        }
+    }
+}
+
+fn cmp_day(cmp: DateCmp, have: i64, want: i64) -> bool {
+    match cmp {
+        DateCmp::Before => have < want,
+        DateCmp::On => have == want,
+        DateCmp::Since => have >= want,
+    }
 }
 
 /// The protocol state of an IMAP session (RFC 9051 §3).
@@ -289,11 +624,31 @@ impl CommandKind {
             CommandKind::Capability | CommandKind::Noop | CommandKind::Logout => {
                 state != State::Logout
             }
-            CommandKind::Login { .. } => state == State::NotAuthenticated,
-            CommandKind::Select { .. } | CommandKind::Examine { .. } => {
-                matches!(state, State::Authenticated | State::Selected)
-            }
-            CommandKind::Fetch { .. } => state == State::Selected,
+            CommandKind::Id | CommandKind::Idle => state != State::Logout,
+            CommandKind::Login { .. }
+            | CommandKind::StartTls
+            | CommandKind::Authenticate { .. } => state == State::NotAuthenticated,
+            CommandKind::Select { .. }
+            | CommandKind::Examine { .. }
+            | CommandKind::Enable(_)
+            | CommandKind::Namespace
+            | CommandKind::Create { .. }
+            | CommandKind::Delete { .. }
+            | CommandKind::Rename { .. }
+            | CommandKind::Subscribe { .. }
+            | CommandKind::List { .. }
+            | CommandKind::Status { .. }
+            | CommandKind::GetQuotaRoot { .. }
+            | CommandKind::GetQuota { .. }
+            | CommandKind::Append { .. } => matches!(state, State::Authenticated | State::Selected),
+            CommandKind::Fetch { .. }
+            | CommandKind::Check
+            | CommandKind::Close
+            | CommandKind::Unselect
+            | CommandKind::Expunge { .. }
+            | CommandKind::Store { .. }
+            | CommandKind::Copy { .. }
+            | CommandKind::Search { .. } => state == State::Selected,
         }
     }
 }
@@ -406,6 +761,33 @@ pub enum Section {
         /// `.NOT`: every field except these.
         not: bool,
     },
+    /// `[1.2]`, `[1.2.MIME]`, `[2.HEADER]`, ...: a MIME part (RFC 3501 §6.4.5).
+    Part {
+        /// Part numbers, 1-based.
+        path: Vec<u32>,
+        /// What of the part.
+        spec: PartSpec,
+    },
+}
+
+/// What of a numbered part `BODY[n.SPEC]` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartSpec {
+    /// `[n]`: the part's body.
+    Body,
+    /// `[n.MIME]`: the part's own MIME header.
+    Mime,
+    /// `[n.HEADER]`: the header of the message enclosed in a message/rfc822 part.
+    Header,
+    /// `[n.TEXT]`: the body of the enclosed message.
+    Text,
+    /// `[n.HEADER.FIELDS[.NOT] (..)]` of the enclosed message.
+    HeaderFields {
+        /// Field names, upper-cased.
+        fields: Vec<String>,
+        /// `.NOT`.
+        not: bool,
+    },
 }
 
 /// A FETCH data item the client asked for.
@@ -425,6 +807,15 @@ pub enum FetchAttr {
     Rfc822Header,
     /// `RFC822.TEXT` (same as `BODY[TEXT]`, sets `\Seen`).
     Rfc822Text,
+    /// `ENVELOPE`.
+    Envelope,
+    /// `MODSEQ` (RFC 7162).
+    ModSeq,
+    /// `BODYSTRUCTURE` (`extended`) or `BODY` without a section.
+    BodyStructure {
+        /// BODYSTRUCTURE rather than BODY.
+        extended: bool,
+    },
     /// `BODY[section]<partial>` or `BODY.PEEK[...]`.
     Body {
         /// Which part.
@@ -445,6 +836,8 @@ impl FetchAttr {
                 | FetchAttr::Rfc822Header
                 | FetchAttr::Rfc822Text
                 | FetchAttr::Body { .. }
+                | FetchAttr::Envelope
+                | FetchAttr::BodyStructure { .. }
         )
     }
 
@@ -466,6 +859,10 @@ impl FetchAttr {
             FetchAttr::Rfc822 => "RFC822".into(),
             FetchAttr::Rfc822Header => "RFC822.HEADER".into(),
             FetchAttr::Rfc822Text => "RFC822.TEXT".into(),
+            FetchAttr::Envelope => "ENVELOPE".into(),
+            FetchAttr::ModSeq => "MODSEQ".into(),
+            FetchAttr::BodyStructure { extended: true } => "BODYSTRUCTURE".into(),
+            FetchAttr::BodyStructure { extended: false } => "BODY".into(),
             FetchAttr::Body {
                 section, partial, ..
             } => {
@@ -478,6 +875,24 @@ impl FetchAttr {
                         if *not { ".NOT" } else { "" },
                         fields.join(" ")
                     ),
+                    Section::Part { path, spec } => {
+                        let nums: Vec<String> = path.iter().map(u32::to_string).collect();
+                        let mut s = nums.join(".");
+                        match spec {
+                            PartSpec::Body => {}
+                            PartSpec::Mime => s.push_str(".MIME"),
+                            PartSpec::Header => s.push_str(".HEADER"),
+                            PartSpec::Text => s.push_str(".TEXT"),
+                            PartSpec::HeaderFields { fields, not } => {
+                                s.push_str(&format!(
+                                    ".HEADER.FIELDS{} ({})",
+                                    if *not { ".NOT" } else { "" },
+                                    fields.join(" ")
+                                ));
+                            }
+                        }
+                        s
+                    }
                 };
                 match partial {
                     Some((origin, _)) => format!("BODY[{sec}]<{origin}>"),
@@ -504,6 +919,25 @@ impl FetchAttr {
                     Section::Text => Cow::Borrowed(text),
                     Section::HeaderFields { fields, not } => {
                         Cow::Owned(header_fields(header, fields, *not))
+                    }
+                    Section::Part { path, spec } => {
+                        let tree = crate::mime::parse(message);
+                        let Some(part) = tree.find(path) else {
+                            return Some(Cow::Borrowed(&[]));
+                        };
+                        let (mh, mb) = match &part.message {
+                            Some(m) => (m.header, m.body),
+                            None => (&b""[..], &b""[..]),
+                        };
+                        Cow::Owned(match spec {
+                            PartSpec::Body => part.body.to_vec(),
+                            PartSpec::Mime => part.header.to_vec(),
+                            PartSpec::Header => mh.to_vec(),
+                            PartSpec::Text => mb.to_vec(),
+                            PartSpec::HeaderFields { fields, not } => {
+                                header_fields(mh, fields, *not)
+                            }
+                        })
                     }
                 };
                 (data, *partial)
@@ -715,7 +1149,19 @@ impl<'a> Cur<'a> {
                 FetchAttr::InternalDate,
                 FetchAttr::Rfc822Size,
             ]),
-            b"ALL" | b"FULL" => Err("FETCH ALL and FULL are not supported yet (ENVELOPE)".into()),
+            b"ALL" => Ok(vec![
+                FetchAttr::Flags,
+                FetchAttr::InternalDate,
+                FetchAttr::Rfc822Size,
+                FetchAttr::Envelope,
+            ]),
+            b"FULL" => Ok(vec![
+                FetchAttr::Flags,
+                FetchAttr::InternalDate,
+                FetchAttr::Rfc822Size,
+                FetchAttr::Envelope,
+                FetchAttr::BodyStructure { extended: false },
+            ]),
             _ => {
                 self.i = save;
                 Ok(vec![self.fetch_attr()?])
@@ -735,6 +1181,10 @@ impl<'a> Cur<'a> {
             b"RFC822" => FetchAttr::Rfc822,
             b"RFC822.HEADER" => FetchAttr::Rfc822Header,
             b"RFC822.TEXT" => FetchAttr::Rfc822Text,
+            b"ENVELOPE" => FetchAttr::Envelope,
+            b"MODSEQ" => FetchAttr::ModSeq,
+            b"BODYSTRUCTURE" => FetchAttr::BodyStructure { extended: true },
+            b"BODY" if self.peek() != Some(b'[') => FetchAttr::BodyStructure { extended: false },
             b"BODY" | b"BODY.PEEK" if self.peek() == Some(b'[') => {
                 let peek = word == b"BODY.PEEK";
                 let section = self.section()?;
@@ -765,28 +1215,72 @@ impl<'a> Cur<'a> {
         Ok(attr)
     }
 
+    fn header_list(&mut self) -> PResult<Vec<String>> {
+        self.sp()?;
+        self.expect(b'(', "'('")?;
+        let mut fields = Vec::new();
+        loop {
+            let f = self.astring()?;
+            fields.push(String::from_utf8_lossy(&f).to_ascii_uppercase());
+            if !self.eat(b' ') {
+                break;
+            }
+        }
+        self.expect(b')', "')'")?;
+        Ok(fields)
+    }
+
     fn section(&mut self) -> PResult<Section> {
         self.expect(b'[', "'['")?;
         let spec = self
             .take_while(|b| b.is_ascii_alphanumeric() || b == b'.')
             .to_ascii_uppercase();
+        // Leading part numbers: `1.2.` (RFC 3501 §6.4.5).
+        let mut path = Vec::new();
+        let mut rest: &[u8] = &spec;
+        while rest.first().is_some_and(u8::is_ascii_digit) {
+            let end = rest.iter().position(|&b| b == b'.').unwrap_or(rest.len());
+            let n: u32 = std::str::from_utf8(&rest[..end])
+                .ok()
+                .and_then(|x| x.parse().ok())
+                .filter(|&n| n > 0)
+                .ok_or("invalid part number")?;
+            if path.len() >= 32 {
+                return Err("section nested too deeply".into());
+            }
+            path.push(n);
+            if end == rest.len() {
+                rest = &[];
+                break;
+            }
+            rest = &rest[end + 1..];
+            if rest.is_empty() {
+                return Err("invalid section".into());
+            }
+        }
+        if !path.is_empty() {
+            let spec = match rest {
+                b"" => PartSpec::Body,
+                b"MIME" => PartSpec::Mime,
+                b"HEADER" => PartSpec::Header,
+                b"TEXT" => PartSpec::Text,
+                b"HEADER.FIELDS" | b"HEADER.FIELDS.NOT" => {
+                    let not = rest.ends_with(b".NOT");
+                    let fields = self.header_list()?;
+                    PartSpec::HeaderFields { fields, not }
+                }
+                _ => return Err("invalid section".into()),
+            };
+            self.expect(b']', "']'")?;
+            return Ok(Section::Part { path, spec });
+        }
         let section = match spec.as_slice() {
             b"" => Section::Full,
             b"HEADER" => Section::Header,
             b"TEXT" => Section::Text,
             b"HEADER.FIELDS" | b"HEADER.FIELDS.NOT" => {
                 let not = spec.ends_with(b".NOT");
-                self.sp()?;
-                self.expect(b'(', "'('")?;
-                let mut fields = Vec::new();
-                loop {
-                    let f = self.astring()?;
-                    fields.push(String::from_utf8_lossy(&f).to_ascii_uppercase());
-                    if !self.eat(b' ') {
-                        break;
-                    }
-                }
-                self.expect(b')', "')'")?;
+                let fields = self.header_list()?;
                 Section::HeaderFields { fields, not }
             }
             other => {
@@ -839,14 +1333,150 @@ fn parse_kind(c: &mut Cur<'_>) -> PResult<CommandKind> {
         }
         b"SELECT" | b"EXAMINE" => {
             c.sp()?;
-            let mailbox = c.astring_utf8("mailbox name")?;
+            let mailbox = c.mailbox()?;
+            let mut condstore = false;
+            if c.eat(b' ') {
+                c.expect(b'(', "'('")?;
+                let w = c
+                    .take_while(|b| b.is_ascii_alphabetic())
+                    .to_ascii_uppercase();
+                if w != b"CONDSTORE" {
+                    return Err("unknown SELECT parameter".into());
+                }
+                c.expect(b')', "')'")?;
+                condstore = true;
+            }
             if name == b"SELECT" {
-                CommandKind::Select { mailbox }
+                CommandKind::Select { mailbox, condstore }
             } else {
-                CommandKind::Examine { mailbox }
+                CommandKind::Examine { mailbox, condstore }
             }
         }
         b"FETCH" => fetch_args(c, false)?,
+        b"STARTTLS" => CommandKind::StartTls,
+        b"AUTHENTICATE" => {
+            c.sp()?;
+            let mech = c.take_while(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if mech.is_empty() {
+                return Err("expected a SASL mechanism".into());
+            }
+            let mechanism = String::from_utf8_lossy(mech).to_ascii_uppercase();
+            let initial = if c.eat(b' ') {
+                let r =
+                    c.take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
+                if r.is_empty() {
+                    return Err("invalid initial response".into());
+                }
+                Some(String::from_utf8_lossy(r).into_owned())
+            } else {
+                None
+            };
+            CommandKind::Authenticate { mechanism, initial }
+        }
+        b"ENABLE" => {
+            let mut caps = Vec::new();
+            while c.eat(b' ') {
+                let a = c.take_while(is_atom_char);
+                if a.is_empty() || caps.len() >= 32 {
+                    return Err("expected a capability".into());
+                }
+                caps.push(String::from_utf8_lossy(a).to_ascii_uppercase());
+            }
+            if caps.is_empty() {
+                return Err("ENABLE needs a capability".into());
+            }
+            CommandKind::Enable(caps)
+        }
+        b"ID" => {
+            c.sp()?;
+            if c.eat(b'(') {
+                let mut n = 0;
+                while !c.eat(b')') {
+                    if n > 0 {
+                        c.sp()?;
+                    }
+                    c.nstring()?;
+                    n += 1;
+                    if n > 60 {
+                        return Err("too many ID fields".into());
+                    }
+                }
+            } else {
+                c.nil()?;
+            }
+            CommandKind::Id
+        }
+        b"NAMESPACE" => CommandKind::Namespace,
+        b"CREATE" | b"DELETE" | b"SUBSCRIBE" | b"UNSUBSCRIBE" => {
+            c.sp()?;
+            let mailbox = c.mailbox()?;
+            match name.as_slice() {
+                b"CREATE" => CommandKind::Create { mailbox },
+                b"DELETE" => CommandKind::Delete { mailbox },
+                b"SUBSCRIBE" => CommandKind::Subscribe { mailbox, on: true },
+                _ => CommandKind::Subscribe { mailbox, on: false },
+            }
+        }
+        b"RENAME" => {
+            c.sp()?;
+            let from = c.mailbox()?;
+            c.sp()?;
+            let to = c.mailbox()?;
+            CommandKind::Rename { from, to }
+        }
+        b"LIST" | b"LSUB" => list_args(c, name == b"LSUB")?,
+        b"STATUS" => {
+            c.sp()?;
+            let mailbox = c.mailbox()?;
+            c.sp()?;
+            let items = c.status_items()?;
+            CommandKind::Status { mailbox, items }
+        }
+        b"APPEND" => {
+            c.sp()?;
+            let mailbox = c.mailbox()?;
+            c.sp()?;
+            let mut flags = Vec::new();
+            if c.peek() == Some(b'(') {
+                flags = c.flag_list()?;
+                c.sp()?;
+            }
+            let mut date_ms = None;
+            if c.peek() == Some(b'"') {
+                let d = c.quoted()?;
+                date_ms = Some(parse_date_time(&d).ok_or("invalid date-time")?);
+                c.sp()?;
+            }
+            // RFC 3516 BINARY's literal8 `~{n}` is accepted like a literal.
+            c.eat(b'~');
+            let message = c.literal()?;
+            CommandKind::Append {
+                mailbox,
+                flags,
+                date_ms,
+                message,
+            }
+        }
+        b"CHECK" => CommandKind::Check,
+        b"CLOSE" => CommandKind::Close,
+        b"UNSELECT" => CommandKind::Unselect,
+        b"EXPUNGE" => CommandKind::Expunge { uids: None },
+        b"STORE" => store_args(c, false)?,
+        b"COPY" | b"MOVE" => copy_args(c, false, name == b"MOVE")?,
+        b"SEARCH" => search_args(c, false)?,
+        b"IDLE" => CommandKind::Idle,
+        b"GETQUOTAROOT" => {
+            c.sp()?;
+            CommandKind::GetQuotaRoot {
+                mailbox: c.mailbox()?,
+            }
+        }
+        b"GETQUOTA" => {
+            c.sp()?;
+            CommandKind::GetQuota {
+                root: c.astring_utf8("quota root")?,
+            }
+        }
         b"UID" => {
             c.sp()?;
             let sub = c
@@ -854,6 +1484,15 @@ fn parse_kind(c: &mut Cur<'_>) -> PResult<CommandKind> {
                 .to_ascii_uppercase();
             match sub.as_slice() {
                 b"FETCH" => fetch_args(c, true)?,
+                b"STORE" => store_args(c, true)?,
+                b"COPY" | b"MOVE" => copy_args(c, true, sub == b"MOVE")?,
+                b"SEARCH" => search_args(c, true)?,
+                b"EXPUNGE" => {
+                    c.sp()?;
+                    CommandKind::Expunge {
+                        uids: Some(c.sequence_set()?),
+                    }
+                }
                 other => {
                     return Err(format!(
                         "UID {} is not supported",
@@ -875,14 +1514,35 @@ fn parse_kind(c: &mut Cur<'_>) -> PResult<CommandKind> {
 
 fn fetch_args(c: &mut Cur<'_>, uid: bool) -> PResult<CommandKind> {
     c.sp()?;
-    let raw = c.take_while(|b| b.is_ascii_digit() || matches!(b, b':' | b',' | b'*'));
-    let set = SequenceSet::parse(raw).ok_or("invalid sequence set")?;
+    let set = c.sequence_set()?;
     c.sp()?;
     let mut attrs = c.fetch_attrs()?;
+    let mut changed_since = None;
+    if c.eat(b' ') {
+        c.expect(b'(', "'('")?;
+        let w = c
+            .take_while(|b| b.is_ascii_alphabetic())
+            .to_ascii_uppercase();
+        if w != b"CHANGEDSINCE" {
+            return Err("unknown FETCH modifier".into());
+        }
+        c.sp()?;
+        changed_since = Some(c.number64()?);
+        c.expect(b')', "')'")?;
+        // RFC 7162 §3.1.4.1: CHANGEDSINCE implies MODSEQ.
+        if !attrs.contains(&FetchAttr::ModSeq) {
+            attrs.push(FetchAttr::ModSeq);
+        }
+    }
     if uid && !attrs.contains(&FetchAttr::Uid) {
         attrs.insert(0, FetchAttr::Uid);
     }
-    Ok(CommandKind::Fetch { set, attrs, uid })
+    Ok(CommandKind::Fetch {
+        set,
+        attrs,
+        uid,
+        changed_since,
+    })
 }
 
 /// Completion status of a tagged response.
@@ -925,17 +1585,28 @@ pub fn continuation(text: &str) -> Vec<u8> {
 }
 
 /// The capability list. `login_ok` is false on a cleartext connection where
-/// plaintext authentication is disabled (then `LOGINDISABLED` is announced).
-pub fn capabilities(login_ok: bool) -> String {
-    let mut caps = String::from("IMAP4rev1 LITERAL-");
-    if !login_ok {
-        caps.push_str(" LOGINDISABLED");
+/// plaintext authentication is disabled (then `LOGINDISABLED` is announced
+/// and AUTH=PLAIN is not); `starttls` offers STARTTLS; `authenticated`
+/// leaves the pre-login items out.
+pub fn capabilities(login_ok: bool, starttls: bool, authenticated: bool) -> String {
+    let mut caps = String::from(
+        "IMAP4rev1 LITERAL- SASL-IR ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH STATUS=SIZE QUOTA QUOTA=RES-STORAGE CONDSTORE",
+    );
+    if !authenticated {
+        if starttls {
+            caps.push_str(" STARTTLS");
+        }
+        if login_ok {
+            caps.push_str(" AUTH=PLAIN");
+        } else {
+            caps.push_str(" LOGINDISABLED");
+        }
     }
     caps
 }
 
 /// The server greeting.
-pub fn greeting(hostname: &str, login_ok: bool) -> Vec<u8> {
+pub fn greeting(hostname: &str, login_ok: bool, starttls: bool) -> Vec<u8> {
     let host: String = hostname
         .chars()
         .filter(|c| !c.is_control())
@@ -943,7 +1614,7 @@ pub fn greeting(hostname: &str, login_ok: bool) -> Vec<u8> {
         .collect();
     untagged(&format!(
         "OK [CAPABILITY {}] {host} Tern IMAP ready",
-        capabilities(login_ok)
+        capabilities(login_ok, starttls, false)
     ))
 }
 
@@ -999,6 +1670,15 @@ pub enum FetchItem<'a> {
     Rfc822Size(u64),
     /// `INTERNALDATE "..."` from Unix milliseconds.
     InternalDate(i64),
+    /// `NAME value`, the value already formatted (ENVELOPE, BODYSTRUCTURE).
+    Raw {
+        /// Item name.
+        name: &'static str,
+        /// Formatted value.
+        value: String,
+    },
+    /// `MODSEQ (n)` (RFC 7162).
+    ModSeq(u64),
     /// `NAME {n}\r\n<data>`: body data, always sent as a literal.
     Data {
         /// Response name, from [`FetchAttr::response_name`].
@@ -1028,6 +1708,12 @@ pub fn fetch_response(seq: u32, items: &[FetchItem<'_>]) -> Vec<u8> {
                     format!("INTERNALDATE {}", format_internal_date(*ms)).as_bytes(),
                 );
             }
+            FetchItem::Raw { name, value } => {
+                out.extend_from_slice(name.as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(value.as_bytes());
+            }
+            FetchItem::ModSeq(n) => out.extend_from_slice(format!("MODSEQ ({n})").as_bytes()),
             FetchItem::Data { name, data } => {
                 out.extend_from_slice(format!("{name} {{{}}}\r\n", data.len()).as_bytes());
                 out.extend_from_slice(data);
@@ -1038,16 +1724,571 @@ pub fn fetch_response(seq: u32, items: &[FetchItem<'_>]) -> Vec<u8> {
     out
 }
 
-/// Parse a space-separated stored flag string into the flags we keep.
+/// Most flags kept on one message.
+pub const MAX_FLAGS: usize = 64;
+
+/// Parse a space-separated stored flag string into the flags we keep:
+/// system flags (canonical case) and keywords (atoms), without duplicates.
 pub fn parse_flags(stored: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for f in stored.split_ascii_whitespace() {
-        if let Some(sys) = SYSTEM_FLAGS.iter().find(|s| s.eq_ignore_ascii_case(f))
-            && !out.iter().any(|o| o == sys)
-        {
-            out.push((*sys).to_string());
+        let flag = if f.starts_with('\\') {
+            match SYSTEM_FLAGS.iter().find(|s| s.eq_ignore_ascii_case(f)) {
+                Some(s) => (*s).to_string(),
+                None => continue,
+            }
+        } else if f.len() <= 128 && f.bytes().all(is_atom_char) {
+            f.to_string()
+        } else {
+            continue;
+        };
+        if out.len() < MAX_FLAGS && !out.iter().any(|o| o.eq_ignore_ascii_case(&flag)) {
+            out.push(flag);
         }
     }
+    out
+}
+
+fn list_args(c: &mut Cur<'_>, lsub: bool) -> PResult<CommandKind> {
+    c.sp()?;
+    let mut subscribed_only = lsub;
+    let mut special_only = false;
+    // RFC 5258 selection options.
+    if !lsub && c.eat(b'(') {
+        while !c.eat(b')') {
+            c.eat(b' ');
+            let w = c.take_while(is_atom_char).to_ascii_uppercase();
+            match w.as_slice() {
+                b"SUBSCRIBED" => subscribed_only = true,
+                b"SPECIAL-USE" => special_only = true,
+                b"REMOTE" | b"RECURSIVEMATCH" => {}
+                _ => return Err("unknown LIST selection option".into()),
+            }
+        }
+        c.sp()?;
+    }
+    let reference = c.mailbox_raw()?;
+    c.sp()?;
+    let mut patterns = Vec::new();
+    if c.eat(b'(') {
+        loop {
+            patterns.push(c.list_mailbox()?);
+            if patterns.len() > 16 {
+                return Err("too many patterns".into());
+            }
+            if !c.eat(b' ') {
+                break;
+            }
+        }
+        c.expect(b')', "')'")?;
+    } else {
+        patterns.push(c.list_mailbox()?);
+    }
+    let mut status = Vec::new();
+    // RFC 5258 return options; SPECIAL-USE and SUBSCRIBED data are always
+    // returned, CHILDREN is always returned, STATUS (RFC 5819) is honoured.
+    if !lsub && c.eat(b' ') {
+        let w = c
+            .take_while(|b| b.is_ascii_alphabetic())
+            .to_ascii_uppercase();
+        if w != b"RETURN" {
+            return Err("expected RETURN".into());
+        }
+        c.sp()?;
+        c.expect(b'(', "'('")?;
+        while !c.eat(b')') {
+            c.eat(b' ');
+            let w = c.take_while(is_atom_char).to_ascii_uppercase();
+            match w.as_slice() {
+                b"SUBSCRIBED" | b"CHILDREN" | b"SPECIAL-USE" => {}
+                b"STATUS" => {
+                    c.sp()?;
+                    status = c.status_items()?;
+                }
+                _ => return Err("unknown LIST return option".into()),
+            }
+        }
+    }
+    Ok(CommandKind::List {
+        reference,
+        patterns,
+        subscribed_only,
+        special_only,
+        lsub,
+        status,
+    })
+}
+
+fn store_args(c: &mut Cur<'_>, uid: bool) -> PResult<CommandKind> {
+    c.sp()?;
+    let set = c.sequence_set()?;
+    c.sp()?;
+    let mut unchanged_since = None;
+    if c.eat(b'(') {
+        let w = c
+            .take_while(|b| b.is_ascii_alphabetic())
+            .to_ascii_uppercase();
+        if w != b"UNCHANGEDSINCE" {
+            return Err("unknown STORE modifier".into());
+        }
+        c.sp()?;
+        unchanged_since = Some(c.number64()?);
+        c.expect(b')', "')'")?;
+        c.sp()?;
+    }
+    let mode = if c.eat(b'+') {
+        StoreMode::Add
+    } else if c.eat(b'-') {
+        StoreMode::Remove
+    } else {
+        StoreMode::Replace
+    };
+    let w = c
+        .take_while(|b| b.is_ascii_alphabetic() || b == b'.')
+        .to_ascii_uppercase();
+    let silent = match w.as_slice() {
+        b"FLAGS" => false,
+        b"FLAGS.SILENT" => true,
+        _ => return Err("expected FLAGS, +FLAGS or -FLAGS".into()),
+    };
+    c.sp()?;
+    let flags = if c.peek() == Some(b'(') {
+        c.flag_list()?
+    } else {
+        let mut v = vec![c.flag()?];
+        while c.eat(b' ') {
+            v.push(c.flag()?);
+            if v.len() > 64 {
+                return Err("too many flags".into());
+            }
+        }
+        v
+    };
+    Ok(CommandKind::Store {
+        set,
+        uid,
+        mode,
+        silent,
+        flags,
+        unchanged_since,
+    })
+}
+
+fn copy_args(c: &mut Cur<'_>, uid: bool, remove: bool) -> PResult<CommandKind> {
+    c.sp()?;
+    let set = c.sequence_set()?;
+    c.sp()?;
+    let mailbox = c.mailbox()?;
+    Ok(CommandKind::Copy {
+        set,
+        uid,
+        mailbox,
+        remove,
+    })
+}
+
+fn search_args(c: &mut Cur<'_>, uid: bool) -> PResult<CommandKind> {
+    c.sp()?;
+    let mut ret = None;
+    // RFC 4731 ESEARCH: `RETURN (MIN MAX COUNT ALL)`.
+    let save = c.i;
+    let w = c
+        .take_while(|b| b.is_ascii_alphabetic())
+        .to_ascii_uppercase();
+    if w == b"RETURN" {
+        c.sp()?;
+        c.expect(b'(', "'('")?;
+        let mut items = Vec::new();
+        while !c.eat(b')') {
+            c.eat(b' ');
+            let w = c
+                .take_while(|b| b.is_ascii_alphabetic())
+                .to_ascii_uppercase();
+            match w.as_slice() {
+                b"MIN" | b"MAX" | b"COUNT" | b"ALL" => {
+                    items.push(String::from_utf8_lossy(&w).into_owned())
+                }
+                _ => return Err("unknown SEARCH return option".into()),
+            }
+        }
+        c.sp()?;
+        ret = Some(items);
+    } else {
+        c.i = save;
+    }
+    let save = c.i;
+    let w = c
+        .take_while(|b| b.is_ascii_alphabetic())
+        .to_ascii_uppercase();
+    if w == b"CHARSET" {
+        c.sp()?;
+        let cs = c.astring()?;
+        let cs = String::from_utf8_lossy(&cs).to_ascii_uppercase();
+        if cs != "UTF-8" && cs != "US-ASCII" {
+            return Err("[BADCHARSET (UTF-8 US-ASCII)] unsupported charset".into());
+        }
+        c.sp()?;
+    } else {
+        c.i = save;
+    }
+    let mut keys = vec![c.search_key(0)?];
+    while c.eat(b' ') {
+        if keys.len() >= 256 {
+            return Err("too many search keys".into());
+        }
+        keys.push(c.search_key(0)?);
+    }
+    let key = if keys.len() == 1 {
+        keys.pop().unwrap_or(SearchKey::All)
+    } else {
+        SearchKey::And(keys)
+    };
+    Ok(CommandKind::Search { uid, key, ret })
+}
+
+/// Deepest nesting of NOT / OR / parentheses in a SEARCH.
+const MAX_SEARCH_DEPTH: usize = 32;
+
+impl Cur<'_> {
+    fn number64(&mut self) -> PResult<u64> {
+        let d = self.take_while(|b| b.is_ascii_digit());
+        if d.is_empty() || d.len() > 19 {
+            return Err("expected a number".into());
+        }
+        std::str::from_utf8(d)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| "number out of range".into())
+    }
+
+    fn sequence_set(&mut self) -> PResult<SequenceSet> {
+        let raw = self.take_while(|b| b.is_ascii_digit() || matches!(b, b':' | b',' | b'*'));
+        SequenceSet::parse(raw).ok_or_else(|| "invalid sequence set".into())
+    }
+
+    fn nil(&mut self) -> PResult<()> {
+        let w = self.take_while(|b| b.is_ascii_alphabetic());
+        if w.eq_ignore_ascii_case(b"NIL") {
+            Ok(())
+        } else {
+            Err("expected NIL".into())
+        }
+    }
+
+    fn nstring(&mut self) -> PResult<Option<Vec<u8>>> {
+        match self.peek() {
+            Some(b'"') => self.quoted().map(Some),
+            Some(b'{') => self.literal().map(Some),
+            _ => self.nil().map(|()| None),
+        }
+    }
+
+    /// A mailbox name; `INBOX` in any case is `INBOX` (RFC 3501 §5.1).
+    fn mailbox(&mut self) -> PResult<String> {
+        let m = self.mailbox_raw()?;
+        if m.is_empty() {
+            return Err("empty mailbox name".into());
+        }
+        Ok(m)
+    }
+
+    fn mailbox_raw(&mut self) -> PResult<String> {
+        let m = self.astring_utf8("mailbox name")?;
+        if m.len() > 1024 || m.chars().any(char::is_control) {
+            return Err("invalid mailbox name".into());
+        }
+        Ok(if m.eq_ignore_ascii_case("INBOX") {
+            "INBOX".into()
+        } else {
+            m
+        })
+    }
+
+    fn list_mailbox(&mut self) -> PResult<String> {
+        match self.peek() {
+            Some(b'"' | b'{') => self.mailbox_raw(),
+            _ => {
+                let a = self.take_while(|b| is_astring_char(b) || b == b'%' || b == b'*');
+                if a.is_empty() {
+                    return Err("expected a mailbox pattern".into());
+                }
+                Ok(String::from_utf8_lossy(a).into_owned())
+            }
+        }
+    }
+
+    fn status_items(&mut self) -> PResult<Vec<StatusItem>> {
+        self.expect(b'(', "'('")?;
+        let mut items = Vec::new();
+        loop {
+            let w = self
+                .take_while(|b| b.is_ascii_alphabetic())
+                .to_ascii_uppercase();
+            items.push(match w.as_slice() {
+                b"MESSAGES" => StatusItem::Messages,
+                b"RECENT" => StatusItem::Recent,
+                b"UIDNEXT" => StatusItem::UidNext,
+                b"UIDVALIDITY" => StatusItem::UidValidity,
+                b"UNSEEN" => StatusItem::Unseen,
+                b"SIZE" => StatusItem::Size,
+                b"HIGHESTMODSEQ" => StatusItem::HighestModSeq,
+                _ => return Err("unknown STATUS item".into()),
+            });
+            if items.len() > 16 || !self.eat(b' ') {
+                break;
+            }
+        }
+        self.expect(b')', "')'")?;
+        Ok(items)
+    }
+
+    fn flag(&mut self) -> PResult<String> {
+        let back = self.eat(b'\\');
+        let a = self.take_while(is_atom_char);
+        if back && a == b"*" {
+            return Err("\\* is not a flag".into());
+        }
+        if a.is_empty() || a.len() > 128 {
+            return Err("expected a flag".into());
+        }
+        let a = String::from_utf8_lossy(a);
+        if back {
+            match SYSTEM_FLAGS
+                .iter()
+                .find(|f| f[1..].eq_ignore_ascii_case(&a))
+            {
+                Some(f) => Ok((*f).to_string()),
+                None if a.eq_ignore_ascii_case("Recent") => {
+                    Err("\\Recent cannot be changed".into())
+                }
+                None => Err(format!("unknown system flag \\{a}")),
+            }
+        } else {
+            Ok(a.into_owned())
+        }
+    }
+
+    fn flag_list(&mut self) -> PResult<Vec<String>> {
+        self.expect(b'(', "'('")?;
+        let mut flags = Vec::new();
+        if self.eat(b')') {
+            return Ok(flags);
+        }
+        loop {
+            flags.push(self.flag()?);
+            if flags.len() > 64 {
+                return Err("too many flags".into());
+            }
+            if !self.eat(b' ') {
+                break;
+            }
+        }
+        self.expect(b')', "')'")?;
+        Ok(flags)
+    }
+
+    fn search_date(&mut self) -> PResult<i64> {
+        let quoted = self.eat(b'"');
+        let d = self.take_while(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if quoted {
+            self.expect(b'"', "'\"'")?;
+        }
+        parse_date(d).ok_or_else(|| "invalid date".into())
+    }
+
+    fn search_text(&mut self) -> PResult<String> {
+        Ok(String::from_utf8_lossy(&self.astring()?).into_owned())
+    }
+
+    fn search_key(&mut self, depth: usize) -> PResult<SearchKey> {
+        if depth > MAX_SEARCH_DEPTH {
+            return Err("search criteria nested too deeply".into());
+        }
+        if self.eat(b'(') {
+            let mut keys = vec![self.search_key(depth + 1)?];
+            while self.eat(b' ') {
+                if keys.len() >= 256 {
+                    return Err("too many search keys".into());
+                }
+                keys.push(self.search_key(depth + 1)?);
+            }
+            self.expect(b')', "')'")?;
+            return Ok(SearchKey::And(keys));
+        }
+        if self.peek().is_some_and(|b| b.is_ascii_digit() || b == b'*') {
+            return Ok(SearchKey::Seq(self.sequence_set()?));
+        }
+        let w = self
+            .take_while(|b| b.is_ascii_alphanumeric() || b == b'-')
+            .to_ascii_uppercase();
+        let flag = |f: &str| Ok(SearchKey::Flag(f.into()));
+        let noflag = |f: &str| Ok(SearchKey::NoFlag(f.into()));
+        match w.as_slice() {
+            b"ALL" => Ok(SearchKey::All),
+            b"ANSWERED" => flag("\\Answered"),
+            b"DELETED" => flag("\\Deleted"),
+            b"DRAFT" => flag("\\Draft"),
+            b"FLAGGED" => flag("\\Flagged"),
+            b"SEEN" => flag("\\Seen"),
+            b"UNANSWERED" => noflag("\\Answered"),
+            b"UNDELETED" => noflag("\\Deleted"),
+            b"UNDRAFT" => noflag("\\Draft"),
+            b"UNFLAGGED" => noflag("\\Flagged"),
+            b"UNSEEN" => noflag("\\Seen"),
+            b"RECENT" => Ok(SearchKey::Recent),
+            b"NEW" => Ok(SearchKey::New),
+            b"OLD" => Ok(SearchKey::Old),
+            b"KEYWORD" | b"UNKEYWORD" => {
+                self.sp()?;
+                let k = self.flag()?;
+                Ok(if w == b"KEYWORD" {
+                    SearchKey::Flag(k)
+                } else {
+                    SearchKey::NoFlag(k)
+                })
+            }
+            b"FROM" | b"TO" | b"CC" | b"BCC" | b"SUBJECT" => {
+                self.sp()?;
+                let v = self.search_text()?;
+                Ok(SearchKey::Header(
+                    String::from_utf8_lossy(&w).into_owned(),
+                    v,
+                ))
+            }
+            b"HEADER" => {
+                self.sp()?;
+                let n = self.search_text()?;
+                self.sp()?;
+                let v = self.search_text()?;
+                Ok(SearchKey::Header(n, v))
+            }
+            b"BODY" => {
+                self.sp()?;
+                Ok(SearchKey::Body(self.search_text()?))
+            }
+            b"TEXT" => {
+                self.sp()?;
+                Ok(SearchKey::Text(self.search_text()?))
+            }
+            b"LARGER" | b"SMALLER" => {
+                self.sp()?;
+                let n = self.number64()?;
+                Ok(if w == b"LARGER" {
+                    SearchKey::Larger(n)
+                } else {
+                    SearchKey::Smaller(n)
+                })
+            }
+            b"BEFORE" | b"ON" | b"SINCE" | b"SENTBEFORE" | b"SENTON" | b"SENTSINCE" => {
+                self.sp()?;
+                let d = self.search_date()?;
+                let cmp = match w.as_slice() {
+                    b"BEFORE" | b"SENTBEFORE" => DateCmp::Before,
+                    b"ON" | b"SENTON" => DateCmp::On,
+                    _ => DateCmp::Since,
+                };
+                Ok(if w.starts_with(b"SENT") {
+                    SearchKey::SentDate(cmp, d)
+                } else {
+                    SearchKey::Date(cmp, d)
+                })
+            }
+            b"UID" => {
+                self.sp()?;
+                Ok(SearchKey::Uid(self.sequence_set()?))
+            }
+            b"NOT" => {
+                self.sp()?;
+                Ok(SearchKey::Not(Box::new(self.search_key(depth + 1)?)))
+            }
+            b"OR" => {
+                self.sp()?;
+                let a = self.search_key(depth + 1)?;
+                self.sp()?;
+                let b = self.search_key(depth + 1)?;
+                Ok(SearchKey::Or(Box::new(a), Box::new(b)))
+            }
+            b"MODSEQ" => {
+                self.sp()?;
+                Ok(SearchKey::ModSeq(self.number64()?))
+            }
+            _ => Err("unknown search key".into()),
+        }
+    }
+}
+
+/// `d-Mon-yyyy` as days since the epoch.
+fn parse_date(d: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(d).ok()?;
+    let mut it = s.splitn(3, '-');
+    let day: u32 = it.next()?.parse().ok()?;
+    let month = crate::mime::month(it.next()?)?;
+    let year: i64 = it.next()?.parse().ok()?;
+    if !(1..=31).contains(&day) || !(1..=9999).contains(&year) {
+        return None;
+    }
+    Some(crate::mime::days_from_civil(year, month, day))
+}
+
+/// An IMAP `date-time` (`dd-Mon-yyyy hh:mm:ss +zzzz`, quotes removed) as
+/// Unix milliseconds.
+pub fn parse_date_time(v: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(v).ok()?.trim();
+    let (date, rest) = s.split_once(' ')?;
+    let (time, zone) = rest.trim().split_once(' ')?;
+    let day = parse_date(date.trim().as_bytes())?;
+    let mut t = time.splitn(3, ':');
+    let h: i64 = t.next()?.parse().ok()?;
+    let m: i64 = t.next()?.parse().ok()?;
+    let sec: i64 = t.next()?.parse().ok()?;
+    if h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    let zone = zone.trim();
+    if zone.len() != 5 {
+        return None;
+    }
+    let sign = match zone.as_bytes()[0] {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let zh: i64 = zone[1..3].parse().ok()?;
+    let zm: i64 = zone[3..5].parse().ok()?;
+    let secs = day * 86_400 + h * 3600 + m * 60 + sec - sign * (zh * 3600 + zm * 60);
+    Some(secs * 1000)
+}
+
+/// Does `name` match a LIST pattern (`*` matches anything, `%` anything but
+/// the hierarchy delimiter `/`)? RFC 3501 §6.3.8. INBOX matches case-insensitively.
+pub fn list_matches(pattern: &str, name: &str) -> bool {
+    fn go(p: &[u8], n: &[u8], budget: &mut u32) -> bool {
+        if *budget == 0 {
+            return false;
+        }
+        *budget -= 1;
+        match p.split_first() {
+            None => n.is_empty(),
+            Some((b'*', rest)) => (0..=n.len()).any(|i| go(rest, &n[i..], budget)),
+            Some((b'%', rest)) => {
+                let lim = n.iter().position(|&b| b == b'/').unwrap_or(n.len());
+                (0..=lim).any(|i| go(rest, &n[i..], budget))
+            }
+            Some((c, rest)) => n.first() == Some(c) && go(rest, &n[1..], budget),
+        }
+    }
+    let p = match (pattern.get(..5), pattern.get(5..)) {
+        (Some(head), Some(tail)) if head.eq_ignore_ascii_case("INBOX") => format!("INBOX{tail}"),
+        _ => pattern.to_string(),
+    };
+    let mut budget = 100_000;
+    go(p.as_bytes(), name.as_bytes(), &mut budget)
+}
+
+/// Quote a string for a response (`"..."`, or a literal when it needs one).
+pub fn quote(s: &str) -> String {
+    let mut out = String::new();
+    crate::mime::string(&mut out, s.as_bytes());
     out
 }
 
@@ -1151,16 +2392,20 @@ mod tests {
         assert_eq!(
             p(b"a select inbox\r\n"),
             CommandKind::Select {
-                mailbox: "inbox".into()
+                mailbox: "INBOX".into(),
+                condstore: false
             }
         );
         assert_eq!(
             p(b"a EXAMINE \"INBOX\"\r\n"),
             CommandKind::Examine {
-                mailbox: "INBOX".into()
+                mailbox: "INBOX".into(),
+                condstore: false
             }
         );
-        let CommandKind::Fetch { set, attrs, uid } = p(b"a1 UID fetch 1:* (FLAGS BODY.PEEK[])\r\n")
+        let CommandKind::Fetch {
+            set, attrs, uid, ..
+        } = p(b"a1 UID fetch 1:* (FLAGS BODY.PEEK[])\r\n")
         else {
             panic!()
         };
@@ -1213,6 +2458,177 @@ mod tests {
     }
 
     #[test]
+    fn parses_mailbox_commands() {
+        let p = |s: &[u8]| parse_command(s).unwrap().kind;
+        assert_eq!(
+            p(b"a LIST \"\" \"*\""),
+            CommandKind::List {
+                reference: String::new(),
+                patterns: vec!["*".into()],
+                subscribed_only: false,
+                special_only: false,
+                lsub: false,
+                status: vec![]
+            }
+        );
+        let CommandKind::List {
+            special_only,
+            status,
+            ..
+        } = p(
+            b"a LIST (SPECIAL-USE) \"\" (% INBOX/*) RETURN (SPECIAL-USE STATUS (MESSAGES UNSEEN))",
+        )
+        else {
+            panic!()
+        };
+        assert!(special_only);
+        assert_eq!(status, vec![StatusItem::Messages, StatusItem::Unseen]);
+        assert_eq!(
+            p(b"a RENAME inbox \"Old Mail\""),
+            CommandKind::Rename {
+                from: "INBOX".into(),
+                to: "Old Mail".into()
+            }
+        );
+        assert_eq!(
+            p(b"a APPEND Drafts (\\Draft $x) \" 7-Feb-1994 21:52:25 -0800\" {3+}\r\nabc"),
+            CommandKind::Append {
+                mailbox: "Drafts".into(),
+                flags: vec!["\\Draft".into(), "$x".into()],
+                date_ms: Some(760_686_745_000),
+                message: b"abc".to_vec()
+            }
+        );
+        let CommandKind::Store {
+            mode,
+            silent,
+            flags,
+            uid,
+            ..
+        } = p(b"a UID STORE 1:* +FLAGS.SILENT (\\Deleted)")
+        else {
+            panic!()
+        };
+        assert_eq!((mode, silent, uid), (StoreMode::Add, true, true));
+        assert_eq!(flags, vec!["\\Deleted"]);
+        assert!(matches!(
+            p(b"a UID MOVE 1,3 Trash"),
+            CommandKind::Copy {
+                remove: true,
+                uid: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            p(b"a UID EXPUNGE 4:5"),
+            CommandKind::Expunge { uids: Some(_) }
+        ));
+        let CommandKind::Search { key, .. } =
+            p(b"a UID SEARCH CHARSET UTF-8 OR FROM bob (SUBJECT \"x y\" UNSEEN) NOT 1:2 SINCE 1-Feb-1994")
+        else {
+            panic!()
+        };
+        let SearchKey::And(keys) = key else { panic!() };
+        assert_eq!(keys.len(), 3);
+        assert_eq!(
+            keys[2],
+            SearchKey::Date(DateCmp::Since, crate::mime::days_from_civil(1994, 2, 1))
+        );
+        let CommandKind::Fetch { attrs, .. } =
+            p(b"a FETCH 1 (ENVELOPE BODYSTRUCTURE BODY BODY.PEEK[1.2.MIME])")
+        else {
+            panic!()
+        };
+        assert_eq!(attrs[3].response_name(), "BODY[1.2.MIME]");
+        assert_eq!(
+            p(b"a AUTHENTICATE plain AGFsaWNlAHB3"),
+            CommandKind::Authenticate {
+                mechanism: "PLAIN".into(),
+                initial: Some("AGFsaWNlAHB3".into())
+            }
+        );
+        assert_eq!(
+            p(b"a ID (\"name\" \"mutt\" \"version\" NIL)"),
+            CommandKind::Id
+        );
+        assert!(list_matches("*", "a/b"));
+        assert_eq!(
+            p(b"a SELECT Trash (CONDSTORE)"),
+            CommandKind::Select {
+                mailbox: "Trash".into(),
+                condstore: true
+            }
+        );
+        let CommandKind::Fetch {
+            attrs,
+            changed_since,
+            ..
+        } = p(b"a UID FETCH 1:* (FLAGS) (CHANGEDSINCE 12345)")
+        else {
+            panic!()
+        };
+        assert_eq!(changed_since, Some(12345));
+        assert!(attrs.contains(&FetchAttr::ModSeq));
+        let CommandKind::Store {
+            unchanged_since, ..
+        } = p(b"a STORE 1 (UNCHANGEDSINCE 7) +FLAGS (\\Seen)")
+        else {
+            panic!()
+        };
+        assert_eq!(unchanged_since, Some(7));
+        assert!(!list_matches("%", "a/b"));
+        assert!(list_matches("inbox", "INBOX"));
+        assert!(list_matches("a/%", "a/b"));
+    }
+
+    #[test]
+    fn search_matches() {
+        let msg = b"From: Bob <bob@x.test>\r\nSubject: Quarterly Report\r\nDate: 2 Mar 2024 10:00 +0000\r\n\r\nsee attached numbers\r\n";
+        let flags = vec!["\\Seen".to_string()];
+        let m = SearchMsg {
+            seq: 2,
+            uid: 7,
+            max_seq: 3,
+            max_uid: 9,
+            flags: &flags,
+            recent: false,
+            size: msg.len() as u64,
+            internal_date_ms: 0,
+            modseq: 1,
+            content: Some(msg),
+        };
+        let k = |s: &str| {
+            let CommandKind::Search { key, .. } = parse_command(format!("a SEARCH {s}").as_bytes())
+                .unwrap()
+                .kind
+            else {
+                panic!()
+            };
+            key
+        };
+        for (q, want) in [
+            ("SUBJECT report", true),
+            ("FROM \"BOB@\"", true),
+            ("BODY numbers", true),
+            ("BODY quarterly", false),
+            ("TEXT quarterly", true),
+            ("UNSEEN", false),
+            ("NOT UNSEEN", true),
+            ("OR FLAGGED UID 7", true),
+            ("UID 8:*", false),
+            ("2", true),
+            ("SENTON 2-Mar-2024", true),
+            ("SENTBEFORE 2-Mar-2024", false),
+            ("BEFORE 2-Jan-1970", true),
+            ("LARGER 10000", false),
+            ("HEADER Date \"\"", true),
+            ("HEADER X-Nope \"\"", false),
+        ] {
+            assert_eq!(k(q).matches(&m), want, "{q}");
+        }
+    }
+
+    #[test]
     fn bad_commands_keep_their_tag() {
         let e = parse_command(b"a1 FROB\r\n").unwrap_err();
         assert_eq!(e.tag.as_deref(), Some("a1"));
@@ -1229,8 +2645,16 @@ mod tests {
             b"a1 FETCH 0 FLAGS",
             b"a1 FETCH 1: FLAGS",
             b"a1 FETCH 1 (FLAGS",
-            b"a1 FETCH 1 ENVELOPE",
-            b"a1 FETCH 1 BODY[1.MIME]",
+            b"a1 FETCH 1 BODY[1.]",
+            b"a1 FETCH 1 BODY[0]",
+            b"a1 STORE 1 FLAGS (\\Recent)",
+            b"a1 STORE 1 FLAGS (\\Bogus)",
+            b"a1 SEARCH FROB",
+            b"a1 SEARCH CHARSET KOI8-R ALL",
+            b"a1 SEARCH SINCE 32-Jan-2020",
+            b"a1 LIST (BOGUS) \"\" *",
+            b"a1 APPEND INBOX (\\Seen) \"bad date\" {1}\r\nx",
+            b"a1 STATUS INBOX (FOO)",
             b"a1 FETCH 1 BODY[]<0.0>",
             b"a1 NOOP extra",
             b"a1 UID STORE 1 FLAGS",
@@ -1253,7 +2677,18 @@ mod tests {
             for &y in alphabet {
                 for &z in alphabet {
                     let tail = [x, y, z];
-                    for prefix in [&b"a FETCH "[..], b"a LOGIN ", b"a UID FETCH 1 BODY[", b""] {
+                    for prefix in [
+                        &b"a FETCH "[..],
+                        b"a LOGIN ",
+                        b"a UID FETCH 1 BODY[",
+                        b"a SEARCH ",
+                        b"a SEARCH OR NOT (",
+                        b"a STORE 1 +FLAGS",
+                        b"a LIST ",
+                        b"a APPEND x ",
+                        b"a STATUS x (",
+                        b"",
+                    ] {
                         let mut input = prefix.to_vec();
                         input.extend_from_slice(&tail);
                         let _ = parse_command(&input);
@@ -1359,11 +2794,13 @@ mod tests {
             "\"29-Feb-2000 00:00:00 +0000\""
         );
         assert_eq!(
-            parse_flags("\\seen \\Bogus \\Seen \\Deleted"),
-            vec!["\\Seen", "\\Deleted"]
+            parse_flags("\\seen \\Bogus \\Seen \\Deleted $Junk $junk a(b"),
+            vec!["\\Seen", "\\Deleted", "$Junk"]
         );
-        assert!(capabilities(false).contains("LOGINDISABLED"));
-        assert!(greeting("h\r\nx", true).starts_with(b"* OK [CAPABILITY IMAP4rev1"));
+        assert!(capabilities(false, true, false).contains("LOGINDISABLED"));
+        assert!(capabilities(false, true, false).contains("STARTTLS"));
+        assert!(!capabilities(true, true, true).contains("AUTH=PLAIN"));
+        assert!(greeting("h\r\nx", true, false).starts_with(b"* OK [CAPABILITY IMAP4rev1"));
     }
 
     #[test]
@@ -1372,6 +2809,7 @@ mod tests {
             set: SequenceSet::parse(b"1").unwrap(),
             attrs: vec![],
             uid: false,
+            changed_since: None,
         };
         assert!(!fetch.allowed_in(State::Authenticated));
         assert!(fetch.allowed_in(State::Selected));

@@ -1,4 +1,5 @@
-//! POP3 (RFC 1939, with CAPA and response codes from RFC 2449).
+//! POP3 (RFC 1939, with CAPA and response codes from RFC 2449, STLS from
+//! RFC 2595 and AUTH PLAIN from RFC 5034 / RFC 4616).
 //!
 //! [`parse_command`] turns one command line into a [`Command`]; [`Session`]
 //! is the AUTHORIZATION → TRANSACTION → UPDATE state machine. The session
@@ -37,6 +38,15 @@ pub enum Command {
     Rset,
     /// `QUIT`.
     Quit,
+    /// `STLS` (RFC 2595 §4).
+    Stls,
+    /// `AUTH [mechanism [initial-response]]` (RFC 5034).
+    Auth {
+        /// Mechanism, upper-cased; `None` asks for the list.
+        mechanism: Option<String>,
+        /// Base64 initial response (`=` for empty).
+        initial: Option<String>,
+    },
 }
 
 /// Why a command line was rejected.
@@ -94,9 +104,11 @@ pub fn parse_command(line: &[u8]) -> Result<Command, ParseError> {
         "NOOP" => "NOOP",
         "RSET" => "RSET",
         "QUIT" => "QUIT",
+        "STLS" => "STLS",
+        "AUTH" => "AUTH",
         _ => {
-            let mut shown = name;
-            shown.truncate(40);
+            // By characters: the lossy decoding may hold multi-byte U+FFFD.
+            let shown: String = name.chars().take(40).collect();
             return Err(ParseError::Unknown(shown));
         }
     };
@@ -130,6 +142,22 @@ pub fn parse_command(line: &[u8]) -> Result<Command, ParseError> {
         "NOOP" => no_args(Command::Noop),
         "RSET" => no_args(Command::Rset),
         "QUIT" => no_args(Command::Quit),
+        "STLS" => no_args(Command::Stls),
+        "AUTH" => match args.as_slice() {
+            [] => Ok(Command::Auth {
+                mechanism: None,
+                initial: None,
+            }),
+            [m] => Ok(Command::Auth {
+                mechanism: Some(m.to_ascii_uppercase()),
+                initial: None,
+            }),
+            [m, r] => Ok(Command::Auth {
+                mechanism: Some(m.to_ascii_uppercase()),
+                initial: Some((*r).to_string()),
+            }),
+            _ => Err(syntax),
+        },
         "USER" => match args.as_slice() {
             [u] => Ok(Command::User((*u).to_string())),
             _ => Err(syntax),
@@ -191,11 +219,16 @@ pub enum Action {
     },
     /// Send these bytes and close the connection.
     Close(Vec<u8>),
+    /// Send these bytes, then start TLS on the connection and call
+    /// [`Session::tls_started`] (RFC 2595 §4).
+    StartTls(Vec<u8>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Authorization,
+    /// AUTH PLAIN sent `+ `; the next line is the client's response.
+    SaslWait,
     Authenticating,
     Transaction,
     Done,
@@ -209,6 +242,7 @@ pub struct Session {
     messages: Vec<MessageInfo>,
     deleted: Vec<bool>,
     plaintext_ok: bool,
+    stls: bool,
 }
 
 fn ok(text: &str) -> Vec<u8> {
@@ -232,7 +266,21 @@ impl Session {
             messages: Vec::new(),
             deleted: Vec::new(),
             plaintext_ok,
+            stls: false,
         }
+    }
+
+    /// Offer STLS (a cleartext connection with TLS configured).
+    pub fn offer_stls(&mut self, on: bool) {
+        self.stls = on;
+    }
+
+    /// TLS is now active: password authentication is allowed and STLS is
+    /// no longer offered. Any state from before is forgotten (RFC 2595 §4).
+    pub fn tls_started(&mut self) {
+        self.stls = false;
+        self.plaintext_ok = true;
+        self.user = None;
     }
 
     /// The greeting to send when the connection opens.
@@ -252,8 +300,13 @@ impl Session {
 
     fn capa(&self) -> Vec<u8> {
         let mut out = b"+OK capability list follows\r\n".to_vec();
-        if self.state == State::Authorization && self.plaintext_ok {
-            out.extend_from_slice(b"USER\r\n");
+        if self.state == State::Authorization {
+            if self.plaintext_ok {
+                out.extend_from_slice(b"USER\r\nSASL PLAIN\r\n");
+            }
+            if self.stls {
+                out.extend_from_slice(b"STLS\r\n");
+            }
         }
         out.extend_from_slice(b"TOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\nIMPLEMENTATION Tern\r\n.\r\n");
         out
@@ -282,13 +335,17 @@ impl Session {
 
     /// Handle one command line (with or without CRLF).
     pub fn handle_line(&mut self, line: &[u8]) -> Action {
+        if self.state == State::SaslWait {
+            self.state = State::Authorization;
+            return self.sasl_plain(strip_eol(line));
+        }
         let cmd = match parse_command(line) {
             Ok(c) => c,
             Err(ParseError::Unknown(_)) => return Action::Reply(err("unknown command")),
             Err(e) => return Action::Reply(err(&e.to_string())),
         };
         match self.state {
-            State::Authorization => self.authorization(cmd),
+            State::Authorization | State::SaslWait => self.authorization(cmd),
             State::Authenticating => Action::Reply(err("authentication in progress")),
             State::Transaction => self.transaction(cmd),
             State::Done => Action::Close(err("session ended")),
@@ -302,9 +359,29 @@ impl Session {
                 self.state = State::Done;
                 Action::Close(ok("bye"))
             }
-            Command::User(_) | Command::Pass(_) if !self.plaintext_ok => Action::Reply(err(
-                "[AUTH] plaintext authentication is disabled on this connection; use TLS (port 995)",
-            )),
+            Command::Stls if self.stls => {
+                self.stls = false;
+                Action::StartTls(ok("begin TLS negotiation"))
+            }
+            Command::Stls => Action::Reply(err("STLS not available")),
+            Command::Auth {
+                mechanism: None, ..
+            } => Action::Reply(ok("supported mechanisms follow\r\nPLAIN\r\n.")),
+            Command::Auth {
+                mechanism: Some(m), ..
+            } if m != "PLAIN" => Action::Reply(err("unsupported mechanism")),
+            Command::User(_) | Command::Pass(_) | Command::Auth { .. } if !self.plaintext_ok => {
+                Action::Reply(err(
+                    "[AUTH] plaintext authentication is disabled on this connection; use STLS or TLS (port 995)",
+                ))
+            }
+            Command::Auth {
+                initial: Some(r), ..
+            } => self.sasl_plain(r.as_bytes()),
+            Command::Auth { initial: None, .. } => {
+                self.state = State::SaslWait;
+                Action::Reply(b"+ \r\n".to_vec())
+            }
             Command::User(u) => {
                 self.user = Some(u);
                 Action::Reply(ok("send PASS"))
@@ -317,6 +394,40 @@ impl Session {
                 None => Action::Reply(err("send USER first")),
             },
             _ => Action::Reply(err("not allowed before authentication")),
+        }
+    }
+
+    /// A SASL PLAIN response (RFC 4616): `authzid NUL authcid NUL passwd`.
+    fn sasl_plain(&mut self, resp: &[u8]) -> Action {
+        if resp == b"*" {
+            return Action::Reply(err("authentication cancelled"));
+        }
+        let decoded = if resp == b"=" {
+            Some(Vec::new())
+        } else {
+            crate::base64_decode(resp)
+        };
+        let parts: Option<Vec<String>> = decoded.and_then(|d| {
+            let p: Vec<&[u8]> = d.split(|&b| b == 0).collect();
+            if p.len() != 3 {
+                return None;
+            }
+            p.iter()
+                .map(|x| String::from_utf8(x.to_vec()).ok())
+                .collect()
+        });
+        match parts.as_deref() {
+            Some([authz, user, password])
+                if authz.is_empty() || authz.eq_ignore_ascii_case(user) =>
+            {
+                self.state = State::Authenticating;
+                Action::Authenticate {
+                    user: user.clone(),
+                    password: password.clone(),
+                }
+            }
+            Some(_) => Action::Reply(err("[AUTH] cannot act as another user")),
+            None => Action::Reply(err("malformed SASL PLAIN response")),
         }
     }
 
@@ -423,7 +534,9 @@ impl Session {
                     .collect();
                 return Action::Update { deleted };
             }
-            Command::User(_) | Command::Pass(_) => err("already authenticated"),
+            Command::User(_) | Command::Pass(_) | Command::Auth { .. } | Command::Stls => {
+                err("already authenticated")
+            }
         };
         Action::Reply(reply)
     }

@@ -102,14 +102,17 @@ pub async fn authenticate(
 pub struct AccountsService {
     store: Arc<Store>,
     local_domains: Vec<Domain>,
+    default_quota: u64,
 }
 
 impl AccountsService {
-    /// Serve accounts from `store`; new accounts must be in `local_domains`.
-    pub fn new(store: Arc<Store>, local_domains: Vec<Domain>) -> Self {
+    /// Serve accounts from `store`; new accounts must be in `local_domains`
+    /// and get `default_quota` octets (0: unlimited).
+    pub fn new(store: Arc<Store>, local_domains: Vec<Domain>, default_quota: u64) -> Self {
         AccountsService {
             store,
             local_domains,
+            default_quota,
         }
     }
 
@@ -208,6 +211,12 @@ impl Accounts for AccountsService {
                 .map_err(internal)?
             {
                 return Err(Status::already_exists(format!("{address} already exists")));
+            }
+            if self.default_quota > 0 {
+                self.store
+                    .set_quota(&address, self.default_quota)
+                    .await
+                    .map_err(internal)?;
             }
             tracing::info!(%address, "account added");
             Ok(Response::new(AddUserResponse {}))

@@ -299,6 +299,17 @@ async fn deliver_one(
                 "message already stored",
             )
         }
+        Ok(Delivered::OverQuota) => {
+            tracing::info!(rcpt = %address, "over quota; deferring");
+            metrics::counter!("tern_mailbox_over_quota_total").increment(1);
+            result(
+                rcpt,
+                Outcome::Deferred,
+                452,
+                "4.2.2",
+                "mailbox full: over quota",
+            )
+        }
         Err(e) => {
             tracing::warn!(error = %e, rcpt = %address, "store message");
             result(

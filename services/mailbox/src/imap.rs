@@ -1,64 +1,111 @@
 //! The IMAP session: network I/O around `tern_mailproto::imap`.
+//!
+//! A session keeps its own view of the selected mailbox (sequence numbers
+//! are positions in it). Changes made by other sessions, on this replica or
+//! another, are found by comparing HIGHESTMODSEQ and re-reading the
+//! mailbox, and announced as untagged EXISTS / EXPUNGE / FETCH responses
+//! before a command completes (RFC 9051 §7.5.1: never EXPUNGE during
+//! FETCH, STORE or SEARCH, so those only announce new mail and flags).
 
+use std::collections::HashMap;
 use std::io;
 use std::time::Duration;
 
 use tern_mailproto::imap::{
-    self, Command, CommandKind, FetchAttr, FetchItem, Frame, Framer, SequenceSet, State, Status,
+    self, Command, CommandKind, FetchAttr, FetchItem, Frame, Framer, SearchKey, SearchMsg,
+    SequenceSet, State, Status, StatusItem, StoreMode,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::sync::broadcast;
 
 use crate::accounts;
 use crate::net::{Io, SessionCtx};
-use crate::store::{Account, Mailbox, MessageMeta};
+use crate::store::{Account, Added, DELIMITER, INBOX, Mailbox, MailboxOp, MessageMeta, StoreError};
 
 /// Autologout after this long without a command (RFC 9051 asks for at least 30 minutes).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// While IDLE, re-check the mailbox this often even without a notification
+/// (a safety net for notifications lost while NATS was unreachable).
+const IDLE_POLL: Duration = Duration::from_secs(30);
 
 type Conn = BufWriter<Box<dyn Io>>;
+
+const UNAVAILABLE: &str = "[UNAVAILABLE] temporary failure, try again later";
 
 enum Flow {
     Continue,
     Close,
+    StartTls,
+    /// AUTHENTICATE PLAIN without an initial response: read it next.
+    SaslContinue(String),
+    /// IDLE began: wait for DONE.
+    Idle(String),
 }
 
 struct Selected {
     mailbox: Mailbox,
+    name: String,
     readonly: bool,
     msgs: Vec<MessageMeta>,
-    recent: usize,
+    /// Messages with a UID above this are `\Recent` in this session.
+    recent_above: u32,
+    /// HIGHESTMODSEQ this view reflects.
+    modseq: u64,
+    /// Expunges seen but not yet announced (not allowed at the time).
+    pending_expunge: bool,
 }
 
 struct Session<'a> {
     ctx: &'a SessionCtx,
     state: State,
-    login_ok: bool,
+    tls: bool,
     account: Option<Account>,
     selected: Option<Selected>,
+    changes: Option<broadcast::Receiver<i64>>,
+    /// CONDSTORE is enabled (RFC 7162 §3.1): MODSEQ goes into FETCH responses.
+    condstore: bool,
 }
 
 enum Input {
     Shutdown,
     Idle,
+    Changed,
+    Poll,
     Read(io::Result<usize>),
+}
+
+fn status_err(tag: &str, e: &StoreError, what: &str) -> Vec<u8> {
+    tracing::warn!(error = %e, "{what}: storage error");
+    imap::tagged(tag, Status::No, UNAVAILABLE)
 }
 
 /// Serve one IMAP connection until LOGOUT, EOF, idle timeout or shutdown.
 pub async fn session(stream: Box<dyn Io>, tls: bool, ctx: &SessionCtx) -> io::Result<()> {
-    let login_ok = tls || ctx.allow_plaintext_auth;
-    let mut io = BufWriter::new(stream);
-    io.write_all(&imap::greeting(&ctx.hostname, login_ok))
-        .await?;
-    io.flush().await?;
     let mut s = Session {
         ctx,
         state: State::NotAuthenticated,
-        login_ok,
+        tls,
         account: None,
         selected: None,
+        changes: None,
+        condstore: false,
     };
-    let mut framer = Framer::new();
+    let mut io = BufWriter::new(stream);
+    io.write_all(&imap::greeting(
+        &ctx.hostname,
+        s.login_ok(),
+        s.starttls_ok(),
+    ))
+    .await?;
+    io.flush().await?;
+    let mut framer = Framer::with_limits(
+        imap::MAX_LINE,
+        ctx.max_message,
+        ctx.max_message + imap::MAX_COMMAND,
+    );
     let mut buf = vec![0u8; 16 * 1024];
+    let mut sasl: Option<String> = None;
+    let mut idling: Option<String> = None;
     loop {
         while let Some(frame) = framer.next_frame() {
             let flow = match frame {
@@ -69,35 +116,117 @@ pub async fn session(stream: Box<dyn Io>, tls: bool, ctx: &SessionCtx) -> io::Re
                     Flow::Continue
                 }
                 Frame::TooLong { tag } => {
+                    sasl = None;
+                    idling = None;
                     io.write_all(&bad(tag.as_deref(), "line too long")).await?;
                     Flow::Continue
                 }
                 Frame::LiteralTooLarge { tag } => {
-                    io.write_all(&bad(tag.as_deref(), "literal too large"))
+                    io.write_all(&bad(tag.as_deref(), "[TOOBIG] literal too large"))
                         .await?;
                     Flow::Continue
                 }
-                Frame::Command(bytes) => match imap::parse_command(&bytes) {
-                    Ok(cmd) => s.execute(cmd, &mut io).await?,
-                    Err(e) => {
-                        io.write_all(&e.response()).await?;
+                Frame::Command(bytes) => {
+                    if let Some(tag) = sasl.take() {
+                        s.sasl_response(&tag, &bytes, &mut io).await?;
                         Flow::Continue
+                    } else if let Some(tag) = idling.take() {
+                        // RFC 2177: the client ends IDLE with "DONE".
+                        let line = trim_crlf(&bytes);
+                        if line.eq_ignore_ascii_case(b"DONE") {
+                            s.refresh(&mut io, true).await?;
+                            io.write_all(&imap::tagged(&tag, Status::Ok, "IDLE terminated"))
+                                .await?;
+                        } else {
+                            io.write_all(&imap::tagged(&tag, Status::Bad, "expected DONE"))
+                                .await?;
+                        }
+                        Flow::Continue
+                    } else {
+                        match imap::parse_command(&bytes) {
+                            Ok(cmd) => s.execute(cmd, &mut io).await?,
+                            Err(e) => {
+                                io.write_all(&e.response()).await?;
+                                Flow::Continue
+                            }
+                        }
                     }
-                },
+                }
             };
-            if let Flow::Close = flow {
-                io.flush().await?;
-                return Ok(());
+            match flow {
+                Flow::Continue => {}
+                Flow::Close => {
+                    io.flush().await?;
+                    return Ok(());
+                }
+                Flow::SaslContinue(tag) => {
+                    io.write_all(b"+ \r\n").await?;
+                    sasl = Some(tag);
+                }
+                Flow::Idle(tag) => {
+                    io.write_all(&imap::continuation("idling")).await?;
+                    idling = Some(tag);
+                }
+                Flow::StartTls => {
+                    io.flush().await?;
+                    let Some(acceptor) = ctx.tls.clone() else {
+                        return Ok(());
+                    };
+                    // Anything the client pipelined after STARTTLS was sent in
+                    // the clear; it is discarded (RFC 9051 §6.2.1).
+                    framer = Framer::with_limits(
+                        imap::MAX_LINE,
+                        ctx.max_message,
+                        ctx.max_message + imap::MAX_COMMAND,
+                    );
+                    let inner = io.into_inner();
+                    let stream = match tokio::time::timeout(
+                        crate::net::TLS_HANDSHAKE_TIMEOUT,
+                        acceptor.accept(inner),
+                    )
+                    .await
+                    {
+                        Ok(Ok(t)) => t,
+                        _ => return Ok(()),
+                    };
+                    io = BufWriter::new(Box::new(stream));
+                    s.tls = true;
+                    break;
+                }
             }
         }
         io.flush().await?;
-        let input = tokio::select! {
-            biased;
-            _ = ctx.shutdown.wait() => Input::Shutdown,
-            r = tokio::time::timeout(IDLE_TIMEOUT, io.read(&mut buf)) => match r {
-                Ok(r) => Input::Read(r),
-                Err(_) => Input::Idle,
-            },
+        let timeout = if idling.is_some() {
+            IDLE_POLL
+        } else {
+            IDLE_TIMEOUT
+        };
+        let input = {
+            let changes = s.changes.as_mut();
+            let account = s.account.as_ref().map(|a| a.id);
+            let watching = idling.is_some();
+            tokio::select! {
+                biased;
+                _ = ctx.shutdown.wait() => Input::Shutdown,
+                changed = async {
+                    match changes {
+                        Some(rx) if watching => loop {
+                            match rx.recv().await {
+                                Ok(a) if Some(a) == account => return true,
+                                Ok(_) => {}
+                                Err(broadcast::error::RecvError::Lagged(_)) => return true,
+                                Err(broadcast::error::RecvError::Closed) => return false,
+                            }
+                        },
+                        _ => std::future::pending().await,
+                    }
+                } => if changed { Input::Changed } else { Input::Poll },
+                r = tokio::time::timeout(timeout, io.read(&mut buf)) => match r {
+                    Ok(r) => Input::Read(r),
+                    Err(_) if idling.is_some() => Input::Poll,
+                    Err(_) => Input::Idle,
+                },
+            }
         };
         match input {
             Input::Shutdown => {
@@ -112,6 +241,9 @@ pub async fn session(stream: Box<dyn Io>, tls: bool, ctx: &SessionCtx) -> io::Re
                 io.flush().await?;
                 return Ok(());
             }
+            Input::Changed | Input::Poll => {
+                s.refresh(&mut io, true).await?;
+            }
             Input::Read(r) => {
                 let n = r?;
                 if n == 0 {
@@ -123,6 +255,11 @@ pub async fn session(stream: Box<dyn Io>, tls: bool, ctx: &SessionCtx) -> io::Re
     }
 }
 
+fn trim_crlf(b: &[u8]) -> &[u8] {
+    let b = b.strip_suffix(b"\n").unwrap_or(b);
+    b.strip_suffix(b"\r").unwrap_or(b)
+}
+
 fn bad(tag: Option<&str>, text: &str) -> Vec<u8> {
     match tag {
         Some(t) => imap::tagged(t, Status::Bad, text),
@@ -130,33 +267,102 @@ fn bad(tag: Option<&str>, text: &str) -> Vec<u8> {
     }
 }
 
+/// A compact sequence set (`1:3,7`) for COPYUID / ESEARCH.
+fn compact_set(nums: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < nums.len() {
+        let start = nums[i];
+        let mut end = start;
+        while i + 1 < nums.len() && nums[i + 1] == end.wrapping_add(1) {
+            end = nums[i + 1];
+            i += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
+fn normalize(name: &str) -> String {
+    let n = name.trim_end_matches(DELIMITER);
+    if n.eq_ignore_ascii_case(INBOX) {
+        INBOX.to_string()
+    } else {
+        n.to_string()
+    }
+}
+
 impl Session<'_> {
+    fn login_ok(&self) -> bool {
+        self.tls || self.ctx.allow_plaintext_auth
+    }
+
+    fn starttls_ok(&self) -> bool {
+        !self.tls && self.ctx.tls.is_some()
+    }
+
     async fn execute(&mut self, cmd: Command, io: &mut Conn) -> io::Result<Flow> {
         let tag = cmd.tag.as_str();
         if !cmd.kind.allowed_in(self.state) {
             let why = match (&cmd.kind, self.state) {
-                (CommandKind::Login { .. }, _) => "already authenticated",
+                (CommandKind::Login { .. } | CommandKind::Authenticate { .. }, _) => {
+                    "already authenticated"
+                }
+                (CommandKind::StartTls, _) => "STARTTLS only before authentication",
                 (_, State::NotAuthenticated) => "log in first",
-                (CommandKind::Fetch { .. }, _) => "no mailbox selected",
-                _ => "command not allowed in this state",
+                _ => "no mailbox selected",
             };
             io.write_all(&imap::tagged(tag, Status::Bad, why)).await?;
             return Ok(Flow::Continue);
         }
+        let account = self.account.as_ref().map(|a| a.id).unwrap_or_default();
+        let store = &self.ctx.store;
+        let done = match &cmd.kind {
+            CommandKind::Fetch { uid: true, .. } => "UID FETCH completed",
+            CommandKind::Fetch { .. } => "FETCH completed",
+            CommandKind::Store { .. } => "STORE completed",
+            CommandKind::Search { .. } => "SEARCH completed",
+            _ => "",
+        };
+        // Commands after which EXPUNGE may not be announced (RFC 9051 §7.5.1).
+        let mut expunge_ok = true;
+        // Commands that work on the view see other sessions' flag changes
+        // and new messages first, so they act on (and show) current data.
+        if matches!(
+            cmd.kind,
+            CommandKind::Fetch { .. }
+                | CommandKind::Store { .. }
+                | CommandKind::Search { .. }
+                | CommandKind::Copy { .. }
+        ) {
+            self.refresh(io, false).await?;
+        }
         match cmd.kind {
             CommandKind::Capability => {
-                let caps = imap::capabilities(self.login_ok);
+                let caps = imap::capabilities(
+                    self.login_ok(),
+                    self.starttls_ok(),
+                    self.state != State::NotAuthenticated,
+                );
                 io.write_all(&imap::untagged(&format!("CAPABILITY {caps}")))
                     .await?;
                 io.write_all(&imap::tagged(tag, Status::Ok, "CAPABILITY completed"))
                     .await?;
+                return Ok(Flow::Continue);
             }
-            CommandKind::Noop => {
-                if let Err(e) = self.refresh(io).await {
-                    tracing::warn!(error = %e, "refresh mailbox");
-                }
-                io.write_all(&imap::tagged(tag, Status::Ok, "NOOP completed"))
+            CommandKind::Noop | CommandKind::Check => {
+                self.refresh(io, true).await?;
+                io.write_all(&imap::tagged(tag, Status::Ok, "completed"))
                     .await?;
+                return Ok(Flow::Continue);
             }
             CommandKind::Logout => {
                 self.state = State::Logout;
@@ -166,12 +372,373 @@ impl Session<'_> {
                     .await?;
                 return Ok(Flow::Close);
             }
-            CommandKind::Login { user, password } => self.login(tag, &user, &password, io).await?,
-            CommandKind::Select { mailbox } => self.select(tag, &mailbox, false, io).await?,
-            CommandKind::Examine { mailbox } => self.select(tag, &mailbox, true, io).await?,
-            CommandKind::Fetch { set, attrs, uid } => {
-                self.fetch(tag, &set, &attrs, uid, io).await?
+            CommandKind::StartTls => {
+                if !self.starttls_ok() {
+                    io.write_all(&imap::tagged(
+                        tag,
+                        Status::Bad,
+                        "TLS is already active or not available",
+                    ))
+                    .await?;
+                    return Ok(Flow::Continue);
+                }
+                io.write_all(&imap::tagged(tag, Status::Ok, "Begin TLS negotiation now"))
+                    .await?;
+                return Ok(Flow::StartTls);
             }
+            CommandKind::Login { user, password } => {
+                self.login(tag, &user, &password, io).await?;
+                return Ok(Flow::Continue);
+            }
+            CommandKind::Authenticate { mechanism, initial } => {
+                if mechanism != "PLAIN" {
+                    io.write_all(&imap::tagged(tag, Status::No, "unsupported SASL mechanism"))
+                        .await?;
+                    return Ok(Flow::Continue);
+                }
+                if !self.login_ok() {
+                    io.write_all(&imap::tagged(
+                        tag,
+                        Status::No,
+                        "[PRIVACYREQUIRED] use STARTTLS or IMAPS first",
+                    ))
+                    .await?;
+                    return Ok(Flow::Continue);
+                }
+                return match initial {
+                    Some(r) => {
+                        self.sasl_response(tag, r.as_bytes(), io).await?;
+                        Ok(Flow::Continue)
+                    }
+                    None => Ok(Flow::SaslContinue(tag.to_string())),
+                };
+            }
+            CommandKind::Id => {
+                io.write_all(&imap::untagged("ID (\"name\" \"Tern\")"))
+                    .await?;
+                io.write_all(&imap::tagged(tag, Status::Ok, "ID completed"))
+                    .await?;
+                return Ok(Flow::Continue);
+            }
+            CommandKind::Idle => {
+                if self.account.is_none() {
+                    io.write_all(&imap::tagged(tag, Status::Bad, "log in first"))
+                        .await?;
+                    return Ok(Flow::Continue);
+                }
+                self.refresh(io, true).await?;
+                return Ok(Flow::Idle(tag.to_string()));
+            }
+            CommandKind::Enable(caps) => {
+                let mut enabled = String::from("ENABLED");
+                if caps.iter().any(|c| c == "CONDSTORE") {
+                    self.condstore = true;
+                    enabled.push_str(" CONDSTORE");
+                }
+                io.write_all(&imap::untagged(&enabled)).await?;
+                io.write_all(&imap::tagged(tag, Status::Ok, "ENABLE completed"))
+                    .await?;
+            }
+            CommandKind::GetQuotaRoot { .. } | CommandKind::GetQuota { .. } => {
+                let root_ok = match &cmd.kind {
+                    CommandKind::GetQuota { root } => root.is_empty(),
+                    _ => true,
+                };
+                if !root_ok {
+                    io.write_all(&imap::tagged(
+                        tag,
+                        Status::No,
+                        "[NONEXISTENT] no such quota root",
+                    ))
+                    .await?;
+                    return Ok(Flow::Continue);
+                }
+                match store.usage(account).await {
+                    Ok((used, limit)) => {
+                        if let CommandKind::GetQuotaRoot { mailbox } = &cmd.kind {
+                            let line =
+                                format!("QUOTAROOT {} \"\"", imap::quote(&normalize(mailbox)));
+                            io.write_all(&imap::untagged(&line)).await?;
+                        }
+                        // RFC 9208 §5.1: STORAGE is in units of 1024 octets.
+                        let line = if limit > 0 {
+                            format!(
+                                "QUOTA \"\" (STORAGE {} {})",
+                                used.div_ceil(1024),
+                                limit / 1024
+                            )
+                        } else {
+                            "QUOTA \"\" ()".to_string()
+                        };
+                        io.write_all(&imap::untagged(&line)).await?;
+                        io.write_all(&imap::tagged(tag, Status::Ok, "completed"))
+                            .await?;
+                    }
+                    Err(e) => io.write_all(&status_err(tag, &e, "GETQUOTA")).await?,
+                }
+            }
+            CommandKind::Namespace => {
+                io.write_all(&imap::untagged("NAMESPACE ((\"\" \"/\")) NIL NIL"))
+                    .await?;
+                io.write_all(&imap::tagged(tag, Status::Ok, "NAMESPACE completed"))
+                    .await?;
+            }
+            CommandKind::Select { mailbox, condstore } => {
+                self.condstore |= condstore;
+                self.select(tag, &mailbox, false, io).await?;
+                return Ok(Flow::Continue);
+            }
+            CommandKind::Examine { mailbox, condstore } => {
+                self.condstore |= condstore;
+                self.select(tag, &mailbox, true, io).await?;
+                return Ok(Flow::Continue);
+            }
+            CommandKind::Create { mailbox } => {
+                let name = normalize(&mailbox);
+                let reply = if name.is_empty() || name.split(DELIMITER).any(str::is_empty) {
+                    imap::tagged(tag, Status::No, "invalid mailbox name")
+                } else {
+                    // Create missing parents too (RFC 9051 §6.3.4).
+                    let mut result = Ok(MailboxOp::Done);
+                    let parts: Vec<&str> = name.split(DELIMITER).collect();
+                    for i in 1..parts.len() {
+                        let parent = parts[..i].join("/");
+                        if let Err(e) = store.create_mailbox(account, &parent).await {
+                            result = Err(e);
+                        }
+                    }
+                    if result.is_ok() {
+                        result = store.create_mailbox(account, &name).await;
+                    }
+                    match result {
+                        Ok(MailboxOp::Done) => imap::tagged(tag, Status::Ok, "CREATE completed"),
+                        Ok(_) => imap::tagged(tag, Status::No, "[ALREADYEXISTS] mailbox exists"),
+                        Err(e) => status_err(tag, &e, "CREATE"),
+                    }
+                };
+                io.write_all(&reply).await?;
+            }
+            CommandKind::Delete { mailbox } => {
+                let name = normalize(&mailbox);
+                let reply = match store.delete_mailbox(account, &name).await {
+                    Ok(MailboxOp::Done) => {
+                        if self.selected.as_ref().is_some_and(|s| s.name == name) {
+                            self.selected = None;
+                            self.state = State::Authenticated;
+                        }
+                        imap::tagged(tag, Status::Ok, "DELETE completed")
+                    }
+                    Ok(MailboxOp::Refused) => {
+                        imap::tagged(tag, Status::No, "[CANNOT] INBOX cannot be deleted")
+                    }
+                    Ok(_) => imap::tagged(tag, Status::No, "[NONEXISTENT] no such mailbox"),
+                    Err(e) => status_err(tag, &e, "DELETE"),
+                };
+                io.write_all(&reply).await?;
+            }
+            CommandKind::Rename { from, to } => {
+                let (from, to) = (normalize(&from), normalize(&to));
+                let reply = if to.is_empty() || to.split(DELIMITER).any(str::is_empty) {
+                    imap::tagged(tag, Status::No, "invalid mailbox name")
+                } else {
+                    match store.rename_mailbox(account, &from, &to).await {
+                        Ok(MailboxOp::Done) => {
+                            if let Some(s) = self.selected.as_mut().filter(|s| s.name == from) {
+                                s.name = to;
+                            }
+                            imap::tagged(tag, Status::Ok, "RENAME completed")
+                        }
+                        Ok(MailboxOp::Refused) => imap::tagged(
+                            tag,
+                            Status::No,
+                            "[CANNOT] renaming INBOX is not supported",
+                        ),
+                        Ok(MailboxOp::Exists) => {
+                            imap::tagged(tag, Status::No, "[ALREADYEXISTS] target exists")
+                        }
+                        Ok(MailboxOp::NotFound) => {
+                            imap::tagged(tag, Status::No, "[NONEXISTENT] no such mailbox")
+                        }
+                        Err(e) => status_err(tag, &e, "RENAME"),
+                    }
+                };
+                io.write_all(&reply).await?;
+            }
+            CommandKind::Subscribe { mailbox, on } => {
+                let reply = match store
+                    .set_subscribed(account, &normalize(&mailbox), on)
+                    .await
+                {
+                    Ok(MailboxOp::Done) => imap::tagged(tag, Status::Ok, "completed"),
+                    // Unsubscribing something gone is harmless.
+                    Ok(_) if !on => imap::tagged(tag, Status::Ok, "completed"),
+                    Ok(_) => imap::tagged(tag, Status::No, "[NONEXISTENT] no such mailbox"),
+                    Err(e) => status_err(tag, &e, "SUBSCRIBE"),
+                };
+                io.write_all(&reply).await?;
+            }
+            CommandKind::List {
+                reference,
+                patterns,
+                subscribed_only,
+                special_only,
+                lsub,
+                status,
+            } => {
+                self.list(
+                    tag,
+                    &reference,
+                    &patterns,
+                    subscribed_only,
+                    special_only,
+                    lsub,
+                    &status,
+                    io,
+                )
+                .await?;
+            }
+            CommandKind::Status { mailbox, items } => {
+                let name = normalize(&mailbox);
+                match self.status_line(&name, &items).await {
+                    Ok(Some(line)) => {
+                        io.write_all(&line).await?;
+                        io.write_all(&imap::tagged(tag, Status::Ok, "STATUS completed"))
+                            .await?;
+                    }
+                    Ok(None) => {
+                        io.write_all(&imap::tagged(
+                            tag,
+                            Status::No,
+                            "[NONEXISTENT] no such mailbox",
+                        ))
+                        .await?
+                    }
+                    Err(e) => io.write_all(&status_err(tag, &e, "STATUS")).await?,
+                }
+            }
+            CommandKind::Append {
+                mailbox,
+                flags,
+                date_ms,
+                message,
+            } => {
+                let date = date_ms.unwrap_or_else(tern_runtime::now_unix_ms);
+                let reply = if message.is_empty() {
+                    imap::tagged(tag, Status::No, "empty message")
+                } else {
+                    match store
+                        .append(account, &normalize(&mailbox), &flags, date, &message)
+                        .await
+                    {
+                        Ok(Added::Stored { uidvalidity, uids }) => imap::tagged(
+                            tag,
+                            Status::Ok,
+                            &format!(
+                                "[APPENDUID {uidvalidity} {}] APPEND completed",
+                                compact_set(&uids)
+                            ),
+                        ),
+                        Ok(Added::NoMailbox) => {
+                            imap::tagged(tag, Status::No, "[TRYCREATE] no such mailbox")
+                        }
+                        Ok(Added::OverQuota) => {
+                            imap::tagged(tag, Status::No, "[OVERQUOTA] quota exceeded")
+                        }
+                        Err(e) => status_err(tag, &e, "APPEND"),
+                    }
+                };
+                self.refresh(io, true).await?;
+                io.write_all(&reply).await?;
+                return Ok(Flow::Continue);
+            }
+            CommandKind::Close | CommandKind::Unselect => {
+                let close = matches!(cmd.kind, CommandKind::Close);
+                if close && let Some(sel) = self.selected.as_ref().filter(|s| !s.readonly) {
+                    // CLOSE expunges silently (RFC 9051 §6.4.1), what is \Deleted now.
+                    let ids: Vec<i64> = match store.messages(sel.mailbox.id, 0).await {
+                        Ok(all) => all
+                            .into_iter()
+                            .filter(|m| has_flag(&m.flags, "\\Deleted"))
+                            .map(|m| m.id)
+                            .collect(),
+                        Err(e) => {
+                            io.write_all(&status_err(tag, &e, "CLOSE")).await?;
+                            return Ok(Flow::Continue);
+                        }
+                    };
+                    if let Err(e) = store.expunge(account, &ids).await {
+                        io.write_all(&status_err(tag, &e, "CLOSE")).await?;
+                        return Ok(Flow::Continue);
+                    }
+                }
+                self.selected = None;
+                self.state = State::Authenticated;
+                io.write_all(&imap::tagged(tag, Status::Ok, "completed"))
+                    .await?;
+                return Ok(Flow::Continue);
+            }
+            CommandKind::Expunge { uids } => {
+                self.expunge(tag, uids.as_ref(), io).await?;
+                return Ok(Flow::Continue);
+            }
+            CommandKind::Fetch {
+                set,
+                attrs,
+                uid,
+                changed_since,
+            } => {
+                expunge_ok = false;
+                self.condstore |= attrs.contains(&FetchAttr::ModSeq);
+                if !self
+                    .fetch(tag, &set, &attrs, uid, changed_since, io)
+                    .await?
+                {
+                    return Ok(Flow::Continue);
+                }
+            }
+            CommandKind::Store {
+                set,
+                uid,
+                mode,
+                silent,
+                flags,
+                unchanged_since,
+            } => {
+                expunge_ok = false;
+                self.condstore |= unchanged_since.is_some();
+                let op = StoreOp {
+                    mode,
+                    silent,
+                    flags: &flags,
+                    unchanged_since,
+                };
+                if !self.store(tag, &set, uid, op, io).await? {
+                    return Ok(Flow::Continue);
+                }
+            }
+            CommandKind::Copy {
+                set,
+                uid,
+                mailbox,
+                remove,
+            } => {
+                self.copy(tag, &set, uid, &normalize(&mailbox), remove, io)
+                    .await?;
+                return Ok(Flow::Continue);
+            }
+            CommandKind::Search { uid, key, ret } => {
+                expunge_ok = false;
+                self.condstore |= has_modseq(&key);
+                if !self.search(tag, uid, &key, ret.as_deref(), io).await? {
+                    return Ok(Flow::Continue);
+                }
+            }
+        }
+        // Commands that fall through here have written their untagged data;
+        // announce other sessions' changes, then complete.
+        if !done.is_empty() {
+            self.refresh(io, expunge_ok).await?;
+            io.write_all(&imap::tagged(tag, Status::Ok, done)).await?;
         }
         Ok(Flow::Continue)
     }
@@ -183,41 +750,84 @@ impl Session<'_> {
         password: &str,
         io: &mut Conn,
     ) -> io::Result<()> {
-        if !self.login_ok {
+        if !self.login_ok() {
             let text =
-                "[PRIVACYREQUIRED] plaintext authentication is disabled on this port; use IMAPS";
+                "[PRIVACYREQUIRED] plaintext authentication is disabled; use STARTTLS or IMAPS";
             return io.write_all(&imap::tagged(tag, Status::No, text)).await;
         }
-        let reply = match accounts::authenticate(&self.ctx.store, user, password).await {
+        let reply = self.authenticate(user, password, "LOGIN").await;
+        io.write_all(&imap::tagged(tag, reply.0, &reply.1)).await
+    }
+
+    /// Check credentials; on success the session is authenticated.
+    async fn authenticate(&mut self, user: &str, password: &str, how: &str) -> (Status, String) {
+        match accounts::authenticate(&self.ctx.store, user, password).await {
             Ok(Some(account)) => {
-                tracing::info!(account = %account.address, "IMAP login");
+                tracing::info!(account = %account.address, "IMAP {how}");
                 self.account = Some(account);
                 self.state = State::Authenticated;
-                let caps = imap::capabilities(true);
-                imap::tagged(
-                    tag,
-                    Status::Ok,
-                    &format!("[CAPABILITY {caps}] LOGIN completed"),
-                )
+                self.changes = Some(self.ctx.hub.subscribe());
+                let caps = imap::capabilities(true, false, true);
+                (Status::Ok, format!("[CAPABILITY {caps}] {how} completed"))
             }
             Ok(None) => {
-                tracing::info!("IMAP login failed");
-                imap::tagged(
-                    tag,
+                tracing::info!("IMAP {how} failed");
+                (
                     Status::No,
-                    "[AUTHENTICATIONFAILED] invalid credentials",
+                    "[AUTHENTICATIONFAILED] invalid credentials".into(),
                 )
             }
             Err(e) => {
-                tracing::warn!(error = %e, "IMAP login: storage error");
-                imap::tagged(
+                tracing::warn!(error = %e, "IMAP {how}: storage error");
+                (Status::No, UNAVAILABLE.into())
+            }
+        }
+    }
+
+    /// The SASL PLAIN response (RFC 4616): `authzid NUL authcid NUL passwd`.
+    async fn sasl_response(&mut self, tag: &str, line: &[u8], io: &mut Conn) -> io::Result<()> {
+        let line = trim_crlf(line);
+        if line == b"*" {
+            return io
+                .write_all(&imap::tagged(tag, Status::Bad, "authentication cancelled"))
+                .await;
+        }
+        let decoded = if line == b"=" {
+            Some(Vec::new())
+        } else {
+            tern_mailproto::base64_decode(line)
+        };
+        let parts: Option<Vec<String>> = decoded.and_then(|d| {
+            let p: Vec<&[u8]> = d.split(|&b| b == 0).collect();
+            (p.len() == 3)
+                .then(|| {
+                    p.iter()
+                        .map(|x| String::from_utf8(x.to_vec()).ok())
+                        .collect::<Option<Vec<_>>>()
+                })
+                .flatten()
+        });
+        let Some(parts) = parts else {
+            return io
+                .write_all(&imap::tagged(
+                    tag,
+                    Status::Bad,
+                    "malformed SASL PLAIN response",
+                ))
+                .await;
+        };
+        let (authz, user, pass) = (&parts[0], &parts[1], &parts[2]);
+        if !authz.is_empty() && !authz.eq_ignore_ascii_case(user) {
+            return io
+                .write_all(&imap::tagged(
                     tag,
                     Status::No,
-                    "[UNAVAILABLE] temporary failure, try again later",
-                )
-            }
-        };
-        io.write_all(&reply).await
+                    "[AUTHORIZATIONFAILED] cannot act as another user",
+                ))
+                .await;
+        }
+        let (st, text) = self.authenticate(user, pass, "AUTHENTICATE").await;
+        io.write_all(&imap::tagged(tag, st, &text)).await
     }
 
     async fn select(
@@ -235,56 +845,65 @@ impl Session<'_> {
                 .write_all(&imap::tagged(tag, Status::Bad, "log in first"))
                 .await;
         };
-        if !mailbox.eq_ignore_ascii_case(crate::store::INBOX) {
-            return io
-                .write_all(&imap::tagged(
-                    tag,
-                    Status::No,
-                    "[NONEXISTENT] no such mailbox",
-                ))
-                .await;
-        }
+        let name = normalize(mailbox);
         let store = &self.ctx.store;
         let loaded = async {
-            let mb = store.inbox(account.id).await?;
+            let Some(mb) = store.mailbox(account.id, &name).await? else {
+                return Ok(None);
+            };
             let msgs = store.messages(mb.id, 0).await?;
             if !readonly && let Some(last) = msgs.last() {
                 store.clear_recent(mb.id, last.uid).await?;
             }
-            Ok::<_, crate::store::StoreError>((mb, msgs))
+            Ok::<_, StoreError>(Some((mb, msgs)))
         }
         .await;
-        let (mailbox, msgs) = match loaded {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "SELECT: storage error");
-                let text = "[UNAVAILABLE] temporary failure, try again later";
-                return io.write_all(&imap::tagged(tag, Status::No, text)).await;
+        let (mb, msgs) = match loaded {
+            Ok(Some(x)) => x,
+            Ok(None) => {
+                return io
+                    .write_all(&imap::tagged(
+                        tag,
+                        Status::No,
+                        "[NONEXISTENT] no such mailbox",
+                    ))
+                    .await;
             }
+            Err(e) => return io.write_all(&status_err(tag, &e, "SELECT")).await,
         };
-        let recent = msgs.iter().filter(|m| m.uid > mailbox.recent_uid).count();
-        let uidnext = msgs.last().map_or(mailbox.uidnext, |m| {
-            mailbox.uidnext.max(m.uid.saturating_add(1))
-        });
+        let recent = msgs.iter().filter(|m| m.uid > mb.recent_uid).count();
+        let uidnext = msgs
+            .last()
+            .map_or(mb.uidnext, |m| mb.uidnext.max(m.uid.saturating_add(1)));
         let mut out = Vec::new();
+        let mut flags: Vec<String> = imap::SYSTEM_FLAGS.iter().map(|s| s.to_string()).collect();
+        for m in &msgs {
+            for f in &m.flags {
+                if flags.len() < 200 && !flags.contains(f) {
+                    flags.push(f.clone());
+                }
+            }
+        }
         out.extend(imap::untagged(&format!(
             "FLAGS {}",
-            imap::flag_list(&imap::SYSTEM_FLAGS)
+            imap::flag_list(&flags)
         )));
         let permanent = if readonly {
             "()".to_string()
         } else {
-            imap::flag_list(&imap::SYSTEM_FLAGS)
+            let mut p = imap::SYSTEM_FLAGS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>();
+            p.push("\\*".into());
+            imap::flag_list(&p)
         };
         out.extend(imap::untagged(&format!(
             "OK [PERMANENTFLAGS {permanent}] flags permitted"
         )));
         out.extend(imap::untagged(&format!("{} EXISTS", msgs.len())));
         out.extend(imap::untagged(&format!("{recent} RECENT")));
-        if let Some(i) = msgs
-            .iter()
-            .position(|m| !m.flags.iter().any(|f| f == "\\Seen"))
-        {
+        if let Some(i) = msgs.iter().position(|m| !has_flag(&m.flags, "\\Seen")) {
             out.extend(imap::untagged(&format!(
                 "OK [UNSEEN {}] first unseen message",
                 i + 1
@@ -292,12 +911,16 @@ impl Session<'_> {
         }
         out.extend(imap::untagged(&format!(
             "OK [UIDVALIDITY {}] UIDs valid",
-            mailbox.uidvalidity
+            mb.uidvalidity
         )));
         out.extend(imap::untagged(&format!(
             "OK [UIDNEXT {uidnext}] predicted next UID"
         )));
-        let (code, name) = if readonly {
+        out.extend(imap::untagged(&format!(
+            "OK [HIGHESTMODSEQ {}] highest",
+            mb.highest_modseq
+        )));
+        let (code, cmd) = if readonly {
             ("READ-ONLY", "EXAMINE")
         } else {
             ("READ-WRITE", "SELECT")
@@ -305,112 +928,192 @@ impl Session<'_> {
         out.extend(imap::tagged(
             tag,
             Status::Ok,
-            &format!("[{code}] {name} completed"),
+            &format!("[{code}] {cmd} completed"),
         ));
         self.selected = Some(Selected {
-            mailbox,
+            recent_above: mb.recent_uid,
+            modseq: mb.highest_modseq,
+            mailbox: mb,
+            name,
             readonly,
             msgs,
-            recent,
+            pending_expunge: false,
         });
         self.state = State::Selected;
         io.write_all(&out).await
     }
 
-    /// Pick up messages delivered since SELECT and announce them.
-    async fn refresh(&mut self, io: &mut Conn) -> Result<(), RefreshError> {
+    /// Announce changes made by others since the view was last synced.
+    /// Storage errors are logged and skipped (the next command retries).
+    async fn refresh(&mut self, io: &mut Conn, expunge_ok: bool) -> io::Result<()> {
+        let store = &self.ctx.store;
         let Some(sel) = self.selected.as_mut() else {
             return Ok(());
         };
-        let after = sel.msgs.last().map_or(0, |m| m.uid);
-        let new = self.ctx.store.messages(sel.mailbox.id, after).await?;
-        if new.is_empty() {
+        let mb = match store.mailbox_by_id(sel.mailbox.id).await {
+            Ok(Some(mb)) => mb,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "refresh mailbox");
+                return Ok(());
+            }
+        };
+        if mb.highest_modseq == sel.modseq && !(sel.pending_expunge && expunge_ok) {
             return Ok(());
         }
-        if !sel.readonly
-            && let Some(last) = new.last()
-        {
-            self.ctx
-                .store
-                .clear_recent(sel.mailbox.id, last.uid)
-                .await?;
+        let all = match store.messages(sel.mailbox.id, 0).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "refresh mailbox");
+                return Ok(());
+            }
+        };
+        let mut out = Vec::new();
+        let now: HashMap<u32, &MessageMeta> = all.iter().map(|m| (m.uid, m)).collect();
+        // Expunged by others.
+        let gone = sel.msgs.iter().any(|m| !now.contains_key(&m.uid));
+        sel.pending_expunge = gone && !expunge_ok;
+        if gone && expunge_ok {
+            for i in (0..sel.msgs.len()).rev() {
+                if !now.contains_key(&sel.msgs[i].uid) {
+                    sel.msgs.remove(i);
+                    out.extend(imap::untagged(&format!("{} EXPUNGE", i + 1)));
+                }
+            }
         }
-        sel.recent += new.len();
-        sel.msgs.extend(new);
-        let mut out = imap::untagged(&format!("{} EXISTS", sel.msgs.len()));
-        out.extend(imap::untagged(&format!("{} RECENT", sel.recent)));
-        io.write_all(&out).await?;
-        Ok(())
+        // Flag changes.
+        for (i, m) in sel.msgs.iter_mut().enumerate() {
+            if let Some(n) = now.get(&m.uid)
+                && n.flags != m.flags
+            {
+                m.flags = n.flags.clone();
+                m.modseq = n.modseq;
+                let mut items = vec![FetchItem::Uid(m.uid), FetchItem::Flags(&m.flags)];
+                if self.condstore {
+                    items.push(FetchItem::ModSeq(m.modseq));
+                }
+                out.extend(imap::fetch_response(
+                    u32::try_from(i + 1).unwrap_or(u32::MAX),
+                    &items,
+                ));
+            }
+        }
+        // New messages.
+        let last = sel.msgs.last().map_or(0, |m| m.uid);
+        let new: Vec<MessageMeta> = all.into_iter().filter(|m| m.uid > last).collect();
+        if !new.is_empty() {
+            if !sel.readonly
+                && let Some(l) = new.last()
+                && let Err(e) = store.clear_recent(sel.mailbox.id, l.uid).await
+            {
+                tracing::warn!(error = %e, "clear recent");
+            }
+            sel.msgs.extend(new);
+            let recent = sel.msgs.iter().filter(|m| m.uid > sel.recent_above).count();
+            out.extend(imap::untagged(&format!("{} EXISTS", sel.msgs.len())));
+            out.extend(imap::untagged(&format!("{recent} RECENT")));
+        }
+        sel.modseq = mb.highest_modseq;
+        sel.mailbox.uidnext = mb.uidnext;
+        io.write_all(&out).await
     }
 
+    /// Indexes into the view that `set` names; `None` (after a BAD) when a
+    /// sequence number is out of range.
+    async fn resolve(
+        &self,
+        tag: &str,
+        set: &SequenceSet,
+        uid: bool,
+        io: &mut Conn,
+    ) -> io::Result<Option<Vec<usize>>> {
+        let Some(sel) = self.selected.as_ref() else {
+            io.write_all(&imap::tagged(tag, Status::Bad, "no mailbox selected"))
+                .await?;
+            return Ok(None);
+        };
+        let count = u32::try_from(sel.msgs.len()).unwrap_or(u32::MAX);
+        if uid {
+            let max_uid = sel.msgs.last().map_or(0, |m| m.uid);
+            return Ok(Some(
+                sel.msgs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| max_uid > 0 && set.contains(m.uid, max_uid))
+                    .map(|(i, _)| i)
+                    .collect(),
+            ));
+        }
+        if count == 0 || set.max_value().is_some_and(|m| m > count) {
+            io.write_all(&imap::tagged(
+                tag,
+                Status::Bad,
+                "invalid message sequence number",
+            ))
+            .await?;
+            return Ok(None);
+        }
+        Ok(Some(
+            (0..sel.msgs.len())
+                .filter(|i| set.contains(u32::try_from(i + 1).unwrap_or(u32::MAX), count))
+                .collect(),
+        ))
+    }
+
+    /// FETCH; false when it already completed (with NO/BAD).
     async fn fetch(
         &mut self,
         tag: &str,
         set: &SequenceSet,
         attrs: &[FetchAttr],
         uid: bool,
+        changed_since: Option<u64>,
         io: &mut Conn,
-    ) -> io::Result<()> {
-        let ctx = self.ctx;
-        let Some(sel) = self.selected.as_mut() else {
-            return io
-                .write_all(&imap::tagged(tag, Status::Bad, "no mailbox selected"))
-                .await;
+    ) -> io::Result<bool> {
+        let Some(mut idx) = self.resolve(tag, set, uid, io).await? else {
+            return Ok(false);
         };
-        let count = u32::try_from(sel.msgs.len()).unwrap_or(u32::MAX);
-        if !uid && (count == 0 || set.max_value().is_some_and(|m| m > count)) {
-            return io
-                .write_all(&imap::tagged(
-                    tag,
-                    Status::Bad,
-                    "invalid message sequence number",
-                ))
-                .await;
+        if let (Some(n), Some(sel)) = (changed_since, self.selected.as_ref()) {
+            idx.retain(|&i| sel.msgs[i].modseq > n);
         }
-        let max_uid = sel.msgs.last().map_or(0, |m| m.uid);
+        let ctx = self.ctx;
+        let account = self.account.as_ref().map(|a| a.id).unwrap_or_default();
+        let Some(sel) = self.selected.as_mut() else {
+            return Ok(false);
+        };
         let needs_content = attrs.iter().any(FetchAttr::needs_content);
         let sets_seen = !sel.readonly && attrs.iter().any(FetchAttr::sets_seen);
-        let done = if uid {
-            "UID FETCH completed"
-        } else {
-            "FETCH completed"
-        };
-        for (i, m) in sel.msgs.iter_mut().enumerate() {
+        for i in idx {
             let seq = u32::try_from(i + 1).unwrap_or(u32::MAX);
-            let hit = if uid {
-                max_uid > 0 && set.contains(m.uid, max_uid)
-            } else {
-                set.contains(seq, count)
-            };
-            if !hit {
-                continue;
-            }
+            let m = &mut sel.msgs[i];
             let content = if needs_content {
                 match ctx.store.content(m.id).await {
                     Ok(Some(c)) => Some(c),
-                    // Removed by another session (POP3 QUIT); nothing to show.
+                    // Expunged by another session; nothing to show.
                     Ok(None) => continue,
                     Err(e) => {
-                        tracing::warn!(error = %e, "FETCH: storage error");
-                        let text = "[UNAVAILABLE] temporary failure, try again later";
-                        return io.write_all(&imap::tagged(tag, Status::No, text)).await;
+                        io.write_all(&status_err(tag, &e, "FETCH")).await?;
+                        return Ok(false);
                     }
                 }
             } else {
                 None
             };
             let mut flags_changed = false;
-            if sets_seen && !m.flags.iter().any(|f| f == "\\Seen") {
+            if sets_seen && !has_flag(&m.flags, "\\Seen") {
                 m.flags.push("\\Seen".to_string());
-                if let Err(e) = ctx.store.set_flags(m.id, &m.flags).await {
-                    tracing::warn!(error = %e, "FETCH: set \\Seen");
+                if let Err(e) = ctx.store.set_flags(account, m.id, &m.flags).await {
                     m.flags.pop();
-                    let text = "[UNAVAILABLE] temporary failure, try again later";
-                    return io.write_all(&imap::tagged(tag, Status::No, text)).await;
+                    io.write_all(&status_err(tag, &e, "FETCH \\Seen")).await?;
+                    return Ok(false);
                 }
                 flags_changed = true;
             }
             let content = content.as_deref().unwrap_or_default();
+            let tree = attrs
+                .iter()
+                .any(|a| matches!(a, FetchAttr::BodyStructure { .. }))
+                .then(|| tern_mailproto::mime::parse(content));
             let mut items = Vec::with_capacity(attrs.len() + 1);
             for a in attrs {
                 items.push(match a {
@@ -418,6 +1121,20 @@ impl Session<'_> {
                     FetchAttr::Uid => FetchItem::Uid(m.uid),
                     FetchAttr::InternalDate => FetchItem::InternalDate(m.internal_date_ms),
                     FetchAttr::Rfc822Size => FetchItem::Rfc822Size(m.size),
+                    FetchAttr::ModSeq => FetchItem::ModSeq(m.modseq),
+                    FetchAttr::Envelope => FetchItem::Raw {
+                        name: "ENVELOPE",
+                        value: tern_mailproto::mime::envelope(
+                            tern_mailproto::mime::split_header(content).0,
+                        ),
+                    },
+                    FetchAttr::BodyStructure { extended } => FetchItem::Raw {
+                        name: if *extended { "BODYSTRUCTURE" } else { "BODY" },
+                        value: tree
+                            .as_ref()
+                            .map(|t| tern_mailproto::mime::body_structure(t, *extended))
+                            .unwrap_or_default(),
+                    },
                     other => FetchItem::Data {
                         name: other.response_name(),
                         data: other.extract(content).unwrap_or_default(),
@@ -429,17 +1146,478 @@ impl Session<'_> {
             }
             io.write_all(&imap::fetch_response(seq, &items)).await?;
         }
-        io.write_all(&imap::tagged(tag, Status::Ok, done)).await
+        Ok(true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn store(
+        &mut self,
+        tag: &str,
+        set: &SequenceSet,
+        uid: bool,
+        op: StoreOp<'_>,
+        io: &mut Conn,
+    ) -> io::Result<bool> {
+        let StoreOp {
+            mode,
+            silent,
+            flags,
+            unchanged_since,
+        } = op;
+        let condstore = self.condstore;
+        let Some(idx) = self.resolve(tag, set, uid, io).await? else {
+            return Ok(false);
+        };
+        let account = self.account.as_ref().map(|a| a.id).unwrap_or_default();
+        let store = &self.ctx.store;
+        let Some(sel) = self.selected.as_mut() else {
+            return Ok(false);
+        };
+        if sel.readonly {
+            io.write_all(&imap::tagged(
+                tag,
+                Status::No,
+                "[READ-ONLY] mailbox is read-only",
+            ))
+            .await?;
+            return Ok(false);
+        }
+        let mut changes = Vec::new();
+        let mut touched = Vec::new();
+        let mut modified = Vec::new();
+        for &i in &idx {
+            let m = &sel.msgs[i];
+            // RFC 7162 §3.1.3: a message changed since UNCHANGEDSINCE is
+            // left alone and reported in [MODIFIED].
+            if unchanged_since.is_some_and(|n| m.modseq > n) {
+                modified.push(if uid {
+                    m.uid
+                } else {
+                    u32::try_from(i + 1).unwrap_or(u32::MAX)
+                });
+                continue;
+            }
+            let mut new: Vec<String> = match mode {
+                StoreMode::Replace => Vec::new(),
+                _ => m.flags.clone(),
+            };
+            match mode {
+                StoreMode::Replace | StoreMode::Add => {
+                    for f in flags {
+                        if !has_flag(&new, f) && new.len() < imap::MAX_FLAGS {
+                            new.push(f.clone());
+                        }
+                    }
+                }
+                StoreMode::Remove => {
+                    new.retain(|x| !flags.iter().any(|f| f.eq_ignore_ascii_case(x)))
+                }
+            }
+            if new != m.flags {
+                changes.push((m.id, new.clone()));
+                touched.push((i, new));
+            } else {
+                touched.push((i, new));
+            }
+        }
+        let mut new_modseq = None;
+        if !changes.is_empty() {
+            match store.store_flags(account, sel.mailbox.id, &changes).await {
+                Ok(modseq) => {
+                    if modseq == sel.modseq + 1 {
+                        sel.modseq = modseq;
+                    }
+                    new_modseq = Some(modseq);
+                }
+                Err(e) => {
+                    io.write_all(&status_err(tag, &e, "STORE")).await?;
+                    return Ok(false);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (i, new) in touched {
+            let changed = new != sel.msgs[i].flags;
+            sel.msgs[i].flags = new;
+            if changed && let Some(ms) = new_modseq {
+                sel.msgs[i].modseq = ms;
+            }
+            if !silent {
+                let m = &sel.msgs[i];
+                let mut items = vec![FetchItem::Flags(&m.flags)];
+                if uid {
+                    items.insert(0, FetchItem::Uid(m.uid));
+                }
+                if condstore {
+                    items.push(FetchItem::ModSeq(m.modseq));
+                }
+                out.extend(imap::fetch_response(
+                    u32::try_from(i + 1).unwrap_or(u32::MAX),
+                    &items,
+                ));
+            }
+        }
+        io.write_all(&out).await?;
+        if !modified.is_empty() {
+            self.refresh(io, false).await?;
+            let text = format!(
+                "[MODIFIED {}] conditional STORE failed for some messages",
+                compact_set(&modified)
+            );
+            io.write_all(&imap::tagged(tag, Status::Ok, &text)).await?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    async fn expunge(
+        &mut self,
+        tag: &str,
+        uids: Option<&SequenceSet>,
+        io: &mut Conn,
+    ) -> io::Result<()> {
+        if self.selected.as_ref().is_some_and(|s| s.readonly) {
+            return io
+                .write_all(&imap::tagged(
+                    tag,
+                    Status::No,
+                    "[READ-ONLY] mailbox is read-only",
+                ))
+                .await;
+        }
+        // See other sessions' flags first, so their \Deleted counts too.
+        self.refresh(io, true).await?;
+        let account = self.account.as_ref().map(|a| a.id).unwrap_or_default();
+        let store = &self.ctx.store;
+        let Some(sel) = self.selected.as_mut() else {
+            return Ok(());
+        };
+        let max_uid = sel.msgs.last().map_or(0, |m| m.uid);
+        let doomed: Vec<usize> = (0..sel.msgs.len())
+            .filter(|&i| {
+                let m = &sel.msgs[i];
+                has_flag(&m.flags, "\\Deleted") && uids.is_none_or(|s| s.contains(m.uid, max_uid))
+            })
+            .collect();
+        let ids: Vec<i64> = doomed.iter().map(|&i| sel.msgs[i].id).collect();
+        if let Err(e) = store.expunge(account, &ids).await {
+            return io.write_all(&status_err(tag, &e, "EXPUNGE")).await;
+        }
+        let mut out = Vec::new();
+        for &i in doomed.iter().rev() {
+            sel.msgs.remove(i);
+            out.extend(imap::untagged(&format!("{} EXPUNGE", i + 1)));
+        }
+        io.write_all(&out).await?;
+        self.refresh(io, true).await?;
+        io.write_all(&imap::tagged(tag, Status::Ok, "EXPUNGE completed"))
+            .await
+    }
+
+    async fn copy(
+        &mut self,
+        tag: &str,
+        set: &SequenceSet,
+        uid: bool,
+        target: &str,
+        remove: bool,
+        io: &mut Conn,
+    ) -> io::Result<()> {
+        let Some(idx) = self.resolve(tag, set, uid, io).await? else {
+            return Ok(());
+        };
+        let account = self.account.as_ref().map(|a| a.id).unwrap_or_default();
+        let store = &self.ctx.store;
+        let Some(sel) = self.selected.as_mut() else {
+            return Ok(());
+        };
+        if remove && sel.readonly {
+            return io
+                .write_all(&imap::tagged(
+                    tag,
+                    Status::No,
+                    "[READ-ONLY] mailbox is read-only",
+                ))
+                .await;
+        }
+        let ids: Vec<i64> = idx.iter().map(|&i| sel.msgs[i].id).collect();
+        let src: Vec<u32> = idx.iter().map(|&i| sel.msgs[i].uid).collect();
+        let name = if remove { "MOVE" } else { "COPY" };
+        if ids.is_empty() {
+            self.refresh(io, remove).await?;
+            return io
+                .write_all(&imap::tagged(tag, Status::Ok, &format!("{name} completed")))
+                .await;
+        }
+        let (uidvalidity, uids) = match store.copy(account, &ids, target).await {
+            Ok(Added::Stored { uidvalidity, uids }) => (uidvalidity, uids),
+            Ok(Added::NoMailbox) => {
+                return io
+                    .write_all(&imap::tagged(
+                        tag,
+                        Status::No,
+                        "[TRYCREATE] no such mailbox",
+                    ))
+                    .await;
+            }
+            Ok(Added::OverQuota) => {
+                return io
+                    .write_all(&imap::tagged(tag, Status::No, "[OVERQUOTA] quota exceeded"))
+                    .await;
+            }
+            Err(e) => return io.write_all(&status_err(tag, &e, name)).await,
+        };
+        let code = format!(
+            "COPYUID {uidvalidity} {} {}",
+            compact_set(&src),
+            compact_set(&uids)
+        );
+        if !remove {
+            self.refresh(io, false).await?;
+            return io
+                .write_all(&imap::tagged(
+                    tag,
+                    Status::Ok,
+                    &format!("[{code}] COPY completed"),
+                ))
+                .await;
+        }
+        // MOVE: COPYUID in an untagged OK, then the expunges (RFC 6851 §4.3).
+        if let Err(e) = store.expunge(account, &ids).await {
+            return io.write_all(&status_err(tag, &e, "MOVE")).await;
+        }
+        let mut out = imap::untagged(&format!("OK [{code}] moved"));
+        let mut sorted = idx;
+        sorted.sort_unstable();
+        for &i in sorted.iter().rev() {
+            sel.msgs.remove(i);
+            out.extend(imap::untagged(&format!("{} EXPUNGE", i + 1)));
+        }
+        io.write_all(&out).await?;
+        self.refresh(io, true).await?;
+        io.write_all(&imap::tagged(tag, Status::Ok, "MOVE completed"))
+            .await
+    }
+
+    async fn search(
+        &mut self,
+        tag: &str,
+        uid: bool,
+        key: &SearchKey,
+        ret: Option<&[String]>,
+        io: &mut Conn,
+    ) -> io::Result<bool> {
+        let store = &self.ctx.store;
+        let Some(sel) = self.selected.as_ref() else {
+            return Ok(false);
+        };
+        let needs_content = key.needs_content();
+        let max_seq = u32::try_from(sel.msgs.len()).unwrap_or(u32::MAX);
+        let max_uid = sel.msgs.last().map_or(0, |m| m.uid);
+        let mut hits = Vec::new();
+        let mut hit_modseq = Vec::new();
+        for (i, m) in sel.msgs.iter().enumerate() {
+            let content = if needs_content {
+                match store.content(m.id).await {
+                    Ok(Some(c)) => Some(c),
+                    Ok(None) => continue,
+                    Err(e) => {
+                        io.write_all(&status_err(tag, &e, "SEARCH")).await?;
+                        return Ok(false);
+                    }
+                }
+            } else {
+                None
+            };
+            let seq = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            let msg = SearchMsg {
+                seq,
+                uid: m.uid,
+                max_seq,
+                max_uid,
+                flags: &m.flags,
+                recent: m.uid > sel.recent_above,
+                size: m.size,
+                internal_date_ms: m.internal_date_ms,
+                modseq: m.modseq,
+                content: content.as_deref(),
+            };
+            if key.matches(&msg) {
+                hits.push(if uid { m.uid } else { seq });
+                hit_modseq.push(m.modseq);
+            }
+        }
+        // RFC 7162 §3.1.5: a SEARCH with MODSEQ reports the highest
+        // mod-sequence of the matches.
+        let highest = has_modseq(key)
+            .then(|| hit_modseq.iter().copied().max())
+            .flatten();
+        let line = match ret {
+            None => {
+                let mut s = String::from("SEARCH");
+                for h in &hits {
+                    s.push(' ');
+                    s.push_str(&h.to_string());
+                }
+                if let Some(m) = highest {
+                    s.push_str(&format!(" (MODSEQ {m})"));
+                }
+                s
+            }
+            Some(items) => {
+                // RFC 4731 ESEARCH.
+                let all = items.is_empty() || items.iter().any(|i| i == "ALL");
+                let mut s = format!("ESEARCH (TAG {})", imap::quote(tag));
+                if uid {
+                    s.push_str(" UID");
+                }
+                for i in items {
+                    match i.as_str() {
+                        "MIN" => {
+                            if let Some(m) = hits.first() {
+                                s.push_str(&format!(" MIN {m}"));
+                            }
+                        }
+                        "MAX" => {
+                            if let Some(m) = hits.last() {
+                                s.push_str(&format!(" MAX {m}"));
+                            }
+                        }
+                        "COUNT" => s.push_str(&format!(" COUNT {}", hits.len())),
+                        _ => {}
+                    }
+                }
+                if all && !hits.is_empty() {
+                    s.push_str(&format!(" ALL {}", compact_set(&hits)));
+                }
+                s
+            }
+        };
+        io.write_all(&imap::untagged(&line)).await?;
+        Ok(true)
+    }
+
+    async fn status_line(
+        &self,
+        name: &str,
+        items: &[StatusItem],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let account = self.account.as_ref().map(|a| a.id).unwrap_or_default();
+        let Some(mb) = self.ctx.store.mailbox(account, name).await? else {
+            return Ok(None);
+        };
+        let c = self.ctx.store.counts(&mb).await?;
+        let vals: Vec<String> = items
+            .iter()
+            .map(|it| {
+                let v = match it {
+                    StatusItem::Messages => u64::from(c.messages),
+                    StatusItem::Recent => u64::from(c.recent),
+                    StatusItem::UidNext => u64::from(mb.uidnext),
+                    StatusItem::UidValidity => u64::from(mb.uidvalidity),
+                    StatusItem::Unseen => u64::from(c.unseen),
+                    StatusItem::Size => c.size,
+                    StatusItem::HighestModSeq => mb.highest_modseq,
+                };
+                format!("{} {v}", it.name())
+            })
+            .collect();
+        Ok(Some(imap::untagged(&format!(
+            "STATUS {} ({})",
+            imap::quote(name),
+            vals.join(" ")
+        ))))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn list(
+        &self,
+        tag: &str,
+        reference: &str,
+        patterns: &[String],
+        subscribed_only: bool,
+        special_only: bool,
+        lsub: bool,
+        status: &[StatusItem],
+        io: &mut Conn,
+    ) -> io::Result<()> {
+        let word = if lsub { "LSUB" } else { "LIST" };
+        // An empty pattern asks for the delimiter (RFC 9051 §6.3.9).
+        if patterns.iter().all(String::is_empty) {
+            io.write_all(&imap::untagged(&format!("{word} (\\Noselect) \"/\" \"\"")))
+                .await?;
+            return io
+                .write_all(&imap::tagged(tag, Status::Ok, &format!("{word} completed")))
+                .await;
+        }
+        let account = self.account.as_ref().map(|a| a.id).unwrap_or_default();
+        let boxes = match self.ctx.store.list_mailboxes(account).await {
+            Ok(b) => b,
+            Err(e) => return io.write_all(&status_err(tag, &e, word)).await,
+        };
+        let mut out = Vec::new();
+        for b in &boxes {
+            let matched = patterns.iter().any(|p| {
+                let full = format!("{reference}{p}");
+                imap::list_matches(&full, &b.name)
+            });
+            if !matched
+                || (subscribed_only && !b.subscribed)
+                || (special_only && b.special_use.is_empty())
+            {
+                continue;
+            }
+            let prefix = format!("{}{DELIMITER}", b.name);
+            let children = boxes.iter().any(|o| o.name.starts_with(&prefix));
+            let mut attrs = vec![if children {
+                "\\HasChildren"
+            } else {
+                "\\HasNoChildren"
+            }];
+            if !b.special_use.is_empty() {
+                attrs.push(b.special_use.as_str());
+            }
+            if subscribed_only && !lsub {
+                attrs.push("\\Subscribed");
+            }
+            out.extend(imap::untagged(&format!(
+                "{word} ({}) \"/\" {}",
+                attrs.join(" "),
+                imap::quote(&b.name)
+            )));
+            if !status.is_empty() {
+                match self.status_line(&b.name, status).await {
+                    Ok(Some(line)) => out.extend(line),
+                    Ok(None) => {}
+                    Err(e) => return io.write_all(&status_err(tag, &e, word)).await,
+                }
+            }
+        }
+        io.write_all(&out).await?;
+        io.write_all(&imap::tagged(tag, Status::Ok, &format!("{word} completed")))
+            .await
     }
 }
 
-/// Errors refreshing a selected mailbox.
-#[derive(Debug, thiserror::Error)]
-enum RefreshError {
-    /// The database failed.
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-    /// Writing to the client failed.
-    #[error(transparent)]
-    Io(#[from] io::Error),
+/// The parts of a STORE command.
+struct StoreOp<'a> {
+    mode: StoreMode,
+    silent: bool,
+    flags: &'a [String],
+    unchanged_since: Option<u64>,
+}
+
+/// Does the search use MODSEQ?
+fn has_modseq(k: &SearchKey) -> bool {
+    match k {
+        SearchKey::ModSeq(_) => true,
+        SearchKey::And(v) => v.iter().any(has_modseq),
+        SearchKey::Or(a, b) => has_modseq(a) || has_modseq(b),
+        SearchKey::Not(a) => has_modseq(a),
+        _ => false,
+    }
+}
+
+fn has_flag(flags: &[String], f: &str) -> bool {
+    flags.iter().any(|x| x.eq_ignore_ascii_case(f))
 }

@@ -8,6 +8,7 @@ mod accounts;
 mod deliver;
 mod imap;
 mod net;
+mod notify;
 mod pop3;
 mod store;
 
@@ -68,6 +69,18 @@ pub mod keys {
         "",
         "mailbox database: sqlite://PATH (default sqlite://<data_dir>/mailbox.db) or postgres://USER:PASS@HOST/DB",
     );
+    /// `TERN_MAILBOX_MAX_MESSAGE_BYTES`.
+    pub const MAX_MESSAGE_BYTES: Key<usize> = Key::new(
+        "mailbox_max_message_bytes",
+        "26214400",
+        "largest message IMAP APPEND accepts, in octets (also bounds a session's buffered command)",
+    );
+    /// `TERN_MAILBOX_DEFAULT_QUOTA_BYTES`.
+    pub const DEFAULT_QUOTA_BYTES: Key<u64> = Key::new(
+        "mailbox_default_quota_bytes",
+        "0",
+        "storage quota of new accounts in octets; 0 means unlimited",
+    );
     /// `TERN_ALLOW_PLAINTEXT_AUTH`.
     pub const ALLOW_PLAINTEXT_AUTH: Key<bool> = Key::new(
         "allow_plaintext_auth",
@@ -100,8 +113,12 @@ pub struct Config {
     /// deployments should set it to false (there is no STARTTLS yet, so
     /// cleartext ports then cannot log in at all).
     pub allow_plaintext_auth: bool,
-    /// Certificate for the TLS listeners.
+    /// Certificate for the TLS listeners and STARTTLS / STLS.
     pub tls: TlsConfig,
+    /// Largest message APPEND accepts.
+    pub max_message_bytes: usize,
+    /// Quota of new accounts in octets (0: unlimited).
+    pub default_quota_bytes: u64,
 }
 
 /// Percent-encode the characters sqlx would read as URL syntax in a path.
@@ -138,6 +155,8 @@ impl Config {
             admin_listen: src.get(&endpoints::MAILBOX_ADMIN)?,
             database_url,
             allow_plaintext_auth: src.get(&keys::ALLOW_PLAINTEXT_AUTH)?,
+            max_message_bytes: src.get(&keys::MAX_MESSAGE_BYTES)?,
+            default_quota_bytes: src.get(&keys::DEFAULT_QUOTA_BYTES)?,
             tls: TlsConfig::from_source(src)?,
             common,
         })
@@ -211,6 +230,10 @@ fn describe_metrics() {
         "tern_mailbox_deliveries_total",
         "local deliveries per recipient, by outcome (delivered, deferred, bounced)"
     );
+    metrics::describe_counter!(
+        "tern_mailbox_over_quota_total",
+        "local deliveries deferred because the account is over its quota"
+    );
 }
 
 /// Bind every listener (port 0 picks a free port) and load TLS material.
@@ -218,7 +241,17 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     config.common.require_nats_url()?;
     admin::metrics_handle();
     describe_metrics();
-    let tls = if config.imaps_listen.is_some() || config.pop3s_listen.is_some() {
+    // Every protocol listener uses TLS: implicit on imaps/pop3s, STARTTLS /
+    // STLS on the cleartext ports.
+    let any = [
+        config.imap_listen,
+        config.imaps_listen,
+        config.pop3_listen,
+        config.pop3s_listen,
+    ]
+    .iter()
+    .any(Option::is_some);
+    let tls = if any {
         let sc = config
             .tls
             .server_config(&config.common.data_dir, &config.common.hostname)?;
@@ -343,16 +376,31 @@ async fn serve(
     reporter
         .set_serving::<AccountsServer<AccountsService>>()
         .await;
-    let accounts = AccountsService::new(store.clone(), config.common.local_domains.clone());
+    let accounts = AccountsService::new(
+        store.clone(),
+        config.common.local_domains.clone(),
+        config.default_quota_bytes,
+    );
     let routes = tonic::service::Routes::new(health).add_service(AccountsServer::new(accounts));
     let grpc_task = tokio::spawn(grpc::serve(l.grpc, routes, shutdown.clone()));
 
+    let client = bus::connect(&nats_url, "tern-mailbox").await?;
+    let hub = Arc::new(notify::Hub::new());
+    let notify_task = tokio::spawn(notify::run(
+        store.clone(),
+        hub.clone(),
+        client.clone(),
+        shutdown.clone(),
+    ));
     let tracker = TaskTracker::new();
     let ctx = Arc::new(SessionCtx {
         store: store.clone(),
         hostname: config.common.hostname.clone(),
         allow_plaintext_auth: config.allow_plaintext_auth,
         shutdown: shutdown.clone(),
+        tls: l.tls.clone(),
+        hub,
+        max_message: config.max_message_bytes.clamp(1024, 1 << 30),
     });
     let mut accept_tasks = Vec::new();
     for (listener, protocol, label, tls) in [
@@ -373,7 +421,6 @@ async fn serve(
         }
     }
 
-    let client = bus::connect(&nats_url, "tern-mailbox").await?;
     let deliverer = Arc::new(deliver::Deliverer {
         js: jetstream::new(client.clone()),
         store: store.clone(),
@@ -395,6 +442,7 @@ async fn serve(
         let _ = t.await;
     }
     let _ = deliver_task.await;
+    let _ = notify_task.await;
     let grace = config.common.shutdown_grace;
     shutdown::drain(&tracker, grace).await;
     match tokio::time::timeout(grace, grpc_task).await {

@@ -14,7 +14,7 @@ use tracing::Instrument;
 use crate::store::Store;
 
 /// How long a TLS handshake may take.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What every session needs.
 pub struct SessionCtx {
@@ -26,6 +26,12 @@ pub struct SessionCtx {
     pub allow_plaintext_auth: bool,
     /// Fires when the service shuts down; idle sessions then close.
     pub shutdown: Shutdown,
+    /// TLS for STARTTLS / STLS (`None`: not offered).
+    pub tls: Option<TlsAcceptor>,
+    /// Change notifications for IDLE.
+    pub hub: Arc<crate::notify::Hub>,
+    /// Largest message APPEND accepts, in octets.
+    pub max_message: usize,
 }
 
 /// Which protocol a listener speaks.

@@ -32,6 +32,7 @@ enum Input {
 pub async fn session(stream: Box<dyn Io>, tls: bool, ctx: &SessionCtx) -> io::Result<()> {
     let mut io = BufWriter::new(stream);
     let mut session = Session::new(tls || ctx.allow_plaintext_auth);
+    session.offer_stls(!tls && ctx.tls.is_some());
     let mut maildrop: Option<Maildrop> = None;
     let mut lines = LineBuffer::new(pop3::MAX_LINE);
     let mut buf = vec![0u8; 4096];
@@ -52,6 +53,28 @@ pub async fn session(stream: Box<dyn Io>, tls: bool, ctx: &SessionCtx) -> io::Re
                     io.write_all(&r).await?;
                     io.flush().await?;
                     return Ok(());
+                }
+                Action::StartTls(r) => {
+                    io.write_all(&r).await?;
+                    io.flush().await?;
+                    let Some(acceptor) = ctx.tls.clone() else {
+                        return Ok(());
+                    };
+                    // Pipelined cleartext after STLS is discarded (RFC 2595 §4).
+                    lines = LineBuffer::new(pop3::MAX_LINE);
+                    let inner = io.into_inner();
+                    let stream = match tokio::time::timeout(
+                        crate::net::TLS_HANDSHAKE_TIMEOUT,
+                        acceptor.accept(inner),
+                    )
+                    .await
+                    {
+                        Ok(Ok(t)) => t,
+                        _ => return Ok(()),
+                    };
+                    io = BufWriter::new(Box::new(stream));
+                    session.tls_started();
+                    break;
                 }
                 Action::Authenticate { user, password } => {
                     let reply = match login(ctx, &user, &password).await {

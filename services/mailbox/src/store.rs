@@ -20,6 +20,19 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// The name of the one mailbox every account has.
 pub const INBOX: &str = "INBOX";
 
+/// The folders every account gets besides INBOX, with their RFC 6154
+/// special-use attribute.
+pub const DEFAULT_FOLDERS: [(&str, &str); 5] = [
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+    ("Archive", "\\Archive"),
+];
+
+/// The hierarchy delimiter of mailbox names.
+pub const DELIMITER: char = '/';
+
 /// Errors from the database.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -82,6 +95,31 @@ macro_rules! write_tx {
     };
 }
 
+/// Would `$extra` more octets exceed the account's quota? Evaluated inside
+/// the write transaction, so concurrent deliveries cannot both slip past.
+macro_rules! over_quota {
+    ($tx:ident, $account:expr, $extra:expr) => {{
+        // The quota first (a primary-key lookup); the usage sum only when
+        // there is a quota to check.
+        let quota: Option<i64> = sqlx::query_scalar("SELECT quota_bytes FROM accounts WHERE id = $1")
+            .bind($account)
+            .fetch_optional(&mut *$tx)
+            .await?;
+        match quota {
+            Some(quota) if quota > 0 => {
+                let used: i64 = sqlx::query_scalar(
+                    "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM messages WHERE account_id = $1",
+                )
+                .bind($account)
+                .fetch_one(&mut *$tx)
+                .await?;
+                used.saturating_add($extra) > quota
+            }
+            _ => false,
+        }
+    }};
+}
+
 /// An account row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -102,6 +140,47 @@ pub struct Mailbox {
     pub uidnext: u32,
     /// Highest UID any read-write SELECT has seen (for `\Recent`).
     pub recent_uid: u32,
+    /// HIGHESTMODSEQ: bumped by every change to the mailbox.
+    pub highest_modseq: u64,
+}
+
+/// A mailbox as LIST shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxInfo {
+    /// Row id.
+    pub id: i64,
+    /// Full name (`/`-separated).
+    pub name: String,
+    /// RFC 6154 attribute or empty.
+    pub special_use: String,
+    /// Subscribed.
+    pub subscribed: bool,
+}
+
+/// Message counts for STATUS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// Messages.
+    pub messages: u32,
+    /// Messages without `\Seen`.
+    pub unseen: u32,
+    /// Messages above the recent mark.
+    pub recent: u32,
+    /// Sum of their sizes.
+    pub size: u64,
+}
+
+/// Why a mailbox operation was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailboxOp {
+    /// Done.
+    Done,
+    /// The mailbox (or the source) does not exist.
+    NotFound,
+    /// The target name is taken.
+    Exists,
+    /// Refused: INBOX cannot be deleted or renamed this way.
+    Refused,
 }
 
 /// A message's metadata (no content).
@@ -117,6 +196,8 @@ pub struct MessageMeta {
     pub size: u64,
     /// Internal date, Unix milliseconds.
     pub internal_date_ms: i64,
+    /// Mod-sequence of the last change (RFC 7162).
+    pub modseq: u64,
 }
 
 /// The outcome of [`Store::deliver`].
@@ -126,11 +207,31 @@ pub enum Delivered {
     Stored(u32),
     /// This message id was already delivered to this account.
     Duplicate,
+    /// Storing it would exceed the account's quota.
+    OverQuota,
+}
+
+/// The outcome of [`Store::append`] and [`Store::copy`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Added {
+    /// Stored: the target's UIDVALIDITY and the new UIDs, in order.
+    Stored {
+        /// Target UIDVALIDITY.
+        uidvalidity: u32,
+        /// New UIDs.
+        uids: Vec<u32>,
+    },
+    /// The target mailbox does not exist.
+    NoMailbox,
+    /// The account's quota would be exceeded.
+    OverQuota,
 }
 
 /// The database.
 pub struct Store {
     pool: Pool,
+    /// Account ids whose mail changed through this store (see [`Store::changes`]).
+    events: tokio::sync::broadcast::Sender<i64>,
 }
 
 fn new_id() -> i64 {
@@ -143,6 +244,42 @@ fn to_u32(v: i64, what: &'static str) -> Result<u32, StoreError> {
 
 fn flags_text(flags: &[String]) -> String {
     flags.join(" ")
+}
+
+fn to_u64(v: i64, what: &'static str) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(what))
+}
+
+type MetaRow = (i64, i64, String, i64, i64, i64);
+
+fn meta(row: MetaRow) -> Result<MessageMeta, StoreError> {
+    let (id, uid, flags, size, date, modseq) = row;
+    Ok(MessageMeta {
+        id,
+        uid: to_u32(uid, "uid")?,
+        flags: tern_mailproto::imap::parse_flags(&flags),
+        size: to_u64(size, "size")?,
+        internal_date_ms: date,
+        modseq: to_u64(modseq, "modseq")?,
+    })
+}
+
+type MailboxRow = (i64, i64, i64, i64, i64);
+
+fn mailbox_row(row: MailboxRow) -> Result<Mailbox, StoreError> {
+    Ok(Mailbox {
+        id: row.0,
+        uidvalidity: to_u32(row.1, "uidvalidity")?,
+        uidnext: to_u32(row.2, "uidnext")?,
+        recent_uid: to_u32(row.3, "recent_uid")?,
+        highest_modseq: to_u64(row.4, "modseq")?,
+    })
+}
+
+/// A fresh UIDVALIDITY: seconds now, so a re-created name never reuses one.
+fn new_uidvalidity() -> i64 {
+    let now = tern_runtime::now_unix_ms();
+    i64::from(u32::try_from(now / 1000).unwrap_or(1).max(1))
 }
 
 /// Lower-case hex SHA-256.
@@ -192,9 +329,20 @@ impl Store {
         } else {
             return Err(StoreError::Url(url.to_string()));
         };
-        let store = Store { pool };
+        let (events, _) = tokio::sync::broadcast::channel(1024);
+        let store = Store { pool, events };
         with_pool!(store, p => MIGRATOR.run(p).await)?;
         Ok(store)
+    }
+
+    /// Account ids whose messages changed (delivery, APPEND, COPY, flags,
+    /// expunge) through this store, as they commit.
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<i64> {
+        self.events.subscribe()
+    }
+
+    fn changed(&self, account_id: i64) {
+        let _ = self.events.send(account_id);
     }
 
     /// `"sqlite"` or `"postgres"`.
@@ -231,16 +379,20 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             if r.rows_affected() == 1 {
-                sqlx::query(
-                    "INSERT INTO mailboxes (id, account_id, name, uidvalidity, uidnext, recent_uid) \
-                     VALUES ($1, $2, $3, $4, 1, 0)",
-                )
-                .bind(new_id())
-                .bind(id)
-                .bind(INBOX)
-                .bind(i64::from(uidvalidity))
-                .execute(&mut *tx)
-                .await?;
+                let all = std::iter::once((INBOX, "")).chain(DEFAULT_FOLDERS);
+                for (name, special) in all {
+                    sqlx::query(
+                        "INSERT INTO mailboxes (id, account_id, name, uidvalidity, uidnext, recent_uid, special_use) \
+                         VALUES ($1, $2, $3, $4, 1, 0, $5)",
+                    )
+                    .bind(new_id())
+                    .bind(id)
+                    .bind(name)
+                    .bind(i64::from(uidvalidity))
+                    .bind(special)
+                    .execute(&mut *tx)
+                    .await?;
+                }
             }
             r.rows_affected() == 1
         });
@@ -315,21 +467,408 @@ impl Store {
 
     /// An account's INBOX.
     pub async fn inbox(&self, account_id: i64) -> Result<Mailbox, StoreError> {
-        let row: (i64, i64, i64, i64) = with_pool!(self, p => {
+        self.mailbox(account_id, INBOX)
+            .await?
+            .ok_or(StoreError::Corrupt("account without INBOX"))
+    }
+
+    /// A mailbox of the account by exact name.
+    pub async fn mailbox(
+        &self,
+        account_id: i64,
+        name: &str,
+    ) -> Result<Option<Mailbox>, StoreError> {
+        let row: Option<MailboxRow> = with_pool!(self, p => {
             sqlx::query_as(
-                "SELECT id, uidvalidity, uidnext, recent_uid FROM mailboxes WHERE account_id = $1 AND name = $2",
+                "SELECT id, uidvalidity, uidnext, recent_uid, highest_modseq FROM mailboxes \
+                 WHERE account_id = $1 AND name = $2",
             )
             .bind(account_id)
-            .bind(INBOX)
+            .bind(name)
+            .fetch_optional(p)
+            .await?
+        });
+        row.map(mailbox_row).transpose()
+    }
+
+    /// A mailbox by id (fresh UIDNEXT and HIGHESTMODSEQ); `None` once deleted.
+    pub async fn mailbox_by_id(&self, mailbox_id: i64) -> Result<Option<Mailbox>, StoreError> {
+        let row: Option<MailboxRow> = with_pool!(self, p => {
+            sqlx::query_as(
+                "SELECT id, uidvalidity, uidnext, recent_uid, highest_modseq FROM mailboxes WHERE id = $1",
+            )
+            .bind(mailbox_id)
+            .fetch_optional(p)
+            .await?
+        });
+        row.map(mailbox_row).transpose()
+    }
+
+    /// Every mailbox of the account, by name.
+    pub async fn list_mailboxes(&self, account_id: i64) -> Result<Vec<MailboxInfo>, StoreError> {
+        let rows: Vec<(i64, String, String, i64)> = with_pool!(self, p => {
+            sqlx::query_as(
+                "SELECT id, name, special_use, subscribed FROM mailboxes WHERE account_id = $1 ORDER BY name",
+            )
+            .bind(account_id)
+            .fetch_all(p)
+            .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(id, name, special_use, sub)| MailboxInfo {
+                id,
+                name,
+                special_use,
+                subscribed: sub != 0,
+            })
+            .collect())
+    }
+
+    /// Create a mailbox. `Exists` if the name is taken.
+    pub async fn create_mailbox(
+        &self,
+        account_id: i64,
+        name: &str,
+    ) -> Result<MailboxOp, StoreError> {
+        let r = with_pool!(self, p => {
+            sqlx::query(
+                "INSERT INTO mailboxes (id, account_id, name, uidvalidity, uidnext, recent_uid) \
+                 VALUES ($1, $2, $3, $4, 1, 0) ON CONFLICT (account_id, name) DO NOTHING",
+            )
+            .bind(new_id())
+            .bind(account_id)
+            .bind(name)
+            .bind(new_uidvalidity())
+            .execute(p)
+            .await?
+            .rows_affected()
+        });
+        Ok(if r == 1 {
+            MailboxOp::Done
+        } else {
+            MailboxOp::Exists
+        })
+    }
+
+    /// Delete a mailbox and its messages (not INBOX).
+    pub async fn delete_mailbox(
+        &self,
+        account_id: i64,
+        name: &str,
+    ) -> Result<MailboxOp, StoreError> {
+        if name == INBOX {
+            return Ok(MailboxOp::Refused);
+        }
+        let hashes: Option<Vec<String>> = write_tx!(self, tx => {
+            let id: Option<i64> = sqlx::query_scalar("SELECT id FROM mailboxes WHERE account_id = $1 AND name = $2")
+                .bind(account_id)
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            match id {
+                None => None,
+                Some(id) => {
+                    let hashes: Vec<String> = sqlx::query_scalar("DELETE FROM messages WHERE mailbox_id = $1 RETURNING body_hash")
+                        .bind(id)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    sqlx::query("DELETE FROM mailboxes WHERE id = $1").bind(id).execute(&mut *tx).await?;
+                    Some(hashes)
+                }
+            }
+        });
+        match hashes {
+            None => Ok(MailboxOp::NotFound),
+            Some(mut h) => {
+                h.sort();
+                h.dedup();
+                self.changed(account_id);
+                self.collect_bodies(&h).await?;
+                Ok(MailboxOp::Done)
+            }
+        }
+    }
+
+    /// Rename a mailbox and its children (`from/...`). Renaming INBOX is refused.
+    pub async fn rename_mailbox(
+        &self,
+        account_id: i64,
+        from: &str,
+        to: &str,
+    ) -> Result<MailboxOp, StoreError> {
+        if from == INBOX || to == INBOX {
+            return Ok(MailboxOp::Refused);
+        }
+        let prefix = format!("{from}{DELIMITER}");
+        let op = write_tx!(self, tx => {
+            let names: Vec<(i64, String)> = sqlx::query_as("SELECT id, name FROM mailboxes WHERE account_id = $1")
+                .bind(account_id)
+                .fetch_all(&mut *tx)
+                .await?;
+            if !names.iter().any(|(_, n)| n == from) {
+                MailboxOp::NotFound
+            } else if names.iter().any(|(_, n)| n == to) {
+                MailboxOp::Exists
+            } else {
+                for (id, n) in &names {
+                    let new = if n == from {
+                        to.to_string()
+                    } else if let Some(rest) = n.strip_prefix(&prefix) {
+                        format!("{to}{DELIMITER}{rest}")
+                    } else {
+                        continue;
+                    };
+                    sqlx::query("UPDATE mailboxes SET name = $1 WHERE id = $2")
+                        .bind(new)
+                        .bind(*id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                MailboxOp::Done
+            }
+        });
+        Ok(op)
+    }
+
+    /// SUBSCRIBE / UNSUBSCRIBE.
+    pub async fn set_subscribed(
+        &self,
+        account_id: i64,
+        name: &str,
+        on: bool,
+    ) -> Result<MailboxOp, StoreError> {
+        let r = with_pool!(self, p => {
+            sqlx::query("UPDATE mailboxes SET subscribed = $1 WHERE account_id = $2 AND name = $3")
+                .bind(i64::from(on))
+                .bind(account_id)
+                .bind(name)
+                .execute(p)
+                .await?
+                .rows_affected()
+        });
+        Ok(if r == 1 {
+            MailboxOp::Done
+        } else {
+            MailboxOp::NotFound
+        })
+    }
+
+    /// Message counts of a mailbox.
+    pub async fn counts(&self, mb: &Mailbox) -> Result<Counts, StoreError> {
+        let rows: Vec<(i64, String, i64)> = with_pool!(self, p => {
+            sqlx::query_as("SELECT uid, flags, size FROM messages WHERE mailbox_id = $1")
+                .bind(mb.id)
+                .fetch_all(p)
+                .await?
+        });
+        let mut c = Counts::default();
+        for (uid, flags, size) in rows {
+            c.messages += 1;
+            if !flags
+                .split_ascii_whitespace()
+                .any(|f| f.eq_ignore_ascii_case("\\Seen"))
+            {
+                c.unseen += 1;
+            }
+            if uid > i64::from(mb.recent_uid) {
+                c.recent += 1;
+            }
+            c.size += to_u64(size, "size")?;
+        }
+        Ok(c)
+    }
+
+    /// Octets stored for the account, and its quota (0 = none).
+    pub async fn usage(&self, account_id: i64) -> Result<(u64, u64), StoreError> {
+        let (used, quota): (i64, i64) = with_pool!(self, p => {
+            sqlx::query_as(
+                "SELECT CAST(COALESCE((SELECT SUM(size) FROM messages WHERE account_id = $1), 0) AS BIGINT), \
+                 (SELECT quota_bytes FROM accounts WHERE id = $1)",
+            )
+            .bind(account_id)
             .fetch_one(p)
             .await?
         });
-        Ok(Mailbox {
-            id: row.0,
-            uidvalidity: to_u32(row.1, "uidvalidity")?,
-            uidnext: to_u32(row.2, "uidnext")?,
-            recent_uid: to_u32(row.3, "recent_uid")?,
-        })
+        Ok((to_u64(used, "size")?, to_u64(quota, "quota")?))
+    }
+
+    /// Set the account's quota in octets (0 = none). False if unknown.
+    pub async fn set_quota(&self, address: &str, bytes: u64) -> Result<bool, StoreError> {
+        let bytes = i64::try_from(bytes).map_err(|_| StoreError::Corrupt("quota"))?;
+        let r = with_pool!(self, p => {
+            sqlx::query("UPDATE accounts SET quota_bytes = $1 WHERE address = $2")
+                .bind(bytes)
+                .bind(address)
+                .execute(p)
+                .await?
+                .rows_affected()
+        });
+        Ok(r == 1)
+    }
+
+    /// Store a message in a mailbox (IMAP APPEND).
+    pub async fn append(
+        &self,
+        account_id: i64,
+        mailbox: &str,
+        flags: &[String],
+        internal_date_ms: i64,
+        content: &[u8],
+    ) -> Result<Added, StoreError> {
+        let hash = sha256_hex(content);
+        let size = i64::try_from(content.len()).map_err(|_| StoreError::Corrupt("size"))?;
+        let message_id = format!("append/{:016x}", new_id());
+        let flags = flags_text(flags);
+        let added = write_tx!(self, tx => {
+            if over_quota!(tx, account_id, size) {
+                Added::OverQuota
+            } else {
+                let mb: Option<(i64, i64, i64)> = sqlx::query_as(
+                    "UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = highest_modseq + 1 \
+                     WHERE account_id = $1 AND name = $2 RETURNING id, uidnext, highest_modseq",
+                )
+                .bind(account_id)
+                .bind(mailbox)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match mb {
+                    None => Added::NoMailbox,
+                    Some((mailbox_id, uidnext, modseq)) => {
+                        sqlx::query("INSERT INTO bodies (hash, size, data) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING")
+                            .bind(&hash)
+                            .bind(size)
+                            .bind(content)
+                            .execute(&mut *tx)
+                            .await?;
+                        let uid = uidnext - 1;
+                        sqlx::query(
+                            "INSERT INTO messages (id, account_id, mailbox_id, uid, message_id, flags, \
+                             internal_date_unix_ms, size, prefix, body_hash, modseq) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                        )
+                        .bind(new_id())
+                        .bind(account_id)
+                        .bind(mailbox_id)
+                        .bind(uid)
+                        .bind(&message_id)
+                        .bind(&flags)
+                        .bind(internal_date_ms)
+                        .bind(size)
+                        .bind(&b""[..])
+                        .bind(&hash)
+                        .bind(modseq)
+                        .execute(&mut *tx)
+                        .await?;
+                        let uidvalidity: i64 = sqlx::query_scalar("SELECT uidvalidity FROM mailboxes WHERE id = $1")
+                            .bind(mailbox_id)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                        Added::Stored { uidvalidity: to_u32(uidvalidity, "uidvalidity")?, uids: vec![to_u32(uid, "uid")?] }
+                    }
+                }
+            }
+        });
+        if let Added::Stored { .. } = added {
+            self.changed(account_id);
+        }
+        Ok(added)
+    }
+
+    /// Copy messages (row ids, in order) of the account into another of
+    /// its mailboxes; bodies are shared, not duplicated.
+    pub async fn copy(
+        &self,
+        account_id: i64,
+        ids: &[i64],
+        target: &str,
+    ) -> Result<Added, StoreError> {
+        let n = i64::try_from(ids.len()).map_err(|_| StoreError::Corrupt("count"))?;
+        let added = write_tx!(self, tx => {
+            let mut extra = 0i64;
+            for id in ids {
+                let s: Option<i64> = sqlx::query_scalar("SELECT size FROM messages WHERE id = $1 AND account_id = $2")
+                    .bind(*id)
+                    .bind(account_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                extra = extra.saturating_add(s.unwrap_or(0));
+            }
+            if over_quota!(tx, account_id, extra) {
+                Added::OverQuota
+            } else {
+                let mb: Option<(i64, i64, i64, i64)> = sqlx::query_as(
+                    "UPDATE mailboxes SET uidnext = uidnext + $3, highest_modseq = highest_modseq + 1 \
+                     WHERE account_id = $1 AND name = $2 RETURNING id, uidnext, highest_modseq, uidvalidity",
+                )
+                .bind(account_id)
+                .bind(target)
+                .bind(n)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match mb {
+                    None => Added::NoMailbox,
+                    Some((mailbox_id, uidnext, modseq, uidvalidity)) => {
+                        let mut uids = Vec::with_capacity(ids.len());
+                        for (uid, id) in (uidnext - n..).zip(ids) {
+                            let r = sqlx::query(
+                                "INSERT INTO messages (id, account_id, mailbox_id, uid, message_id, flags, \
+                                 internal_date_unix_ms, size, prefix, body_hash, modseq) \
+                                 SELECT $1, account_id, $2, $3, $4, flags, internal_date_unix_ms, size, prefix, body_hash, $5 \
+                                 FROM messages WHERE id = $6 AND account_id = $7",
+                            )
+                            .bind(new_id())
+                            .bind(mailbox_id)
+                            .bind(uid)
+                            .bind(format!("copy/{:016x}", new_id()))
+                            .bind(modseq)
+                            .bind(*id)
+                            .bind(account_id)
+                            .execute(&mut *tx)
+                            .await?;
+                            if r.rows_affected() == 1 {
+                                uids.push(to_u32(uid, "uid")?);
+                            }
+                        }
+                        Added::Stored { uidvalidity: to_u32(uidvalidity, "uidvalidity")?, uids }
+                    }
+                }
+            }
+        });
+        if let Added::Stored { .. } = added {
+            self.changed(account_id);
+        }
+        Ok(added)
+    }
+
+    /// Set new flags on messages of one mailbox (row id, flags) in one
+    /// transaction with one new mod-sequence, which is returned.
+    pub async fn store_flags(
+        &self,
+        account_id: i64,
+        mailbox_id: i64,
+        changes: &[(i64, Vec<String>)],
+    ) -> Result<u64, StoreError> {
+        let modseq: i64 = write_tx!(self, tx => {
+            let modseq: i64 = sqlx::query_scalar(
+                "UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = $1 RETURNING highest_modseq",
+            )
+            .bind(mailbox_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            for (id, flags) in changes {
+                sqlx::query("UPDATE messages SET flags = $1, modseq = $2 WHERE id = $3 AND mailbox_id = $4")
+                    .bind(flags_text(flags))
+                    .bind(modseq)
+                    .bind(*id)
+                    .bind(mailbox_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            modseq
+        });
+        self.changed(account_id);
+        to_u64(modseq, "modseq")
     }
 
     /// Mark every message up to `uid` as no longer recent (a read-write
@@ -370,6 +909,8 @@ impl Store {
                     .await?;
             if existing.is_some() {
                 Delivered::Duplicate
+            } else if over_quota!(tx, account_id, size) {
+                Delivered::OverQuota
             } else {
                 let have_body: Option<i64> = sqlx::query_scalar("SELECT size FROM bodies WHERE hash = $1")
                     .bind(&hash)
@@ -383,9 +924,9 @@ impl Store {
                         .execute(&mut *tx)
                         .await?;
                 }
-                let (mailbox_id, uidnext): (i64, i64) = sqlx::query_as(
-                    "UPDATE mailboxes SET uidnext = uidnext + 1 WHERE account_id = $1 AND name = $2 \
-                     RETURNING id, uidnext",
+                let (mailbox_id, uidnext, modseq): (i64, i64, i64) = sqlx::query_as(
+                    "UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = highest_modseq + 1 \
+                     WHERE account_id = $1 AND name = $2 RETURNING id, uidnext, highest_modseq",
                 )
                 .bind(account_id)
                 .bind(INBOX)
@@ -394,8 +935,8 @@ impl Store {
                 let uid = uidnext - 1;
                 let r = sqlx::query(
                     "INSERT INTO messages (id, account_id, mailbox_id, uid, message_id, flags, \
-                     internal_date_unix_ms, size, prefix, body_hash) \
-                     VALUES ($1, $2, $3, $4, $5, '', $6, $7, $8, $9) \
+                     internal_date_unix_ms, size, prefix, body_hash, modseq) \
+                     VALUES ($1, $2, $3, $4, $5, '', $6, $7, $8, $9, $10) \
                      ON CONFLICT (message_id, account_id) DO NOTHING",
                 )
                 .bind(new_id())
@@ -407,6 +948,7 @@ impl Store {
                 .bind(size)
                 .bind(prefix)
                 .bind(&hash)
+                .bind(modseq)
                 .execute(&mut *tx)
                 .await?;
                 if r.rows_affected() == 1 {
@@ -416,6 +958,9 @@ impl Store {
                 }
             }
         });
+        if let Delivered::Stored(_) = outcome {
+            self.changed(account_id);
+        }
         Ok(outcome)
     }
 
@@ -425,9 +970,9 @@ impl Store {
         mailbox_id: i64,
         after_uid: u32,
     ) -> Result<Vec<MessageMeta>, StoreError> {
-        let rows: Vec<(i64, i64, String, i64, i64)> = with_pool!(self, p => {
+        let rows: Vec<MetaRow> = with_pool!(self, p => {
             sqlx::query_as(
-                "SELECT id, uid, flags, size, internal_date_unix_ms FROM messages \
+                "SELECT id, uid, flags, size, internal_date_unix_ms, modseq FROM messages \
                  WHERE mailbox_id = $1 AND uid > $2 ORDER BY uid",
             )
             .bind(mailbox_id)
@@ -435,17 +980,7 @@ impl Store {
             .fetch_all(p)
             .await?
         });
-        rows.into_iter()
-            .map(|(id, uid, flags, size, date)| {
-                Ok(MessageMeta {
-                    id,
-                    uid: to_u32(uid, "uid")?,
-                    flags: tern_mailproto::imap::parse_flags(&flags),
-                    size: u64::try_from(size).map_err(|_| StoreError::Corrupt("size"))?,
-                    internal_date_ms: date,
-                })
-            })
-            .collect()
+        rows.into_iter().map(meta).collect()
     }
 
     /// The full message (prefix + body), or `None` if it is gone.
@@ -465,15 +1000,33 @@ impl Store {
     }
 
     /// Replace a message's flags.
-    pub async fn set_flags(&self, message_id: i64, flags: &[String]) -> Result<(), StoreError> {
-        with_pool!(self, p => {
-            sqlx::query("UPDATE messages SET flags = $1 WHERE id = $2")
-                .bind(flags_text(flags))
+    pub async fn set_flags(
+        &self,
+        account_id: i64,
+        message_id: i64,
+        flags: &[String],
+    ) -> Result<(), StoreError> {
+        write_tx!(self, tx => {
+            let mb: Option<i64> = sqlx::query_scalar("SELECT mailbox_id FROM messages WHERE id = $1")
                 .bind(message_id)
-                .execute(p)
-                .await?
-                .rows_affected()
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(mb) = mb {
+                let modseq: i64 = sqlx::query_scalar(
+                    "UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = $1 RETURNING highest_modseq",
+                )
+                .bind(mb)
+                .fetch_one(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE messages SET flags = $1, modseq = $2 WHERE id = $3")
+                    .bind(flags_text(flags))
+                    .bind(modseq)
+                    .bind(message_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
         });
+        self.changed(account_id);
         Ok(())
     }
 
@@ -484,18 +1037,33 @@ impl Store {
         }
         let hashes: Vec<String> = write_tx!(self, tx => {
             let mut hashes = Vec::with_capacity(ids.len());
+            let mut mailboxes: Vec<i64> = Vec::new();
             for id in ids {
-                let h: Option<String> = sqlx::query_scalar(
-                    "DELETE FROM messages WHERE id = $1 AND account_id = $2 RETURNING body_hash",
+                let h: Option<(String, i64)> = sqlx::query_as(
+                    "DELETE FROM messages WHERE id = $1 AND account_id = $2 RETURNING body_hash, mailbox_id",
                 )
                 .bind(*id)
                 .bind(account_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-                hashes.extend(h);
+                if let Some((h, mb)) = h {
+                    hashes.push(h);
+                    if !mailboxes.contains(&mb) {
+                        mailboxes.push(mb);
+                    }
+                }
             }
+            for mb in mailboxes {
+                sqlx::query("UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = $1")
+                    .bind(mb)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            hashes.sort();
+            hashes.dedup();
             hashes
         });
+        self.changed(account_id);
         self.collect_bodies(&hashes).await
     }
 
@@ -637,7 +1205,7 @@ mod tests {
         assert_eq!(store.messages(inbox.id, 1).await.unwrap().len(), 1);
 
         store
-            .set_flags(msgs[0].id, &["\\Seen".to_string()])
+            .set_flags(a.id, msgs[0].id, &["\\Seen".to_string()])
             .await
             .unwrap();
         assert_eq!(

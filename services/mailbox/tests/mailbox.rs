@@ -676,7 +676,7 @@ async fn imap_bad_input_gets_bad_and_the_session_continues() {
     assert!(c.cmd("pw\r\n").await.starts_with("a5 OK"));
     assert!(c.cmd("a6 LOGIN x y\r\n").await.starts_with("a6 BAD"));
     assert!(
-        c.cmd("a7 SELECT Archive\r\n")
+        c.cmd("a7 SELECT NoSuchFolder\r\n")
             .await
             .starts_with("a7 NO [NONEXISTENT]")
     );
@@ -684,7 +684,11 @@ async fn imap_bad_input_gets_bad_and_the_session_continues() {
     let sel = c.until("a8 ").await;
     assert!(sel.contains(&"* 0 EXISTS\r\n".to_string()), "{sel:?}");
     assert!(c.cmd("a9 FETCH 1 FLAGS\r\n").await.starts_with("a9 BAD"));
-    assert!(c.cmd("b1 FETCH 1 ENVELOPE\r\n").await.starts_with("b1 BAD"));
+    assert!(
+        c.cmd("b1 FETCH 1 ENVELOPES\r\n")
+            .await
+            .starts_with("b1 BAD")
+    );
     assert!(
         c.cmd("b2 UID FETCH 1:* FLAGS\r\n")
             .await
@@ -1041,4 +1045,597 @@ async fn postgres_backend_delivers_and_reads_back() {
     assert_eq!(peek, expected);
     h.stop().await;
     drop(pg);
+}
+
+/// imaplib, the way a desktop client works a mailbox: folders, APPEND,
+/// flags, SEARCH, ENVELOPE/BODYSTRUCTURE/parts, COPY/MOVE with UIDPLUS,
+/// EXPUNGE, CLOSE/UNSELECT, AUTHENTICATE PLAIN and STARTTLS.
+const IMAP_CLIENT: &str = r#"
+import imaplib, sys, re, ssl, time
+host, port, user, pw = sys.argv[1:5]
+M = imaplib.IMAP4(host, int(port), timeout=10)
+caps = M.capabilities
+for c in ("STARTTLS", "AUTH=PLAIN", "IDLE", "UIDPLUS", "MOVE", "SPECIAL-USE", "UNSELECT", "NAMESPACE"):
+    assert c in caps, (c, caps)
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+typ, _ = M.starttls(ssl_context=ctx)
+assert typ == "OK"
+assert "STARTTLS" not in M.capabilities, M.capabilities
+typ, _ = M.authenticate("PLAIN", lambda _: ("\0%s\0%s" % (user, pw)).encode())
+assert typ == "OK", typ
+
+# Default folders with special-use attributes.
+typ, lines = M.list()
+assert typ == "OK"
+names = {}
+for l in lines:
+    m = re.match(rb'\(([^)]*)\) "/" "?([^"]*)"?', l)
+    names[m.group(2).decode()] = m.group(1).decode()
+for n, attr in (("Sent", "\\Sent"), ("Drafts", "\\Drafts"), ("Trash", "\\Trash"), ("Junk", "\\Junk"), ("Archive", "\\Archive")):
+    assert attr in names.get(n, ""), (n, names)
+assert "INBOX" in names, names
+typ, lines = M.list('""', "%")
+assert typ == "OK" and len(lines) == 6, lines
+
+# CREATE / RENAME / SUBSCRIBE / LSUB / DELETE.
+assert M.create("Projects/Tern")[0] == "OK"
+assert M.create("Projects/Tern")[0] == "NO"
+typ, lines = M.list("Projects/", "%")
+assert lines == [b'(\\HasNoChildren) "/" "Projects/Tern"'], lines
+typ, lines = M.list('""', "Projects")
+assert b"\\HasChildren" in lines[0], lines
+assert M.rename("Projects", "Work")[0] == "OK"
+typ, lines = M.list('""', "Work/*")
+assert lines == [b'(\\HasNoChildren) "/" "Work/Tern"'], lines
+assert M.unsubscribe("Work/Tern")[0] == "OK"
+typ, lines = M.lsub('""', "Work/*")
+assert lines == [None], lines
+assert M.subscribe("Work/Tern")[0] == "OK"
+typ, lines = M.lsub('""', "Work/*")
+assert len(lines) == 1 and lines[0].startswith(b"(") and b"Work/Tern" in lines[0], lines
+assert M.delete("Work/Tern")[0] == "OK"
+assert M.delete("Work/Tern")[0] == "NO"
+assert M.delete("INBOX")[0] == "NO"
+
+# APPEND with flags and date: APPENDUID, then STATUS.
+msg1 = (b"From: Bob Example <bob@remote.test>\r\nTo: alice@example.com\r\nSubject: Quarterly numbers\r\n"
+        b"Date: Tue, 3 Feb 2026 10:00:00 +0000\r\nMessage-ID: <q1@remote.test>\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n"
+        b"--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nsee the attached sheet\r\n"
+        b"--b1\r\nContent-Type: text/csv; name=q.csv\r\nContent-Disposition: attachment; filename=q.csv\r\n\r\na,b\r\n1,2\r\n--b1--\r\n")
+msg2 = b"From: carol@remote.test\r\nSubject: lunch?\r\n\r\nnoon at the usual place\r\n"
+typ, d = M.append("INBOX", "(\\Flagged $Important)", imaplib.Time2Internaldate(1700000000), msg1)
+assert typ == "OK" and re.search(rb"\[APPENDUID \d+ 1\]", d[0]), d
+typ, d = M.append("INBOX", None, None, msg2)
+assert typ == "OK" and re.search(rb"\[APPENDUID \d+ 2\]", d[0]), d
+typ, d = M.append("Nope", None, None, msg2)
+assert typ == "NO" and b"TRYCREATE" in d[0], d
+typ, d = M.status("INBOX", "(MESSAGES UNSEEN UIDNEXT RECENT)")
+assert typ == "OK" and b"MESSAGES 2" in d[0] and b"UNSEEN 2" in d[0] and b"UIDNEXT 3" in d[0], d
+
+typ, d = M.select("INBOX")
+assert typ == "OK" and d == [b"2"], d
+typ, d = M.fetch("1", "(FLAGS INTERNALDATE)")
+assert b"\\Flagged" in d[0] and b"$Important" in d[0] and b"14-Nov-2023" in d[0], d
+typ, d = M.fetch("1", "(ENVELOPE)")
+env = d[0]
+assert b'"Quarterly numbers"' in env and b'(("Bob Example" NIL "bob" "remote.test"))' in env and b'"<q1@remote.test>"' in env, env
+typ, d = M.fetch("1", "(BODYSTRUCTURE)")
+bs = d[0]
+assert b'("TEXT" "PLAIN" ("CHARSET" "utf-8") NIL NIL "7BIT" 22 1' in bs and b'"MIXED"' in bs and b'("ATTACHMENT" ("FILENAME" "q.csv"))' in bs, bs
+typ, d = M.fetch("1", "(BODY.PEEK[2] BODY.PEEK[1.MIME] BODY.PEEK[TEXT]<0.4> RFC822.HEADER)")
+parts = {re.search(rb"(BODY\[[^\]]*\](<\d+>)?|RFC822.HEADER)", x[0]).group(1): x[1] for x in d if isinstance(x, tuple)}
+assert parts[b"BODY[2]"] == b"a,b\r\n1,2", parts
+assert parts[b"BODY[1.MIME]"] == b"Content-Type: text/plain; charset=utf-8\r\n\r\n", parts
+assert parts[b"BODY[TEXT]<0>"] == b"--b1", parts
+assert parts[b"RFC822.HEADER"].endswith(b"\r\n\r\n") and b"Subject: Quarterly" in parts[b"RFC822.HEADER"], parts
+typ, d = M.fetch("1", "(FLAGS)")
+assert b"\\Seen" not in d[0], d
+
+# SEARCH.
+def search(*q):
+    typ, d = M.search(None, *q)
+    assert typ == "OK", (q, d)
+    return d[0].split()
+assert search("ALL") == [b"1", b"2"]
+assert search("FLAGGED") == [b"1"]
+assert search("UNFLAGGED") == [b"2"]
+assert search("FROM", "carol") == [b"2"]
+assert search("SUBJECT", '"quarterly NUMBERS"') == [b"1"]
+assert search("BODY", "usual") == [b"2"]
+assert search("TEXT", "attached") == [b"1"]
+assert search("KEYWORD", "$Important") == [b"1"]
+assert search("OR", "FROM", "bob", "SUBJECT", "lunch") == [b"1", b"2"]
+assert search("NOT", "FROM", "bob") == [b"2"]
+assert search("SENTON", "3-Feb-2026") == [b"1"]
+assert search("LARGER", "200") == [b"1"]
+assert search("HEADER", "Message-ID", "q1@remote") == [b"1"]
+assert search("CHARSET", "UTF-8", "SUBJECT", "lunch") == [b"2"]
+typ, d = M.uid("SEARCH", "UNSEEN")
+assert d[0].split() == [b"1", b"2"], d
+
+# STORE +FLAGS / -FLAGS / .SILENT / replace.
+typ, d = M.store("1:2", "+FLAGS", "(\\Seen)")
+assert typ == "OK" and len(d) == 2 and all(b"\\Seen" in x for x in d), d
+typ, d = M.store("1", "-FLAGS.SILENT", "(\\Flagged)")
+assert typ == "OK" and d == [None], d
+typ, d = M.store("2", "FLAGS", "(\\Answered $Label1)")
+assert b"\\Answered" in d[0] and b"$Label1" in d[0] and b"\\Seen" not in d[0], d
+typ, d = M.uid("STORE", "1", "+FLAGS", "(\\Draft)")
+assert b"UID 1" in d[0] and b"\\Draft" in d[0], d
+try:
+    M.store("9", "+FLAGS", "(\\Seen)")
+    raise AssertionError("STORE to a sequence number past the end must fail")
+except imaplib.IMAP4.error as e:
+    assert "invalid message sequence number" in str(e), e
+assert search("UNSEEN") == [b"2"]
+
+# COPY / MOVE with COPYUID.
+typ, d = M.copy("1:2", "Archive")
+assert typ == "OK" and re.search(rb"\[COPYUID \d+ 1:2 1:2\]", d[0]), d
+typ, d = M.status("Archive", "(MESSAGES)")
+assert b"MESSAGES 2" in d[0], d
+typ, d = M.uid("MOVE", "2", "Trash")
+assert typ == "OK", d
+assert M.untagged_responses.get("EXPUNGE") == [b"2"], M.untagged_responses
+typ, d = M.select("INBOX")
+assert d == [b"1"], d
+typ, d = M.status("Trash", "(MESSAGES)")
+assert b"MESSAGES 1" in d[0], d
+typ, d = M.copy("1", "Nope")
+assert typ == "NO" and b"TRYCREATE" in d[0], d
+
+# EXPUNGE, UID EXPUNGE, CLOSE, UNSELECT.
+typ, d = M.select("Archive")
+assert d == [b"2"], d
+M.store("1:2", "+FLAGS.SILENT", "(\\Deleted)")
+typ, d = M.uid("EXPUNGE", "2")
+assert typ == "OK" and M.untagged_responses.pop("EXPUNGE", None) == [b"2"], M.untagged_responses
+typ, d = M.select("Archive", readonly=True)
+assert d == [b"1"], d
+typ, d = M.store("1", "+FLAGS", "(\\Seen)")
+assert typ == "NO", d
+assert M.unselect()[0] == "OK"
+typ, d = M.select("Archive")
+assert M.close()[0] == "OK"
+typ, d = M.status("Archive", "(MESSAGES)")
+assert b"MESSAGES 0" in d[0], d
+typ, d = M.select("Trash")
+M.store("1", "+FLAGS", "(\\Deleted)")
+typ, d = M.expunge()
+assert typ == "OK" and d == [b"1"], d
+M.logout()
+print("ok")
+"#;
+
+/// A harness on a fresh PostgreSQL cluster (None: skipped, only when
+/// TEST_REQUIRE_POSTGRES is unset and PostgreSQL is not installed).
+async fn pg_harness() -> Option<(Postgres, Harness)> {
+    let pg = tokio::task::spawn_blocking(Postgres::start)
+        .await
+        .unwrap()?;
+    let h = Harness::start_with(
+        NatsServer::start().await,
+        &[("database_url", pg.url.as_str())],
+    )
+    .await;
+    Some((pg, h))
+}
+
+#[tokio::test]
+async fn imap_client_works_folders_flags_search_and_moves() {
+    imap_client_scenario(Harness::start().await).await;
+}
+
+#[tokio::test]
+async fn imap_client_works_folders_flags_search_and_moves_on_postgres() {
+    if let Some((_pg, h)) = pg_harness().await {
+        imap_client_scenario(h).await;
+    }
+}
+
+async fn imap_client_scenario(h: Harness) {
+    h.add_user("dave@example.com", "secret").await;
+    let addr = h.addr("imap");
+    let out = python(
+        IMAP_CLIENT,
+        vec![
+            addr.ip().to_string(),
+            addr.port().to_string(),
+            "dave@example.com".into(),
+            "secret".into(),
+        ],
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out).trim(), "ok");
+    h.stop().await;
+}
+
+/// Read until a line contains `needle` or the deadline passes.
+async fn wait_line(c: &mut Raw, needle: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let l = c.line().await;
+        assert!(
+            !l.is_empty(),
+            "closed while waiting for {needle:?}: {seen:?}"
+        );
+        let hit = l.contains(needle);
+        seen.push(l);
+        if hit {
+            return seen;
+        }
+    }
+}
+
+/// Two sessions on one mailbox: an IDLE session sees the other's APPEND,
+/// flag change and expunge as untagged EXISTS, FETCH and EXPUNGE; a
+/// non-IDLE session sees them at its next NOOP.
+#[tokio::test]
+async fn imap_sessions_see_each_others_changes() {
+    sessions_scenario(Harness::start().await).await;
+}
+
+#[tokio::test]
+async fn imap_sessions_see_each_others_changes_on_postgres() {
+    if let Some((_pg, h)) = pg_harness().await {
+        sessions_scenario(h).await;
+    }
+}
+
+async fn sessions_scenario(h: Harness) {
+    h.add_user("erin@example.com", "pw").await;
+    let addr = h.addr("imap");
+    let mut a = Raw::connect(addr).await;
+    let mut b = Raw::connect(addr).await;
+    let mut c = Raw::connect(addr).await;
+    for (s, t) in [(&mut a, "a"), (&mut b, "b"), (&mut c, "c")] {
+        s.line().await;
+        s.send(format!("{t}1 LOGIN erin@example.com pw\r\n").as_bytes())
+            .await;
+        s.until(&format!("{t}1 ")).await;
+        s.send(format!("{t}2 SELECT INBOX\r\n").as_bytes()).await;
+        let sel = s.until(&format!("{t}2 ")).await;
+        assert!(sel.last().unwrap().contains("OK"), "{sel:?}");
+    }
+    a.send(b"a3 IDLE\r\n").await;
+    assert!(a.line().await.starts_with("+ "));
+
+    b.send(b"b3 APPEND INBOX {21}\r\n").await;
+    assert!(b.line().await.starts_with("+ "));
+    b.send(b"Subject: x\r\n\r\nhello\r\n\r\n").await;
+    let r = b.until("b3 ").await;
+    assert!(r.last().unwrap().starts_with("b3 OK [APPENDUID"), "{r:?}");
+    let seen = tokio::time::timeout(Duration::from_secs(1), wait_line(&mut a, "* 1 EXISTS"))
+        .await
+        .expect("IDLE sees the new message within 1 s");
+    assert!(!seen.is_empty());
+    c.send(b"c3 NOOP\r\n").await;
+    let r = c.until("c3 ").await;
+    assert!(r.contains(&"* 1 EXISTS\r\n".to_string()), "{r:?}");
+
+    b.send(b"b4 STORE 1 +FLAGS.SILENT (\\Flagged)\r\n").await;
+    b.until("b4 ").await;
+    let seen = tokio::time::timeout(Duration::from_secs(1), wait_line(&mut a, "FETCH"))
+        .await
+        .expect("IDLE sees the flag change within 1 s");
+    assert!(seen.last().unwrap().contains("\\Flagged"), "{seen:?}");
+
+    b.send(b"b5 STORE 1 +FLAGS.SILENT (\\Deleted)\r\n").await;
+    b.until("b5 ").await;
+    wait_line(&mut a, "\\Deleted").await;
+    b.send(b"b6 EXPUNGE\r\n").await;
+    let r = b.until("b6 ").await;
+    assert!(r.contains(&"* 1 EXPUNGE\r\n".to_string()), "{r:?}");
+    tokio::time::timeout(Duration::from_secs(1), wait_line(&mut a, "* 1 EXPUNGE"))
+        .await
+        .expect("IDLE sees the expunge within 1 s");
+    a.send(b"DONE\r\n").await;
+    assert!(a.until("a3 ").await.last().unwrap().starts_with("a3 OK"));
+
+    // c was not idling: FETCH must not announce the expunge (RFC 9051
+    // §7.5.1), NOOP does.
+    c.send(b"c5 FETCH 1 (FLAGS)\r\n").await;
+    let r = c.until("c5 ").await;
+    assert!(!r.iter().any(|l| l.contains("EXPUNGE")), "{r:?}");
+    c.send(b"c4 NOOP\r\n").await;
+    let r = c.until("c4 ").await;
+    assert!(r.contains(&"* 1 EXPUNGE\r\n".to_string()), "{r:?}");
+    h.stop().await;
+}
+
+/// Another replica (same database, same NATS): an IDLE session on replica
+/// one sees mail delivered through replica two within one second.
+#[tokio::test]
+async fn idle_sees_delivery_on_another_replica_within_a_second() {
+    let nats = NatsServer::start().await;
+    let url = nats.url();
+    let h = Harness::start_with(nats, &[]).await;
+    h.add_user("fay@example.com", "pw").await;
+    let db = format!("sqlite://{}/mailbox.db", h._dir.path().display());
+    let dir2 = tempfile::tempdir().unwrap();
+    let data2 = dir2.path().display().to_string();
+    let src = Source::from_pairs(vec![
+        ("data_dir", data2.as_str()),
+        ("nats_url", url.as_str()),
+        ("hostname", "mx2.test"),
+        ("local_domains", "example.com"),
+        ("database_url", db.as_str()),
+        ("imap_listen", "127.0.0.1:0"),
+        ("imaps_listen", ""),
+        ("pop3_listen", ""),
+        ("pop3s_listen", ""),
+        ("mailbox_grpc_listen", "127.0.0.1:0"),
+        ("mailbox_admin_listen", "127.0.0.1:0"),
+        ("shutdown_grace", "5s"),
+    ]);
+    let bound = tern_mailbox::bind(Config::from_source(&src).unwrap())
+        .await
+        .unwrap();
+    let addrs2: HashMap<_, _> = bound.addrs().into_iter().collect();
+    let stop2 = Shutdown::new();
+    let task2 = tokio::spawn(bound.run(stop2.clone()));
+    let admin2 = addrs2["mailbox admin"];
+    wait_for("replica 2 /readyz", DEADLINE, || async move {
+        (http_get(admin2, "/readyz").await.as_deref() == Some("200")).then_some(())
+    })
+    .await;
+
+    let mut a = Raw::connect(h.addr("imap")).await;
+    a.line().await;
+    a.send(b"a1 LOGIN fay@example.com pw\r\na2 SELECT INBOX\r\n")
+        .await;
+    a.until("a2 ").await;
+    a.send(b"a3 IDLE\r\n").await;
+    assert!(a.line().await.starts_with("+ "));
+
+    let mut b = Raw::connect(addrs2["imap"]).await;
+    b.line().await;
+    b.send(b"b1 LOGIN fay@example.com pw\r\n").await;
+    b.until("b1 ").await;
+    b.send(b"b2 APPEND INBOX {19+}\r\nSubject: r2\r\n\r\nhi\r\n\r\n")
+        .await;
+    let r = b.until("b2 ").await;
+    assert!(r.last().unwrap().starts_with("b2 OK"), "{r:?}");
+    tokio::time::timeout(Duration::from_secs(1), wait_line(&mut a, "* 1 EXISTS"))
+        .await
+        .expect("replica one's IDLE session sees replica two's delivery within 1 s");
+    a.send(b"DONE\r\n").await;
+    a.until("a3 ").await;
+    stop2.trigger();
+    tokio::time::timeout(DEADLINE, task2)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    h.stop().await;
+}
+
+/// poplib over STLS with AUTH PLAIN on a server that refuses cleartext
+/// passwords; UIDLs stay the same in the next session.
+const POP3_STLS: &str = r#"
+import poplib, sys, ssl, base64
+host, port, user, pw = sys.argv[1:5]
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+def session():
+    p = poplib.POP3(host, int(port), timeout=10)
+    caps = p.capa()
+    assert "STLS" in caps and "USER" not in caps, caps
+    try:
+        p.user(user)
+        raise AssertionError("USER accepted in the clear")
+    except poplib.error_proto as e:
+        assert b"[AUTH]" in e.args[0], e
+    p.stls(context=ctx)
+    caps = p.capa()
+    assert "STLS" not in caps and "SASL" in caps and "PLAIN" in caps["SASL"], caps
+    resp = p._shortcmd("AUTH PLAIN " + base64.b64encode(("\0%s\0%s" % (user, pw)).encode()).decode())
+    assert resp.startswith(b"+OK"), resp
+    return p
+p = session()
+count, size = p.stat()
+assert count == 2, count
+uids = p.uidl()[1]
+resp, lines, _ = p.top(1, 0)
+assert b"Subject: one" in lines and b"body one" not in lines, lines
+p.dele(1)
+p.quit()
+p = session()
+assert p.stat()[0] == 1
+after = p.uidl()[1]
+assert after[0].split()[1] == uids[1].split()[1], (uids, after)
+p.quit()
+print("ok")
+"#;
+
+#[tokio::test]
+async fn pop3_stls_auth_plain_and_curl_clients() {
+    let h = Harness::start_with(
+        NatsServer::start().await,
+        &[("allow_plaintext_auth", "false")],
+    )
+    .await;
+    h.add_user("gus@example.com", "pw").await;
+    let mut results = h.results().await;
+    h.publish_job(
+        "01JP1",
+        0,
+        &["gus@example.com"],
+        b"Subject: one\r\n\r\nbody one\r\n",
+    )
+    .await;
+    next_result(&mut results).await;
+    h.publish_job(
+        "01JP2",
+        0,
+        &["gus@example.com"],
+        b"Subject: two\r\n\r\nbody two\r\n",
+    )
+    .await;
+    next_result(&mut results).await;
+    let pop3 = h.addr("pop3");
+    let out = python(
+        POP3_STLS,
+        vec![
+            pop3.ip().to_string(),
+            pop3.port().to_string(),
+            "gus@example.com".into(),
+            "pw".into(),
+        ],
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out).trim(), "ok");
+
+    // curl, a real client, over STARTTLS (required: cleartext logins are off).
+    let curl = |url: String| async move {
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new("curl")
+                .args([
+                    "-s",
+                    "-S",
+                    "--max-time",
+                    "10",
+                    "-k",
+                    "--ssl-reqd",
+                    "-u",
+                    "gus@example.com:pw",
+                ])
+                .arg(&url)
+                .output()
+                .expect("run curl (Debian package curl)");
+            assert!(
+                out.status.success(),
+                "curl {url}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        })
+        .await
+        .unwrap()
+    };
+    let body = curl(format!("pop3://{pop3}/1")).await;
+    assert!(
+        body.ends_with(b"Subject: two\r\n\r\nbody two\r\n"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let imap = h.addr("imap");
+    let body = curl(format!("imap://{imap}/INBOX;UID=2")).await;
+    assert!(
+        body.ends_with(b"Subject: two\r\n\r\nbody two\r\n"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let listing = curl(format!("imap://{imap}/")).await;
+    let listing = String::from_utf8_lossy(&listing);
+    assert!(
+        listing.contains("\\Sent") && listing.contains("INBOX"),
+        "{listing}"
+    );
+    h.stop().await;
+}
+
+/// CONDSTORE (RFC 7162): HIGHESTMODSEQ, FETCH MODSEQ and CHANGEDSINCE,
+/// STORE UNCHANGEDSINCE refusing a message another session changed, SEARCH
+/// MODSEQ.
+#[tokio::test]
+async fn condstore_detects_concurrent_flag_changes() {
+    let h = Harness::start().await;
+    h.add_user("hal@example.com", "pw").await;
+    let addr = h.addr("imap");
+    let mut a = Raw::connect(addr).await;
+    let mut b = Raw::connect(addr).await;
+    for (s, t) in [(&mut a, "a"), (&mut b, "b")] {
+        s.line().await;
+        s.send(format!("{t}1 LOGIN hal@example.com pw\r\n").as_bytes())
+            .await;
+        s.until(&format!("{t}1 ")).await;
+    }
+    for i in 0..3 {
+        a.send(format!("x{i} APPEND INBOX {{12+}}\r\nSubject: {i}\r\n\r\n").as_bytes())
+            .await;
+        a.until(&format!("x{i} ")).await;
+    }
+    a.send(b"a2 SELECT INBOX (CONDSTORE)\r\n").await;
+    let sel = a.until("a2 ").await;
+    let hms = sel
+        .iter()
+        .find_map(|l| l.strip_prefix("* OK [HIGHESTMODSEQ "))
+        .and_then(|r| r.split(']').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no HIGHESTMODSEQ in {sel:?}"));
+    b.send(b"b2 SELECT INBOX\r\nb3 STORE 2 +FLAGS.SILENT (\\Flagged)\r\n")
+        .await;
+    b.until("b3 ").await;
+    a.send(format!("a3 FETCH 1:* (FLAGS) (CHANGEDSINCE {hms})\r\n").as_bytes())
+        .await;
+    let r = a.until("a3 ").await;
+    let fetches: Vec<&String> = r.iter().filter(|l| l.starts_with("* 2 FETCH")).collect();
+    assert!(!fetches.is_empty(), "{r:?}");
+    assert!(
+        !r.iter()
+            .any(|l| l.starts_with("* 1 FETCH") || l.starts_with("* 3 FETCH")),
+        "only the changed message: {r:?}"
+    );
+    assert!(fetches.iter().all(|l| l.contains("MODSEQ (")), "{r:?}");
+    a.send(format!("a4 STORE 1:3 (UNCHANGEDSINCE {hms}) +FLAGS (\\Seen)\r\n").as_bytes())
+        .await;
+    let r = a.until("a4 ").await;
+    assert!(r.last().unwrap().starts_with("a4 OK [MODIFIED 2]"), "{r:?}");
+    a.send(b"a5 FETCH 2 (FLAGS)\r\n").await;
+    let r = a.until("a5 ").await;
+    assert!(
+        r[0].contains("\\Flagged") && !r[0].contains("\\Seen"),
+        "{r:?}"
+    );
+    a.send(format!("a6 SEARCH MODSEQ {}\r\n", hms + 1).as_bytes())
+        .await;
+    let r = a.until("a6 ").await;
+    assert!(r[0].starts_with("* SEARCH 1 2 3 (MODSEQ "), "{r:?}");
+    h.stop().await;
+}
+
+/// Quotas: a delivery that would exceed the account's quota is deferred
+/// with 452 4.2.2 (so the queue retries and finally bounces with a DSN),
+/// APPEND gets NO [OVERQUOTA], and GETQUOTAROOT shows usage.
+#[tokio::test]
+async fn quota_defers_delivery_and_refuses_append() {
+    let h = Harness::start_with(
+        NatsServer::start().await,
+        &[("mailbox_default_quota_bytes", "2048")],
+    )
+    .await;
+    h.add_user("ivy@example.com", "pw").await;
+    let mut results = h.results().await;
+    let small = b"Subject: fits\r\n\r\nsmall\r\n".to_vec();
+    h.publish_job("01JQ1", 0, &["ivy@example.com"], &small)
+        .await;
+    let (r, _) = next_result(&mut results).await;
+    assert_eq!(r.results[0].outcome(), Outcome::Delivered);
+    let big = [b"Subject: big\r\n\r\n".to_vec(), vec![b'x'; 4000]].concat();
+    h.publish_job("01JQ2", 0, &["ivy@example.com"], &big).await;
+    let (r, _) = next_result(&mut results).await;
+    assert_eq!(r.results[0].outcome(), Outcome::Deferred);
+    assert_eq!(r.results[0].code, 452, "{:?}", r.results[0]);
+
+    let mut c = Raw::connect(h.addr("imap")).await;
+    c.line().await;
+    c.send(b"a1 LOGIN ivy@example.com pw\r\n").await;
+    c.until("a1 ").await;
+    c.send(b"a2 GETQUOTAROOT INBOX\r\n").await;
+    let r = c.until("a2 ").await;
+    assert!(
+        r.contains(&"* QUOTAROOT \"INBOX\" \"\"\r\n".to_string()),
+        "{r:?}"
+    );
+    assert!(
+        r.contains(&"* QUOTA \"\" (STORAGE 1 2)\r\n".to_string()),
+        "{r:?}"
+    );
+    c.send(b"a3 APPEND Drafts {3000+}\r\n").await;
+    c.send(&[b'y'; 3000]).await;
+    c.send(b"\r\n").await;
+    let r = c.until("a3 ").await;
+    assert!(r.last().unwrap().starts_with("a3 NO [OVERQUOTA]"), "{r:?}");
+    h.stop().await;
 }

@@ -1,0 +1,654 @@
+//! Just enough RFC 5322 / MIME (RFC 2045, 2046) to answer IMAP FETCH
+//! ENVELOPE, BODYSTRUCTURE and `BODY[part]`, and SEARCH by header or date.
+//!
+//! Everything is bounded: nesting is limited to [`MAX_DEPTH`] and the parts
+//! of one message to [`MAX_PARTS`]; beyond that the rest is treated as an
+//! opaque leaf. Malformed input never panics; it yields a best-effort
+//! structure (RFC 3501 §6.4.5 asks servers to describe, not validate).
+
+use std::fmt::Write as _;
+
+/// Deepest multipart / message nesting that is parsed.
+pub const MAX_DEPTH: usize = 8;
+/// Most parts parsed in one message.
+pub const MAX_PARTS: usize = 200;
+
+/// Split a message or part into its header (through the blank line) and body.
+pub fn split_header(message: &[u8]) -> (&[u8], &[u8]) {
+    let mut pos = 0;
+    while pos < message.len() {
+        let end = message[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(message.len(), |i| pos + i + 1);
+        let line = &message[pos..end];
+        if line == b"\r\n" || line == b"\n" {
+            return message.split_at(end);
+        }
+        pos = end;
+    }
+    (message, &[])
+}
+
+/// Every field `(name, unfolded value)` of a header, in order.
+pub fn fields(header: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    for raw in header.split(|&b| b == b'\n') {
+        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if line.is_empty() {
+            continue;
+        }
+        if matches!(line[0], b' ' | b'\t') {
+            if let Some((_, v)) = out.last_mut() {
+                v.extend_from_slice(line);
+            }
+            continue;
+        }
+        if let Some(colon) = line.iter().position(|&b| b == b':') {
+            let name = String::from_utf8_lossy(&line[..colon]).trim().to_string();
+            let value = trim(&line[colon + 1..]).to_vec();
+            out.push((name, value));
+        }
+    }
+    out
+}
+
+/// The first field named `name` (case-insensitive), unfolded.
+pub fn field(header: &[u8], name: &str) -> Option<Vec<u8>> {
+    fields(header)
+        .into_iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let s = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let e = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(s, |i| i + 1);
+    &v[s..e.max(s)]
+}
+
+/// A `Content-Type`-like value: `type/subtype; a=b; c="d"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentType {
+    /// Lower-cased major type.
+    pub kind: String,
+    /// Lower-cased subtype.
+    pub subtype: String,
+    /// Parameters, names lower-cased, values unquoted.
+    pub params: Vec<(String, String)>,
+}
+
+impl ContentType {
+    /// The parameter `name`.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parse `value; p=v; ...` into the leading token and its parameters.
+fn value_and_params(v: &[u8]) -> (String, Vec<(String, String)>) {
+    let s = String::from_utf8_lossy(v);
+    let mut parts = split_params(&s).into_iter();
+    let head = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    let mut params = Vec::new();
+    for p in parts.take(32) {
+        if let Some((n, v)) = p.split_once('=') {
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|x| x.strip_suffix('"'))
+                .map_or_else(
+                    || v.to_string(),
+                    |x| x.replace("\\\"", "\"").replace("\\\\", "\\"),
+                );
+            params.push((n.trim().to_ascii_lowercase(), v));
+        }
+    }
+    (head, params)
+}
+
+/// Split on `;` outside quotes.
+fn split_params(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut esc = false;
+    for c in s.chars() {
+        if esc {
+            cur.push(c);
+            esc = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => {
+                cur.push(c);
+                esc = true;
+            }
+            '"' => {
+                quoted = !quoted;
+                cur.push(c);
+            }
+            ';' if !quoted => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// The part's content type; `default` is `text/plain` except inside
+/// `multipart/digest` (RFC 2046 §5.1.5).
+pub fn content_type(header: &[u8], digest_child: bool) -> ContentType {
+    let default = || ContentType {
+        kind: if digest_child { "message" } else { "text" }.into(),
+        subtype: if digest_child { "rfc822" } else { "plain" }.into(),
+        params: if digest_child {
+            vec![]
+        } else {
+            vec![("charset".into(), "us-ascii".into())]
+        },
+    };
+    let Some(v) = field(header, "Content-Type") else {
+        return default();
+    };
+    let (head, params) = value_and_params(&v);
+    match head.split_once('/') {
+        Some((k, s)) if !k.trim().is_empty() && !s.trim().is_empty() => ContentType {
+            kind: k.trim().into(),
+            subtype: s.trim().into(),
+            params,
+        },
+        _ => default(),
+    }
+}
+
+/// One MIME part of a message.
+#[derive(Debug, Clone)]
+pub struct Part<'a> {
+    /// The part's own header (for the top level, the message header).
+    pub header: &'a [u8],
+    /// The part's body.
+    pub body: &'a [u8],
+    /// Its content type.
+    pub ctype: ContentType,
+    /// Sub-parts of a multipart.
+    pub children: Vec<Part<'a>>,
+    /// The enclosed message of a `message/rfc822` part.
+    pub message: Option<Box<Part<'a>>>,
+}
+
+/// Parse a whole message (or part) into its MIME tree.
+pub fn parse(message: &[u8]) -> Part<'_> {
+    let mut budget = MAX_PARTS;
+    parse_part(message, false, 0, &mut budget)
+}
+
+fn parse_part<'a>(raw: &'a [u8], digest_child: bool, depth: usize, budget: &mut usize) -> Part<'a> {
+    let (header, body) = split_header(raw);
+    let ctype = content_type(header, digest_child);
+    let mut part = Part {
+        header,
+        body,
+        ctype,
+        children: Vec::new(),
+        message: None,
+    };
+    if depth >= MAX_DEPTH || *budget == 0 {
+        return part;
+    }
+    *budget -= 1;
+    if part.ctype.kind == "multipart" {
+        let digest = part.ctype.subtype == "digest";
+        if let Some(b) = part.ctype.param("boundary").map(str::to_string) {
+            for chunk in split_multipart(body, b.as_bytes()) {
+                if *budget == 0 {
+                    break;
+                }
+                part.children
+                    .push(parse_part(chunk, digest, depth + 1, budget));
+            }
+        }
+    } else if part.ctype.kind == "message" && part.ctype.subtype == "rfc822" {
+        part.message = Some(Box::new(parse_part(body, false, depth + 1, budget)));
+    }
+    part
+}
+
+/// The bodies between `--boundary` lines (RFC 2046 §5.1.1); the CRLF before
+/// a delimiter belongs to the delimiter.
+fn split_multipart<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<&'a [u8]> {
+    let mut out = Vec::new();
+    let mut start: Option<usize> = None;
+    let mut pos = 0;
+    while pos < body.len() {
+        let end = body[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(body.len(), |i| pos + i + 1);
+        let line = &body[pos..end];
+        if let Some(rest) = line.strip_prefix(b"--")
+            && rest.starts_with(boundary)
+        {
+            let after = &rest[boundary.len()..];
+            let closing = after.starts_with(b"--");
+            if let Some(s) = start {
+                let mut e = pos;
+                if e > s && body[e - 1] == b'\n' {
+                    e -= 1;
+                    if e > s && body[e - 1] == b'\r' {
+                        e -= 1;
+                    }
+                }
+                out.push(&body[s..e.max(s)]);
+            }
+            if closing {
+                return out;
+            }
+            start = Some(end);
+            if out.len() >= MAX_PARTS {
+                return out;
+            }
+        }
+        pos = end;
+    }
+    if let Some(s) = start {
+        out.push(&body[s..]);
+    }
+    out
+}
+
+impl<'a> Part<'a> {
+    /// The part at `path` (1-based, RFC 3501 §6.4.5). Part 1 of a
+    /// non-multipart is the part itself; the parts of an enclosed message
+    /// are numbered from the message.
+    pub fn find(&self, path: &[u32]) -> Option<&Part<'a>> {
+        let Some((&first, rest)) = path.split_first() else {
+            return Some(self);
+        };
+        let container = match &self.message {
+            Some(m) => m.as_ref(),
+            None => self,
+        };
+        let child = if container.ctype.kind == "multipart" {
+            container.children.get((first as usize).checked_sub(1)?)?
+        } else if first == 1 {
+            container
+        } else {
+            return None;
+        };
+        child.find(rest)
+    }
+}
+
+/// Append an IMAP `nstring` for `v`: NIL, a quoted string, or a literal
+/// when the value needs one (8-bit, CR/LF, long).
+pub fn nstring(out: &mut String, v: Option<&[u8]>) {
+    match v {
+        None => out.push_str("NIL"),
+        Some(v) => string(out, v),
+    }
+}
+
+/// Append an IMAP `string` (quoted, or literal when needed).
+pub fn string(out: &mut String, v: &[u8]) {
+    let text = String::from_utf8_lossy(v);
+    if v.iter().all(|&b| (0x20..0x7f).contains(&b)) && v.len() < 1000 {
+        out.push('"');
+        for c in text.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    } else {
+        let clean: String = text.chars().filter(|&c| c != '\r' && c != '\n').collect();
+        let _ = write!(out, "{{{}}}\r\n{}", clean.len(), clean);
+    }
+}
+
+/// An address list field as an IMAP list of addresses, or NIL.
+fn address_list(out: &mut String, v: Option<&[u8]>) {
+    let addrs = v.map(parse_addresses).unwrap_or_default();
+    if addrs.is_empty() {
+        out.push_str("NIL");
+        return;
+    }
+    out.push('(');
+    for (name, mailbox, host) in addrs {
+        out.push('(');
+        nstring(out, name.as_deref().map(str::as_bytes));
+        out.push_str(" NIL ");
+        nstring(out, mailbox.as_deref().map(str::as_bytes));
+        out.push(' ');
+        nstring(out, host.as_deref().map(str::as_bytes));
+        out.push(')');
+    }
+    out.push(')');
+}
+
+type Addr = (Option<String>, Option<String>, Option<String>);
+
+/// Parse an RFC 5322 address list leniently into (display name, local part,
+/// domain). Groups are flattened (their members listed, without markers).
+pub fn parse_addresses(v: &[u8]) -> Vec<Addr> {
+    let s = String::from_utf8_lossy(v);
+    let mut items = Vec::new();
+    let (mut cur, mut quoted, mut angle, mut paren) = (String::new(), false, false, 0u32);
+    for c in s.chars() {
+        match c {
+            '"' if paren == 0 => quoted = !quoted,
+            '<' if !quoted && paren == 0 => angle = true,
+            '>' if !quoted && paren == 0 => angle = false,
+            '(' if !quoted => paren += 1,
+            ')' if !quoted => paren = paren.saturating_sub(1),
+            _ => {}
+        }
+        if (c == ',' || c == ';') && !quoted && !angle && paren == 0 {
+            items.push(std::mem::take(&mut cur));
+            continue;
+        }
+        if c == ':' && !quoted && !angle && paren == 0 {
+            // A group name: drop it.
+            cur.clear();
+            continue;
+        }
+        cur.push(c);
+    }
+    items.push(cur);
+    let mut out = Vec::new();
+    for it in items.into_iter().take(100) {
+        let it = strip_comments(&it);
+        let it = it.trim();
+        if it.is_empty() {
+            continue;
+        }
+        let (name, spec) = match (it.rfind('<'), it.rfind('>')) {
+            (Some(a), Some(b)) if a < b => {
+                let name = it[..a].trim().trim_matches('"').trim();
+                (
+                    (!name.is_empty()).then(|| name.to_string()),
+                    it[a + 1..b].trim().to_string(),
+                )
+            }
+            _ => (None, it.to_string()),
+        };
+        let (local, host) = match spec.rsplit_once('@') {
+            Some((l, h)) => (l.trim_matches('"').to_string(), Some(h.to_string())),
+            None => (spec.clone(), None),
+        };
+        out.push((name, Some(local), host));
+    }
+    out
+}
+
+fn strip_comments(s: &str) -> String {
+    let mut out = String::new();
+    let (mut depth, mut quoted) = (0u32, false);
+    for c in s.chars() {
+        match c {
+            '"' if depth == 0 => {
+                quoted = !quoted;
+                out.push(c);
+            }
+            '(' if !quoted => depth += 1,
+            ')' if !quoted && depth > 0 => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The ENVELOPE of a message header (RFC 3501 §7.4.2).
+pub fn envelope(header: &[u8]) -> String {
+    let fs = fields(header);
+    let get = |n: &str| {
+        fs.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.as_slice())
+    };
+    let mut out = String::from("(");
+    nstring(&mut out, get("Date"));
+    out.push(' ');
+    nstring(&mut out, get("Subject"));
+    let from = get("From");
+    for (name, dflt) in [
+        ("From", None),
+        ("Sender", from),
+        ("Reply-To", from),
+        ("To", None),
+        ("Cc", None),
+        ("Bcc", None),
+    ] {
+        out.push(' ');
+        let v = get(name).filter(|v| !v.is_empty()).or(dflt);
+        address_list(&mut out, v);
+    }
+    out.push(' ');
+    nstring(&mut out, get("In-Reply-To"));
+    out.push(' ');
+    nstring(&mut out, get("Message-ID"));
+    out.push(')');
+    out
+}
+
+fn count_lines(b: &[u8]) -> usize {
+    let n = b.iter().filter(|&&c| c == b'\n').count();
+    if b.last().is_some_and(|&c| c != b'\n') {
+        n + 1
+    } else {
+        n
+    }
+}
+
+fn param_list(out: &mut String, params: &[(String, String)]) {
+    if params.is_empty() {
+        out.push_str("NIL");
+        return;
+    }
+    out.push('(');
+    for (i, (n, v)) in params.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        string(out, n.to_ascii_uppercase().as_bytes());
+        out.push(' ');
+        string(out, v.as_bytes());
+    }
+    out.push(')');
+}
+
+fn disposition(out: &mut String, header: &[u8]) {
+    match field(header, "Content-Disposition") {
+        None => out.push_str("NIL"),
+        Some(v) => {
+            let (head, params) = value_and_params(&v);
+            out.push('(');
+            string(out, head.to_ascii_uppercase().as_bytes());
+            out.push(' ');
+            param_list(out, &params);
+            out.push(')');
+        }
+    }
+}
+
+/// BODY (`extended` false) or BODYSTRUCTURE (`extended` true) of a part
+/// (RFC 3501 §7.4.2).
+pub fn body_structure(part: &Part<'_>, extended: bool) -> String {
+    let mut out = String::new();
+    write_structure(&mut out, part, extended);
+    out
+}
+
+fn write_structure(out: &mut String, part: &Part<'_>, extended: bool) {
+    let ct = &part.ctype;
+    if ct.kind == "multipart" {
+        out.push('(');
+        if part.children.is_empty() {
+            // An empty multipart has no valid representation; describe it as text.
+            out.push_str("\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 0 0");
+        } else {
+            for c in &part.children {
+                write_structure(out, c, extended);
+            }
+        }
+        out.push(' ');
+        string(out, ct.subtype.to_ascii_uppercase().as_bytes());
+        if extended {
+            out.push(' ');
+            param_list(out, &ct.params);
+            out.push(' ');
+            disposition(out, part.header);
+            out.push_str(" NIL NIL");
+        }
+        out.push(')');
+        return;
+    }
+    out.push('(');
+    string(out, ct.kind.to_ascii_uppercase().as_bytes());
+    out.push(' ');
+    string(out, ct.subtype.to_ascii_uppercase().as_bytes());
+    out.push(' ');
+    param_list(out, &ct.params);
+    out.push(' ');
+    nstring(out, field(part.header, "Content-ID").as_deref());
+    out.push(' ');
+    nstring(out, field(part.header, "Content-Description").as_deref());
+    out.push(' ');
+    let enc = field(part.header, "Content-Transfer-Encoding")
+        .map(|e| String::from_utf8_lossy(&e).trim().to_ascii_uppercase())
+        .unwrap_or_else(|| "7BIT".into());
+    string(out, enc.as_bytes());
+    let _ = write!(out, " {}", part.body.len());
+    if let Some(m) = &part.message {
+        out.push(' ');
+        out.push_str(&envelope(m.header));
+        out.push(' ');
+        write_structure(out, m, extended);
+        let _ = write!(out, " {}", count_lines(part.body));
+    } else if ct.kind == "text" {
+        let _ = write!(out, " {}", count_lines(part.body));
+    }
+    if extended {
+        out.push(' ');
+        nstring(out, field(part.header, "Content-MD5").as_deref());
+        out.push(' ');
+        disposition(out, part.header);
+        out.push_str(" NIL NIL");
+    }
+    out.push(')');
+}
+
+const MONTHS: [&str; 12] = [
+    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+];
+
+/// Days since 1970-01-01 of a civil date (H. Hinnant's algorithm).
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// A month name (`Jan`..`Dec`, any case) as 1..=12.
+pub fn month(name: &str) -> Option<u32> {
+    let l = name.to_ascii_lowercase();
+    MONTHS.iter().position(|m| *m == l).map(|i| i as u32 + 1)
+}
+
+/// The day (days since the epoch) of an RFC 5322 `Date:` value, ignoring
+/// time and zone, as SEARCH SENT* wants (RFC 3501 §6.4.4).
+pub fn date_header_day(v: &[u8]) -> Option<i64> {
+    let s = String::from_utf8_lossy(v);
+    let s = match s.split_once(',') {
+        Some((_, rest)) => rest.to_string(),
+        None => s.to_string(),
+    };
+    let mut it = s.split_whitespace();
+    let d: u32 = it.next()?.parse().ok()?;
+    let m = month(it.next()?)?;
+    let mut y: i64 = it.next()?.parse().ok()?;
+    if y < 50 {
+        y += 2000;
+    } else if y < 1000 {
+        y += 1900;
+    }
+    (1..=31).contains(&d).then(|| days_from_civil(y, m, d))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const MSG: &[u8] = b"From: \"Bob, B.\" <bob@example.com>\r\nTo: a@x.test, Carol <c@y.test>\r\n\
+Subject: hi\r\nDate: Tue, 3 Feb 2026 10:00:00 +0000\r\nMessage-ID: <m1@x>\r\n\
+Content-Type: multipart/mixed; boundary=\"XX\"\r\n\r\npreamble\r\n--XX\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\r\nhello\r\n--XX\r\n\
+Content-Type: application/pdf; name=a.pdf\r\nContent-Disposition: attachment; filename=a.pdf\r\n\
+Content-Transfer-Encoding: base64\r\n\r\nAAAA\r\n--XX--\r\n";
+
+    #[test]
+    fn envelope_and_structure() {
+        let (h, _) = split_header(MSG);
+        let env = envelope(h);
+        assert_eq!(
+            env,
+            "(\"Tue, 3 Feb 2026 10:00:00 +0000\" \"hi\" ((\"Bob, B.\" NIL \"bob\" \"example.com\")) \
+((\"Bob, B.\" NIL \"bob\" \"example.com\")) ((\"Bob, B.\" NIL \"bob\" \"example.com\")) \
+((NIL NIL \"a\" \"x.test\")(\"Carol\" NIL \"c\" \"y.test\")) NIL NIL NIL \"<m1@x>\")"
+        );
+        let p = parse(MSG);
+        assert_eq!(p.children.len(), 2);
+        assert_eq!(p.find(&[1]).unwrap().body, b"hello");
+        assert_eq!(p.find(&[2]).unwrap().body, b"AAAA");
+        assert!(p.find(&[3]).is_none());
+        let bs = body_structure(&p, true);
+        assert_eq!(
+            bs,
+            "((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"utf-8\") NIL NIL \"7BIT\" 5 1 NIL NIL NIL NIL)\
+(\"APPLICATION\" \"PDF\" (\"NAME\" \"a.pdf\") NIL NIL \"BASE64\" 4 NIL (\"ATTACHMENT\" (\"FILENAME\" \"a.pdf\")) NIL NIL) \
+\"MIXED\" (\"BOUNDARY\" \"XX\") NIL NIL NIL)"
+        );
+        assert_eq!(
+            date_header_day(b"Tue, 3 Feb 2026 10:00:00 +0000"),
+            Some(days_from_civil(2026, 2, 3))
+        );
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+    }
+
+    #[test]
+    fn total_on_garbage() {
+        for m in [
+            &b""[..],
+            b"\r\n",
+            b"Content-Type: multipart/x; boundary=\r\n\r\n--\r\n",
+            b"Content-Type: message/rfc822\r\n\r\n",
+        ] {
+            let p = parse(m);
+            let _ = body_structure(&p, true);
+            let _ = envelope(p.header);
+            let _ = p.find(&[1, 2, 3]);
+        }
+        // Deep nesting is bounded.
+        let mut m = Vec::new();
+        for _ in 0..50 {
+            m.extend_from_slice(b"Content-Type: message/rfc822\r\n\r\n");
+        }
+        let _ = body_structure(&parse(&m), true);
+    }
+}

@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# IMAP benchmark: Tern's mailbox (SQLite, and PostgreSQL when installed)
+# against Debian's Dovecot, on loopback, same data, same client, one run.
+#
+#   deploy/bench/mailbox/bench.sh
+#
+# For each server: APPEND COUNT (default 10,000) generated messages to one
+# INBOX (client.py load; not timed), then client.py run with 1 and with 20
+# concurrent clients: LOGIN + SELECT, FETCH 1:* (FLAGS ENVELOPE), 100 full
+# bodies, SEARCH SUBJECT, SEARCH TEXT, STORE +FLAGS/-FLAGS on 1,000. Prints
+# one JSON line per run (wall time per phase, peak RSS of the server's
+# process tree) and a table of ratios Tern / Dovecot (below 1 = Tern faster
+# or smaller).
+#
+# Tern runs as the release build of the mailbox's `mailbox_serve` example with a
+# file-backed database. Dovecot is a private instance (own config, run and
+# mail dirs; Maildir) on another port; /etc/dovecot is not touched.
+# Needs root, dovecot-imapd, python3; PostgreSQL (initdb, pg_ctl) optional.
+# Bounded: fixed counts, and every phase has a TIMEOUT (default 1800 s).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../../.." && pwd)
+here=$(cd "$(dirname "$0")" && pwd)
+COUNT=${COUNT:-10000}
+TIMEOUT=${TIMEOUT:-1800}
+CLIENTS=${CLIENTS:-"1 20"}
+[ "$(id -u)" = 0 ] || { echo "bench.sh: must run as root (Dovecot, PostgreSQL)" >&2; exit 1; }
+command -v dovecot >/dev/null || { echo "bench.sh: install dovecot-imapd" >&2; exit 1; }
+
+nats_bin=$("$root/scripts/deps.sh")
+# BUILD=0 uses the binary as it is (when another build holds the lock).
+[ "${BUILD:-1}" = 0 ] || (cd "$root" && cargo build --release -q -p tern-mailbox --example mailbox_serve)
+serve="$root/target/release/examples/mailbox_serve"
+
+work=$(mktemp -d)
+chmod 755 "$work"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  [ -n "${pgbin:-}" ] && runuser -u postgres -- "$pgbin/pg_ctl" -m immediate -D "$work/pg/data" stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 1 300); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on $1" >&2; return 1
+}
+client() { timeout "$TIMEOUT" python3 "$here/client.py" "$@"; }
+
+# NATS (the mailbox needs it for jobs and change notifications).
+nats_port=$(free_port)
+"$nats_bin" -a 127.0.0.1 -p "$nats_port" -js -sd "$work/nats" >/dev/null 2>&1 &
+pids+=($!)
+wait_port "$nats_port"
+
+results="$work/results"
+: > "$results"
+
+run_tern() {
+  local label=$1 db=$2
+  local imap_port; imap_port=$(free_port)
+  local admin_port; admin_port=$(free_port)
+  env TERN_DATA_DIR="$work/tern-$label" TERN_NATS_URL="nats://127.0.0.1:$nats_port" \
+    TERN_HOSTNAME=bench.test TERN_LOCAL_DOMAINS=example.com TERN_DATABASE_URL="$db" \
+    TERN_IMAP_LISTEN="127.0.0.1:$imap_port" TERN_IMAPS_LISTEN= TERN_POP3_LISTEN= TERN_POP3S_LISTEN= \
+    TERN_MAILBOX_GRPC_LISTEN="127.0.0.1:$(free_port)" TERN_MAILBOX_ADMIN_LISTEN="127.0.0.1:$admin_port" \
+    "$serve" --add-user bench@example.com:bench >"$work/tern-$label.out" 2>"$work/tern-$label.err" &
+  local pid=$!
+  pids+=("$pid")
+  for _ in $(seq 1 300); do grep -q '^ready' "$work/tern-$label.out" 2>/dev/null && break; sleep 0.1; done
+  grep -q '^ready' "$work/tern-$label.out" || { cat "$work/tern-$label.err" >&2; exit 1; }
+  wait_port "$imap_port"
+  echo "loading $COUNT messages into tern-$label" >&2
+  client load 127.0.0.1 "$imap_port" bench@example.com bench "$COUNT" 1
+  for c in $CLIENTS; do
+    local r; r=$(client run 127.0.0.1 "$imap_port" bench@example.com bench "$c" "$pid")
+    echo "tern-$label $r" | tee -a "$results"
+  done
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+run_dovecot() {
+  local d="$work/dovecot" port; port=$(free_port)
+  mkdir -p "$d/run" "$d/mail"
+  chown dovecot:dovecot "$d/mail"
+  echo "bench:{PLAIN}bench" > "$d/passwd"
+  cat > "$d/dovecot.conf" <<CONF
+protocols = imap
+listen = 127.0.0.1
+base_dir = $d/run
+state_dir = $d/run
+log_path = $d/log
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+first_valid_uid = 100
+mail_location = maildir:$d/mail/%u
+passdb {
+  driver = passwd-file
+  args = $d/passwd
+}
+userdb {
+  driver = static
+  args = uid=dovecot gid=dovecot home=$d/mail/%u
+}
+service imap-login {
+  inet_listener imap {
+    address = 127.0.0.1
+    port = $port
+  }
+  inet_listener imaps {
+    port = 0
+  }
+}
+protocol imap {
+  mail_max_userip_connections = 100
+}
+service stats {
+  unix_listener stats-reader {
+    mode = 0666
+  }
+  unix_listener stats-writer {
+    mode = 0666
+  }
+}
+CONF
+  dovecot -F -c "$d/dovecot.conf" 2>"$d/stderr" &
+  local pid=$!
+  pids+=("$pid")
+  wait_port "$port"
+  echo "loading $COUNT messages into dovecot" >&2
+  client load 127.0.0.1 "$port" bench bench "$COUNT" 1
+  for c in $CLIENTS; do
+    local r; r=$(client run 127.0.0.1 "$port" bench bench "$c" "$pid")
+    echo "dovecot $r" | tee -a "$results"
+  done
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+run_dovecot
+run_tern sqlite "sqlite://$work/tern-sqlite/mailbox.db"
+
+pgbin=""
+for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && pgbin=$d; done
+if [ -n "$pgbin" ]; then
+  pg_port=$(free_port)
+  mkdir -p "$work/pg"; chown postgres "$work/pg"
+  runuser -u postgres -- "$pgbin/initdb" -U tern --auth=trust -E UTF8 -D "$work/pg/data" >/dev/null
+  runuser -u postgres -- "$pgbin/pg_ctl" -w -l "$work/pg/log" -D "$work/pg/data" \
+    -o "-p $pg_port -c listen_addresses=127.0.0.1 -k $work/pg" start >/dev/null
+  run_tern postgres "postgres://tern@127.0.0.1:$pg_port/postgres"
+else
+  echo "PostgreSQL not installed: skipping the PostgreSQL run" >&2
+fi
+
+python3 - "$results" <<'PY'
+import json, sys
+runs = {}
+for line in open(sys.argv[1]):
+    label, js = line.split(" ", 1)
+    r = json.loads(js)
+    runs[(label, r["clients"])] = r
+print("\nratios to Dovecot (time: wall seconds; RSS: peak of the process tree)")
+print("%-16s %7s %9s %9s %s" % ("server", "clients", "time", "rss", "phases (time ratio)"))
+for (label, c), r in sorted(runs.items()):
+    if label == "dovecot":
+        continue
+    d = runs.get(("dovecot", c))
+    if not d:
+        continue
+    ph = " ".join("%s=%.2f" % (k, r["phases_s"][k] / max(d["phases_s"][k], 1e-3)) for k in r["phases_s"])
+    print("%-16s %7d %9.2f %9.2f %s" % (label, c, r["wall_s"] / d["wall_s"], r["peak_rss_kib"] / d["peak_rss_kib"], ph))
+PY
