@@ -377,31 +377,6 @@ pub async fn publish(
     js.send_publish(subject, msg).await
 }
 
-#[cfg(test)]
-mod url_tests {
-    use super::*;
-
-    #[test]
-    fn servers_and_credentials_from_the_url() {
-        let (servers, auth) = nats_servers("nats://a:4222, nats://b:4222,");
-        assert_eq!(servers, ["nats://a:4222", "nats://b:4222"]);
-        assert_eq!(auth, None);
-        let (servers, auth) = nats_servers("nats://tern:p%40ss@a:4222,nats://tern:p%40ss@b:4222");
-        assert_eq!(servers.len(), 2);
-        assert_eq!(auth, Some(("tern".into(), Some("p@ss".into()))));
-        let (_, auth) = nats_servers("tls://s3cr3t-token@nats.example:4222");
-        assert_eq!(auth, Some(("s3cr3t-token".into(), None)));
-    }
-
-    #[test]
-    fn redaction_hides_passwords_and_tokens() {
-        assert_eq!(
-            redact_nats_url("nats://tern:secret@a:4222,nats://tok@b:4222,nats://c:4222"),
-            "nats://tern:***@a:4222,nats://***@b:4222,nats://c:4222"
-        );
-    }
-}
-
 /// [`pull_consumer`], retried with backoff until it exists or shutdown
 /// begins: right after start-up (or a NATS restart) the stream leader may
 /// not be elected yet, and that is no reason for a service to exit.
@@ -427,5 +402,30 @@ pub async fn pull_consumer_until_ready(
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[test]
+    fn servers_and_credentials_from_the_url() {
+        let (servers, auth) = nats_servers("nats://a:4222, nats://b:4222,");
+        assert_eq!(servers, ["nats://a:4222", "nats://b:4222"]);
+        assert_eq!(auth, None);
+        let (servers, auth) = nats_servers("nats://tern:p%40ss@a:4222,nats://tern:p%40ss@b:4222");
+        assert_eq!(servers.len(), 2);
+        assert_eq!(auth, Some(("tern".into(), Some("p@ss".into()))));
+        let (_, auth) = nats_servers("tls://s3cr3t-token@nats.example:4222");
+        assert_eq!(auth, Some(("s3cr3t-token".into(), None)));
+    }
+
+    #[test]
+    fn redaction_hides_passwords_and_tokens() {
+        assert_eq!(
+            redact_nats_url("nats://tern:secret@a:4222,nats://tok@b:4222,nats://c:4222"),
+            "nats://tern:***@a:4222,nats://***@b:4222,nats://c:4222"
+        );
     }
 }
