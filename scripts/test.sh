@@ -13,7 +13,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"
 # Prometheus scrapes a running `tern up` and agrees with `tern queue stats`.
-deploy/observability/prometheus-check.sh target/debug/tern
+export TERN_BIN="${CARGO_TARGET_DIR:-target}/debug/tern"
+deploy/observability/prometheus-check.sh "$TERN_BIN"
 # The Helm chart: lint, render over several value sets, validate every
 # manifest against the Kubernetes schemas, and `tern config check` each
 # Deployment's environment.
