@@ -110,6 +110,21 @@ async fn one_trace_per_message_over_otlp_with_parents_and_links() {
         "the transaction links to its SMTP session"
     );
     assert_eq!(attr(txn, "mail_from").as_deref(), Some("app@example.org"));
+    let publish: Vec<_> = spans
+        .iter()
+        .filter(|s| {
+            s.name == "spool.publish" && attr(s, "messaging.message.id").as_deref() == Some(&remote)
+        })
+        .collect();
+    assert_eq!(publish.len(), 1, "one spool publish span");
+    assert_eq!(
+        publish[0].parent_span_id, txn.span_id,
+        "the spool publish is inside the transaction"
+    );
+    assert_eq!(
+        attr(publish[0], "messaging.system").as_deref(),
+        Some("nats")
+    );
     let route = find("queue.route", &remote);
     assert_eq!(route[0].trace_id, trace);
     assert_eq!(

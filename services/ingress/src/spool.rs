@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use bytes::{Bytes, BytesMut};
 use prost::Message as _;
@@ -166,8 +167,10 @@ impl Ctx {
         let mut full = BytesMut::with_capacity(header.len() + message.body.len());
         full.extend_from_slice(header.as_bytes());
         full.extend_from_slice(&message.body);
+        let size = full.len();
         let body_ref =
             tokio::time::timeout(STORE_DEADLINE, body::store(&self.js, id, full.freeze()))
+                .instrument(tracing::info_span!("spool.store", message_id = %id, size))
                 .await
                 .map_err(|_| SpoolError::Timeout("body store"))??;
         let envelope = Envelope {
@@ -211,6 +214,18 @@ impl Ctx {
             .expected_stream(bus::SPOOL_STREAM)
             .payload(payload);
         let start = Instant::now();
+        // The headers carry the transaction's context (taken above), so the
+        // queue's span is the transaction's child; this span times the
+        // publish and its ack. Attribute names: OpenTelemetry messaging
+        // semantic conventions.
+        let span = tracing::info_span!(
+            "spool.publish",
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.operation.type = "publish",
+            messaging.destination.name = bus::SPOOL_SUBJECT,
+            messaging.message.id = %id,
+        );
         let result = tokio::time::timeout(PUBLISH_DEADLINE, async {
             let ack = self
                 .js
@@ -219,6 +234,7 @@ impl Ctx {
                 .map_err(|e| SpoolError::Publish(e.to_string()))?;
             ack.await.map_err(|e| SpoolError::Publish(e.to_string()))
         })
+        .instrument(span)
         .await;
         metrics::histogram!("tern_spool_publish_seconds").record(start.elapsed().as_secs_f64());
         let ack = result.map_err(|_| SpoolError::Timeout("spool publish ack"))??;

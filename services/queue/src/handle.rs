@@ -35,7 +35,15 @@ pub(crate) async fn spool(ctx: &Ctx, msg: &jetstream::Message) -> Result<(), Str
         }
     };
     let seq = msg.info().map_err(|e| e.to_string())?.stream_sequence;
-    let span = tracing::info_span!("queue.route", message_id = %env.id, rcpts = env.rcpts.len());
+    let span = tracing::info_span!(
+        "queue.route",
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.operation.type = "process",
+        messaging.destination.name = bus::SPOOL_SUBJECT,
+        message_id = %env.id,
+        rcpts = env.rcpts.len()
+    );
     telemetry::link_nats_parent(&span, msg.headers.as_ref());
     async {
         let expires = env.received_at_unix_ms + ctx.config.max_age.as_millis() as i64;
@@ -116,7 +124,15 @@ pub(crate) async fn result(ctx: &Ctx, msg: &jetstream::Message) -> Result<(), St
         tracing::error!("undecodable job result; dropping");
         return Ok(());
     };
-    let span = tracing::info_span!("queue.result", message_id = %res.message_id, destination = %res.destination, attempt = res.attempt);
+    let span = tracing::info_span!(
+        "queue.result",
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.operation.type = "process",
+        message_id = %res.message_id,
+        destination = %res.destination,
+        attempt = res.attempt
+    );
     telemetry::link_nats_parent(&span, msg.headers.as_ref());
     // The attempt that produced this result; a retry links back to it.
     let attempt_trace = msg
