@@ -22,12 +22,32 @@ fn tern() -> Command {
 struct Up {
     child: std::process::Child,
     addrs: Vec<(String, SocketAddr)>,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
 }
 
 impl Up {
-    fn start(extra: &[(&str, &str)], stderr: Stdio) -> Up {
+    /// Start on free ports. Ports are picked by binding and releasing them,
+    /// so another process can take one in between: a start that fails is
+    /// retried on new ports (twice), and its stderr is shown if all fail.
+    fn start(extra: &[(&str, &str)], capture_stderr: bool) -> Up {
+        let mut last_err = String::new();
+        for _ in 0..3 {
+            match Up::try_start(extra, capture_stderr) {
+                Ok(up) => return up,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("tern up did not report that it is up:\n{last_err}");
+    }
+
+    fn try_start(extra: &[(&str, &str)], capture_stderr: bool) -> Result<Up, String> {
         let data = tempfile::tempdir().expect("temp dir");
+        let err_path = data.path().join("stderr.log");
+        let stderr = if capture_stderr {
+            Stdio::piped()
+        } else {
+            Stdio::from(std::fs::File::create(&err_path).expect("stderr file"))
+        };
         let nats_bin = tern_testkit::workspace_root().join(".venv/bin/nats-server");
         let mut cmd = tern();
         cmd.arg("up")
@@ -84,12 +104,17 @@ impl Up {
                 addrs.push((line.clone(), addr));
             }
         }
-        assert!(up, "tern up did not report that it is up");
-        Up {
-            child,
-            addrs,
-            _data: data,
+        if !up {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::fs::read_to_string(&err_path).unwrap_or_default());
         }
+        Ok(Up { child, addrs, data })
+    }
+
+    /// What it wrote to stderr (when not captured by the test).
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("stderr.log")).unwrap_or_default()
     }
 
     /// The address printed after `label` ("smtp", "mailbox grpc", "nats").
@@ -136,7 +161,7 @@ impl Drop for Up {
 
 #[test]
 fn tern_up_answers_on_every_port_and_exits_zero_on_sigterm() {
-    let mut up = Up::start(&[], Stdio::null());
+    let mut up = Up::start(&[], false);
     // nats + 7 mail listeners + 5 gRPC + 5 admin
     assert_eq!(
         up.addrs.len(),
@@ -151,7 +176,12 @@ fn tern_up_answers_on_every_port_and_exits_zero_on_sigterm() {
         );
     }
     let status = up.terminate();
-    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM; stderr:\n{}",
+        up.stderr()
+    );
     // The managed nats-server went with it.
     let nats = up.addr("nats");
     assert!(
@@ -162,7 +192,7 @@ fn tern_up_answers_on_every_port_and_exits_zero_on_sigterm() {
 
 #[test]
 fn json_logs_follow_a_message_by_the_id_in_the_250_reply() {
-    let mut up = Up::start(&[("TERN_LOG_FORMAT", "json")], Stdio::piped());
+    let mut up = Up::start(&[("TERN_LOG_FORMAT", "json")], true);
     let stderr = up.child.stderr.take().expect("stderr");
     let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
     let sink = lines.clone();

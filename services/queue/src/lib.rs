@@ -175,38 +175,53 @@ impl Bound {
             stop.clone(),
         ));
 
-        let client = bus::connect(config.common.require_nats_url()?, "tern-queue").await?;
-        let js = jetstream::new(client);
         let (reporter, health) = grpc::health();
-        bus::ensure_streams_until_ready(&js, config.common.nats_replicas, &shutdown).await?;
-        let ctx = Arc::new(Ctx {
-            state: state::State::open(&js).await?,
-            holds: Holds::watch(&js, stop.clone()).await?,
-            js: js.clone(),
-            config,
-        });
+        // Start-up waits for NATS and JetStream; a shutdown during that wait
+        // is a clean exit, not an error.
+        let init = async {
+            let client = bus::connect(config.common.require_nats_url()?, "tern-queue").await?;
+            let js = jetstream::new(client);
+            bus::ensure_streams_until_ready(&js, config.common.nats_replicas, &shutdown).await?;
+            let ctx = Arc::new(Ctx {
+                state: state::State::open(&js).await?,
+                holds: Holds::watch(&js, stop.clone()).await?,
+                js: js.clone(),
+                config,
+            });
+            let ack_wait = Duration::from_secs(30);
+            let spool = bus::pull_consumer_until_ready(
+                &js,
+                bus::SPOOL_STREAM,
+                bus::consumers::QUEUE_SPOOL,
+                bus::SPOOL_SUBJECT,
+                ack_wait,
+                &shutdown,
+            )
+            .await?;
+            let results = bus::pull_consumer_until_ready(
+                &js,
+                bus::RESULTS_STREAM,
+                bus::consumers::QUEUE_RESULTS,
+                bus::RESULTS_FILTER,
+                ack_wait,
+                &shutdown,
+            )
+            .await?;
+            Ok::<_, Error>((ctx, spool, results))
+        };
+        let (ctx, spool, results) = match init.await {
+            Ok(v) => v,
+            Err(e) if shutdown.is_triggered() => {
+                tracing::info!(error = %e, "stopped before the queue was ready");
+                stop.trigger();
+                let _ = admin_task.await;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         let routes = tonic::service::Routes::new(health)
             .add_service(QueueAdminServer::new(admin::Admin(ctx.clone())));
         let grpc_task = tokio::spawn(grpc::serve(grpc, routes, stop.clone()));
-        let ack_wait = Duration::from_secs(30);
-        let spool = bus::pull_consumer_until_ready(
-            &js,
-            bus::SPOOL_STREAM,
-            bus::consumers::QUEUE_SPOOL,
-            bus::SPOOL_SUBJECT,
-            ack_wait,
-            &shutdown,
-        )
-        .await?;
-        let results = bus::pull_consumer_until_ready(
-            &js,
-            bus::RESULTS_STREAM,
-            bus::consumers::QUEUE_RESULTS,
-            bus::RESULTS_FILTER,
-            ack_wait,
-            &shutdown,
-        )
-        .await?;
         reporter
             .set_serving::<QueueAdminServer<admin::Admin>>()
             .await;
