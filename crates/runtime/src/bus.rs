@@ -250,6 +250,9 @@ pub async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> Result<
             ],
             retention: stream::RetentionPolicy::WorkQueue,
             allow_message_schedules: true,
+            // Direct gets: the oldest job's age for `stats`, and finding a
+            // job's message for `tern queue delete`, from any replica.
+            allow_direct: true,
             duplicate_window: DEDUP_WINDOW,
             storage: stream::StorageType::File,
             num_replicas: replicas,

@@ -61,6 +61,51 @@ enum QueueCommand {
     Hold { destination: String },
     /// Resume a held destination: its jobs become ready now.
     Release { destination: String },
+    /// List pending jobs: message id, destination, state, attempt, next attempt, recipients.
+    Ls {
+        /// Only jobs for this destination (a domain, or "local").
+        #[arg(long = "domain", value_name = "DESTINATION")]
+        destination: Option<String>,
+        /// Only jobs in this state: ready, scheduled or held.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many jobs (the server caps it at 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Attempt now the jobs waiting for their retry time, of one message or one destination.
+    Retry {
+        #[command(flatten)]
+        select: JobSelect,
+    },
+    /// Remove the pending jobs of one message or one destination from the queue.
+    Delete {
+        #[command(flatten)]
+        select: JobSelect,
+        /// Send the sender a failure DSN for the removed recipients.
+        #[arg(long)]
+        bounce: bool,
+    },
+}
+
+/// Which jobs `retry` and `delete` act on: one message, or one destination.
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+struct JobSelect {
+    /// The message id from the 250 reply.
+    message_id: Option<String>,
+    /// Every pending job for this destination (a domain, or "local").
+    #[arg(long = "domain", value_name = "DESTINATION")]
+    destination: Option<String>,
+}
+
+impl From<JobSelect> for tern_proto::SelectRequest {
+    fn from(s: JobSelect) -> Self {
+        tern_proto::SelectRequest {
+            message_id: s.message_id.unwrap_or_default(),
+            destination: s.destination.unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -276,6 +321,70 @@ async fn queue_admin(cfg: &TernConfig, command: QueueCommand) -> anyhow::Result<
                 .with_context(ctx)?
                 .into_inner();
             println!("{destination} released; {} jobs ready", r.moved);
+        }
+        QueueCommand::Ls {
+            destination,
+            state,
+            limit,
+        } => {
+            let req = tern_proto::ListRequest {
+                destination: destination.unwrap_or_default(),
+                state: state.unwrap_or_default(),
+                limit,
+            };
+            let r = client
+                .list(req)
+                .await
+                .map_err(status_err)
+                .with_context(ctx)?
+                .into_inner();
+            println!(
+                "{:<26} {:<24} {:<9} {:>7}  {:<20}  recipients",
+                "message", "destination", "state", "attempt", "next attempt"
+            );
+            for st in &r.jobs {
+                let Some(job) = &st.job else { continue };
+                let next = match st.next_attempt_unix_ms {
+                    0 => "-".to_string(),
+                    t => tern_runtime::date::rfc3339(t),
+                };
+                let rcpts: Vec<&str> = job.rcpts.iter().map(|r| r.address.as_str()).collect();
+                println!(
+                    "{:<26} {:<24} {:<9} {:>7}  {:<20}  {}",
+                    job.message_id,
+                    job.destination,
+                    st.state,
+                    job.attempt,
+                    next,
+                    rcpts.join(",")
+                );
+            }
+            if r.truncated {
+                println!("(more jobs match; narrow with --domain/--state or raise --limit)");
+            }
+        }
+        QueueCommand::Retry { select } => {
+            let r = client
+                .retry(tern_proto::SelectRequest::from(select))
+                .await
+                .map_err(status_err)
+                .with_context(ctx)?
+                .into_inner();
+            println!("{} jobs will be attempted now", r.jobs);
+        }
+        QueueCommand::Delete { select, bounce } => {
+            let req = tern_proto::DeleteRequest {
+                select: Some(select.into()),
+                bounce,
+            };
+            let r = client
+                .delete(req)
+                .await
+                .map_err(status_err)
+                .with_context(ctx)?
+                .into_inner();
+            let how = if bounce { ", senders notified" } else { "" };
+            println!("{} jobs deleted{how}", r.jobs);
         }
     }
     Ok(())

@@ -384,3 +384,381 @@ async fn the_body_is_deleted_once_every_job_is_final() {
     );
     stack.stop().await;
 }
+
+/// The message id from a `250 2.0.0 Ok: queued as <id>` reply.
+fn queued_id(reply: &str) -> String {
+    reply
+        .trim()
+        .rsplit(' ')
+        .next()
+        .filter(|_| reply.starts_with("250"))
+        .unwrap_or_else(|| panic!("not a 250 reply: {reply}"))
+        .to_string()
+}
+
+async fn admin_client(
+    addr: std::net::SocketAddr,
+) -> tern_proto::queue_admin_client::QueueAdminClient<tonic::transport::Channel> {
+    tern_proto::queue_admin_client::QueueAdminClient::connect(format!("http://{addr}"))
+        .await
+        .expect("queue admin")
+}
+
+async fn list(
+    admin: &mut tern_proto::queue_admin_client::QueueAdminClient<tonic::transport::Channel>,
+    destination: &str,
+    state: &str,
+) -> Vec<tern_proto::JobState> {
+    admin
+        .list(tern_proto::ListRequest {
+            destination: destination.into(),
+            state: state.into(),
+            limit: 0,
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .jobs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ls_retry_and_delete_act_on_waiting_jobs() {
+    // An hour between attempts: within the test only `retry` can bring a
+    // second attempt.
+    let stack = Stack::start(&[TRUSTED, ("queue_retry_schedule", "1h")]).await;
+    stack.add_user("alice@localhost", "wonderland").await;
+    let js = js(&stack).await;
+    let mut admin = admin_client(stack.addr("queue grpc")).await;
+    let reply = smtp_send(
+        stack.addr("smtp"),
+        "alice@localhost",
+        &["defer1@remote.test"],
+        MSG,
+    )
+    .await;
+    let id = queued_id(&reply);
+    wait_event(&js, "first deferral", |e| {
+        e.kind == "deferred" && e.message_id == id && e.attempt == 0
+    })
+    .await;
+
+    // ls: the job waits for its retry, an hour away, with the sink's reply.
+    let jobs = list(&mut admin, "remote.test", "scheduled").await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let job = jobs[0].job.clone().expect("job");
+    assert_eq!((job.message_id.as_str(), job.attempt), (id.as_str(), 1));
+    assert_eq!(jobs[0].state, "scheduled");
+    let in_half_an_hour = tern_runtime::now_unix_ms() + 30 * 60 * 1000;
+    assert!(jobs[0].next_attempt_unix_ms > in_half_an_hour);
+    assert_eq!(jobs[0].results[0].code, 451);
+    assert!(list(&mut admin, "remote.test", "ready").await.is_empty());
+    assert!(list(&mut admin, "other.test", "").await.is_empty());
+    let bad = admin
+        .list(tern_proto::ListRequest {
+            state: "stuck".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown state");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+
+    // retry: the second attempt happens now, not in an hour.
+    let retried = admin
+        .retry(tern_proto::SelectRequest {
+            message_id: id.clone(),
+            destination: String::new(),
+        })
+        .await
+        .expect("retry")
+        .into_inner()
+        .jobs;
+    assert_eq!(retried, 1);
+    wait_event(&js, "the retried attempt", |e| {
+        e.kind == "deferred" && e.message_id == id && e.attempt == 1
+    })
+    .await;
+
+    // delete --bounce: the job is gone, logged, and the sender told.
+    let deleted = admin
+        .delete(tern_proto::DeleteRequest {
+            select: Some(tern_proto::SelectRequest {
+                message_id: id.clone(),
+                destination: String::new(),
+            }),
+            bounce: true,
+        })
+        .await
+        .expect("delete")
+        .into_inner()
+        .jobs;
+    assert_eq!(deleted, 1);
+    let ev = wait_event(&js, "the deleted event", |e| {
+        e.kind == "deleted" && e.message_id == id
+    })
+    .await;
+    assert_eq!(ev.recipient, "defer1@remote.test");
+    assert!(list(&mut admin, "", "").await.is_empty());
+    let gone = admin
+        .show(tern_proto::ShowRequest {
+            message_id: id.clone(),
+        })
+        .await
+        .expect_err("no pending jobs");
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+    let stats = admin
+        .stats(tern_proto::StatsRequest {})
+        .await
+        .expect("stats")
+        .into_inner();
+    let remote = stats
+        .destinations
+        .iter()
+        .find(|d| d.destination == "remote.test");
+    assert!(
+        remote.is_none_or(|d| d.ready + d.scheduled + d.held == 0),
+        "the schedule left the jobs stream: {remote:?}"
+    );
+    let dsn = tern_testkit::wait_for(
+        "the DSN in alice's INBOX",
+        Duration::from_secs(30),
+        || async {
+            imap_messages(&stack, "alice@localhost", "wonderland")
+                .await
+                .into_iter()
+                .next()
+        },
+    )
+    .await;
+    for needle in [
+        "Final-Recipient: rfc822; defer1@remote.test",
+        "Action: failed",
+        "Status: 5.0.0",
+        "deleted from the queue by the mail administrator",
+    ] {
+        assert!(dsn.contains(needle), "DSN lacks {needle:?}:\n{dsn}");
+    }
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_by_destination_removes_held_jobs_silently_and_frees_their_bodies() {
+    let stack = Stack::start(&[TRUSTED]).await;
+    stack.add_user("alice@localhost", "wonderland").await;
+    let js = js(&stack).await;
+    let mut admin = admin_client(stack.addr("queue grpc")).await;
+    admin
+        .hold(tern_proto::DestinationRequest {
+            destination: "remote.test".into(),
+        })
+        .await
+        .expect("hold");
+    tern_testkit::wait_for("hold visible in stats", Duration::from_secs(10), || {
+        let mut admin = admin.clone();
+        async move {
+            let s = admin.stats(tern_proto::StatsRequest {}).await.ok()?;
+            s.into_inner()
+                .destinations
+                .iter()
+                .any(|d| d.destination == "remote.test" && d.on_hold)
+                .then_some(())
+        }
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let reply = smtp_send(
+            stack.addr("smtp"),
+            "alice@localhost",
+            &[&format!("user{i}@remote.test")],
+            MSG,
+        )
+        .await;
+        ids.push(queued_id(&reply));
+    }
+    let held = tern_testkit::wait_for("three held jobs", Duration::from_secs(20), || {
+        let mut admin = admin.clone();
+        async move {
+            let jobs = list(&mut admin, "remote.test", "held").await;
+            (jobs.len() == 3).then_some(jobs)
+        }
+    })
+    .await;
+    let mut listed: Vec<_> = held
+        .iter()
+        .map(|st| st.job.as_ref().expect("job").message_id.clone())
+        .collect();
+    listed.sort();
+    ids.sort();
+    assert_eq!(listed, ids);
+    // The oldest held job's age is known without reading every job.
+    let stats = admin
+        .stats(tern_proto::StatsRequest {})
+        .await
+        .expect("stats")
+        .into_inner();
+    let remote = stats
+        .destinations
+        .iter()
+        .find(|d| d.destination == "remote.test")
+        .expect("remote.test in stats");
+    assert_eq!(remote.held, 3);
+
+    let deleted = admin
+        .delete(tern_proto::DeleteRequest {
+            select: Some(tern_proto::SelectRequest {
+                message_id: String::new(),
+                destination: "remote.test".into(),
+            }),
+            bounce: false,
+        })
+        .await
+        .expect("delete")
+        .into_inner()
+        .jobs;
+    assert_eq!(deleted, 3);
+    // Every body is gone with its last job, and nothing is left to release.
+    tern_testkit::wait_for("the spool emptied", Duration::from_secs(20), || {
+        let js = js.clone();
+        async move {
+            let mut stream = js.get_stream(bus::SPOOL_STREAM).await.ok()?;
+            let info = stream.info().await.ok()?;
+            (info.state.messages == 0).then_some(())
+        }
+    })
+    .await;
+    let moved = admin
+        .release(tern_proto::DestinationRequest {
+            destination: "remote.test".into(),
+        })
+        .await
+        .expect("release")
+        .into_inner()
+        .moved;
+    assert_eq!(moved, 0);
+    let deleted_events = events(&js)
+        .await
+        .into_iter()
+        .filter(|e| e.kind == "deleted")
+        .count();
+    assert_eq!(deleted_events, 3);
+    // Without --bounce the sender hears nothing: no DSN was queued for alice.
+    assert!(
+        !events(&js)
+            .await
+            .iter()
+            .any(|e| e.kind == "received" && e.mail_from.is_empty()),
+        "no DSN without --bounce"
+    );
+    assert!(stack.sink.messages().is_empty());
+    stack.stop().await;
+}
+
+/// Send `n` messages in the background, one recipient each
+/// (`<prefix><i>@remote.test`), retrying a `4xx` the way an SMTP client
+/// does; the task returns when all were accepted.
+fn send_batch(
+    smtp: std::net::SocketAddr,
+    prefix: &str,
+    n: usize,
+) -> (Vec<String>, tokio::task::JoinHandle<()>) {
+    let rcpts: Vec<String> = (0..n).map(|i| format!("{prefix}{i}@remote.test")).collect();
+    let to_send = rcpts.clone();
+    let task = tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        for rcpt in &to_send {
+            loop {
+                let reply = smtp_send(smtp, "app@example.org", &[rcpt], MSG).await;
+                if reply.starts_with("250") {
+                    break;
+                }
+                assert!(reply.starts_with('4'), "{reply}");
+                assert!(tokio::time::Instant::now() < deadline, "still {reply}");
+                // A client's retry back-off, not a wait for a condition.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    (rcpts, task)
+}
+
+/// Wait until the sink has every recipient at least once; return how many
+/// recipients arrived more than once.
+async fn all_arrive(stack: &Stack, rcpts: &[String]) -> usize {
+    tern_testkit::wait_for(
+        "every message at the sink",
+        Duration::from_secs(90),
+        || {
+            let got = stack.sink.messages();
+            async move {
+                let mut seen = std::collections::HashMap::<String, usize>::new();
+                for m in &got {
+                    for r in &m.rcpts {
+                        *seen.entry(r.clone()).or_default() += 1;
+                    }
+                }
+                rcpts
+                    .iter()
+                    .all(|r| seen.contains_key(r))
+                    .then(|| seen.values().filter(|n| **n > 1).count())
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_queue_loses_nothing_and_duplicates_nothing() {
+    let stack = Stack::start_without(&[TRUSTED], true).await;
+    let (queue, _) = stack.spawn_queue().await;
+    let (rcpts, sender) = send_batch(stack.addr("smtp"), "batch", 300);
+    // Mid-batch: some delivered, most not yet.
+    tern_testkit::wait_for("the first deliveries", Duration::from_secs(60), || {
+        let n = stack.sink.messages().len();
+        async move { (n >= 10).then_some(()) }
+    })
+    .await;
+    let before = stack.sink.messages().len();
+    queue.kill().await;
+    assert!(before < rcpts.len(), "the kill came mid-batch ({before})");
+    let (queue, grpc) = stack.spawn_queue().await;
+    sender.await.expect("every message accepted");
+    let duplicated = all_arrive(&stack, &rcpts).await;
+    // Routing and results are idempotent (de-duplicated publishes, attempt
+    // numbers), so a queue crash repeats no delivery.
+    assert_eq!(duplicated, 0, "a queue restart delivered twice");
+    let admin = admin_client(grpc).await;
+    tern_testkit::wait_for("no job left", Duration::from_secs(30), || {
+        let mut admin = admin.clone();
+        async move { list(&mut admin, "", "").await.is_empty().then_some(()) }
+    })
+    .await;
+    drop(queue);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_mid_batch_loses_nothing() {
+    let mut stack = Stack::start(&[TRUSTED]).await;
+    let (rcpts, sender) = send_batch(stack.addr("smtp"), "nats", 300);
+    tern_testkit::wait_for("the first deliveries", Duration::from_secs(60), || {
+        let n = stack.sink.messages().len();
+        async move { (n >= 10).then_some(()) }
+    })
+    .await;
+    let before = stack.sink.messages().len();
+    // SIGKILL, then the same port and the same file storage.
+    stack.nats.restart().await;
+    assert!(before < rcpts.len(), "the restart came mid-batch ({before})");
+    sender.await.expect("every message accepted");
+    // At-least-once: an attempt whose result could not be published while
+    // NATS was down is repeated, so duplicates are allowed; losses are not.
+    let duplicated = all_arrive(&stack, &rcpts).await;
+    eprintln!("{duplicated} of {} delivered twice", rcpts.len());
+    let admin = admin_client(stack.addr("queue grpc")).await;
+    tern_testkit::wait_for("no job left", Duration::from_secs(60), || {
+        let mut admin = admin.clone();
+        async move { list(&mut admin, "", "").await.is_empty().then_some(()) }
+    })
+    .await;
+    stack.stop().await;
+}

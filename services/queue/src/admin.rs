@@ -13,13 +13,18 @@ use futures::StreamExt;
 use prost::Message as _;
 use tern_proto::queue_admin_server::QueueAdmin;
 use tern_proto::{
-    DestinationRequest, DestinationResponse, DestinationStats, Job, ShowRequest, ShowResponse,
+    AffectedResponse, DeleteRequest, DestinationRequest, DestinationResponse, DestinationStats,
+    Job, JobState, ListRequest, ListResponse, SelectRequest, ShowRequest, ShowResponse,
     StatsRequest, StatsResponse,
 };
 use tern_runtime::{bus, holds, now_unix_ms};
 use tonic::{Request, Response, Status};
 
 use crate::Ctx;
+use crate::handle::{self, job_state};
+
+/// `ls` lists at most this many jobs unless asked for fewer.
+const LIST_LIMIT: u32 = 1000;
 
 /// The admin service.
 pub(crate) struct Admin(pub Arc<Ctx>);
@@ -50,6 +55,109 @@ fn valid_destination(d: &str) -> Result<String, Status> {
     let ok = !d.is_empty() && !d.contains(['*', '>', ' ', '\t']) && !d.contains("..");
     ok.then_some(d)
         .ok_or_else(|| Status::invalid_argument("destination must be a domain name or \"local\""))
+}
+
+fn valid_message_id(id: &str) -> Result<&str, Status> {
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(Status::invalid_argument(
+            "message id must be the id from the 250 reply",
+        ));
+    }
+    Ok(id)
+}
+
+/// Where a job stands now. The stored state says where the queue put it;
+/// a schedule whose time has passed has fired, and a held destination's
+/// jobs are set aside by delivery whatever they were.
+fn effective_state(ctx: &Ctx, st: &JobState, now: i64) -> &'static str {
+    let destination = st.job.as_ref().map(|j| j.destination.as_str());
+    if destination.is_some_and(|d| ctx.holds.is_held(d)) {
+        job_state::HELD
+    } else if st.state == job_state::SCHEDULED && st.next_attempt_unix_ms > now {
+        job_state::SCHEDULED
+    } else {
+        job_state::READY
+    }
+}
+
+/// The pending jobs a `retry` or `delete` selects: one message's, or one
+/// destination's.
+async fn select(ctx: &Ctx, sel: Option<SelectRequest>) -> Result<Vec<JobState>, Status> {
+    let sel = sel.unwrap_or_default();
+    match (sel.message_id.is_empty(), sel.destination.is_empty()) {
+        (false, true) => {
+            let id = valid_message_id(&sel.message_id)?;
+            let jobs = ctx.state.jobs_of(id).await.map_err(internal)?;
+            if jobs.is_empty() {
+                return Err(Status::not_found(format!(
+                    "no pending jobs for message {id} (delivered, bounced, expired, or unknown)"
+                )));
+            }
+            Ok(jobs)
+        }
+        (true, false) => {
+            let d = valid_destination(&sel.destination)?;
+            let (jobs, _) = ctx
+                .state
+                .list(Some(&d), |_| true, usize::MAX)
+                .await
+                .map_err(internal)?;
+            Ok(jobs)
+        }
+        _ => Err(Status::invalid_argument(
+            "give either a message id or a destination",
+        )),
+    }
+}
+
+/// Remove the messages of these jobs from the jobs stream, wherever they
+/// wait: their schedule, the ready subject, or the held subject. A job a
+/// worker has already taken is removed too (its acknowledgement then finds
+/// nothing), but an attempt already under way still finishes.
+async fn remove_from_stream(ctx: &Ctx, jobs: &[JobState]) -> Result<(), Status> {
+    let stream = ctx
+        .js
+        .get_stream(bus::JOBS_STREAM)
+        .await
+        .map_err(internal)?;
+    let mut by_destination: BTreeMap<&str, std::collections::HashSet<&str>> = BTreeMap::new();
+    for job in jobs.iter().filter_map(|st| st.job.as_ref()) {
+        stream
+            .purge()
+            .filter(bus::scheduled_subject(&job.destination, &job.message_id))
+            .await
+            .map_err(internal)?;
+        by_destination
+            .entry(&job.destination)
+            .or_default()
+            .insert(&job.message_id);
+    }
+    // One pass over each subject, however many jobs are removed from it.
+    for (destination, ids) in by_destination {
+        for subject in [
+            bus::ready_subject(destination),
+            bus::held_subject(destination),
+        ] {
+            let mut after = 0;
+            loop {
+                let m = match stream
+                    .direct_get_next_for_subject(subject.as_str(), Some(after + 1))
+                    .await
+                {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => break,
+                    Err(e) => return Err(internal(e)),
+                };
+                after = m.sequence;
+                if let Ok(job) = Job::decode(m.payload)
+                    && ids.contains(job.message_id.as_str())
+                {
+                    stream.delete_message(m.sequence).await.map_err(internal)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Queue depth per destination and jobs in flight, from JetStream's own counters.
@@ -184,12 +292,8 @@ impl QueueAdmin for Admin {
 
     async fn show(&self, req: Request<ShowRequest>) -> Result<Response<ShowResponse>, Status> {
         let id = req.into_inner().message_id;
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return Err(Status::invalid_argument(
-                "message id must be the id from the 250 reply",
-            ));
-        }
-        let jobs = self.0.state.jobs_of(&id).await.map_err(internal)?;
+        let id = valid_message_id(&id)?;
+        let jobs = self.0.state.jobs_of(id).await.map_err(internal)?;
         if jobs.is_empty() {
             return Err(Status::not_found(format!(
                 "no pending jobs for message {id} (delivered, bounced, expired, or unknown)"
@@ -260,5 +364,93 @@ impl QueueAdmin for Admin {
         }
         tracing::info!(destination = %d, moved, "destination released");
         Ok(Response::new(DestinationResponse { moved }))
+    }
+
+    async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let ctx = &self.0;
+        let req = req.into_inner();
+        let destination = match req.destination.as_str() {
+            "" => None,
+            d => Some(valid_destination(d)?),
+        };
+        let state = match req.state.as_str() {
+            "" => None,
+            s @ (job_state::READY | job_state::SCHEDULED | job_state::HELD) => Some(s.to_string()),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown state {other:?}: use ready, scheduled or held"
+                )));
+            }
+        };
+        let limit = match req.limit {
+            0 => LIST_LIMIT,
+            n => n.min(LIST_LIMIT),
+        } as usize;
+        let now = now_unix_ms();
+        let (mut jobs, truncated) = ctx
+            .state
+            .list(
+                destination.as_deref(),
+                |st| state.as_deref().is_none_or(|s| effective_state(ctx, st, now) == s),
+                limit,
+            )
+            .await
+            .map_err(internal)?;
+        for st in &mut jobs {
+            st.state = effective_state(ctx, st, now).to_string();
+        }
+        Ok(Response::new(ListResponse { jobs, truncated }))
+    }
+
+    async fn retry(
+        &self,
+        req: Request<SelectRequest>,
+    ) -> Result<Response<AffectedResponse>, Status> {
+        let ctx = &self.0;
+        let jobs = select(ctx, Some(req.into_inner())).await?;
+        let stream = ctx
+            .js
+            .get_stream(bus::JOBS_STREAM)
+            .await
+            .map_err(internal)?;
+        let now = now_unix_ms();
+        let mut acks = Vec::new();
+        for mut st in jobs {
+            let Some(job) = st.job.clone() else { continue };
+            if effective_state(ctx, &st, now) != job_state::SCHEDULED {
+                continue;
+            }
+            // Only a schedule that has not fired yet is brought forward;
+            // otherwise the job is already ready and a second one would be
+            // attempted twice.
+            let subject = bus::scheduled_subject(&job.destination, &job.message_id);
+            if stream.direct_get_last_for_subject(subject).await.is_err() {
+                continue;
+            }
+            acks.push(handle::schedule(ctx, &job, now, None, Some(&format!("retry-{now}"))).await.map_err(internal)?);
+            st.next_attempt_unix_ms = now;
+            ctx.state.put_job(&st).await.map_err(internal)?;
+        }
+        let retried = acks.len() as u64;
+        for ack in acks {
+            ack.await.map_err(internal)?;
+        }
+        tracing::info!(jobs = retried, "retry requested");
+        Ok(Response::new(AffectedResponse { jobs: retried }))
+    }
+
+    async fn delete(
+        &self,
+        req: Request<DeleteRequest>,
+    ) -> Result<Response<AffectedResponse>, Status> {
+        let ctx = &self.0;
+        let req = req.into_inner();
+        let jobs = select(ctx, req.select).await?;
+        remove_from_stream(ctx, &jobs).await?;
+        let deleted = handle::forget_deleted(ctx, &jobs, req.bounce)
+            .await
+            .map_err(internal)?;
+        tracing::info!(jobs = deleted, bounce = req.bounce, "jobs deleted");
+        Ok(Response::new(AffectedResponse { jobs: deleted }))
     }
 }

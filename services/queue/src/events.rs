@@ -20,6 +20,8 @@ pub mod kind {
     pub const EXPIRED: &str = "expired";
     /// A job was set aside because its destination is on hold.
     pub const HELD: &str = "held";
+    /// Removed from the queue by an operator (`tern queue delete`).
+    pub const DELETED: &str = "deleted";
 }
 
 /// An event for one recipient of `job`.

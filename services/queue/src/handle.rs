@@ -242,34 +242,12 @@ async fn apply(ctx: &Ctx, res: JobResult, attempt_trace: Option<String>) -> Resu
                 send_dsn(ctx, &job, &lines, DsnKind::Delay).await?;
                 st.delay_dsn_sent = true;
             }
-            let subject = bus::scheduled_subject(&retry.destination, &retry.message_id);
-            let target = bus::ready_subject(&retry.destination);
-            let mut headers = async_nats::HeaderMap::new();
-            telemetry::inject_nats(&mut headers);
-            if let Some(tp) = &attempt_trace {
-                headers.insert(telemetry::PREVIOUS_ATTEMPT_HEADER, tp.as_str());
-            }
-            // Round up: a schedule fires on whole seconds.
-            headers.insert(
-                "Nats-Schedule",
-                format!("@at {}", date::rfc3339(next + 999)),
-            );
-            headers.insert("Nats-Schedule-Target", target);
-            let publish = jetstream::message::PublishMessage::build()
-                .payload(retry.encode_to_vec().into())
-                .headers(headers)
-                .message_id(format!("{}/{}", retry.job_id, retry.attempt));
-            st.job = Some(retry);
+            st.job = Some(retry.clone());
             rescheduled = true;
             st.state = job_state::SCHEDULED.into();
             st.next_attempt_unix_ms = next;
             ctx.state.put_job(&st).await.map_err(|e| e.to_string())?;
-            acks.push(
-                ctx.js
-                    .send_publish(subject, publish)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            );
+            acks.push(schedule(ctx, &retry, next, attempt_trace.as_deref(), None).await?);
             for (rcpt, r) in &deferred {
                 metrics::counter!("tern_queue_results_total", "outcome" => "deferred").increment(1);
                 let mut e = events::event(kind::DEFERRED, &job, &rcpt.address, Some(r));
@@ -298,6 +276,104 @@ async fn apply(ctx: &Ctx, res: JobResult, attempt_trace: Option<String>) -> Resu
         delete_body(ctx, &m).await;
     }
     Ok(())
+}
+
+/// Publish a message schedule (ADR-51) that puts `job` on its ready subject
+/// at `at_ms`. Schedules live on one subject per job, and a newer schedule
+/// on a subject replaces the older one, which is how `retry` brings a job
+/// forward. `previous_attempt` is the traceparent of the attempt this
+/// retries; `tag` makes the de-duplication id differ from the attempt's
+/// first schedule.
+pub(crate) async fn schedule(
+    ctx: &Ctx,
+    job: &Job,
+    at_ms: i64,
+    previous_attempt: Option<&str>,
+    tag: Option<&str>,
+) -> Result<jetstream::context::PublishAckFuture, String> {
+    let mut headers = async_nats::HeaderMap::new();
+    telemetry::inject_nats(&mut headers);
+    if let Some(tp) = previous_attempt {
+        headers.insert(telemetry::PREVIOUS_ATTEMPT_HEADER, tp);
+    }
+    // Round up: a schedule fires on whole seconds, and a time in the past
+    // fires at once.
+    headers.insert(
+        "Nats-Schedule",
+        format!("@at {}", date::rfc3339(at_ms + 999)),
+    );
+    headers.insert("Nats-Schedule-Target", bus::ready_subject(&job.destination));
+    let mut id = format!("{}/{}", job.job_id, job.attempt);
+    if let Some(tag) = tag {
+        id = format!("{id}/{tag}");
+    }
+    let publish = jetstream::message::PublishMessage::build()
+        .payload(job.encode_to_vec().into())
+        .headers(headers)
+        .message_id(id);
+    ctx.js
+        .send_publish(
+            bus::scheduled_subject(&job.destination, &job.message_id),
+            publish,
+        )
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// An operator removed these pending jobs from the queue (their messages on
+/// the jobs stream are already gone): log a `deleted` event per recipient,
+/// report them to the sender if asked, and forget the jobs (deleting bodies
+/// no other job needs). Returns how many jobs were forgotten.
+pub(crate) async fn forget_deleted(
+    ctx: &Ctx,
+    jobs: &[JobState],
+    bounce: bool,
+) -> Result<u64, String> {
+    let mut forgotten = 0;
+    for st in jobs {
+        let Some(job) = &st.job else { continue };
+        let mut acks = Vec::new();
+        let mut lines = Vec::new();
+        for rcpt in &job.rcpts {
+            let r = RecipientResult {
+                address: rcpt.address.clone(),
+                outcome: Outcome::Bounced as i32,
+                code: 550,
+                // RFC 3463 5.0.0: no more specific status fits an
+                // administrative removal; the text says what happened.
+                enhanced: "5.0.0".into(),
+                reply: "message deleted from the queue by the mail administrator".into(),
+                ..Default::default()
+            };
+            acks.push(
+                events::publish(
+                    &ctx.js,
+                    &events::event(kind::DELETED, job, &rcpt.address, Some(&r)),
+                )
+                .await?,
+            );
+            if bounce && dsn::wanted(rcpt, DsnKind::Failure) {
+                lines.push(line(rcpt, &r, &r.enhanced));
+            }
+        }
+        // Before the body can be deleted: a DSN may quote it.
+        send_dsn(ctx, job, &lines, DsnKind::Failure).await?;
+        for ack in acks {
+            ack.await.map_err(|e| e.to_string())?;
+        }
+        metrics::counter!("tern_queue_results_total", "outcome" => "deleted")
+            .increment(job.rcpts.len() as u64);
+        if let Some(m) = ctx
+            .state
+            .finish_job(&job.message_id, &job.destination)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            delete_body(ctx, &m).await;
+        }
+        forgotten += 1;
+    }
+    Ok(forgotten)
 }
 
 fn line(rcpt: &Recipient, r: &RecipientResult, status: &str) -> Line {

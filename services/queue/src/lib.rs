@@ -180,10 +180,10 @@ impl Bound {
         // is a clean exit, not an error.
         let init = async {
             let client = bus::connect(config.common.require_nats_url()?, "tern-queue").await?;
-            let js = jetstream::new(client);
+            let js = jetstream::new(client.clone());
             bus::ensure_streams_until_ready(&js, config.common.nats_replicas, &shutdown).await?;
             let ctx = Arc::new(Ctx {
-                state: state::State::open(&js).await?,
+                state: state::State::open(&js, client).await?,
                 holds: Holds::watch(&js, stop.clone()).await?,
                 js: js.clone(),
                 config,

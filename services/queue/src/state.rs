@@ -43,13 +43,18 @@ fn msg_key(message_id: &str) -> String {
 #[derive(Clone)]
 pub struct State {
     kv: kv::Store,
+    client: async_nats::Client,
 }
 
 impl State {
     /// Open the bucket (created by `bus::ensure_streams`).
-    pub async fn open(js: &jetstream::Context) -> Result<State, StateError> {
+    pub async fn open(
+        js: &jetstream::Context,
+        client: async_nats::Client,
+    ) -> Result<State, StateError> {
         Ok(State {
             kv: js.get_key_value(bus::QUEUE_BUCKET).await.map_err(kv_err)?,
+            client,
         })
     }
 
@@ -100,32 +105,113 @@ impl State {
 
     /// Every pending job of a message.
     pub async fn jobs_of(&self, message_id: &str) -> Result<Vec<JobState>, StateError> {
+        // `>`: a destination token is a domain, dots and all.
+        let filter = format!("job.{}.>", bus::kv_token(message_id));
+        Ok(self.scan(&filter, |_| true, usize::MAX).await?.0)
+    }
+
+    /// Pending jobs of one destination (every destination if `None`) that
+    /// `keep` accepts, at most `limit`; the flag says more matched.
+    ///
+    /// The server filters by key (`job.*.<destination>`) and sends only the
+    /// latest value of each key, so listing one destination does not read
+    /// the state of the others.
+    pub async fn list(
+        &self,
+        destination: Option<&str>,
+        keep: impl FnMut(&JobState) -> bool,
+        limit: usize,
+    ) -> Result<(Vec<JobState>, bool), StateError> {
+        let filter = match destination {
+            Some(d) => format!("job.*.{}", bus::kv_token(d)),
+            None => "job.>".to_string(),
+        };
+        self.scan(&filter, keep, limit).await
+    }
+
+    async fn scan(
+        &self,
+        key_filter: &str,
+        mut keep: impl FnMut(&JobState) -> bool,
+        limit: usize,
+    ) -> Result<(Vec<JobState>, bool), StateError> {
+        use async_nats::jetstream::consumer::{DeliverPolicy, push};
         use futures::StreamExt;
-        let prefix = format!("job.{}.", bus::kv_token(message_id));
-        let mut keys = self.kv.keys().await.map_err(kv_err)?;
+        let consumer = self
+            .kv
+            .stream
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                filter_subject: format!("$KV.{}.{key_filter}", bus::QUEUE_BUCKET),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(kv_err)?;
         let mut out = Vec::new();
-        while let Some(k) = keys.next().await {
-            let k = k.map_err(kv_err)?;
-            if k.starts_with(&prefix)
-                && let Some(b) = self.kv.get(&k).await.map_err(kv_err)?
-            {
-                out.push(JobState::decode(b).map_err(|_| StateError::Corrupt { key: k.clone() })?);
+        let mut truncated = false;
+        if consumer.cached_info().num_pending == 0 {
+            return Ok((out, truncated));
+        }
+        let mut messages = consumer.messages().await.map_err(kv_err)?;
+        while let Some(m) = messages.next().await {
+            let m = m.map_err(kv_err)?;
+            let pending = m.info().map_err(kv_err)?.pending;
+            // Deleted and purged keys leave a marker with an empty payload.
+            let removed = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("KV-Operation"))
+                .is_some();
+            if !removed {
+                let st = JobState::decode(m.payload.clone()).map_err(|_| StateError::Corrupt {
+                    key: m.subject.to_string(),
+                })?;
+                if keep(&st) {
+                    if out.len() == limit {
+                        truncated = true;
+                        break;
+                    }
+                    out.push(st);
+                }
+            }
+            if pending == 0 {
+                break;
             }
         }
-        Ok(out)
+        Ok((out, truncated))
     }
 
     /// A job became final: forget it, and if it was the message's last job,
     /// forget the message and return its state so the caller can delete the body.
+    ///
+    /// Idempotent: a job already forgotten (by a redelivered result, or a
+    /// `delete` racing with a result) does not count down the message again,
+    /// so the body is never deleted while another job still needs it.
     pub async fn finish_job(
         &self,
         message_id: &str,
         destination: &str,
     ) -> Result<Option<MessageState>, StateError> {
-        self.kv
-            .delete(job_key(message_id, destination))
-            .await
-            .map_err(kv_err)?;
+        let job = job_key(message_id, destination);
+        loop {
+            let Some(entry) = self.kv.entry(&job).await.map_err(kv_err)? else {
+                return Ok(None);
+            };
+            if entry.operation != kv::Operation::Put {
+                return Ok(None);
+            }
+            match self
+                .kv
+                .delete_expect_revision(&job, Some(entry.revision))
+                .await
+            {
+                Ok(()) => break,
+                // Changed meanwhile (a new attempt recorded): look again.
+                Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(kv_err(e)),
+            }
+        }
         let key = msg_key(message_id);
         // Compare-and-set so two replicas finishing jobs of one message at
         // once cannot lose a decrement.
