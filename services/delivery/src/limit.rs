@@ -83,7 +83,9 @@ impl Limiter {
                 bucket: LIMITS_BUCKET.into(),
                 history: 1,
                 max_age: LEASE_TTL,
-                storage: jetstream::stream::StorageType::Memory,
+                // File, not memory: a memory bucket vanishes when its NATS
+                // server restarts, and every later claim then fails.
+                storage: jetstream::stream::StorageType::File,
                 num_replicas: replicas,
                 ..Default::default()
             })
