@@ -145,7 +145,12 @@ async fn remove_from_stream(ctx: &Ctx, jobs: &[JobState]) -> Result<(), Status> 
                     .await
                 {
                     Ok(m) => m,
-                    Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => break,
+                    Err(e)
+                        if e.kind()
+                            == async_nats::jetstream::stream::DirectGetErrorKind::NotFound =>
+                    {
+                        break;
+                    }
                     Err(e) => return Err(internal(e)),
                 };
                 after = m.sequence;
@@ -343,18 +348,31 @@ impl QueueAdmin for Admin {
                 .messages()
                 .await
                 .map_err(internal)?;
-            let mut got = 0;
+            // Publish the whole batch, then wait for the acks: one round
+            // trip per batch instead of one per job.
+            let mut taken = Vec::new();
+            let mut acks = Vec::new();
             while let Some(m) = batch.next().await {
                 let m = m.map_err(internal)?;
-                got += 1;
+                // The held message's sequence makes the id unique per
+                // hold: a job held, released and held again within the
+                // de-duplication window must not be dropped as a duplicate.
+                let seq = m.info().map(|i| i.stream_sequence).unwrap_or_default();
                 let id = Job::decode(m.payload.clone())
-                    .map(|j| format!("{}/{}/released", j.job_id, j.attempt))
+                    .map(|j| format!("{}/{}/released/{seq}", j.job_id, j.attempt))
                     .unwrap_or_default();
-                bus::publish(&ctx.js, bus::ready_subject(&d), m.payload.clone(), &id)
-                    .await
-                    .map_err(internal)?
-                    .await
-                    .map_err(internal)?;
+                acks.push(
+                    bus::publish(&ctx.js, bus::ready_subject(&d), m.payload.clone(), &id)
+                        .await
+                        .map_err(internal)?,
+                );
+                taken.push(m);
+            }
+            for ack in acks {
+                ack.await.map_err(internal)?;
+            }
+            let got = taken.len();
+            for m in taken {
                 m.ack().await.map_err(internal)?;
                 moved += 1;
             }
@@ -391,7 +409,11 @@ impl QueueAdmin for Admin {
             .state
             .list(
                 destination.as_deref(),
-                |st| state.as_deref().is_none_or(|s| effective_state(ctx, st, now) == s),
+                |st| {
+                    state
+                        .as_deref()
+                        .is_none_or(|s| effective_state(ctx, st, now) == s)
+                },
                 limit,
             )
             .await
@@ -427,7 +449,11 @@ impl QueueAdmin for Admin {
             if stream.direct_get_last_for_subject(subject).await.is_err() {
                 continue;
             }
-            acks.push(handle::schedule(ctx, &job, now, None, Some(&format!("retry-{now}"))).await.map_err(internal)?);
+            acks.push(
+                handle::schedule(ctx, &job, now, None, Some(&format!("retry-{now}")))
+                    .await
+                    .map_err(internal)?,
+            );
             st.next_attempt_unix_ms = now;
             ctx.state.put_job(&st).await.map_err(internal)?;
         }
