@@ -103,6 +103,11 @@ pub fn results_subject(destination: &str) -> String {
 
 /// How long a spool message (and so an inline body) is kept at most.
 pub const SPOOL_MAX_AGE: Duration = Duration::from_secs(7 * 86_400);
+/// How long the marker of a purged `tern-queue` key lives (then it is gone
+/// too). Longer than the de-duplication window, so a redelivered message
+/// within that window still finds its job purged rather than absent.
+pub const QUEUE_MARKER_TTL: Duration = Duration::from_secs(600);
+
 /// Window in which a re-published message id is dropped as a duplicate.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(120);
 
@@ -295,16 +300,45 @@ pub async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> Result<
         .map_err(|e| setup_err(BODY_BUCKET)(Box::new(e)))?;
     }
     for bucket in [QUEUE_BUCKET, HOLDS_BUCKET] {
-        if js.get_key_value(bucket).await.is_err() {
-            js.create_key_value(jetstream::kv::Config {
-                bucket: bucket.into(),
-                history: 1,
-                storage: stream::StorageType::File,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| setup_err(bucket)(Box::new(e)))?;
+        // The queue forgets every finished job and message by purging its
+        // key with a marker that expires (`QUEUE_MARKER_TTL`), so a million
+        // messages a day do not leave a million markers behind. The holds
+        // bucket keeps its markers: its watchers see a release as one.
+        let limit_markers = (bucket == QUEUE_BUCKET).then_some(QUEUE_MARKER_TTL);
+        match js.get_key_value(bucket).await {
+            Ok(_) if limit_markers.is_some() => {
+                // A bucket made before markers expired: allow per-message TTLs.
+                let name = format!("KV_{bucket}");
+                let mut stream = js
+                    .get_stream(&name)
+                    .await
+                    .map_err(|e| setup_err(bucket)(Box::new(e)))?;
+                let info = stream
+                    .info()
+                    .await
+                    .map_err(|e| setup_err(bucket)(Box::new(e)))?;
+                if !info.config.allow_message_ttl {
+                    let mut config = info.config.clone();
+                    config.allow_message_ttl = true;
+                    config.subject_delete_marker_ttl = limit_markers;
+                    js.update_stream(config)
+                        .await
+                        .map_err(|e| setup_err(bucket)(Box::new(e)))?;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => {
+                js.create_key_value(jetstream::kv::Config {
+                    bucket: bucket.into(),
+                    history: 1,
+                    storage: stream::StorageType::File,
+                    num_replicas: replicas,
+                    limit_markers,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| setup_err(bucket)(Box::new(e)))?;
+            }
         }
     }
     Ok(())

@@ -497,7 +497,7 @@ async fn ls_retry_and_delete_act_on_waiting_jobs() {
     })
     .await;
     assert_eq!(ev.recipient, "defer1@remote.test");
-    assert!(list(&mut admin, "", "").await.is_empty());
+    assert!(list(&mut admin, "remote.test", "").await.is_empty());
     let gone = admin
         .show(tern_proto::ShowRequest {
             message_id: id.clone(),

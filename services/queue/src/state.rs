@@ -157,12 +157,12 @@ impl State {
         while let Some(m) = messages.next().await {
             let m = m.map_err(kv_err)?;
             let pending = m.info().map_err(kv_err)?.pending;
-            // Deleted and purged keys leave a marker with an empty payload.
-            let removed = m
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("KV-Operation"))
-                .is_some();
+            // Deleted and purged keys leave a marker with an empty payload
+            // (`KV-Operation`, or `Nats-Marker-Reason` from the server).
+            let removed = m.payload.is_empty()
+                || m.headers.as_ref().is_some_and(|h| {
+                    h.get("KV-Operation").is_some() || h.get("Nats-Marker-Reason").is_some()
+                });
             if !removed {
                 let st = JobState::decode(m.payload.clone()).map_err(|_| StateError::Corrupt {
                     key: m.subject.to_string(),
@@ -203,12 +203,12 @@ impl State {
             }
             match self
                 .kv
-                .delete_expect_revision(&job, Some(entry.revision))
+                .purge_expect_revision_with_ttl(&job, entry.revision, bus::QUEUE_MARKER_TTL)
                 .await
             {
                 Ok(()) => break,
                 // Changed meanwhile (a new attempt recorded): look again.
-                Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => continue,
+                Err(e) if e.kind() == kv::PurgeErrorKind::WrongLastRevision => continue,
                 Err(e) => return Err(kv_err(e)),
             }
         }
@@ -228,7 +228,7 @@ impl State {
             if m.remaining_jobs == 0 {
                 return match self
                     .kv
-                    .delete_expect_revision(&key, Some(entry.revision))
+                    .purge_expect_revision_with_ttl(&key, entry.revision, bus::QUEUE_MARKER_TTL)
                     .await
                 {
                     Ok(()) => Ok(Some(m)),
