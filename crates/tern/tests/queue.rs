@@ -684,25 +684,21 @@ fn send_batch(
 /// Wait until the sink has every recipient at least once; return how many
 /// recipients arrived more than once.
 async fn all_arrive(stack: &Stack, rcpts: &[String]) -> usize {
-    tern_testkit::wait_for(
-        "every message at the sink",
-        Duration::from_secs(90),
-        || {
-            let got = stack.sink.messages();
-            async move {
-                let mut seen = std::collections::HashMap::<String, usize>::new();
-                for m in &got {
-                    for r in &m.rcpts {
-                        *seen.entry(r.clone()).or_default() += 1;
-                    }
+    tern_testkit::wait_for("every message at the sink", Duration::from_secs(90), || {
+        let got = stack.sink.messages();
+        async move {
+            let mut seen = std::collections::HashMap::<String, usize>::new();
+            for m in &got {
+                for r in &m.rcpts {
+                    *seen.entry(r.clone()).or_default() += 1;
                 }
-                rcpts
-                    .iter()
-                    .all(|r| seen.contains_key(r))
-                    .then(|| seen.values().filter(|n| **n > 1).count())
             }
-        },
-    )
+            rcpts
+                .iter()
+                .all(|r| seen.contains_key(r))
+                .then(|| seen.values().filter(|n| **n > 1).count())
+        }
+    })
     .await
 }
 
@@ -748,7 +744,10 @@ async fn a_nats_restart_mid_batch_loses_nothing() {
     let before = stack.sink.messages().len();
     // SIGKILL, then the same port and the same file storage.
     stack.nats.restart().await;
-    assert!(before < rcpts.len(), "the restart came mid-batch ({before})");
+    assert!(
+        before < rcpts.len(),
+        "the restart came mid-batch ({before})"
+    );
     sender.await.expect("every message accepted");
     // At-least-once: an attempt whose result could not be published while
     // NATS was down is repeated, so duplicates are allowed; losses are not.

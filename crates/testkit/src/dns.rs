@@ -2,6 +2,9 @@
 //! answering over UDP and TCP from zone text written in the test. It counts
 //! the queries it receives and can hold its answers back, so tests can see
 //! what a resolver actually asked upstream.
+//!
+//! Zones can be DNSSEC-signed (NSEC, one ECDSA P-256 key per zone) for
+//! validation tests; [`DnsServer::trust_anchor`] gives the key to trust.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -10,9 +13,13 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hickory_proto::rr::{LowerName, Name};
+use hickory_proto::dnssec::crypto::EcdsaSigningKey;
+use hickory_proto::dnssec::rdata::{DNSKEY, DNSSECRData};
+use hickory_proto::dnssec::{Algorithm, DnssecSigner, SigningKey};
+use hickory_proto::rr::{LowerName, Name, RData, Record};
 use hickory_proto::serialize::txt::Parser;
 use hickory_server::Server;
+use hickory_server::dnssec::NxProofKind;
 use hickory_server::net::runtime::{Time, TokioRuntimeProvider};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
@@ -23,6 +30,8 @@ pub struct DnsServer {
     addr: SocketAddr,
     server: Server<Counting>,
     state: Arc<State>,
+    /// DNSKEY record (presentation format) of each signed zone, by origin.
+    anchors: HashMap<String, String>,
 }
 
 /// Query counts and the hold gate, shared with the request handler.
@@ -82,19 +91,48 @@ impl DnsServer {
     /// Serve the given zones, each `(origin, zone text)`. Zone text is RFC 1035
     /// master-file syntax; it needs an SOA record.
     pub async fn start(zones: &[(&str, &str)]) -> DnsServer {
+        DnsServer::start_signed(zones, &[]).await
+    }
+
+    /// Like [`start`](Self::start), but the zones whose origins are listed in
+    /// `signed` are DNSSEC-signed (RFC 4035): each gets a fresh ECDSA P-256
+    /// key (a DNSKEY at the apex), RRSIGs valid for a day, and NSEC records
+    /// for authenticated denial. [`trust_anchor`](Self::trust_anchor) gives
+    /// its key.
+    pub async fn start_signed(zones: &[(&str, &str)], signed: &[&str]) -> DnsServer {
         let mut catalog = Catalog::new();
+        let mut anchors = HashMap::new();
         for (origin, text) in zones {
             let origin = Name::from_ascii(origin).expect("zone origin");
-            let (name, records) = Parser::new(*text, None, Some(origin))
+            let (name, records) = Parser::new(*text, None, Some(origin.clone()))
                 .parse()
                 .unwrap_or_else(|e| panic!("zone text does not parse: {e}"));
-            let handler = InMemoryZoneHandler::<TokioRuntimeProvider>::new(
+            let sign = signed
+                .iter()
+                .any(|s| Name::from_ascii(s).is_ok_and(|s| s == origin));
+            let mut handler = InMemoryZoneHandler::<TokioRuntimeProvider>::new(
                 name.clone(),
                 records,
                 ZoneType::Primary,
                 AxfrPolicy::Deny,
+                sign.then_some(NxProofKind::Nsec),
             )
             .expect("build zone");
+            if sign {
+                let signer = zone_signer(&name);
+                let dnskey = Record::from_rdata(
+                    name.clone(),
+                    3600,
+                    RData::DNSSEC(DNSSECRData::DNSKEY(DNSKEY::from_key(
+                        &signer.key().to_public_key().expect("public key"),
+                    ))),
+                );
+                anchors.insert(zone_key(&name.to_ascii()), dnskey.to_string());
+                handler
+                    .add_zone_signing_key_mut(signer)
+                    .expect("add zone key");
+                handler.secure_zone_mut().expect("sign zone");
+            }
             let handler: Arc<dyn ZoneHandler> = Arc::new(handler);
             catalog.upsert(LowerName::from(&name), vec![handler]);
         }
@@ -126,7 +164,15 @@ impl DnsServer {
             addr,
             server,
             state,
+            anchors,
         }
+    }
+
+    /// The DNSKEY record of a zone signed by [`start_signed`](Self::start_signed),
+    /// in presentation format (`origin. 3600 IN DNSKEY 257 3 13 ...`): the
+    /// trust anchor a validating resolver needs for it. `None` for unsigned zones.
+    pub fn trust_anchor(&self, origin: &str) -> Option<String> {
+        self.anchors.get(&zone_key(origin)).cloned()
     }
 
     /// `ip:port` to give resolvers (`TERN_DNS_NAMESERVERS`).
@@ -172,6 +218,26 @@ impl DnsServer {
     pub fn release(&self) {
         self.state.hold.send_replace(false);
     }
+}
+
+/// Lower-case origin with the trailing dot.
+fn zone_key(origin: &str) -> String {
+    format!("{}.", origin.trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// A fresh ECDSA P-256 key for `origin`, marked as a zone key and secure
+/// entry point (it signs both the DNSKEY RRset and the zone's data).
+fn zone_signer(origin: &Name) -> DnssecSigner {
+    let algorithm = Algorithm::ECDSAP256SHA256;
+    let pkcs8 = EcdsaSigningKey::generate_pkcs8(algorithm).expect("generate zone key");
+    let key = EcdsaSigningKey::from_pkcs8(&pkcs8, algorithm).expect("load zone key");
+    let dnskey = DNSKEY::from_key(&key.to_public_key().expect("public key"));
+    DnssecSigner::new(
+        dnskey,
+        Box::new(key),
+        origin.clone(),
+        Duration::from_secs(86_400),
+    )
 }
 
 impl Drop for DnsServer {

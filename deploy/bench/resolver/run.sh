@@ -4,13 +4,16 @@
 # domains each with its own MX host), then runs the resolver_bench example
 # (release build), which starts the resolver in-process and measures cached
 # ResolveRoute from CALLERS gRPC callers and cold ResolveRoute against unbound.
+# The callers share CONNECTIONS HTTP/2 connections (tonic channels), as the
+# delivery workers of a few pods would; CONNECTIONS=$CALLERS gives every
+# caller its own.
 #
 #   deploy/bench/resolver/run.sh            # defaults below
-#   CALLERS=50 CONNECTIONS=50 REQUESTS=300000 COLD=20000 SECONDS_MAX=20 deploy/bench/resolver/run.sh
+#   CALLERS=50 CONNECTIONS=4 REQUESTS=300000 COLD=20000 SECONDS_MAX=20 deploy/bench/resolver/run.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../.." && pwd)
 CALLERS=${CALLERS:-50}
-CONNECTIONS=${CONNECTIONS:-$CALLERS}
+CONNECTIONS=${CONNECTIONS:-4}
 REQUESTS=${REQUESTS:-300000}
 COLD=${COLD:-20000}
 SECONDS_MAX=${SECONDS_MAX:-20}

@@ -1,10 +1,13 @@
 //! Benchmark client for the resolver (run by `deploy/bench/resolver/run.sh`,
 //! which starts unbound with the bench zone): starts the resolver in this
-//! process on loopback against the given nameserver, then measures
+//! process on loopback against the given nameserver, on its own Tokio
+//! runtime (two worker threads named `resolver`, as if it were its own
+//! process), then measures from the client runtime
 //!
-//! 1. cached `ResolveRoute` over gRPC from `--callers` concurrent callers,
-//!    each on its own connection: requests per second and latency
-//!    percentiles;
+//! 1. cached `ResolveRoute` over gRPC from `--callers` concurrent callers
+//!    sharing `--connections` HTTP/2 connections (tonic channels, as the
+//!    delivery service uses them): requests per second, latency percentiles,
+//!    and CPU per request of the resolver's threads and of the whole process;
 //! 2. cold `ResolveRoute` for `--cold` distinct domains (each its own MX
 //!    host, so MX, A and AAAA all go upstream): routes per second.
 //!
@@ -35,7 +38,7 @@ fn args() -> Args {
     let mut a = Args {
         nameserver: String::new(),
         callers: 50,
-        connections: 0,
+        connections: 4,
         requests: 300_000,
         cold: 20_000,
         seconds: 20,
@@ -111,10 +114,9 @@ async fn phase(
     (started.elapsed(), all, failed)
 }
 
-/// CPU time (user + system) this process has used, from /proc/self/stat
-/// (fields 14 and 15, in clock ticks of 1/100 s on Linux).
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+/// CPU time (user + system) from a `stat` file (fields 14 and 15, in clock
+/// ticks of 1/100 s on Linux).
+fn stat_cpu(stat: &str) -> Duration {
     // The command name (field 2) may contain spaces; count from after it.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<u64> = rest
@@ -126,7 +128,42 @@ fn cpu_time() -> Duration {
     Duration::from_millis(f.iter().sum::<u64>() * 10)
 }
 
-fn report(name: &str, elapsed: Duration, cpu: Duration, mut lat: Vec<u32>, failed: usize) {
+/// CPU time of the whole process and of the resolver runtime's threads
+/// (those named `resolver`).
+#[derive(Clone, Copy)]
+struct Cpu {
+    process: Duration,
+    resolver: Duration,
+}
+
+fn cpu_time() -> Cpu {
+    let process = stat_cpu(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default());
+    let mut resolver = Duration::ZERO;
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() == "resolver" {
+            resolver +=
+                stat_cpu(&std::fs::read_to_string(task.path().join("stat")).unwrap_or_default());
+        }
+    }
+    Cpu { process, resolver }
+}
+
+impl std::ops::Sub for Cpu {
+    type Output = Cpu;
+    fn sub(self, o: Cpu) -> Cpu {
+        Cpu {
+            process: self.process.saturating_sub(o.process),
+            resolver: self.resolver.saturating_sub(o.resolver),
+        }
+    }
+}
+
+fn report(name: &str, elapsed: Duration, cpu: Cpu, mut lat: Vec<u32>, failed: usize) {
     lat.sort_unstable();
     let pct = |p: f64| {
         let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len().max(1)) - 1;
@@ -134,7 +171,7 @@ fn report(name: &str, elapsed: Duration, cpu: Duration, mut lat: Vec<u32>, faile
     };
     let n = lat.len().max(1) as f64;
     println!(
-        "{name}: {} requests in {:.2}s = {:.0}/s; latency ms p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}; failed {failed}; CPU (resolver + client, this process) {:.1} µs/request = {:.0}/s per core",
+        "{name}: {} requests in {:.2}s = {:.0}/s; latency ms p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}; failed {failed}; CPU per request: resolver {:.1} µs, resolver + client {:.1} µs",
         lat.len(),
         elapsed.as_secs_f64(),
         lat.len() as f64 / elapsed.as_secs_f64(),
@@ -142,8 +179,8 @@ fn report(name: &str, elapsed: Duration, cpu: Duration, mut lat: Vec<u32>, faile
         pct(0.99),
         pct(0.999),
         pct(1.0),
-        cpu.as_secs_f64() * 1e6 / n,
-        n / cpu.as_secs_f64().max(1e-9),
+        cpu.resolver.as_secs_f64() * 1e6 / n,
+        cpu.process.as_secs_f64() * 1e6 / n,
     );
 }
 
@@ -157,7 +194,20 @@ async fn main() {
         ("dns_timeout", "5s"),
     ]);
     let config = tern_resolver::Config::from_source(&src).unwrap();
-    let bound = tern_resolver::bind(config).await.unwrap();
+    // The resolver on its own runtime, so its CPU time can be told apart
+    // from the client's (and the two do not share one scheduler, as they
+    // would not in production).
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("resolver")
+        .enable_all()
+        .build()
+        .unwrap();
+    let bound = server_rt
+        .spawn(tern_resolver::bind(config))
+        .await
+        .unwrap()
+        .unwrap();
     let grpc = bound
         .addrs()
         .into_iter()
@@ -165,7 +215,7 @@ async fn main() {
         .unwrap()
         .1;
     let shutdown = Shutdown::new();
-    let server = tokio::spawn(bound.run(shutdown.clone()));
+    let server = server_rt.spawn(bound.run(shutdown.clone()));
     let limit = Duration::from_secs(a.seconds);
 
     // Warm the one cached domain (two MX hosts of equal preference: the
@@ -221,4 +271,5 @@ async fn main() {
 
     shutdown.trigger();
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    server_rt.shutdown_background();
 }

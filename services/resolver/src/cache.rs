@@ -5,7 +5,7 @@
 //! (RFC 8767).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -104,21 +104,28 @@ impl<V: Answer> TtlCache<V> {
         }
     }
 
-    /// The cached answer for `key`, or the result of `resolve` (shared with
-    /// every concurrent caller for the same key).
+    /// The cached answer for `key`, or the result of the future `resolve`
+    /// makes (shared with every concurrent caller for the same key).
+    ///
+    /// `resolve` is only called on a miss: the resolution future is large
+    /// (every DNS lookup of a route), and building and moving it on every
+    /// cache hit cost more than the hit itself.
     ///
     /// The resolution completes even when the caller that started it goes
     /// away, as long as another caller is waiting on it (any clone of the
     /// shared future drives it).
-    pub(crate) async fn get_or_resolve<F>(&self, key: &str, resolve: F) -> (Arc<V>, Served)
+    pub(crate) async fn get_or_resolve<F, Fut>(&self, key: &str, resolve: F) -> (Arc<V>, Served)
     where
-        F: std::future::Future<Output = V> + Send + 'static,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = V> + Send + 'static,
     {
         let (pending, first) = {
-            let Ok(mut slots) = self.slots.lock() else {
-                // A poisoned lock only means another request panicked; resolve uncached.
-                return (Arc::new(resolve.await), Served::Miss);
-            };
+            // A poisoned lock only means another request panicked while
+            // holding it; every update leaves the map consistent, so go on.
+            // (Resolving uncached here instead would put the whole
+            // resolution future inline in this one, which every cache hit
+            // then has to build and move.)
+            let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
             let now = Instant::now();
             match slots.get(key) {
                 Some(Slot::Ready {
@@ -141,7 +148,7 @@ impl<V: Answer> TtlCache<V> {
                         }) if *stale_until > now => Some((value.clone(), *stale_until)),
                         _ => None,
                     };
-                    let fut = self.resolution(key.to_string(), stale, resolve);
+                    let fut = self.resolution(key.to_string(), stale, resolve());
                     if slots.len() >= self.max_entries {
                         evict(&mut slots, self.max_entries);
                     }
@@ -179,9 +186,7 @@ impl<V: Answer> TtlCache<V> {
         async move {
             let value = Arc::new(resolve.await);
             let now = Instant::now();
-            let Ok(mut slots) = slots_ref.lock() else {
-                return (value, false);
-            };
+            let mut slots = slots_ref.lock().unwrap_or_else(PoisonError::into_inner);
             if value.is_temporary()
                 && let Some((old, stale_until)) = stale
             {
@@ -298,7 +303,7 @@ mod tests {
                 // cache registration run in one poll, without a yield between.
                 arrived.fetch_add(1, Ordering::SeqCst);
                 cache
-                    .get_or_resolve("k", async move {
+                    .get_or_resolve("k", move || async move {
                         calls.fetch_add(1, Ordering::SeqCst);
                         let _ = gate.wait_for(|open| *open).await;
                         ok(7, Duration::from_secs(60))
@@ -326,7 +331,7 @@ mod tests {
         );
         // Now cached.
         let (v, s) = cache
-            .get_or_resolve("k", async { ok(8, Duration::ZERO) })
+            .get_or_resolve("k", || async { ok(8, Duration::ZERO) })
             .await;
         assert_eq!(s, Served::Hit);
         assert_eq!(v.0, 7);
@@ -336,22 +341,24 @@ mod tests {
     async fn zero_ttl_is_not_kept_and_expiry_is_honoured() {
         let cache: TtlCache<V> = TtlCache::new("t", 16, Duration::ZERO);
         let (_, s) = cache
-            .get_or_resolve("a", async { ok(1, Duration::ZERO) })
+            .get_or_resolve("a", || async { ok(1, Duration::ZERO) })
             .await;
         assert_eq!(s, Served::Miss);
         let (v, _) = cache
-            .get_or_resolve("a", async { ok(2, Duration::from_millis(50)) })
+            .get_or_resolve("a", || async { ok(2, Duration::from_millis(50)) })
             .await;
         assert_eq!(v.0, 2);
         let (v, s) = cache
-            .get_or_resolve("a", async { ok(3, Duration::ZERO) })
+            .get_or_resolve("a", || async { ok(3, Duration::ZERO) })
             .await;
         assert_eq!(s, Served::Hit);
         assert_eq!(v.0, 2);
         tern_testkit::wait_for("entry to expire", Duration::from_secs(5), || {
             let c = cache.clone();
             async move {
-                let (v, _) = c.get_or_resolve("a", async { ok(4, Duration::ZERO) }).await;
+                let (v, _) = c
+                    .get_or_resolve("a", || async { ok(4, Duration::ZERO) })
+                    .await;
                 (v.0 == 4).then_some(())
             }
         })
@@ -362,14 +369,14 @@ mod tests {
     async fn expired_answer_is_served_stale_when_refresh_fails() {
         let cache: TtlCache<V> = TtlCache::new("t", 16, Duration::from_secs(60));
         cache
-            .get_or_resolve("a", async { ok(1, Duration::from_millis(20)) })
+            .get_or_resolve("a", || async { ok(1, Duration::from_millis(20)) })
             .await;
         let failing = || async { V(0, Duration::ZERO, true) };
         // Wait for expiry: then the failing refresh yields the stale copy.
         let v = tern_testkit::wait_for("stale answer", Duration::from_secs(5), || {
             let c = cache.clone();
             async move {
-                let (v, s) = c.get_or_resolve("a", failing()).await;
+                let (v, s) = c.get_or_resolve("a", failing).await;
                 (s == Served::Stale).then_some(v)
             }
         })
@@ -378,7 +385,7 @@ mod tests {
         assert_eq!(v.1, STALE_ANSWER_TTL);
         // Served stale from the cache without asking upstream again.
         let (v, s) = cache
-            .get_or_resolve("a", async { ok(5, Duration::from_secs(60)) })
+            .get_or_resolve("a", || async { ok(5, Duration::from_secs(60)) })
             .await;
         assert_eq!((v.0, s), (1001, Served::Stale));
     }
@@ -387,13 +394,13 @@ mod tests {
     async fn failure_without_stale_window_is_returned() {
         let cache: TtlCache<V> = TtlCache::new("t", 16, Duration::ZERO);
         cache
-            .get_or_resolve("a", async { ok(1, Duration::from_millis(10)) })
+            .get_or_resolve("a", || async { ok(1, Duration::from_millis(10)) })
             .await;
         let v = tern_testkit::wait_for("failure", Duration::from_secs(5), || {
             let c = cache.clone();
             async move {
                 let (v, _) = c
-                    .get_or_resolve("a", async { V(0, Duration::ZERO, true) })
+                    .get_or_resolve("a", || async { V(0, Duration::ZERO, true) })
                     .await;
                 v.2.then_some(v)
             }
@@ -407,16 +414,18 @@ mod tests {
         let cache: TtlCache<V> = TtlCache::new("t", 20, Duration::ZERO);
         // "long" first, then 19 short-lived answers fill the cache.
         cache
-            .get_or_resolve("long", async { ok(1, Duration::from_secs(600)) })
+            .get_or_resolve("long", || async { ok(1, Duration::from_secs(600)) })
             .await;
         for i in 0..40 {
             cache
-                .get_or_resolve(&format!("k{i}"), async { ok(1, Duration::from_secs(60)) })
+                .get_or_resolve(&format!("k{i}"), || async {
+                    ok(1, Duration::from_secs(60))
+                })
                 .await;
             assert!(cache.len() <= 20);
         }
         let (_, s) = cache
-            .get_or_resolve("long", async { ok(2, Duration::from_secs(600)) })
+            .get_or_resolve("long", || async { ok(2, Duration::from_secs(600)) })
             .await;
         assert_eq!(s, Served::Hit, "the longest-lived answer stays");
     }

@@ -2,11 +2,13 @@
 //! hickory-resolver, behind the coalescing cache.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hickory_proto::dnssec::{DnssecSummary, TrustAnchors};
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
 use hickory_resolver::lookup::Lookup;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -50,6 +52,12 @@ pub struct DnsSettings {
     pub stale_window: Duration,
     /// Upstream queries in flight at most; more wait for a slot.
     pub max_inflight: usize,
+    /// Validate answers with DNSSEC (RFC 4035); answers that fail validation
+    /// become temporary failures.
+    pub dnssec: bool,
+    /// DNSKEY records to trust instead of the IANA root keys built into
+    /// hickory (for private or test zones); only used with `dnssec`.
+    pub trust_anchor: Option<PathBuf>,
 }
 
 /// Building the DNS client failed.
@@ -61,6 +69,14 @@ pub enum DnsSetupError {
     /// hickory refused the configuration.
     #[error("build the DNS resolver: {0}")]
     Build(String),
+    /// The DNSSEC trust anchor file could not be read or parsed.
+    #[error("DNSSEC trust anchor {path}: {message}")]
+    TrustAnchor {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// A raw lookup request that cannot be served.
@@ -97,15 +113,22 @@ struct Inner {
     upstream: tokio::sync::Semaphore,
 }
 
-/// What a failed query means for mail routing.
+/// What a failed query means for mail routing. `secure`: the denial was
+/// validated with DNSSEC (RFC 4035 §5.4).
 #[derive(Debug, Clone)]
 enum Failure {
     /// NXDOMAIN: the name does not exist.
-    NxDomain { ttl: u32 },
+    NxDomain { ttl: u32, secure: bool },
     /// NOERROR without records of the type asked.
-    NoData { ttl: u32 },
-    /// SERVFAIL, REFUSED, timeout, network error: try later.
+    NoData { ttl: u32, secure: bool },
+    /// SERVFAIL, REFUSED, timeout, network error, DNSSEC-bogus answer: try later.
     Temporary(String),
+}
+
+/// A positive answer and whether DNSSEC validated every record of it.
+struct Answered {
+    lookup: Lookup,
+    secure: bool,
 }
 
 impl DnsResolver {
@@ -144,6 +167,14 @@ impl DnsResolver {
         // hickory answers "busy" beyond this per connection; our semaphore
         // keeps us below it.
         opts.max_active_requests = opts.max_active_requests.max(max_inflight);
+        // With validation hickory sets the DO bit, checks the RRSIGs up to
+        // a trust anchor (RFC 4035 §5) and fails bogus answers.
+        opts.validate = settings.dnssec;
+        if settings.dnssec
+            && let Some(path) = &settings.trust_anchor
+        {
+            builder = builder.with_trust_anchor(Arc::new(read_trust_anchor(path)?));
+        }
         let resolver = builder
             .build()
             .map_err(|e| DnsSetupError::Build(e.to_string()))?;
@@ -162,12 +193,13 @@ impl DnsResolver {
 
     /// The ordered route for a mail domain or address literal (cached).
     pub async fn resolve_route(&self, domain: &str) -> ResolveRouteResponse {
-        let key = domain.trim().trim_end_matches('.').to_ascii_lowercase();
-        let inner = self.inner.clone();
-        let k = key.clone();
+        let key = cache_key(domain);
         let (route, served) = self
             .routes
-            .get_or_resolve(&key, async move { inner.resolve_route(&k).await })
+            .get_or_resolve(&key, || {
+                let (inner, key) = (self.inner.clone(), key.to_string());
+                async move { inner.resolve_route(&key).await }
+            })
             .await;
         let mut route = Arc::unwrap_or_clone(route);
         if served != Served::Miss && route.hosts.len() > 1 {
@@ -193,12 +225,49 @@ impl DnsResolver {
         };
         let fqdn = to_fqdn(name, true).ok_or_else(|| LookupError::InvalidName(name.to_string()))?;
         let key = format!("{rtype} {fqdn}").to_ascii_lowercase();
-        let inner = self.inner.clone();
         let (resp, _) = self
             .lookups
-            .get_or_resolve(&key, async move { inner.lookup(fqdn, rtype).await })
+            .get_or_resolve(&key, || {
+                let inner = self.inner.clone();
+                async move { inner.lookup(fqdn, rtype).await }
+            })
             .await;
         Ok(resp)
+    }
+}
+
+/// The DNSKEY records in `path` (presentation format, one per line, as
+/// `dig DNSKEY` prints them; `;` starts a comment); a file without any is
+/// refused rather than silently validating nothing.
+fn read_trust_anchor(path: &std::path::Path) -> Result<TrustAnchors, DnsSetupError> {
+    let err = |message: String| DnsSetupError::TrustAnchor {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let keys = text
+        .lines()
+        .map(|l| l.split(';').next().unwrap_or(""))
+        .filter(|l| {
+            l.split_whitespace()
+                .any(|t| t.eq_ignore_ascii_case("DNSKEY"))
+        })
+        .count();
+    if keys == 0 {
+        return Err(err("no DNSKEY records".into()));
+    }
+    text.parse::<TrustAnchors>().map_err(|e| err(e.to_string()))
+}
+
+/// The route cache key: the domain without surrounding space and trailing
+/// dot, lower case. Borrowed when the caller already sent it that way (the
+/// common case), so a cache hit allocates nothing for the key.
+fn cache_key(domain: &str) -> std::borrow::Cow<'_, str> {
+    let d = domain.trim().trim_end_matches('.');
+    if d.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(d.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(d)
     }
 }
 
@@ -279,7 +348,7 @@ impl Inner {
     /// One query, with the outcome counted in `tern_dns_lookups_total` and
     /// its latency in `tern_dns_upstream_seconds`. At most `max_inflight`
     /// queries run at once.
-    async fn query(&self, name: &Name, rtype: RecordType) -> Result<Lookup, Failure> {
+    async fn query(&self, name: &Name, rtype: RecordType) -> Result<Answered, Failure> {
         let _slot = match self.upstream.try_acquire() {
             Ok(slot) => Ok(slot),
             Err(_) => {
@@ -292,7 +361,27 @@ impl Inner {
         metrics::histogram!("tern_dns_upstream_seconds", "type" => rtype.to_string())
             .record(started.elapsed().as_secs_f64());
         let (outcome, result) = match res {
-            Ok(l) => ("ok", Ok(l)),
+            // Records come back with their proof; without validation they
+            // are all "indeterminate", so never secure.
+            Ok(lookup) => match DnssecSummary::from_records(lookup.answers().iter()) {
+                DnssecSummary::Secure => (
+                    "ok",
+                    Ok(Answered {
+                        lookup,
+                        secure: true,
+                    }),
+                ),
+                DnssecSummary::Insecure => (
+                    "ok",
+                    Ok(Answered {
+                        lookup,
+                        secure: false,
+                    }),
+                ),
+                // hickory already fails bogus answers (DnssecBogus); kept
+                // in case a bogus record slips through.
+                DnssecSummary::Bogus => ("bogus", Err(Failure::Temporary(bogus_cause()))),
+            },
             Err(e) => {
                 let f = classify(&e);
                 let label = match &f {
@@ -301,6 +390,7 @@ impl Inner {
                     Failure::Temporary(_) => match &e {
                         NetError::Timeout => "timeout",
                         NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail)) => "servfail",
+                        NetError::Dns(DnsError::DnssecBogus) => "bogus",
                         _ => "error",
                     },
                 };
@@ -323,18 +413,24 @@ impl Inner {
                 0,
             );
         };
-        let mx = match self.query(&name, RecordType::MX).await {
-            Ok(l) => l,
-            Err(Failure::NxDomain { ttl }) => {
-                return permanent(
-                    ENHANCED_NO_DOMAIN,
-                    format!("domain {domain} does not exist (NXDOMAIN)"),
-                    self.clamp_negative(ttl),
-                );
+        let Answered {
+            lookup: mx,
+            secure: mx_secure,
+        } = match self.query(&name, RecordType::MX).await {
+            Ok(a) => a,
+            Err(Failure::NxDomain { ttl, secure }) => {
+                return ResolveRouteResponse {
+                    authenticated: secure,
+                    ..permanent(
+                        ENHANCED_NO_DOMAIN,
+                        format!("domain {domain} does not exist (NXDOMAIN)"),
+                        self.clamp_negative(ttl),
+                    )
+                };
             }
-            Err(Failure::NoData { ttl }) => {
+            Err(Failure::NoData { ttl, secure }) => {
                 return self
-                    .implicit_mx(domain, &name, self.clamp_negative(ttl))
+                    .implicit_mx(domain, &name, self.clamp_negative(ttl), secure)
                     .await;
             }
             Err(Failure::Temporary(e)) => {
@@ -353,14 +449,17 @@ impl Inner {
         if records.is_empty() {
             // Only a CNAME chain or other types came back: treat as NODATA.
             let ttl = mx_ttl.min(self.negative_max);
-            return self.implicit_mx(domain, &name, ttl).await;
+            return self.implicit_mx(domain, &name, ttl, mx_secure).await;
         }
         if records.iter().all(|(_, host)| host.is_root()) {
-            return permanent(
-                ENHANCED_NULL_MX,
-                format!("domain {domain} does not accept mail (null MX)"),
-                self.clamp(mx_ttl),
-            );
+            return ResolveRouteResponse {
+                authenticated: mx_secure,
+                ..permanent(
+                    ENHANCED_NULL_MX,
+                    format!("domain {domain} does not accept mail (null MX)"),
+                    self.clamp(mx_ttl),
+                )
+            };
         }
         // A null MX mixed with real ones is a misconfiguration; use the real ones.
         records.retain(|(_, host)| !host.is_root());
@@ -385,25 +484,25 @@ impl Inner {
             }
         });
 
-        let lookups = records.iter().map(|(pref, host)| async move {
-            let (addrs, ttl, temp) = self.addresses(host).await;
-            (*pref, host, addrs, ttl, temp)
-        });
+        let lookups = records
+            .iter()
+            .map(|(pref, host)| async move { (*pref, host, self.addresses(host).await) });
         let resolved = futures::future::join_all(lookups).await;
         let mut hosts = Vec::with_capacity(resolved.len());
         let mut temp_errors = Vec::new();
-        for (pref, host, addrs, ttl, temp) in resolved {
-            if let Some(t) = ttl {
+        for (pref, host, a) in resolved {
+            if let Some(t) = a.ttl {
                 mx_ttl = mx_ttl.min(t);
             }
-            if let Some(e) = temp {
+            if let Some(e) = a.temp {
                 temp_errors.push(format!("{}: {e}", display_name(host)));
             }
-            if !addrs.is_empty() {
+            if !a.addrs.is_empty() {
                 hosts.push(MxHost {
                     name: display_name(host),
                     preference: u32::from(pref),
-                    addresses: addrs,
+                    addresses: a.addrs,
+                    authenticated: a.secure,
                 });
             }
         }
@@ -439,24 +538,35 @@ impl Inner {
             site: site.join(","),
             error: String::new(),
             enhanced: String::new(),
+            authenticated: mx_secure,
         }
     }
 
     /// RFC 5321 §5.1: no MX records means the domain itself is the one host
     /// (the "implicit MX"). `mx_ttl` is how long the NODATA answer for MX may
-    /// be cached; the route is cached no longer than that.
-    async fn implicit_mx(&self, domain: &str, name: &Name, mx_ttl: u32) -> ResolveRouteResponse {
-        let (addrs, ttl, temp) = self.addresses(name).await;
-        let ttl = ttl.unwrap_or(DEFAULT_NEGATIVE_TTL).min(mx_ttl);
-        if addrs.is_empty() {
-            if let Some(e) = temp {
+    /// be cached; the route is cached no longer than that. `mx_secure`: that
+    /// NODATA answer was validated (RFC 7672 §2.2.1).
+    async fn implicit_mx(
+        &self,
+        domain: &str,
+        name: &Name,
+        mx_ttl: u32,
+        mx_secure: bool,
+    ) -> ResolveRouteResponse {
+        let a = self.addresses(name).await;
+        let ttl = a.ttl.unwrap_or(DEFAULT_NEGATIVE_TTL).min(mx_ttl);
+        if a.addrs.is_empty() {
+            if let Some(e) = a.temp {
                 return temporary(format!("address lookup for {domain} failed: {e}"));
             }
-            return permanent(
-                ENHANCED_NO_DOMAIN,
-                format!("domain {domain} has no MX and no address records"),
-                self.clamp_negative(ttl),
-            );
+            return ResolveRouteResponse {
+                authenticated: mx_secure && a.secure,
+                ..permanent(
+                    ENHANCED_NO_DOMAIN,
+                    format!("domain {domain} has no MX and no address records"),
+                    self.clamp_negative(ttl),
+                )
+            };
         }
         let host = display_name(name);
         ResolveRouteResponse {
@@ -464,82 +574,107 @@ impl Inner {
             hosts: vec![MxHost {
                 name: host.clone(),
                 preference: 0,
-                addresses: addrs,
+                addresses: a.addrs,
+                authenticated: a.secure,
             }],
             ttl: self.clamp(ttl),
             site: host,
             error: String::new(),
             enhanced: String::new(),
+            authenticated: mx_secure,
         }
     }
 
-    /// IPv6 then IPv4 addresses of `host`, the shortest TTL seen, and a
-    /// temporary error if one of the two lookups failed that way.
-    async fn addresses(&self, host: &Name) -> (Vec<String>, Option<u32>, Option<String>) {
+    /// IPv6 then IPv4 addresses of `host`, the shortest TTL seen, whether
+    /// both answers (records or denial) were validated, and a temporary
+    /// error if one of the two lookups failed that way.
+    async fn addresses(&self, host: &Name) -> Addresses {
         let (v6, v4) = futures::join!(
             self.query(host, RecordType::AAAA),
             self.query(host, RecordType::A)
         );
-        let mut addrs = Vec::new();
-        let mut ttl: Option<u32> = None;
-        let mut temp = None;
+        let mut out = Addresses {
+            addrs: Vec::new(),
+            ttl: None,
+            secure: true,
+            temp: None,
+        };
         for res in [v6, v4] {
-            match res {
-                Ok(l) => {
-                    ttl = Some(ttl.map_or(remaining(l.valid_until()), |t| {
-                        t.min(remaining(l.valid_until()))
-                    }));
-                    for r in l.answers() {
+            let (t, secure) = match res {
+                Ok(Answered { lookup, secure }) => {
+                    for r in lookup.answers() {
                         match &r.data {
-                            RData::AAAA(a) => addrs.push(a.0.to_string()),
-                            RData::A(a) => addrs.push(a.0.to_string()),
+                            RData::AAAA(a) => out.addrs.push(a.0.to_string()),
+                            RData::A(a) => out.addrs.push(a.0.to_string()),
                             _ => {}
                         }
                     }
+                    (remaining(lookup.valid_until()), secure)
                 }
-                Err(Failure::NxDomain { ttl: t } | Failure::NoData { ttl: t }) => {
-                    let t = t.min(self.negative_max);
-                    ttl = Some(ttl.map_or(t, |x| x.min(t)));
+                Err(Failure::NxDomain { ttl, secure } | Failure::NoData { ttl, secure }) => {
+                    (ttl.min(self.negative_max), secure)
                 }
-                Err(Failure::Temporary(e)) => temp = Some(e),
-            }
+                Err(Failure::Temporary(e)) => {
+                    out.temp = Some(e);
+                    out.secure = false;
+                    continue;
+                }
+            };
+            out.ttl = Some(out.ttl.map_or(t, |x| x.min(t)));
+            out.secure &= secure;
         }
-        (addrs, ttl, temp)
+        out
     }
 
     async fn lookup(&self, name: Name, rtype: RecordType) -> LookupResponse {
         match self.query(&name, rtype).await {
-            Ok(l) => LookupResponse {
+            Ok(Answered { lookup, secure }) => LookupResponse {
                 status: RouteStatus::Ok as i32,
-                records: l
+                records: lookup
                     .answers()
                     .iter()
                     .filter(|r| r.record_type() == rtype)
                     .map(|r| r.data.to_string())
                     .collect(),
-                ttl: self.clamp(remaining(l.valid_until())),
+                ttl: self.clamp(remaining(lookup.valid_until())),
                 error: String::new(),
+                authenticated: secure,
             },
-            Err(Failure::NoData { ttl }) => LookupResponse {
+            Err(Failure::NoData { ttl, secure }) => LookupResponse {
                 status: RouteStatus::Ok as i32,
                 records: Vec::new(),
                 ttl: self.clamp_negative(ttl),
                 error: String::new(),
+                authenticated: secure,
             },
-            Err(Failure::NxDomain { ttl }) => LookupResponse {
+            Err(Failure::NxDomain { ttl, secure }) => LookupResponse {
                 status: RouteStatus::Permanent as i32,
                 records: Vec::new(),
                 ttl: self.clamp_negative(ttl),
                 error: format!("{} does not exist (NXDOMAIN)", display_name(&name)),
+                authenticated: secure,
             },
             Err(Failure::Temporary(e)) => LookupResponse {
                 status: RouteStatus::Temporary as i32,
                 records: Vec::new(),
                 ttl: 0,
                 error: e,
+                authenticated: false,
             },
         }
     }
+}
+
+/// The addresses of one host, from its AAAA and A lookups.
+struct Addresses {
+    /// IPv6 then IPv4.
+    addrs: Vec<String>,
+    /// Shortest TTL seen (`None`: both lookups failed temporarily).
+    ttl: Option<u32>,
+    /// Both answers, records or denials, validated with DNSSEC.
+    secure: bool,
+    /// A temporary failure of one of the lookups.
+    temp: Option<String>,
 }
 
 fn classify(e: &NetError) -> Failure {
@@ -547,15 +682,37 @@ fn classify(e: &NetError) -> Failure {
         NetError::Dns(DnsError::NoRecordsFound(NoRecords {
             response_code,
             negative_ttl,
+            soa,
+            authorities,
             ..
         })) => {
-            let ttl = negative_ttl.unwrap_or(DEFAULT_NEGATIVE_TTL);
-            if *response_code == ResponseCode::NXDomain {
-                Failure::NxDomain { ttl }
-            } else {
-                Failure::NoData { ttl }
-            }
+            // With validation on hickory drops `negative_ttl`; RFC 2308 §5
+            // gives it from the SOA: its MINIMUM, or its own TTL if shorter.
+            let ttl = negative_ttl
+                .or_else(|| soa.as_ref().map(|s| s.ttl.min(s.data.minimum)))
+                .unwrap_or(DEFAULT_NEGATIVE_TTL);
+            // The denial (SOA, NSEC/NSEC3 and their RRSIGs) is in the
+            // authority section, each record with its proof.
+            let secure = authorities
+                .as_deref()
+                .is_some_and(|a| DnssecSummary::from_records(a.iter()) == DnssecSummary::Secure);
+            negative(*response_code, ttl, secure)
         }
+        // A denial DNSSEC could not prove either way (e.g. NSEC3 beyond the
+        // RFC 9276 iteration limits): usable, but not authenticated. Bogus
+        // ones arrive as `DnssecBogus`.
+        NetError::Dns(DnsError::Nsec { response, .. }) => {
+            let ttl = response
+                .authorities
+                .iter()
+                .find_map(|r: &Record| match &r.data {
+                    RData::SOA(s) => Some(r.ttl.min(s.minimum)),
+                    _ => None,
+                })
+                .unwrap_or(DEFAULT_NEGATIVE_TTL);
+            negative(response.response_code, ttl, false)
+        }
+        NetError::Dns(DnsError::DnssecBogus) => Failure::Temporary(bogus_cause()),
         NetError::Timeout => Failure::Temporary("DNS query timed out".into()),
         NetError::Dns(DnsError::ResponseCode(code)) => {
             let name = match code {
@@ -569,6 +726,22 @@ fn classify(e: &NetError) -> Failure {
         }
         other => Failure::Temporary(other.to_string()),
     }
+}
+
+fn negative(code: ResponseCode, ttl: u32, secure: bool) -> Failure {
+    if code == ResponseCode::NXDomain {
+        Failure::NxDomain { ttl, secure }
+    } else {
+        Failure::NoData { ttl, secure }
+    }
+}
+
+/// Why a bogus answer is refused. hickory does not say which check failed;
+/// its debug log does.
+fn bogus_cause() -> String {
+    "DNSSEC validation failed: the answer is bogus (signatures missing, expired or not \
+     matching a trusted key; RFC 4035 §5.5)"
+        .into()
 }
 
 /// Seconds until `until`, rounded down.
@@ -640,11 +813,13 @@ fn address_literal(text: &str) -> ResolveRouteResponse {
             name: text.to_string(),
             preference: 0,
             addresses: vec![ip.to_string()],
+            authenticated: false,
         }],
         ttl: 0,
         site: text.to_string(),
         error: String::new(),
         enhanced: String::new(),
+        authenticated: false,
     }
 }
 
@@ -656,6 +831,7 @@ fn permanent(enhanced: &str, error: String, ttl: u32) -> ResolveRouteResponse {
         site: String::new(),
         error,
         enhanced: enhanced.to_string(),
+        authenticated: false,
     }
 }
 
@@ -667,6 +843,7 @@ fn temporary(error: String) -> ResolveRouteResponse {
         site: String::new(),
         error,
         enhanced: String::new(),
+        authenticated: false,
     }
 }
 
@@ -742,6 +919,7 @@ mod tests {
             name: n.into(),
             preference: p,
             addresses: vec![],
+            authenticated: false,
         };
         let mut seen_first = std::collections::HashSet::new();
         for _ in 0..200 {
