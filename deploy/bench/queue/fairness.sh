@@ -8,7 +8,8 @@
 # 1. Alone: COUNT messages to the healthy destination; its throughput.
 # 2. Beside the tempfailing one: COUNT messages to the tempfailing
 #    destination are sent first, and while they are being attempted (and
-#    retried every 5 s, so they keep coming back), COUNT to the healthy one;
+#    retried every RETRY (default 30s), so they keep coming back), COUNT to
+#    the healthy one;
 #    the healthy destination's throughput again.
 #
 # The figure is the ratio 2/1: the share of its throughput the healthy
@@ -26,6 +27,7 @@ COUNT=${COUNT:-10000}
 SESSIONS=${SESSIONS:-20}
 SIZE=${SIZE:-4096}
 TIMEOUT=${TIMEOUT:-600}
+RETRY=${RETRY:-30s}
 nats_bin=$("$root/scripts/deps.sh")
 [ "${BUILD:-1}" = 0 ] || (cd "$root" && cargo build --release -q -p tern)
 tern="${CARGO_TARGET_DIR:-$root/target}/release/tern"
@@ -42,7 +44,7 @@ start_unbound "healthy.bench.test. 3600 IN MX 10 mx4.bench.test." "mx4.bench.tes
 sink_port=$(free_port); smtp_port=$(free_port)
 start_sink 127.0.0.1 "$sink_port" "$work/healthy.out"
 start_sink ::1 "$sink_port" "$work/tempfail.out" -r RCPT
-start_tern "$work/tern" "$sink_port" "$smtp_port" TERN_QUEUE_RETRY_SCHEDULE=5s
+start_tern "$work/tern" "$sink_port" "$smtp_port" TERN_QUEUE_RETRY_SCHEDULE="$RETRY"
 
 echo "fairness: $COUNT messages of $SIZE bytes per destination, $SESSIONS sessions; $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 start=$(now)
@@ -52,7 +54,7 @@ alone=$(since "$start")
 printf '%-48s %8s s %8s msg/s\n' "healthy destination alone" "$alone" "$(rate "$COUNT" "$alone")"
 
 # The tempfailing backlog: every job attempted once and deferred; from now
-# on each comes back every 5 s for another attempt.
+# on each comes back every RETRY for another attempt.
 admin() { "${tern_env[@]}" "$tern" queue "$@"; }
 deferred_all() {
   [ "$(admin stats | awk '$1 == "tempfail.bench.test" {print $3}')" -ge "$COUNT" ] 2>/dev/null
