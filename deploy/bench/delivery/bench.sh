@@ -15,8 +15,16 @@
 # answers 250 right after that publish is acked) to delivery's publish of the
 # result with the sink's 250, both seen by one plain NATS subscriber
 # (services/delivery/examples/bench_latency.rs).
+# CPU per message of the system under test, which does not depend on what
+# else the machine runs: Postfix's master with every process it started
+# (live ones, and the exited ones it reaped), and Tern's processes (NATS
+# included; smtp-source and smtp-sink in neither), with Tern's split per
+# process to show where the time goes. Also the whole machine's busy time
+# per message (/proc/stat), which on a shared machine includes other work.
 # MX records come from a real DNS server (Debian's unbound) with a local zone.
 # Both sides run with their default per-destination concurrency (20).
+# DELIVERY_ENV="TERN_DELIVERY_CONCURRENCY=32 ..." adds settings to every
+# delivery process (for experiments; the documented figures use none).
 # Needs root (Postfix), postfix, unbound, python3, curl; scripts/deps.sh --test
 # installs them. Every wait has a limit (TIMEOUT, default 600 s).
 set -euo pipefail
@@ -26,6 +34,7 @@ MESSAGES=${MESSAGES:-20000}
 SIZE=${SIZE:-4096}
 PROCS=${PROCS:-"1 2 4"}
 TIMEOUT=${TIMEOUT:-600}
+DELIVERY_ENV=${DELIVERY_ENV:-}
 UNBOUND=${UNBOUND:-/usr/sbin/unbound}
 for bin in "$UNBOUND" /usr/sbin/smtp-sink /usr/sbin/smtp-source /usr/sbin/postfix; do
   [ -x "$bin" ] || { echo "needs $bin (scripts/deps.sh --test)" >&2; exit 1; }
@@ -33,8 +42,9 @@ done
 
 nats_bin=$("$root/scripts/deps.sh")
 (cd "$root" && cargo build --release -q -p tern && cargo build --release -q -p tern-delivery --example bench_latency)
-tern="$root/target/release/tern"
-latency="$root/target/release/examples/bench_latency"
+target=${CARGO_TARGET_DIR:-$root/target}
+tern="$target/release/tern"
+latency="$target/release/examples/bench_latency"
 
 work=$(mktemp -d)
 chmod 755 "$work"
@@ -105,6 +115,39 @@ CONF
 "$UNBOUND" -d -c "$work/unbound.conf" &
 unbound_pid=$!
 
+tck=$(getconf CLK_TCK)
+# Busy CPU ticks of the whole machine (user, nice, system, irq, softirq).
+cpu_busy() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
+# CPU seconds a process has used so far.
+proc_cpu() { awk -v t="$tck" '{sub(/^.*\) /, ""); printf "%.1f", ($12+$13)/t}' "/proc/$1/stat" 2>/dev/null || echo "?"; }
+cpu_per_msg() { # busy ticks before, after -> "N ms CPU/msg"
+  python3 -c "print(f'{($2-$1)/$tck*1000/$MESSAGES:.2f} ms CPU/msg')"
+}
+# CPU seconds of processes and everything they started (live descendants,
+# plus the children they reaped: cutime/cstime).
+tree_cpu() {
+  python3 - "$tck" "$@" <<'PY'
+import os, sys
+tck = int(sys.argv[1]); roots = {int(p) for p in sys.argv[2:]}
+stat = {}
+for d in os.listdir("/proc"):
+    if d.isdigit():
+        try:
+            f = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stat[int(d)] = (int(f[1]), sum(int(x) for x in f[11:15]))  # ppid; utime stime cutime cstime
+seen, todo, total = set(), list(roots), 0
+while todo:
+    p = todo.pop()
+    if p in seen or p not in stat:
+        continue
+    seen.add(p); total += stat[p][1]
+    todo += [c for c, (pp, _) in stat.items() if pp == p]
+print(f"{total / tck:.1f}")
+PY
+}
+
 source_run() { # port -> start time
   local start
   start=$(python3 -c 'import time; print(time.time())')
@@ -118,8 +161,9 @@ tern_run() { # number of delivery processes
   mkdir -p "$dir"
   local nats_port sink_port smtp_port r_grpc
   nats_port=$(free_port); sink_port=$(free_port); smtp_port=$(free_port); r_grpc=$(free_port)
+  local -a names=() procs=()
   "$nats_bin" -js -sd "$dir/js" -a 127.0.0.1 -p "$nats_port" >"$dir/nats.log" 2>&1 &
-  pids+=($!)
+  pids+=($!); names+=(nats); procs+=($!)
   wait_port "$nats_port"
   smtp-sink "${sink_user[@]}" -c "127.0.0.1:$sink_port" 1000 >"$dir/sink.out" 2>"$dir/sink.err" &
   pids+=($!)
@@ -131,34 +175,42 @@ tern_run() { # number of delivery processes
   local admin
   admin=$(free_port)
   "${common[@]}" TERN_RESOLVER_ADMIN_LISTEN="127.0.0.1:$admin" "$tern" resolver >"$dir/resolver.log" 2>&1 &
-  pids+=($!); wait_ready "$admin"
+  pids+=($!); names+=(resolver); procs+=($!); wait_ready "$admin"
   admin=$(free_port)
   "${common[@]}" TERN_QUEUE_GRPC_LISTEN=127.0.0.1:0 TERN_QUEUE_ADMIN_LISTEN="127.0.0.1:$admin" "$tern" queue >"$dir/queue.log" 2>&1 &
-  pids+=($!); wait_ready "$admin"
+  pids+=($!); names+=(queue); procs+=($!); wait_ready "$admin"
   for i in $(seq 1 "$n"); do
     admin=$(free_port)
+    # shellcheck disable=SC2086 # DELIVERY_ENV is a list of NAME=value words
     "${common[@]}" TERN_DELIVERY_GRPC_LISTEN=127.0.0.1:0 TERN_DELIVERY_ADMIN_LISTEN="127.0.0.1:$admin" \
-      "$tern" delivery >"$dir/delivery$i.log" 2>&1 &
-    pids+=($!); wait_ready "$admin"
+      $DELIVERY_ENV "$tern" delivery >"$dir/delivery$i.log" 2>&1 &
+    pids+=($!); names+=("delivery$i"); procs+=($!); wait_ready "$admin"
   done
   admin=$(free_port)
   "${common[@]}" TERN_SMTP_LISTEN="127.0.0.1:$smtp_port" TERN_SUBMISSION_LISTEN= TERN_SUBMISSIONS_LISTEN= \
     TERN_INGRESS_GRPC_LISTEN=127.0.0.1:0 TERN_INGRESS_ADMIN_LISTEN="127.0.0.1:$admin" \
     TERN_TRUSTED_NETWORKS=127.0.0.1/32 TERN_MAX_CONNECTIONS_PER_IP=20000 \
     "$tern" ingress >"$dir/ingress.log" 2>&1 &
-  pids+=($!); wait_ready "$admin"
+  pids+=($!); names+=(ingress); procs+=($!); wait_ready "$admin"
   "$latency" --nats "nats://127.0.0.1:$nats_port" --count "$MESSAGES" --idle 60 >"$dir/latency.out" &
   local lat_pid=$!
   for _ in $(seq 1 100); do grep -q ready "$dir/latency.out" 2>/dev/null && break; sleep 0.05; done
-  local start secs
+  local start secs busy0 busy1
+  busy0=$(cpu_busy)
   start=$(source_run "$smtp_port")
   secs=$(wait_sink "$dir/sink.out" "$MESSAGES" "$start")
+  busy1=$(cpu_busy)
   timeout 120 tail --pid=$lat_pid -f /dev/null || true
   local lat
   lat=$(tail -1 "$dir/latency.out")
   printf '%-22s %8s %10s   %s\n' "tern, $n delivery" "$secs" \
     "$(python3 -c "print(f'{$MESSAGES/$secs:.0f}')")" "$lat"
   echo "$MESSAGES/$secs" >"$work/tern$n.rate"
+  local i all line
+  all=$(tree_cpu "${procs[@]}")
+  line="   tern CPU: $all s, $(python3 -c "print(f'{$all*1000/$MESSAGES:.2f}')") ms/msg ="
+  for i in "${!procs[@]}"; do line+=" ${names[$i]} $(proc_cpu "${procs[$i]}")"; done
+  echo "$line; machine: $(cpu_per_msg "$busy0" "$busy1")"
   stop_all
 }
 
@@ -170,10 +222,16 @@ postfix_run() {
   wait_port "$sink_port"
   "$root/deploy/bench/ingress/postfix-instance.sh" start "$dir" "$pf_port" "$sink_port"
   wait_port "$pf_port"
-  local start secs
+  local start secs busy0 busy1
+  busy0=$(cpu_busy)
   start=$(source_run "$pf_port")
   secs=$(wait_sink "$work/pfsink.out" "$MESSAGES" "$start")
+  busy1=$(cpu_busy)
   printf '%-22s %8s %10s\n' "postfix relay" "$secs" "$(python3 -c "print(f'{$MESSAGES/$secs:.0f}')")"
+  local master pf
+  master=$(head -1 "$dir/queue/pid/master.pid" 2>/dev/null | tr -d ' ')
+  pf=$(tree_cpu "$master")
+  echo "   postfix CPU: $pf s, $(python3 -c "print(f'{$pf*1000/$MESSAGES:.2f}')") ms/msg; machine: $(cpu_per_msg "$busy0" "$busy1")"
   echo "$MESSAGES/$secs" >"$work/postfix.rate"
   "$root/deploy/bench/ingress/postfix-instance.sh" stop "$dir"
   stop_all

@@ -2,20 +2,25 @@
 //! MX hosts in order, run the SMTP transaction, and turn every reply into a
 //! per-recipient outcome.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 use tern_proto::resolver_client::ResolverClient;
-use tern_proto::{DsnRet, Job, MxHost, Outcome, RecipientResult, ResolveRouteRequest, RouteStatus};
+use tern_proto::{
+    DsnRet, Job, MxHost, Outcome, RecipientResult, ResolveRouteRequest, ResolveRouteResponse,
+    RouteStatus,
+};
 use tern_runtime::Shutdown;
 use tern_smtp::client::{ClientError, Reply, Stage, Timeouts};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::egress::Egress;
 use crate::limit::{Lease, Limiter};
-use crate::pool::{Conn, Io, Pool, Session};
+use crate::pool::{Conn, Handover, Io, Pool, Session, Taken};
+use crate::rate::RateLimiter;
 use crate::tls::{TlsPolicies, TlsPolicy};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -30,6 +35,61 @@ pub(crate) type Resolver = ResolverClient<InterceptedService<Channel, Intercepto
 pub const MAX_ADDRESSES: usize = 5;
 /// Most SMTP sessions (hosts that answered) in one attempt (`smtp_mx_session_limit`).
 pub const MAX_SESSIONS: usize = 2;
+/// Longest a resolver answer is reused in this process (the resolver's own
+/// TTL-honouring cache stays the source of truth; this only saves a gRPC
+/// round trip per message during a burst to one domain).
+pub const ROUTE_CACHE_TIME: Duration = Duration::from_secs(5);
+/// How often a job waiting for a connection slot retries the limiter even
+/// without a freed-slot event (a slot whose holder died expires silently).
+const SLOT_RETRY: Duration = Duration::from_secs(1);
+/// Most destinations kept in the route cache.
+const ROUTE_CACHE_ENTRIES: usize = 10_000;
+
+/// Resolver answers (OK and permanent ones), reused for at most
+/// `min(ttl, ROUTE_CACHE_TIME)`.
+#[derive(Clone, Default)]
+pub(crate) struct Routes {
+    inner: Arc<Mutex<HashMap<String, (Instant, ResolveRouteResponse)>>>,
+}
+
+impl Routes {
+    fn get(&self, domain: &str) -> Option<ResolveRouteResponse> {
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(domain)
+            .filter(|(until, _)| Instant::now() < *until)
+            .map(|(_, r)| r.clone())
+    }
+
+    fn put(&self, domain: &str, route: &ResolveRouteResponse) {
+        let cacheable = matches!(
+            RouteStatus::try_from(route.status),
+            Ok(RouteStatus::Ok | RouteStatus::Permanent)
+        );
+        let ttl = Duration::from_secs(route.ttl.into()).min(ROUTE_CACHE_TIME);
+        if !cacheable || ttl.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= ROUTE_CACHE_ENTRIES {
+            map.retain(|_, (until, _)| now < *until);
+            if map.len() >= ROUTE_CACHE_ENTRIES {
+                map.clear();
+            }
+        }
+        map.insert(domain.to_string(), (now + ttl, route.clone()));
+    }
+}
+
+/// How an attempt ended.
+pub(crate) enum Attempted {
+    /// An outcome for every recipient, to be reported.
+    Results(Vec<RecipientResult>),
+    /// Not attempted: the destination's message rate is used up. The job
+    /// goes back to the stream to come again after this long; it is not an
+    /// attempt and nothing is reported.
+    Later(Duration),
+}
 
 /// What an attempt needs besides the job.
 pub(crate) struct Env<'a> {
@@ -47,6 +107,10 @@ pub(crate) struct Env<'a> {
     pub tls_config: Arc<rustls::ClientConfig>,
     pub pool: &'a Pool,
     pub limiter: Option<&'a Limiter>,
+    /// Cluster-wide message rate limits, if any are configured.
+    pub rates: Option<&'a RateLimiter>,
+    /// Resolver answers reused for a few seconds.
+    pub routes: &'a Routes,
     /// Longest wait for a free connection slot before deferring.
     pub limit_wait: Duration,
     /// Shutting down: sessions are closed, not pooled.
@@ -62,28 +126,19 @@ struct Failure {
     remote_host: String,
 }
 
-/// Resolve, connect and relay. The body is loaded lazily by `load_body`
-/// only once a route exists, so a resolver failure costs no body read.
-pub(crate) async fn attempt<F, Fut, E>(
-    env: Env<'_>,
-    job: &Job,
-    load_body: F,
-) -> Vec<RecipientResult>
+/// Resolve, take a rate token, connect and relay. The body is loaded lazily
+/// by `load_body` only once a route and a token exist, so a resolver failure
+/// or a used-up rate costs no body read.
+pub(crate) async fn attempt<F, Fut, E>(env: Env<'_>, job: &Job, load_body: F) -> Attempted
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<bytes::Bytes, E>>,
     E: std::fmt::Display,
 {
-    let mut resolver = env.resolver.clone();
-    let route = match resolver
-        .resolve_route(ResolveRouteRequest {
-            domain: job.destination.clone(),
-        })
-        .await
-    {
-        Ok(r) => r.into_inner(),
+    let route = match resolve(&env, &job.destination).await {
+        Ok(r) => r,
         Err(status) => {
-            return all(
+            return Attempted::Results(all(
                 job,
                 Outcome::Deferred,
                 &Failure {
@@ -92,7 +147,7 @@ where
                     reply: format!("resolver unavailable: {}", status.message()),
                     remote_host: String::new(),
                 },
-            );
+            ));
         }
     };
     match RouteStatus::try_from(route.status) {
@@ -103,7 +158,7 @@ where
             } else {
                 route.enhanced
             };
-            return all(
+            return Attempted::Results(all(
                 job,
                 Outcome::Bounced,
                 &Failure {
@@ -112,7 +167,7 @@ where
                     reply: route.error,
                     remote_host: String::new(),
                 },
-            );
+            ));
         }
         _ => {
             let reply = if route.error.is_empty() {
@@ -120,7 +175,7 @@ where
             } else {
                 route.error
             };
-            return all(
+            return Attempted::Results(all(
                 job,
                 Outcome::Deferred,
                 &Failure {
@@ -129,14 +184,25 @@ where
                     reply,
                     remote_host: String::new(),
                 },
-            );
+            ));
+        }
+    }
+    let site = if route.site.is_empty() {
+        job.destination.as_str()
+    } else {
+        route.site.as_str()
+    };
+    if let Some(rates) = env.rates {
+        let limit = rates.limit_for(&job.destination);
+        if let Err(wait) = rates.take(site, limit).await {
+            return Attempted::Later(wait);
         }
     }
     let body = match load_body().await {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(error = %e, "message body could not be loaded");
-            return all(
+            return Attempted::Results(all(
                 job,
                 Outcome::Deferred,
                 &Failure {
@@ -145,15 +211,27 @@ where
                     reply: format!("message body unavailable: {e}"),
                     remote_host: String::new(),
                 },
-            );
+            ));
         }
     };
-    let site = if route.site.is_empty() {
-        job.destination.as_str()
-    } else {
-        route.site.as_str()
-    };
-    relay(&env, job, &route.hosts, site, &body).await
+    Attempted::Results(relay(&env, job, &route.hosts, site, &body).await)
+}
+
+/// The route for `domain`: from the short-lived local cache, else from the
+/// resolver (the call carries the trace).
+async fn resolve(env: &Env<'_>, domain: &str) -> Result<ResolveRouteResponse, tonic::Status> {
+    if let Some(r) = env.routes.get(domain) {
+        return Ok(r);
+    }
+    let mut resolver = env.resolver.clone();
+    let route = resolver
+        .resolve_route(ResolveRouteRequest {
+            domain: domain.to_string(),
+        })
+        .await?
+        .into_inner();
+    env.routes.put(domain, &route);
+    Ok(route)
 }
 
 /// Try a pooled session for `key`, then fresh connections to the hosts in
@@ -170,9 +248,11 @@ async fn relay(
     // Sessions are shared only between jobs with the same egress identity and
     // TLS policy, so a `required` job never rides a plaintext session.
     let key = format!("{}|{}|{}", env.egress.name, policy, site);
-    if let Some(results) = try_pooled(env, &key, job, body).await {
-        return results;
-    }
+    // A stale pooled session's slot carries the new connection.
+    let mut lease = match try_pooled(env, &key, job, body).await {
+        Pooled::Done(results) => return results,
+        Pooled::None(lease) => lease.map(|l| *l),
+    };
     let limit = env.limiter.map_or(0, |l| l.limit_for(&job.destination));
     let mut last = Failure {
         code: 0,
@@ -180,7 +260,6 @@ async fn relay(
         reply: "no usable MX host address".into(),
         remote_host: String::new(),
     };
-    let mut lease: Option<Lease> = None;
     let (mut addresses, mut sessions) = (0, 0);
     'hosts: for host in hosts {
         for text in &host.addresses {
@@ -275,51 +354,77 @@ async fn relay(
             }
         }
     }
-    if let Some(l) = lease {
+    if let Some(l) = lease
+        && let Some(l) = env.pool.give_slot(&key, l)
+    {
         l.release().await;
     }
     all(job, Outcome::Deferred, &last)
 }
 
-/// Run the job on pooled sessions for `key` while there are any; `None`
-/// when none could take it (the caller opens a new connection).
-async fn try_pooled(
-    env: &Env<'_>,
-    key: &str,
-    job: &Job,
-    body: &[u8],
-) -> Option<Vec<RecipientResult>> {
+/// What the pooled sessions for a key did with a job.
+enum Pooled {
+    /// One carried it.
+    Done(Vec<RecipientResult>),
+    /// None could; the slot of a stale one, if any, for a new connection.
+    None(Option<Box<Lease>>),
+}
+
+/// Run the job on pooled sessions for `key` while there are any.
+async fn try_pooled(env: &Env<'_>, key: &str, job: &Job, body: &[u8]) -> Pooled {
     while let Some(s) = env.pool.take(key) {
-        let span = tracing::info_span!("delivery.smtp", host = %s.host, reused = true, tls = s.tls, result = tracing::field::Empty);
-        match transact(s, job, body).instrument(span.clone()).await {
-            TransEnd::Done(results, session) => {
-                span.record("result", "done");
-                finish(env, key.to_string(), session);
-                return Some(results);
-            }
-            TransEnd::Next(f, mut session) => {
-                // The server closed the idle session or is going away: nothing
-                // was accepted, so a fresh connection may carry the message.
-                span.record("result", "stale");
-                tracing::debug!(parent: &span, reply = %f.reply, "pooled session unusable");
-                session.reusable = false;
-                finish(env, key.to_string(), session);
-            }
+        match on_session(env, key, s, job, body).await {
+            Ok(results) => return Pooled::Done(results),
+            Err(Some(lease)) => return Pooled::None(Some(Box::new(lease))),
+            Err(None) => {}
         }
     }
-    None
+    Pooled::None(None)
+}
+
+/// Run the job on a session that carried earlier messages. `Err` when it
+/// turned out unusable (the server closed it while idle, or is going
+/// away): nothing was accepted, so a fresh connection may carry the
+/// message, on the stale session's slot if it had one.
+async fn on_session(
+    env: &Env<'_>,
+    key: &str,
+    s: Session,
+    job: &Job,
+    body: &[u8],
+) -> Result<Vec<RecipientResult>, Option<Lease>> {
+    let span = tracing::info_span!("delivery.smtp", host = %s.host, reused = true, tls = s.tls, result = tracing::field::Empty);
+    match transact(s, job, body).instrument(span.clone()).await {
+        TransEnd::Done(results, session) => {
+            span.record("result", "done");
+            finish(env, key.to_string(), session);
+            Ok(results)
+        }
+        TransEnd::Next(f, mut session) => {
+            span.record("result", "stale");
+            tracing::debug!(parent: &span, reply = %f.reply, "pooled session unusable");
+            // Closed before its slot carries a new connection, so the two
+            // never overlap.
+            let lease = session.lease.take();
+            session.conn.quit().await;
+            Err(lease)
+        }
+    }
 }
 
 /// What waiting for a connection slot ended with.
 enum Slot {
     Lease(Box<Lease>),
-    /// A pooled session became free meanwhile and carried the message.
+    /// A session of this process became free meanwhile and carried the message.
     Delivered(Vec<RecipientResult>),
     Failed(Failure),
 }
 
-/// Claim a connection slot for `site`, waiting up to `env.limit_wait`; a
-/// session returned to the pool meanwhile is used instead.
+/// Claim a connection slot for `site`, waiting up to `env.limit_wait`.
+/// While waiting, a session of this process that finishes a transaction for
+/// the same key is handed over directly (and carries the message), as is the
+/// slot of one that closes; one waiter per site and process retries the
+/// bucket, when a slot is freed anywhere (KV watch) or every `SLOT_RETRY`.
 async fn wait_for_slot(
     env: &Env<'_>,
     limiter: &Limiter,
@@ -330,13 +435,76 @@ async fn wait_for_slot(
     body: &[u8],
 ) -> Slot {
     let deadline = tokio::time::Instant::now() + env.limit_wait;
-    let mut pause = Duration::from_millis(10);
+    let mut why = format!("all {limit} connection slots for the destination are in use");
+    // When other jobs of this process already wait for the site, its slots
+    // are known to be full: queue behind them instead of asking the bucket
+    // (a scan of every slot) once more for each new job.
+    let watch = match limiter.watching(site) {
+        Some(w) => w,
+        None => {
+            match limiter.acquire(site, limit, None).await {
+                Ok(Some(l)) => return Slot::Lease(Box::new(l)),
+                Ok(None) => {}
+                Err(e) => why = e.to_string(),
+            }
+            limiter.watch(site)
+        }
+    };
+    let mut freed = watch.subscribe();
     loop {
-        let why = match limiter.acquire(site, limit).await {
-            Ok(Some(l)) => return Slot::Lease(Box::new(l)),
-            Ok(None) => "connection limiter returned no slot".to_string(),
-            Err(e) => e.to_string(),
+        let mut waiter = match env.pool.take_or_wait(key) {
+            Taken::Session(s) => match on_session(env, key, *s, job, body).await {
+                Ok(results) => return Slot::Delivered(results),
+                Err(Some(lease)) => return Slot::Lease(Box::new(lease)),
+                Err(None) => continue,
+            },
+            Taken::Wait(w) => w,
         };
+        // The claimer's turn: hold the site's claim lock, then wait for a
+        // freed slot (try just that one: if another process took it, the
+        // others are taken too) or, every SLOT_RETRY, scan them all.
+        let turn = async {
+            let guard = watch.claim.lock().await;
+            let event = tokio::time::timeout(SLOT_RETRY, freed.changed()).await;
+            (guard, event.is_ok())
+        };
+        let handed = tokio::select! {
+            h = &mut waiter => h.ok(),
+            (guard, event) = turn => {
+                // Not waiting for a handover any more; one may have arrived
+                // just now, though.
+                waiter.close();
+                match waiter.try_recv() {
+                    Ok(h) => Some(h),
+                    Err(_) => {
+                        let first = freed.borrow_and_update().1;
+                        let got = match first {
+                            Some(slot) if event && slot < limit => {
+                                limiter.acquire_slot(site, slot).await
+                            }
+                            _ => limiter.acquire(site, limit, first).await,
+                        };
+                        drop(guard);
+                        match got {
+                            Ok(Some(l)) => return Slot::Lease(Box::new(l)),
+                            Ok(None) => {}
+                            Err(e) => why = e.to_string(),
+                        }
+                        None
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => None,
+        };
+        match handed {
+            Some(Handover::Slot(lease)) => return Slot::Lease(lease),
+            Some(Handover::Session(s)) => match on_session(env, key, *s, job, body).await {
+                Ok(results) => return Slot::Delivered(results),
+                Err(Some(lease)) => return Slot::Lease(Box::new(lease)),
+                Err(None) => {}
+            },
+            None => {}
+        }
         if tokio::time::Instant::now() >= deadline {
             metrics::counter!("tern_delivery_limit_deferrals_total").increment(1);
             return Slot::Failed(Failure {
@@ -346,19 +514,16 @@ async fn wait_for_slot(
                 remote_host: String::new(),
             });
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(200));
-        if let Some(results) = try_pooled(env, key, job, body).await {
-            return Slot::Delivered(results);
-        }
     }
 }
 
-/// Put a session that ended cleanly back in the pool; close the others.
+/// Put a session that ended cleanly back in the pool (or hand it to a job
+/// waiting for it); close the others, handing their slot to a waiting job.
 fn finish(env: &Env<'_>, key: String, mut session: Session) {
     if session.reusable && !env.closing.is_triggered() {
-        session.reusable = true;
         env.pool.put(key, session);
+    } else if !env.closing.is_triggered() {
+        env.pool.close_then_hand_slot(key, session);
     } else {
         tokio::spawn(async move {
             session.conn.quit().await;

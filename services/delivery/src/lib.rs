@@ -11,6 +11,7 @@ mod attempt;
 pub mod egress;
 mod limit;
 mod pool;
+pub mod rate;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -34,6 +35,7 @@ use tracing::Instrument;
 pub use attempt::{MAX_ADDRESSES, MAX_SESSIONS};
 pub use egress::{Egress, IpList};
 pub use limit::{LEASE_TTL, LIMITS_BUCKET, Limits};
+pub use rate::{RATES_BUCKET, RateLimit, RateLimits};
 pub use tls::{TlsPolicies, TlsPolicy};
 
 /// `TERN_REMOTE_SMTP_PORT`.
@@ -103,6 +105,18 @@ pub const DELIVERY_LIMIT_WAIT: Key<Duration> = Key::new(
     "30s",
     "how long a job waits for a free connection slot before it is deferred",
 );
+/// `TERN_DELIVERY_RATE_LIMIT`.
+pub const DELIVERY_RATE_LIMIT: Key<RateLimit> = Key::new(
+    "delivery_rate_limit",
+    "",
+    "messages per time to one site across all delivery processes, like 100/s or 600/m (empty = no limit)",
+);
+/// `TERN_DELIVERY_RATE_LIMITS`.
+pub const DELIVERY_RATE_LIMITS: Key<RateLimits> = Key::new(
+    "delivery_rate_limits",
+    "",
+    "per-destination message rates: domain=rate,... (rate like 100/s, or none)",
+);
 /// `TERN_DELIVERY_POOL`.
 pub const DELIVERY_POOL: Key<String> = Key::new(
     "delivery_pool",
@@ -157,6 +171,9 @@ pub const DELIVERY_ACK_WAIT: Key<Duration> = Key::new(
 pub const ACK_WAIT: Duration = Duration::from_secs(60);
 /// How long one pull request waits for jobs before asking again.
 const FETCH_EXPIRES: Duration = Duration::from_secs(1);
+/// How long the puller waits to fill a bigger pull while jobs are still
+/// queued locally (so workers do not idle meanwhile).
+const BATCH_GATHER: Duration = Duration::from_millis(10);
 
 /// Delivery configuration.
 #[derive(Debug, Clone)]
@@ -193,6 +210,10 @@ pub struct Config {
     pub destination_concurrency_limits: Limits,
     /// Longest wait for a connection slot.
     pub limit_wait: Duration,
+    /// Messages per time to one site across all processes.
+    pub rate_limit: RateLimit,
+    /// Per-destination overrides of `rate_limit`.
+    pub rate_limits: RateLimits,
     /// Source addresses and EHLO name.
     pub egress: Egress,
     /// Ack deadline of the jobs consumer (used when this process creates it).
@@ -227,6 +248,8 @@ impl Config {
             destination_concurrency: src.get(&DELIVERY_DESTINATION_CONCURRENCY)?,
             destination_concurrency_limits: src.get(&DELIVERY_DESTINATION_CONCURRENCY_LIMITS)?,
             limit_wait: src.get(&DELIVERY_LIMIT_WAIT)?,
+            rate_limit: src.get(&DELIVERY_RATE_LIMIT)?,
+            rate_limits: src.get(&DELIVERY_RATE_LIMITS)?,
             egress: Egress {
                 name: src.get(&DELIVERY_POOL)?,
                 sources: src.get(&DELIVERY_SOURCE_ADDRESSES)?.0,
@@ -407,6 +430,27 @@ async fn work(config: Config, shutdown: &Shutdown, ready: &admin::Readiness) -> 
     } else {
         None
     };
+    let rates = if rate::RateLimiter::needed(config.rate_limit, &config.rate_limits) {
+        Some(
+            rate::RateLimiter::new(
+                &js,
+                config.common.nats_replicas,
+                config.rate_limit,
+                config.rate_limits.clone(),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    // A handle without the stream-info round trip, for the body of every job.
+    let spool = js
+        .get_stream_no_info(bus::SPOOL_STREAM)
+        .await
+        .map_err(|e| bus::BusError::Setup {
+            what: bus::SPOOL_STREAM.into(),
+            message: e.to_string(),
+        })?;
     let pool = pool::Pool::new(config.messages_per_connection, config.connection_idle);
     tokio::spawn(reap(pool.clone(), shutdown.clone()));
     tokio::spawn(report_lag(consumer.clone(), shutdown.clone()));
@@ -417,6 +461,7 @@ async fn work(config: Config, shutdown: &Shutdown, ready: &admin::Readiness) -> 
         tls = %config.tls_policy,
         "delivery ready"
     );
+    let config_concurrency = config.concurrency;
     let ctx = Arc::new(Ctx {
         js,
         resolver,
@@ -427,8 +472,19 @@ async fn work(config: Config, shutdown: &Shutdown, ready: &admin::Readiness) -> 
         closing: shutdown.clone(),
         pool,
         limiter,
+        rates,
+        routes: attempt::Routes::default(),
+        spool,
+        workers: Arc::new(Semaphore::new(config_concurrency)),
     });
     consume(consumer, ctx.clone(), shutdown).await;
+    // Acks are plain publishes: make sure the last ones reach the server
+    // before the connection goes away.
+    // Bounded: with NATS gone, flush would wait for a reconnection forever.
+    let flushed = tokio::time::timeout(Duration::from_secs(2), ctx.js.client().flush()).await;
+    if !matches!(flushed, Ok(Ok(()))) {
+        tracing::warn!("flushing the last acks failed; those jobs will be attempted again");
+    }
     // Close pooled connections politely (QUIT) and free their slots.
     let closing = ctx.pool.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(closing)).await;
@@ -484,24 +540,55 @@ struct Ctx {
     pool: pool::Pool,
     /// Cluster-wide per-site connection limits.
     limiter: Option<limit::Limiter>,
+    /// Cluster-wide per-site message rates.
+    rates: Option<rate::RateLimiter>,
+    /// Resolver answers reused for a few seconds.
+    routes: attempt::Routes,
+    /// The spool stream, where most bodies are.
+    spool: jetstream::stream::Stream<()>,
+    /// One permit per running attempt (`concurrency`).
+    workers: Arc<Semaphore>,
 }
 
-/// Pull as many jobs as there are free workers, run each in its own task,
-/// and on shutdown stop pulling and drain.
+/// Pull jobs, run each in its own task (at most `concurrency` attempts at
+/// once), and on shutdown stop pulling and drain.
+///
+/// The process holds up to twice `concurrency` jobs: the ones beyond the
+/// running attempts wait locally for a worker. That lets pulls be batched
+/// (one pull request for half the concurrency or more, rather than one per
+/// job as workers free up one by one) without workers idling while a pull
+/// is under way.
 async fn consume(consumer: PullConsumer, ctx: Arc<Ctx>, shutdown: &Shutdown) {
-    let permits = Arc::new(Semaphore::new(ctx.config.concurrency));
+    let taken = Arc::new(Semaphore::new(ctx.config.concurrency * 2));
+    let min_batch = (ctx.config.concurrency / 2).max(1);
     let tracker = TaskTracker::new();
     loop {
         let first = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
+            p = taken.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => break,
             },
             _ = shutdown.wait() => break,
         };
         let mut held = vec![first];
-        while let Ok(p) = permits.clone().try_acquire_owned() {
+        while let Ok(p) = taken.clone().try_acquire_owned() {
             held.push(p);
+        }
+        if held.len() < min_batch {
+            // Fewer free than `min_batch` means at least that many jobs are
+            // still queued here: waiting a moment for more costs no work.
+            let gather = tokio::time::sleep(BATCH_GATHER);
+            tokio::pin!(gather);
+            while held.len() < min_batch {
+                tokio::select! {
+                    p = taken.clone().acquire_owned() => match p {
+                        Ok(p) => held.push(p),
+                        Err(_) => break,
+                    },
+                    _ = &mut gather => break,
+                    _ = shutdown.wait() => break,
+                }
+            }
         }
         let batch = consumer
             .batch()
@@ -550,7 +637,11 @@ async fn consume(consumer: PullConsumer, ctx: Arc<Ctx>, shutdown: &Shutdown) {
 /// The job's destination is on hold: move it to the held subject (where the
 /// queue's release finds it) without an attempt, then ack.
 async fn set_aside(ctx: &Ctx, job: &Job, msg: jetstream::Message) {
-    let id = format!("{}/{}/held", job.job_id, job.attempt);
+    // The ready message's sequence makes the id unique per hold: a job held,
+    // released and held again within the de-duplication window must not be
+    // dropped as a duplicate (and then lost when this message is acked).
+    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
+    let id = format!("{}/{}/held/{seq}", job.job_id, job.attempt);
     let moved = match bus::publish(
         &ctx.js,
         bus::held_subject(&job.destination),
@@ -573,9 +664,17 @@ async fn set_aside(ctx: &Ctx, job: &Job, msg: jetstream::Message) {
     }
 }
 
-/// One job: attempt, publish the result, then ack. Progress acks keep the
-/// job ours while the attempt runs.
-async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, _permit: OwnedSemaphorePermit) {
+/// One job: wait for a worker, attempt, publish the result, then ack.
+/// Progress acks keep the job ours while the attempt runs.
+async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, _taken: OwnedSemaphorePermit) {
+    let _worker = tokio::select! {
+        w = ctx.workers.clone().acquire_owned() => w,
+        _ = ctx.closing.wait() => {
+            // Shutting down before it started: straight back for another process.
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
+            return;
+        }
+    };
     let job = match Job::decode(msg.payload.clone()) {
         Ok(j) => j,
         Err(e) => {
@@ -602,7 +701,17 @@ async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, _permit: OwnedSemaphoreP
         return;
     }
     let work = async {
-        let results = run_attempt(&ctx, &job).await;
+        let results = match run_attempt(&ctx, &job).await {
+            attempt::Attempted::Results(r) => r,
+            attempt::Attempted::Later(delay) => {
+                // The destination's message rate is used up: back to the
+                // stream until a window with room, not an attempt.
+                tracing::debug!(?delay, "message rate used up; job comes back later");
+                metrics::counter!("tern_delivery_rate_deferrals_total").increment(1);
+                let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+                return;
+            }
+        };
         let counts = count(&results);
         tracing::Span::current()
             .record("delivered", counts[0])
@@ -622,7 +731,11 @@ async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, _permit: OwnedSemaphoreP
             for r in &result.results {
                 metrics::counter!("tern_delivery_attempts_total", "outcome" => outcome_label(r.outcome)).increment(1);
             }
-            if let Err(e) = msg.double_ack().await {
+            // A plain ack, not a double ack: waiting for the server to
+            // confirm costs a round trip per job, and an ack lost with the
+            // NATS connection means the job is attempted again after the ack
+            // wait, which at-least-once allows.
+            if let Err(e) = msg.ack().await {
                 tracing::warn!(error = %e, "ack of a finished job failed; it may be attempted again");
             }
         } else {
@@ -650,7 +763,7 @@ async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, _permit: OwnedSemaphoreP
     }
 }
 
-async fn run_attempt(ctx: &Ctx, job: &Job) -> Vec<tern_proto::RecipientResult> {
+async fn run_attempt(ctx: &Ctx, job: &Job) -> attempt::Attempted {
     let env = attempt::Env {
         resolver: ctx.resolver.clone(),
         port: ctx.config.remote_smtp_port,
@@ -663,11 +776,34 @@ async fn run_attempt(ctx: &Ctx, job: &Job) -> Vec<tern_proto::RecipientResult> {
         tls_config: ctx.tls_config.clone(),
         pool: &ctx.pool,
         limiter: ctx.limiter.as_ref(),
+        rates: ctx.rates.as_ref(),
+        routes: &ctx.routes,
         limit_wait: ctx.config.limit_wait,
         closing: &ctx.closing,
     };
     let body_ref = job.body.clone().unwrap_or_default();
-    attempt::attempt(env, job, || async { body::load(&ctx.js, &body_ref).await }).await
+    attempt::attempt(env, job, || load_body(ctx, body_ref)).await
+}
+
+/// The job's body: from the spool stream by sequence with one direct get on
+/// a handle kept for the process (`body::load` would first fetch the
+/// stream's info, a second round trip per message), else `body::load`.
+async fn load_body(ctx: &Ctx, r: tern_proto::BodyRef) -> Result<bytes::Bytes, body::BodyError> {
+    use tern_proto::body_ref::Location;
+    let Some(Location::SpoolSeq(seq)) = r.location else {
+        return body::load(&ctx.js, &r).await;
+    };
+    let msg = ctx
+        .spool
+        .direct_get(seq)
+        .await
+        .map_err(|e| body::BodyError::Spool(seq, e.to_string()))?;
+    let env = tern_proto::Envelope::decode(msg.payload)
+        .map_err(|e| body::BodyError::Spool(seq, e.to_string()))?;
+    match env.body.and_then(|b| b.location) {
+        Some(Location::Inline(b)) => Ok(b),
+        _ => Err(body::BodyError::Invalid),
+    }
 }
 
 /// Publish the result with trace headers and wait for JetStream to store it,

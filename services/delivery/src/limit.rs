@@ -1,7 +1,7 @@
 //! Per-destination connection limits that hold across every delivery
 //! replica together.
 //!
-//! The limiter is a JetStream key-value bucket ([`LIMITS_BUCKET`], memory
+//! The limiter is a JetStream key-value bucket ([`LIMITS_BUCKET`], file
 //! storage, every entry expiring after [`LEASE_TTL`]). A limit of `n`
 //! connections to a site is `n` slot keys `<site>.<i>`; a replica opening a
 //! connection claims a free slot with a KV *create* (which the server makes
@@ -14,14 +14,26 @@
 //! crashed replica never sends; per-slot leases need none, and one create
 //! per *connection* (not per message, thanks to connection reuse) keeps the
 //! cost at one NATS round trip per new connection.
+//!
+//! A job that finds every slot held does not poll: while some job of this
+//! process waits for a site, the process watches the site's slot keys
+//! ([`SiteWatch`], one KV watch per waited-for site, dropped with the last
+//! waiter) and one waiter at a time tries again when a slot is deleted,
+//! starting with the slot just freed. The other waiters wait for one of
+//! this process's own sessions to be handed over (see the pool), so
+//! processes do not stampede the bucket. A slot that expires (its holder
+//! died) makes no delete event; a slow fallback retry covers that.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
 use tern_runtime::bus;
 use tern_runtime::config::ConfigValue;
+use tokio::sync::watch;
 
 /// The key-value bucket holding the connection slots.
 pub use tern_runtime::bus::LIMITS_BUCKET;
@@ -55,6 +67,35 @@ pub(crate) struct Limiter {
     default: usize,
     per_destination: Arc<Limits>,
     holder: bytes::Bytes,
+    /// Live watches of sites some job of this process is waiting for.
+    watches: Arc<Mutex<HashMap<String, Weak<SiteWatch>>>>,
+}
+
+/// Wakes this process's jobs waiting for a slot of one site when another
+/// slot is freed anywhere in the cluster. Shared by the site's waiters; the
+/// KV watch stops when the last one drops it.
+pub(crate) struct SiteWatch {
+    /// Bumped on every freed slot, with that slot's number.
+    freed: watch::Receiver<(u64, Option<usize>)>,
+    /// Held by the one waiter that retries the bucket; the others wait for
+    /// a session of this process instead.
+    pub claim: tokio::sync::Mutex<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SiteWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl SiteWatch {
+    /// A receiver of freed slots that has seen everything up to now.
+    pub fn subscribe(&self) -> watch::Receiver<(u64, Option<usize>)> {
+        let mut rx = self.freed.clone();
+        rx.borrow_and_update();
+        rx
+    }
 }
 
 /// Why no slot was claimed.
@@ -99,7 +140,52 @@ impl Limiter {
             default,
             per_destination: Arc::new(per_destination),
             holder: holder.into(),
+            watches: Arc::default(),
         })
+    }
+
+    /// The watch of `site`'s slots if some job of this process waits for
+    /// the site already.
+    pub fn watching(&self, site: &str) -> Option<Arc<SiteWatch>> {
+        let map = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&bus::kv_token(site)).and_then(Weak::upgrade)
+    }
+
+    /// The watch of `site`'s slots, started if no waiter holds one yet.
+    pub fn watch(&self, site: &str) -> Arc<SiteWatch> {
+        let site = bus::kv_token(site);
+        let mut map = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = map.get(&site).and_then(Weak::upgrade) {
+            return w;
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let (tx, rx) = watch::channel((0u64, None));
+        let kv = self.kv.clone();
+        let prefix = format!("{site}.");
+        let task = tokio::spawn(async move {
+            loop {
+                match kv.watch(format!("{prefix}*")).await {
+                    Ok(mut events) => {
+                        while let Some(Ok(e)) = events.next().await {
+                            if matches!(e.operation, kv::Operation::Delete | kv::Operation::Purge) {
+                                let slot = e.key.strip_prefix(&prefix).and_then(|n| n.parse().ok());
+                                tx.send_modify(|v| *v = (v.0 + 1, slot));
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "watching connection slots failed"),
+                }
+                // The watch ended (NATS reconnect): start another shortly.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        let w = Arc::new(SiteWatch {
+            freed: rx,
+            claim: tokio::sync::Mutex::new(()),
+            task,
+        });
+        map.insert(site, Arc::downgrade(&w));
+        w
     }
 
     /// The connection limit for a destination (0 = unlimited).
@@ -111,14 +197,37 @@ impl Limiter {
             .unwrap_or(self.default)
     }
 
+    /// Claim slot number `slot` of `site` (the one just freed).
+    pub async fn acquire_slot(&self, site: &str, slot: usize) -> Result<Option<Lease>, LimitError> {
+        let key = format!("{}.{slot}", bus::kv_token(site));
+        match self.kv.create(&key, self.holder.clone()).await {
+            Ok(revision) => Ok(Some(Lease::start(self.kv.clone(), key, revision))),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(LimitError::Unavailable(e.to_string())),
+        }
+    }
+
     /// Claim a slot for one connection to `site`, or `Ok(None)` when the
-    /// destination is unlimited.
-    pub async fn acquire(&self, site: &str, limit: usize) -> Result<Option<Lease>, LimitError> {
+    /// destination is unlimited. Slots are tried from `first` on (the one
+    /// just freed), else from a random one, so processes do not all queue
+    /// on slot 0.
+    pub async fn acquire(
+        &self,
+        site: &str,
+        limit: usize,
+        first: Option<usize>,
+    ) -> Result<Option<Lease>, LimitError> {
         if limit == 0 {
             return Ok(None);
         }
         let site = bus::kv_token(site);
-        for slot in 0..limit {
+        let start = first.unwrap_or_else(|| {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            h.finish() as usize
+        }) % limit;
+        for i in 0..limit {
+            let slot = (start + i) % limit;
             let key = format!("{site}.{slot}");
             match self.kv.create(&key, self.holder.clone()).await {
                 Ok(revision) => return Ok(Some(Lease::start(self.kv.clone(), key, revision))),

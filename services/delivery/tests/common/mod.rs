@@ -391,6 +391,8 @@ pub struct PeerMessage {
     /// Sent with BDAT rather than DATA.
     pub bdat: bool,
     pub data: Vec<u8>,
+    /// When the peer took it (Unix time, seconds).
+    pub at: f64,
 }
 
 /// `tests/peers/smtp_peer.py`: an SMTP server in Python's standard library
@@ -506,6 +508,7 @@ impl PyPeer {
                 pipelined: e["pipelined"] == true,
                 bdat: e["bdat"] == true,
                 data: unhex(e["data_hex"].as_str().unwrap_or("")),
+                at: e["at"].as_f64().unwrap_or(0.0),
             })
             .collect()
     }

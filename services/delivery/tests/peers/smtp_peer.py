@@ -197,6 +197,7 @@ class Conn:
             "ehlo_count": ehlo_count, "mail_from": tx["mail_from"],
             "mail_params": tx["mail_params"], "rcpts": tx["rcpts"],
             "pipelined": tx["pipelined"], "bdat": bdat, "data_hex": body.hex(),
+            "at": time.time(),
         })
         self.send("250 2.0.0 queued\r\n")
 
