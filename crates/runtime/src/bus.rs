@@ -104,9 +104,10 @@ pub fn results_subject(destination: &str) -> String {
 /// How long a spool message (and so an inline body) is kept at most.
 pub const SPOOL_MAX_AGE: Duration = Duration::from_secs(7 * 86_400);
 /// How long the marker of a purged `tern-queue` key lives (then it is gone
-/// too). Longer than the de-duplication window, so a redelivered message
-/// within that window still finds its job purged rather than absent.
-pub const QUEUE_MARKER_TTL: Duration = Duration::from_secs(600);
+/// too). A spool message redelivered after a queue crash (30 s ack wait, or
+/// however long the queue was down, up to this) finds its jobs final by
+/// their markers instead of routing them a second time.
+pub const QUEUE_MARKER_TTL: Duration = Duration::from_secs(3600);
 
 /// Window in which a re-published message id is dropped as a duplicate.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(120);

@@ -681,6 +681,25 @@ fn send_batch(
     (rcpts, task)
 }
 
+/// Wait until the queue holds no job; on the deadline, fail naming the jobs left.
+async fn no_job_left(
+    mut admin: tern_proto::queue_admin_client::QueueAdminClient<tonic::transport::Channel>,
+    deadline: Duration,
+) {
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        let left = list(&mut admin, "", "").await;
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "jobs left after {deadline:?}: {left:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Wait until the sink has every recipient at least once; return how many
 /// recipients arrived more than once.
 async fn all_arrive(stack: &Stack, rcpts: &[String]) -> usize {
@@ -722,12 +741,7 @@ async fn a_killed_queue_loses_nothing_and_duplicates_nothing() {
     // Routing and results are idempotent (de-duplicated publishes, attempt
     // numbers), so a queue crash repeats no delivery.
     assert_eq!(duplicated, 0, "a queue restart delivered twice");
-    let admin = admin_client(grpc).await;
-    tern_testkit::wait_for("no job left", Duration::from_secs(30), || {
-        let mut admin = admin.clone();
-        async move { list(&mut admin, "", "").await.is_empty().then_some(()) }
-    })
-    .await;
+    no_job_left(admin_client(grpc).await, Duration::from_secs(30)).await;
     drop(queue);
     stack.stop().await;
 }
@@ -753,11 +767,10 @@ async fn a_nats_restart_mid_batch_loses_nothing() {
     // NATS was down is repeated, so duplicates are allowed; losses are not.
     let duplicated = all_arrive(&stack, &rcpts).await;
     eprintln!("{duplicated} of {} delivered twice", rcpts.len());
-    let admin = admin_client(stack.addr("queue grpc")).await;
-    tern_testkit::wait_for("no job left", Duration::from_secs(60), || {
-        let mut admin = admin.clone();
-        async move { list(&mut admin, "", "").await.is_empty().then_some(()) }
-    })
+    no_job_left(
+        admin_client(stack.addr("queue grpc")).await,
+        Duration::from_secs(90),
+    )
     .await;
     stack.stop().await;
 }

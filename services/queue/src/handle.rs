@@ -13,6 +13,7 @@ use crate::Ctx;
 use crate::dsn::{self, Kind as DsnKind, Line};
 use crate::events::{self, kind};
 use crate::route::{Route, fan_out};
+use crate::state::Seen;
 
 /// Job states as stored.
 pub(crate) mod job_state {
@@ -52,7 +53,7 @@ pub(crate) async fn spool(ctx: &Ctx, msg: &jetstream::Message) -> Result<(), Str
             Some(Location::Object(name)) => name.clone(),
             _ => String::new(),
         };
-        let fresh = ctx
+        let seen = ctx
             .state
             .create_message(
                 &env.id,
@@ -60,14 +61,20 @@ pub(crate) async fn spool(ctx: &Ctx, msg: &jetstream::Message) -> Result<(), Str
                     remaining_jobs: routes.len() as u32,
                     spool_seq: seq,
                     object,
+                    finished: Vec::new(),
                 },
             )
             .await
             .map_err(|e| e.to_string())?;
-        if !fresh {
-            tracing::info!(
-                "envelope redelivered; jobs were already routed (publishes are de-duplicated)"
-            );
+        match seen {
+            Seen::New => {}
+            Seen::Routed => tracing::info!(
+                "envelope redelivered; routing again what was not yet attempted (publishes are de-duplicated)"
+            ),
+            Seen::Finished => {
+                tracing::info!("envelope redelivered after every job was final; nothing to do");
+                return Ok(());
+            }
         }
         let mut acks = Vec::new();
         for Route { subject, job } in &routes {
@@ -83,7 +90,9 @@ pub(crate) async fn spool(ctx: &Ctx, msg: &jetstream::Message) -> Result<(), Str
                 spool_seq: seq,
                 ..Default::default()
             };
-            ctx.state.put_job(&js).await.map_err(|e| e.to_string())?;
+            if !ctx.state.create_job(&js).await.map_err(|e| e.to_string())? {
+                continue;
+            }
             acks.push(
                 bus::publish(&ctx.js, subject, job.encode_to_vec().into(), &job.job_id)
                     .await

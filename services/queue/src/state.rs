@@ -58,16 +58,47 @@ impl State {
         })
     }
 
-    /// Record a new message with `jobs` jobs. Returns false if it was already
-    /// recorded (a redelivered spool message), which must not reset the count.
-    pub async fn create_message(&self, id: &str, m: &MessageState) -> Result<bool, StateError> {
-        match self
-            .kv
-            .create(msg_key(id), Bytes::from(m.encode_to_vec()))
-            .await
-        {
+    /// Record a new message with its jobs, unless it was seen before (a
+    /// redelivered spool message): then say how far it got, so routing
+    /// neither resets its progress nor brings back jobs already final.
+    pub async fn create_message(&self, id: &str, m: &MessageState) -> Result<Seen, StateError> {
+        let key = msg_key(id);
+        match self.kv.entry(&key).await.map_err(kv_err)? {
+            Some(e) if e.operation == kv::Operation::Put => return Ok(Seen::Routed),
+            // A marker: every job of the message is final.
+            Some(_) => return Ok(Seen::Finished),
+            None => {}
+        }
+        match self.kv.create(&key, Bytes::from(m.encode_to_vec())).await {
+            Ok(_) => Ok(Seen::New),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(Seen::Routed),
+            Err(e) => Err(kv_err(e)),
+        }
+    }
+
+    /// Record a job routed from a message, unless its state exists already
+    /// or it is final. Returns whether it must be published: when new, or
+    /// when routed before but never attempted (the publish may not have
+    /// happened; a repeat within the de-duplication window is dropped).
+    /// A job already retried or final is left alone.
+    pub async fn create_job(&self, s: &JobState) -> Result<bool, StateError> {
+        let job = s
+            .job
+            .as_ref()
+            .ok_or_else(|| StateError::Corrupt { key: "job".into() })?;
+        let key = job_key(&job.message_id, &job.destination);
+        match self.kv.entry(&key).await.map_err(kv_err)? {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let stored = JobState::decode(e.value).map_err(|_| StateError::Corrupt { key })?;
+                return Ok(stored.job.is_some_and(|j| j.attempt == 0));
+            }
+            Some(_) => return Ok(false),
+            None => {}
+        }
+        match self.kv.create(&key, Bytes::from(s.encode_to_vec())).await {
             Ok(_) => Ok(true),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            // Created meanwhile by another replica routing the same envelope.
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(true),
             Err(e) => Err(kv_err(e)),
         }
     }
@@ -182,68 +213,75 @@ impl State {
         Ok((out, truncated))
     }
 
-    /// A job became final: forget it, and if it was the message's last job,
-    /// forget the message and return its state so the caller can delete the body.
+    /// A job became final: count it on its message, and if it was the
+    /// message's last, forget the message and return its state so the
+    /// caller can delete the body; then forget the job.
     ///
-    /// Idempotent: a job already forgotten (by a redelivered result, or a
-    /// `delete` racing with a result) does not count down the message again,
-    /// so the body is never deleted while another job still needs it.
+    /// Safe to repeat after a failure part-way: the message records *which*
+    /// destinations are final (a set), and the job's key goes last, so a
+    /// retried result finds the job still pending and finishes it again
+    /// without counting it twice or deleting a body another job needs.
     pub async fn finish_job(
         &self,
         message_id: &str,
         destination: &str,
     ) -> Result<Option<MessageState>, StateError> {
-        let job = job_key(message_id, destination);
-        loop {
-            let Some(entry) = self.kv.entry(&job).await.map_err(kv_err)? else {
-                return Ok(None);
-            };
-            if entry.operation != kv::Operation::Put {
-                return Ok(None);
-            }
-            match self
-                .kv
-                .purge_expect_revision_with_ttl(&job, entry.revision, bus::QUEUE_MARKER_TTL)
-                .await
-            {
-                Ok(()) => break,
-                // Changed meanwhile (a new attempt recorded): look again.
-                Err(e) if e.kind() == kv::PurgeErrorKind::WrongLastRevision => continue,
-                Err(e) => return Err(kv_err(e)),
-            }
-        }
         let key = msg_key(message_id);
+        let mut last = None;
         // Compare-and-set so two replicas finishing jobs of one message at
-        // once cannot lose a decrement.
+        // once cannot lose an update.
         loop {
             let Some(entry) = self.kv.entry(&key).await.map_err(kv_err)? else {
-                return Ok(None);
+                break;
             };
             if entry.operation != kv::Operation::Put {
-                return Ok(None);
+                break;
             }
             let mut m = MessageState::decode(entry.value)
                 .map_err(|_| StateError::Corrupt { key: key.clone() })?;
-            m.remaining_jobs = m.remaining_jobs.saturating_sub(1);
-            if m.remaining_jobs == 0 {
-                return match self
+            if !m.finished.iter().any(|d| d == destination) {
+                m.finished.push(destination.to_string());
+            }
+            if m.finished.len() >= m.remaining_jobs as usize {
+                match self
                     .kv
                     .purge_expect_revision_with_ttl(&key, entry.revision, bus::QUEUE_MARKER_TTL)
                     .await
                 {
-                    Ok(()) => Ok(Some(m)),
-                    Err(_) => continue,
-                };
+                    Ok(()) => {
+                        last = Some(m);
+                        break;
+                    }
+                    Err(e) if e.kind() == kv::PurgeErrorKind::WrongLastRevision => continue,
+                    Err(e) => return Err(kv_err(e)),
+                }
             }
             match self
                 .kv
                 .update(&key, Bytes::from(m.encode_to_vec()), entry.revision)
                 .await
             {
-                Ok(_) => return Ok(None),
+                Ok(_) => break,
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                 Err(e) => return Err(kv_err(e)),
             }
         }
+        self.kv
+            .purge_with_ttl(job_key(message_id, destination), bus::QUEUE_MARKER_TTL)
+            .await
+            .map_err(kv_err)?;
+        Ok(last)
     }
+}
+
+/// What [`State::create_message`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// First time: route it.
+    New,
+    /// Routed before and not finished: route again (publishes are
+    /// de-duplicated, job states are kept).
+    Routed,
+    /// Every job is final already: nothing to do.
+    Finished,
 }
