@@ -5,8 +5,9 @@
 #    virtualenv at .venv (Debian's Python refuses system-wide pip installs);
 #  - with --test: the Debian packages the tests use as real peers
 #    (TEST_PACKAGES below: PostgreSQL, Postfix, swaks, unbound, Prometheus,
-#    curl), via apt-get as root or with sudo. Tests start their own instances;
-#    no system service is configured.
+#    curl, and fetchmail, mutt and tmux as mail clients), via apt-get as
+#    root or with sudo. Tests start their own instances; no system service
+#    is configured.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 NATS_VERSION=2.15.1
@@ -20,6 +21,9 @@ postfix /usr/sbin/postfix
 unbound /usr/sbin/unbound
 prometheus /usr/bin/prometheus
 curl /usr/bin/curl
+fetchmail /usr/bin/fetchmail
+mutt /usr/bin/mutt
+tmux /usr/bin/tmux
 "
 
 if [ "${1:-}" = "--test" ]; then

@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 export TERN_NATS_SERVER="$(scripts/deps.sh --test)"
 export TEST_REQUIRE_POSTGRES=1
+# The mail-client tests (fetchmail, mutt in tmux) must not skip either.
+export TEST_REQUIRE_FETCHMAIL=1 TEST_REQUIRE_MUTT=1 TEST_REQUIRE_TMUX=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"

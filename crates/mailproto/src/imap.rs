@@ -533,17 +533,22 @@ pub struct SearchMsg<'a> {
 }
 
 fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
-    if needle.is_empty() {
-        return true;
-    }
-    if needle.len() > hay.len() {
-        return false;
-    }
-    hay.windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+    crate::mime::contains_ignore_ascii_case(hay, needle)
 }
 
 impl SearchKey {
+    /// Does evaluating this need the message body? (Without it, the header
+    /// block alone is enough content for [`SearchKey::matches`].)
+    pub fn needs_body(&self) -> bool {
+        match self {
+            SearchKey::And(v) => v.iter().any(SearchKey::needs_body),
+            SearchKey::Or(a, b) => a.needs_body() || b.needs_body(),
+            SearchKey::Not(a) => a.needs_body(),
+            SearchKey::Body(_) | SearchKey::Text(_) => true,
+            _ => false,
+        }
+    }
+
     /// Does evaluating this need the message content?
     pub fn needs_content(&self) -> bool {
         match self {
@@ -572,9 +577,7 @@ impl SearchKey {
             SearchKey::Old => !m.recent,
             SearchKey::Header(name, value) => {
                 let (h, _) = split_header(content);
-                crate::mime::fields(h)
-                    .iter()
-                    .any(|(n, v)| n.eq_ignore_ascii_case(name) && contains_ci(v, value.as_bytes()))
+                crate::mime::any_field(h, name, |v| contains_ci(v, value.as_bytes()))
             }
             SearchKey::Body(t) => contains_ci(split_header(content).1, t.as_bytes()),
             SearchKey::Text(t) => contains_ci(content, t.as_bytes()),

@@ -549,6 +549,88 @@ fn write_structure(out: &mut String, part: &Part<'_>, extended: bool) {
     out.push(')');
 }
 
+/// What FETCH ENVELOPE, BODY, BODYSTRUCTURE and header sections, and
+/// SEARCH by header, need of a message: computed once when it is stored so
+/// those never read or parse the body again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// The header block, through the blank line (as [`split_header`] gives it).
+    pub header: Vec<u8>,
+    /// The ENVELOPE value.
+    pub envelope: String,
+    /// The BODYSTRUCTURE value (with extension data).
+    pub body_structure: String,
+    /// The BODY value (no extension data).
+    pub body_basic: String,
+}
+
+/// Parse a whole message once into its [`Summary`].
+pub fn summarize(message: &[u8]) -> Summary {
+    let tree = parse(message);
+    Summary {
+        header: tree.header.to_vec(),
+        envelope: envelope(tree.header),
+        body_structure: body_structure(&tree, true),
+        body_basic: body_structure(&tree, false),
+    }
+}
+
+/// Does `hay` contain `needle`, ignoring ASCII case? (IMAP SEARCH compares
+/// strings case-insensitively, RFC 9051 §6.4.4.) Candidates are found with
+/// a vectorised scan for the needle's first octet in either case, so long
+/// texts cost little more than reading them.
+pub fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    let Some(last_start) = hay.len().checked_sub(needle.len()) else {
+        return false;
+    };
+    let (lo, up) = (first.to_ascii_lowercase(), first.to_ascii_uppercase());
+    // Only positions where the whole needle still fits can start a match.
+    let starts = &hay[..=last_start];
+    memchr::memchr2_iter(lo, up, starts)
+        .any(|i| hay[i + 1..i + needle.len()].eq_ignore_ascii_case(rest))
+}
+
+/// Does any field named `name` (case-insensitive) have an unfolded value
+/// (as [`fields`] gives it) for which `pred` holds? Allocates only for
+/// folded fields.
+pub fn any_field(header: &[u8], name: &str, mut pred: impl FnMut(&[u8]) -> bool) -> bool {
+    let mut lines = header
+        .split(|&b| b == b'\n')
+        .map(|raw| raw.strip_suffix(b"\r").unwrap_or(raw))
+        .filter(|l| !l.is_empty())
+        .peekable();
+    while let Some(line) = lines.next() {
+        if matches!(line[0], b' ' | b'\t') {
+            continue;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        if !trim(&line[..colon]).eq_ignore_ascii_case(name.as_bytes()) {
+            continue;
+        }
+        let first = trim(&line[colon + 1..]);
+        let folded = lines.peek().is_some_and(|l| matches!(l[0], b' ' | b'\t'));
+        let hit = if folded {
+            // Continuation lines are appended as they are (like `fields`).
+            let mut v = first.to_vec();
+            while let Some(l) = lines.next_if(|l| matches!(l[0], b' ' | b'\t')) {
+                v.extend_from_slice(l);
+            }
+            pred(&v)
+        } else {
+            pred(first)
+        };
+        if hit {
+            return true;
+        }
+    }
+    false
+}
+
 const MONTHS: [&str; 12] = [
     "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
 ];
@@ -629,6 +711,64 @@ Content-Transfer-Encoding: base64\r\n\r\nAAAA\r\n--XX--\r\n";
             Some(days_from_civil(2026, 2, 3))
         );
         assert_eq!(days_from_civil(1970, 1, 1), 0);
+    }
+
+    #[test]
+    fn summary_matches_parsing_each_time() {
+        let s = summarize(MSG);
+        let tree = parse(MSG);
+        assert_eq!(s.header, split_header(MSG).0);
+        assert_eq!(s.envelope, envelope(tree.header));
+        assert_eq!(s.body_structure, body_structure(&tree, true));
+        assert_eq!(s.body_basic, body_structure(&tree, false));
+        // A message without a body is all header.
+        assert_eq!(summarize(b"Subject: x\r\n").header, b"Subject: x\r\n");
+    }
+
+    #[test]
+    fn case_insensitive_substring() {
+        for (hay, needle, want) in [
+            (
+                &b"the Needle-In-Haystack token"[..],
+                &b"needle-in-haystack"[..],
+                true,
+            ),
+            (b"nnnneedle", b"NEEDLE", true),
+            (b"needl", b"needle", false),
+            (b"anything", b"", true),
+            (b"", b"x", false),
+            (b"xneedle", b"needle", true),
+            (b"needlex", b"needle", true),
+            (b"Ne", b"ne", true),
+            (b"n", b"ne", false),
+            (b"\xe9t\xe9", b"\xc9", false),
+        ] {
+            assert_eq!(
+                contains_ignore_ascii_case(hay, needle),
+                want,
+                "{hay:?} {needle:?}"
+            );
+            let slow = needle.is_empty()
+                || hay
+                    .windows(needle.len().max(1))
+                    .any(|w| w.eq_ignore_ascii_case(needle));
+            assert_eq!(slow, want);
+        }
+    }
+
+    #[test]
+    fn any_field_sees_what_fields_sees() {
+        let h = b"Subject: first\r\nX-Long: one\r\n two\r\n\tthree\r\nsubject : second \r\nbad line\r\n\r\n";
+        let mut seen = Vec::new();
+        assert!(!any_field(h, "SUBJECT", |v| {
+            seen.push(v.to_vec());
+            false
+        }));
+        assert_eq!(seen, vec![b"first".to_vec(), b"second".to_vec()]);
+        let want = field(h, "x-long").unwrap();
+        assert_eq!(want, b"one two\tthree");
+        assert!(any_field(h, "x-long", |v| v == want.as_slice()));
+        assert!(!any_field(h, "To", |_| true));
     }
 
     #[test]

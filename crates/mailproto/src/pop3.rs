@@ -453,6 +453,23 @@ impl Session {
         err("[AUTH] invalid user name or password")
     }
 
+    /// Too many recent failed logins: refused without checking the
+    /// password. `[SYS/TEMP]` (RFC 3206 §4) because the lock is temporary
+    /// and not about these credentials. Returns the reply to send.
+    pub fn login_throttled(&mut self) -> Vec<u8> {
+        self.state = State::Authorization;
+        self.user = None;
+        err("[SYS/TEMP] too many failed logins, try again later")
+    }
+
+    /// The credentials were good but another session holds the maildrop
+    /// (RFC 1939 §8; `[IN-USE]`, RFC 2449 §8.1.1). Returns the reply to send.
+    pub fn maildrop_in_use(&mut self) -> Vec<u8> {
+        self.state = State::Authorization;
+        self.user = None;
+        err("[IN-USE] maildrop already locked by another session")
+    }
+
     /// Authentication could not be checked because of a server-side
     /// problem. Returns the reply to send.
     pub fn login_unavailable(&mut self) -> Vec<u8> {
@@ -803,6 +820,26 @@ mod tests {
         let mut s = Session::new(false);
         assert!(reply(&mut s, b"USER a").starts_with("-ERR [AUTH]"));
         assert!(!reply(&mut s, b"CAPA").contains("USER"));
+    }
+
+    #[test]
+    fn throttled_and_in_use_logins_stay_in_authorization() {
+        let mut s = Session::new(true);
+        s.handle_line(b"USER a");
+        s.handle_line(b"PASS b");
+        assert_eq!(
+            s.login_throttled(),
+            b"-ERR [SYS/TEMP] too many failed logins, try again later\r\n"
+        );
+        assert_eq!(reply(&mut s, b"PASS x"), "-ERR send USER first\r\n");
+        s.handle_line(b"USER a");
+        s.handle_line(b"PASS b");
+        assert_eq!(
+            s.maildrop_in_use(),
+            b"-ERR [IN-USE] maildrop already locked by another session\r\n"
+        );
+        assert!(!s.is_authenticated());
+        assert!(reply(&mut s, b"USER a").starts_with("+OK"));
     }
 
     #[test]

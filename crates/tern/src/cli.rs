@@ -118,6 +118,27 @@ enum UserCommand {
     List,
     /// Change a password; the new password is read from stdin.
     Passwd { email: String },
+    /// Show an account's storage use and quota, or set the quota first.
+    Quota {
+        email: String,
+        /// New quota in bytes (suffix K, M or G for KiB, MiB, GiB), or `none` for unlimited.
+        bytes: Option<String>,
+    },
+    /// Aliases and catch-alls: mail to them is delivered to an account.
+    Alias {
+        #[command(subcommand)]
+        command: AliasCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AliasCommand {
+    /// Deliver mail for ALIAS (an address, or `@domain` for the domain's catch-all) to the account TARGET.
+    Add { alias: String, target: String },
+    /// Remove an alias or catch-all.
+    Del { alias: String },
+    /// List aliases (only those of TARGET when given).
+    List { target: Option<String> },
 }
 
 #[derive(Subcommand, Debug)]
@@ -237,8 +258,91 @@ async fn user(cfg: &TernConfig, command: UserCommand) -> anyhow::Result<()> {
                 .with_context(ctx)?;
             println!("password changed for {email}");
         }
+        UserCommand::Quota { email, bytes } => {
+            let set = bytes.as_deref().map(parse_quota).transpose()?;
+            let q = client
+                .quota(tern_proto::QuotaRequest {
+                    address: email,
+                    set: set.is_some(),
+                    quota_bytes: set.unwrap_or(0),
+                })
+                .await
+                .map_err(status_err)
+                .with_context(ctx)?
+                .into_inner();
+            // 0 is "no quota", so checked_div's None is exactly that case.
+            match q.used_bytes.saturating_mul(100).checked_div(q.quota_bytes) {
+                None => println!("{}: {} bytes used, no quota", q.address, q.used_bytes),
+                Some(pct) => println!(
+                    "{}: {} of {} bytes used ({pct}%)",
+                    q.address, q.used_bytes, q.quota_bytes
+                ),
+            }
+        }
+        UserCommand::Alias { command } => match command {
+            AliasCommand::Add { alias, target } => {
+                client
+                    .add_alias(tern_proto::AddAliasRequest {
+                        alias: alias.clone(),
+                        target: target.clone(),
+                    })
+                    .await
+                    .map_err(status_err)
+                    .with_context(ctx)?;
+                println!("alias {alias} -> {target}");
+            }
+            AliasCommand::Del { alias } => {
+                client
+                    .delete_alias(tern_proto::DeleteAliasRequest {
+                        alias: alias.clone(),
+                    })
+                    .await
+                    .map_err(status_err)
+                    .with_context(ctx)?;
+                println!("deleted alias {alias}");
+            }
+            AliasCommand::List { target } => {
+                let r = client
+                    .list_aliases(tern_proto::ListAliasesRequest {
+                        target: target.unwrap_or_default(),
+                    })
+                    .await
+                    .map_err(status_err)
+                    .with_context(ctx)?
+                    .into_inner();
+                for a in r.aliases {
+                    println!("{}\t{}", a.alias, a.target);
+                }
+            }
+        },
     }
     Ok(())
+}
+
+/// `tern user quota` sizes: bytes, with an optional K/M/G (binary) suffix,
+/// or `none` (also `0`) for unlimited.
+fn parse_quota(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("none") || t.eq_ignore_ascii_case("unlimited") {
+        return Ok(0);
+    }
+    let (digits, unit) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], c.to_ascii_uppercase()),
+        _ => (t, 'B'),
+    };
+    let shift = match unit {
+        'B' => 0,
+        'K' => 10,
+        'M' => 20,
+        'G' => 30,
+        _ => bail!("bad quota {s:?}: expected BYTES, a K/M/G suffix, or none"),
+    };
+    let n: u64 = digits
+        .parse()
+        .with_context(|| format!("bad quota {s:?}: expected BYTES, a K/M/G suffix, or none"))?;
+    n.checked_mul(1 << shift)
+        .filter(|v| i64::try_from(*v).is_ok())
+        .with_context(|| format!("quota {s:?} is too large"))
 }
 
 async fn queue_admin(cfg: &TernConfig, command: QueueCommand) -> anyhow::Result<()> {
@@ -392,4 +496,20 @@ async fn queue_admin(cfg: &TernConfig, command: QueueCommand) -> anyhow::Result<
 
 fn status_err(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}: {}", s.code(), s.message())
+}
+
+#[cfg(test)]
+mod user_tests {
+    use super::parse_quota;
+
+    #[test]
+    fn quota_sizes() {
+        assert_eq!(parse_quota("1000").ok(), Some(1000));
+        assert_eq!(parse_quota("10M").ok(), Some(10 << 20));
+        assert_eq!(parse_quota("2g").ok(), Some(2 << 30));
+        assert_eq!(parse_quota("none").ok(), Some(0));
+        assert!(parse_quota("10X").is_err());
+        assert!(parse_quota("-1").is_err());
+        assert!(parse_quota("99999999999G").is_err());
+    }
 }

@@ -16,6 +16,10 @@
 # file-backed database. Dovecot is a private instance (own config, run and
 # mail dirs; Maildir) on another port; /etc/dovecot is not touched.
 # Needs root, dovecot-imapd, python3; PostgreSQL (initdb, pg_ctl) optional.
+# Knobs: COUNT, CLIENTS ("1 20"), SERVERS ("dovecot sqlite postgres"),
+# BUILD=0 (use the built binary), SERVE=path (run that mailbox_serve).
+# Dovecot's bench user has a PLAIN password; Tern's has an Argon2id hash
+# (19 MiB and a few tens of ms per LOGIN), which shows in login time and RSS.
 # Bounded: fixed counts, and every phase has a TIMEOUT (default 1800 s).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../.." && pwd)
@@ -23,13 +27,17 @@ here=$(cd "$(dirname "$0")" && pwd)
 COUNT=${COUNT:-10000}
 TIMEOUT=${TIMEOUT:-1800}
 CLIENTS=${CLIENTS:-"1 20"}
+# Which servers to run (a subset is handy while tuning one of them).
+SERVERS=${SERVERS:-"dovecot sqlite postgres"}
+want() { case " $SERVERS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 [ "$(id -u)" = 0 ] || { echo "bench.sh: must run as root (Dovecot, PostgreSQL)" >&2; exit 1; }
 command -v dovecot >/dev/null || { echo "bench.sh: install dovecot-imapd" >&2; exit 1; }
 
 nats_bin=$("$root/scripts/deps.sh")
-# BUILD=0 uses the binary as it is (when another build holds the lock).
-[ "${BUILD:-1}" = 0 ] || (cd "$root" && cargo build --release -q -p tern-mailbox --example mailbox_serve)
-serve="$root/target/release/examples/mailbox_serve"
+# BUILD=0 uses the binary as it is (when another build holds the lock);
+# SERVE=path runs another build of mailbox_serve (say, an older one to compare).
+[ "${BUILD:-1}" = 0 ] || [ -n "${SERVE:-}" ] || (cd "$root" && cargo build --release -q -p tern-mailbox --example mailbox_serve)
+serve=${SERVE:-"$root/target/release/examples/mailbox_serve"}
 
 work=$(mktemp -d)
 chmod 755 "$work"
@@ -142,12 +150,14 @@ CONF
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
-run_dovecot
-run_tern sqlite "sqlite://$work/tern-sqlite/mailbox.db"
+! want dovecot || run_dovecot
+! want sqlite || run_tern sqlite "sqlite://$work/tern-sqlite/mailbox.db"
 
 pgbin=""
 for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && pgbin=$d; done
-if [ -n "$pgbin" ]; then
+if ! want postgres; then
+  :
+elif [ -n "$pgbin" ]; then
   pg_port=$(free_port)
   mkdir -p "$work/pg"; chown postgres "$work/pg"
   runuser -u postgres -- "$pgbin/initdb" -U tern --auth=trust -E UTF8 -D "$work/pg/data" >/dev/null

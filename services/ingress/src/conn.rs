@@ -358,6 +358,8 @@ impl Ctx {
         let request = tern_proto::AuthenticateRequest {
             username: c.username.clone(),
             password: c.password,
+            // The mailbox throttles failed logins per client address too.
+            client_address: ip.to_string(),
         };
         let result =
             tokio::time::timeout(Duration::from_secs(10), accounts.authenticate(request)).await;
@@ -368,6 +370,22 @@ impl Ctx {
                 metrics::counter!("tern_smtp_auth_total", "result" => "ok").increment(1);
                 tracing::info!(user = %user, "authenticated");
                 (AuthDecision::Accept { user }, false)
+            }
+            Ok(Ok(resp)) if resp.get_ref().throttled => {
+                // The mailbox refused without checking the password: too
+                // many failed logins for this account or client lately.
+                metrics::counter!("tern_smtp_auth_total", "result" => "locked_out").increment(1);
+                tracing::info!(user = %c.username, client = %ip, "AUTH refused by the mailbox: too many failures");
+                let (delay, disconnect) = self.auth_failures.fail(ip);
+                tokio::time::sleep(delay).await;
+                (
+                    AuthDecision::Reject(Reply::new(
+                        454,
+                        codes::TEMP_SECURITY,
+                        "Too many authentication failures, try again later",
+                    )),
+                    disconnect,
+                )
             }
             Ok(Ok(_)) => {
                 metrics::counter!("tern_smtp_auth_total", "result" => "failed").increment(1);

@@ -257,8 +257,10 @@ async fn deliver_one(
             "bad recipient address syntax",
         );
     };
-    let account = match store.account(&address).await {
-        Ok(Some((a, _))) => a,
+    // An alias or catch-all delivers to its account; Delivered-To (in the
+    // prefix) keeps the address the mail was sent to, as other MTAs do.
+    let account = match store.resolve_recipient(&address).await {
+        Ok(Some(a)) => a,
         Ok(None) => {
             tracing::info!(rcpt = %address, "no such mailbox");
             return result(
@@ -286,7 +288,7 @@ async fn deliver_one(
         .await
     {
         Ok(Delivered::Stored(uid)) => {
-            tracing::info!(rcpt = %address, uid, "stored");
+            tracing::info!(rcpt = %address, account = %account.address, uid, "stored");
             result(rcpt, Outcome::Delivered, 250, "2.0.0", "message stored")
         }
         Ok(Delivered::Duplicate) => {
@@ -384,6 +386,39 @@ mod tests {
         );
         let r = deliver_one(&store, &job, "not an address", b"x\r\n", 1).await;
         assert_eq!(r.outcome(), Outcome::Bounced);
+        // An alias and a catch-all deliver to their account, once per
+        // account however many of its addresses a job names.
+        store
+            .add_alias("info@example.com", "a@example.com")
+            .await
+            .unwrap();
+        store
+            .add_alias("@example.org", "a@example.com")
+            .await
+            .unwrap();
+        let job2 = Job {
+            message_id: "m2".into(),
+            ..job.clone()
+        };
+        let r = deliver_one(&store, &job2, "Info@example.com", b"x\r\n", 1).await;
+        assert_eq!(
+            (r.outcome(), r.reply.as_str()),
+            (Outcome::Delivered, "message stored")
+        );
+        let r = deliver_one(&store, &job2, "whoever@example.org", b"x\r\n", 1).await;
+        assert_eq!(
+            (r.outcome(), r.reply.as_str()),
+            (Outcome::Delivered, "message already stored")
+        );
+        let job3 = Job {
+            message_id: "m3".into(),
+            ..job.clone()
+        };
+        let r = deliver_one(&store, &job3, "whoever@example.org", b"x\r\n", 1).await;
+        assert_eq!(
+            (r.outcome(), r.reply.as_str()),
+            (Outcome::Delivered, "message stored")
+        );
         // A storage failure is temporary.
         store.close().await;
         let r = deliver_one(&store, &job, "a@example.com", b"y\r\n", 1).await;

@@ -9,10 +9,11 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use tern_mailproto::imap::{
-    self, Command, CommandKind, FetchAttr, FetchItem, Frame, Framer, SearchKey, SearchMsg,
+    self, Command, CommandKind, FetchAttr, FetchItem, Frame, Framer, SearchKey, SearchMsg, Section,
     SequenceSet, State, Status, StatusItem, StoreMode,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
@@ -20,7 +21,9 @@ use tokio::sync::broadcast;
 
 use crate::accounts;
 use crate::net::{Io, SessionCtx};
-use crate::store::{Account, Added, DELIMITER, INBOX, Mailbox, MailboxOp, MessageMeta, StoreError};
+use crate::store::{
+    Account, Added, DELIMITER, INBOX, Mailbox, MailboxOp, MessageMeta, Parts, StoreError,
+};
 
 /// Autologout after this long without a command (RFC 9051 asks for at least 30 minutes).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -64,6 +67,8 @@ struct Session<'a> {
     changes: Option<broadcast::Receiver<i64>>,
     /// CONDSTORE is enabled (RFC 7162 §3.1): MODSEQ goes into FETCH responses.
     condstore: bool,
+    /// The client's address (failed-login throttling).
+    peer: IpAddr,
 }
 
 enum Input {
@@ -80,7 +85,12 @@ fn status_err(tag: &str, e: &StoreError, what: &str) -> Vec<u8> {
 }
 
 /// Serve one IMAP connection until LOGOUT, EOF, idle timeout or shutdown.
-pub async fn session(stream: Box<dyn Io>, tls: bool, ctx: &SessionCtx) -> io::Result<()> {
+pub async fn session(
+    stream: Box<dyn Io>,
+    tls: bool,
+    peer: IpAddr,
+    ctx: &SessionCtx,
+) -> io::Result<()> {
     let mut s = Session {
         ctx,
         state: State::NotAuthenticated,
@@ -89,6 +99,7 @@ pub async fn session(stream: Box<dyn Io>, tls: bool, ctx: &SessionCtx) -> io::Re
         selected: None,
         changes: None,
         condstore: false,
+        peer,
     };
     let mut io = BufWriter::new(stream);
     io.write_all(&imap::greeting(
@@ -761,8 +772,20 @@ impl Session<'_> {
 
     /// Check credentials; on success the session is authenticated.
     async fn authenticate(&mut self, user: &str, password: &str, how: &str) -> (Status, String) {
-        match accounts::authenticate(&self.ctx.store, user, password).await {
-            Ok(Some(account)) => {
+        let ctx = self.ctx;
+        let result =
+            accounts::login(&ctx.store, &ctx.throttle, user, password, Some(self.peer)).await;
+        accounts::count_login("imap", &result);
+        if matches!(
+            result,
+            Ok(accounts::Login::Failed | accounts::Login::Throttled)
+        ) {
+            // Slows guessing down within one connection; the throttle
+            // bounds it across connections.
+            tokio::time::sleep(ctx.throttle.delay()).await;
+        }
+        match result {
+            Ok(accounts::Login::Ok(account)) => {
                 tracing::info!(account = %account.address, "IMAP {how}");
                 self.account = Some(account);
                 self.state = State::Authenticated;
@@ -770,11 +793,20 @@ impl Session<'_> {
                 let caps = imap::capabilities(true, false, true);
                 (Status::Ok, format!("[CAPABILITY {caps}] {how} completed"))
             }
-            Ok(None) => {
+            Ok(accounts::Login::Failed) => {
                 tracing::info!("IMAP {how} failed");
                 (
                     Status::No,
                     "[AUTHENTICATIONFAILED] invalid credentials".into(),
+                )
+            }
+            Ok(accounts::Login::Throttled) => {
+                tracing::info!(user, "IMAP {how} refused: too many failed logins");
+                // RFC 5530 §3: UNAVAILABLE is a temporary failure, so
+                // clients retry later instead of asking for a new password.
+                (
+                    Status::No,
+                    "[UNAVAILABLE] too many failed logins, try again later".into(),
                 )
             }
             Err(e) => {
@@ -961,7 +993,20 @@ impl Session<'_> {
         if mb.highest_modseq == sel.modseq && !(sel.pending_expunge && expunge_ok) {
             return Ok(());
         }
-        let all = match store.messages(sel.mailbox.id, 0).await {
+        // Usually only flags changed or mail arrived: then just the rows
+        // whose mod-sequence moved are read; all of them only when some
+        // are gone or an expunge waits to be announced.
+        let last = sel.msgs.last().map_or(0, |m| m.uid);
+        let since = if sel.pending_expunge { 0 } else { sel.modseq };
+        let len = if sel.pending_expunge {
+            usize::MAX
+        } else {
+            sel.msgs.len()
+        };
+        let (all, complete) = match store
+            .changed_messages(sel.mailbox.id, since, last, len)
+            .await
+        {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "refresh mailbox");
@@ -971,7 +1016,7 @@ impl Session<'_> {
         let mut out = Vec::new();
         let now: HashMap<u32, &MessageMeta> = all.iter().map(|m| (m.uid, m)).collect();
         // Expunged by others.
-        let gone = sel.msgs.iter().any(|m| !now.contains_key(&m.uid));
+        let gone = complete && sel.msgs.iter().any(|m| !now.contains_key(&m.uid));
         sel.pending_expunge = gone && !expunge_ok;
         if gone && expunge_ok {
             for i in (0..sel.msgs.len()).rev() {
@@ -1081,70 +1126,150 @@ impl Session<'_> {
         let Some(sel) = self.selected.as_mut() else {
             return Ok(false);
         };
-        let needs_content = attrs.iter().any(FetchAttr::needs_content);
+        // ENVELOPE, BODY, BODYSTRUCTURE and header sections come from the
+        // summary stored at delivery; only other content items read bodies.
+        let want_summary = attrs.iter().any(from_summary);
+        let parts = Parts {
+            header: attrs.iter().any(|a| {
+                from_summary(a)
+                    && !matches!(a, FetchAttr::Envelope | FetchAttr::BodyStructure { .. })
+            }),
+            envelope: attrs.contains(&FetchAttr::Envelope),
+            structure: attrs
+                .iter()
+                .any(|a| matches!(a, FetchAttr::BodyStructure { .. })),
+        };
+        let want_content = attrs.iter().any(|a| a.needs_content() && !from_summary(a));
         let sets_seen = !sel.readonly && attrs.iter().any(FetchAttr::sets_seen);
-        for i in idx {
-            let seq = u32::try_from(i + 1).unwrap_or(u32::MAX);
-            let m = &mut sel.msgs[i];
-            let content = if needs_content {
-                match ctx.store.content(m.id).await {
-                    Ok(Some(c)) => Some(c),
-                    // Expunged by another session; nothing to show.
-                    Ok(None) => continue,
+        // \Seen for every message that lacks it, in one transaction.
+        let mut seen_now = std::collections::HashSet::new();
+        if sets_seen {
+            let changes: Vec<(i64, Vec<String>)> = idx
+                .iter()
+                .map(|&i| &sel.msgs[i])
+                .filter(|m| !has_flag(&m.flags, "\\Seen"))
+                .map(|m| {
+                    let mut f = m.flags.clone();
+                    f.push("\\Seen".to_string());
+                    (m.id, f)
+                })
+                .collect();
+            if !changes.is_empty() {
+                let modseq = match ctx
+                    .store
+                    .store_flags(account, sel.mailbox.id, &changes)
+                    .await
+                {
+                    Ok(modseq) => modseq,
                     Err(e) => {
-                        io.write_all(&status_err(tag, &e, "FETCH")).await?;
+                        io.write_all(&status_err(tag, &e, "FETCH \\Seen")).await?;
                         return Ok(false);
                     }
+                };
+                if modseq == sel.modseq + 1 {
+                    sel.modseq = modseq;
                 }
-            } else {
-                None
-            };
-            let mut flags_changed = false;
-            if sets_seen && !has_flag(&m.flags, "\\Seen") {
-                m.flags.push("\\Seen".to_string());
-                if let Err(e) = ctx.store.set_flags(account, m.id, &m.flags).await {
-                    m.flags.pop();
-                    io.write_all(&status_err(tag, &e, "FETCH \\Seen")).await?;
+                for &i in &idx {
+                    let m = &mut sel.msgs[i];
+                    if !has_flag(&m.flags, "\\Seen") {
+                        m.flags.push("\\Seen".to_string());
+                        m.modseq = modseq;
+                        seen_now.insert(i);
+                    }
+                }
+            }
+        }
+        // Batches bounded in count and, when bodies are loaded, in octets.
+        let mut start = 0;
+        while start < idx.len() {
+            let mut end = start;
+            let mut octets = 0u64;
+            while end < idx.len() && end - start < FETCH_BATCH {
+                octets = octets.saturating_add(sel.msgs[idx[end]].size);
+                if want_content && end > start && octets > FETCH_BATCH_OCTETS {
+                    break;
+                }
+                end += 1;
+            }
+            let batch = &idx[start..end];
+            start = end;
+            let ids: Vec<i64> = batch.iter().map(|&i| sel.msgs[i].id).collect();
+            let loaded = async {
+                let summaries = if want_summary {
+                    ctx.store.summaries(&ids, parts).await?
+                } else {
+                    HashMap::new()
+                };
+                let contents = if want_content {
+                    ctx.store.contents(&ids).await?
+                } else {
+                    HashMap::new()
+                };
+                Ok::<_, StoreError>((summaries, contents))
+            }
+            .await;
+            let (summaries, contents) = match loaded {
+                Ok(x) => x,
+                Err(e) => {
+                    io.write_all(&status_err(tag, &e, "FETCH")).await?;
                     return Ok(false);
                 }
-                flags_changed = true;
+            };
+            let mut out = Vec::new();
+            for &i in batch {
+                let seq = u32::try_from(i + 1).unwrap_or(u32::MAX);
+                let m = &sel.msgs[i];
+                // A message missing here was expunged by another session: nothing to show.
+                let summary = match summaries.get(&m.id) {
+                    None if want_summary => continue,
+                    s => s,
+                };
+                let content = match contents.get(&m.id) {
+                    None if want_content => continue,
+                    c => c.map(Vec::as_slice),
+                };
+                // Header sections are cut from the header block alone when
+                // the whole message is not loaded.
+                let source = content
+                    .or(summary.map(|s| s.header.as_slice()))
+                    .unwrap_or_default();
+                let mut items = Vec::with_capacity(attrs.len() + 1);
+                for a in attrs {
+                    items.push(match a {
+                        FetchAttr::Flags => FetchItem::Flags(&m.flags),
+                        FetchAttr::Uid => FetchItem::Uid(m.uid),
+                        FetchAttr::InternalDate => FetchItem::InternalDate(m.internal_date_ms),
+                        FetchAttr::Rfc822Size => FetchItem::Rfc822Size(m.size),
+                        FetchAttr::ModSeq => FetchItem::ModSeq(m.modseq),
+                        FetchAttr::Envelope => FetchItem::Raw {
+                            name: "ENVELOPE",
+                            value: summary.map(|s| s.envelope.clone()).unwrap_or_default(),
+                        },
+                        FetchAttr::BodyStructure { extended } => FetchItem::Raw {
+                            name: if *extended { "BODYSTRUCTURE" } else { "BODY" },
+                            value: summary
+                                .map(|s| {
+                                    if *extended {
+                                        s.body_structure.clone()
+                                    } else {
+                                        s.body_basic.clone()
+                                    }
+                                })
+                                .unwrap_or_default(),
+                        },
+                        other => FetchItem::Data {
+                            name: other.response_name(),
+                            data: other.extract(source).unwrap_or_default(),
+                        },
+                    });
+                }
+                if seen_now.contains(&i) && !attrs.contains(&FetchAttr::Flags) {
+                    items.push(FetchItem::Flags(&m.flags));
+                }
+                out.extend(imap::fetch_response(seq, &items));
             }
-            let content = content.as_deref().unwrap_or_default();
-            let tree = attrs
-                .iter()
-                .any(|a| matches!(a, FetchAttr::BodyStructure { .. }))
-                .then(|| tern_mailproto::mime::parse(content));
-            let mut items = Vec::with_capacity(attrs.len() + 1);
-            for a in attrs {
-                items.push(match a {
-                    FetchAttr::Flags => FetchItem::Flags(&m.flags),
-                    FetchAttr::Uid => FetchItem::Uid(m.uid),
-                    FetchAttr::InternalDate => FetchItem::InternalDate(m.internal_date_ms),
-                    FetchAttr::Rfc822Size => FetchItem::Rfc822Size(m.size),
-                    FetchAttr::ModSeq => FetchItem::ModSeq(m.modseq),
-                    FetchAttr::Envelope => FetchItem::Raw {
-                        name: "ENVELOPE",
-                        value: tern_mailproto::mime::envelope(
-                            tern_mailproto::mime::split_header(content).0,
-                        ),
-                    },
-                    FetchAttr::BodyStructure { extended } => FetchItem::Raw {
-                        name: if *extended { "BODYSTRUCTURE" } else { "BODY" },
-                        value: tree
-                            .as_ref()
-                            .map(|t| tern_mailproto::mime::body_structure(t, *extended))
-                            .unwrap_or_default(),
-                    },
-                    other => FetchItem::Data {
-                        name: other.response_name(),
-                        data: other.extract(content).unwrap_or_default(),
-                    },
-                });
-            }
-            if flags_changed && !attrs.contains(&FetchAttr::Flags) {
-                items.push(FetchItem::Flags(&m.flags));
-            }
-            io.write_all(&imap::fetch_response(seq, &items)).await?;
+            // One write per batch: the buffered writer passes it straight on.
+            io.write_all(&out).await?;
         }
         Ok(true)
     }
@@ -1411,27 +1536,12 @@ impl Session<'_> {
         let Some(sel) = self.selected.as_ref() else {
             return Ok(false);
         };
-        let needs_content = key.needs_content();
         let max_seq = u32::try_from(sel.msgs.len()).unwrap_or(u32::MAX);
         let max_uid = sel.msgs.last().map_or(0, |m| m.uid);
-        let mut hits = Vec::new();
-        let mut hit_modseq = Vec::new();
-        for (i, m) in sel.msgs.iter().enumerate() {
-            let content = if needs_content {
-                match store.content(m.id).await {
-                    Ok(Some(c)) => Some(c),
-                    Ok(None) => continue,
-                    Err(e) => {
-                        io.write_all(&status_err(tag, &e, "SEARCH")).await?;
-                        return Ok(false);
-                    }
-                }
-            } else {
-                None
-            };
-            let seq = u32::try_from(i + 1).unwrap_or(u32::MAX);
-            let msg = SearchMsg {
-                seq,
+        let check = |i: usize, content: Option<&[u8]>| {
+            let m = &sel.msgs[i];
+            key.matches(&SearchMsg {
+                seq: u32::try_from(i + 1).unwrap_or(u32::MAX),
                 uid: m.uid,
                 max_seq,
                 max_uid,
@@ -1440,10 +1550,49 @@ impl Session<'_> {
                 size: m.size,
                 internal_date_ms: m.internal_date_ms,
                 modseq: m.modseq,
-                content: content.as_deref(),
+                content,
+            })
+        };
+        let mut matched = vec![false; sel.msgs.len()];
+        if key.needs_content() {
+            // Stream the mailbox's rows once: header blocks alone unless a
+            // BODY/TEXT key needs whole messages. Rows gone from the
+            // database (expunged by another session) match nothing; rows
+            // not in this view yet are skipped.
+            let pos: HashMap<i64, usize> = sel
+                .msgs
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.id, i))
+                .collect();
+            let mut visit = |id: i64, content: &[u8]| {
+                if let Some(&i) = pos.get(&id) {
+                    matched[i] = check(i, Some(content));
+                }
             };
-            if key.matches(&msg) {
-                hits.push(if uid { m.uid } else { seq });
+            let streamed = if key.needs_body() {
+                store.for_each_content(sel.mailbox.id, &mut visit).await
+            } else {
+                store.for_each_header(sel.mailbox.id, &mut visit).await
+            };
+            if let Err(e) = streamed {
+                io.write_all(&status_err(tag, &e, "SEARCH")).await?;
+                return Ok(false);
+            }
+        } else {
+            for (i, hit) in matched.iter_mut().enumerate() {
+                *hit = check(i, None);
+            }
+        }
+        let mut hits = Vec::new();
+        let mut hit_modseq = Vec::new();
+        for (i, m) in sel.msgs.iter().enumerate() {
+            if matched[i] {
+                hits.push(if uid {
+                    m.uid
+                } else {
+                    u32::try_from(i + 1).unwrap_or(u32::MAX)
+                });
                 hit_modseq.push(m.modseq);
             }
         }
@@ -1605,6 +1754,24 @@ struct StoreOp<'a> {
     silent: bool,
     flags: &'a [String],
     unchanged_since: Option<u64>,
+}
+
+/// Most messages loaded for one FETCH batch.
+const FETCH_BATCH: usize = 256;
+/// Most octets of whole messages loaded for one FETCH batch (a batch holds
+/// at least one message, however large).
+const FETCH_BATCH_OCTETS: u64 = 8 * 1024 * 1024;
+
+/// Is this FETCH item answered from the summary stored at delivery
+/// (header block, ENVELOPE, BODY, BODYSTRUCTURE) rather than the body?
+fn from_summary(a: &FetchAttr) -> bool {
+    match a {
+        FetchAttr::Envelope | FetchAttr::BodyStructure { .. } | FetchAttr::Rfc822Header => true,
+        FetchAttr::Body { section, .. } => {
+            matches!(section, Section::Header | Section::HeaderFields { .. })
+        }
+        _ => false,
+    }
 }
 
 /// Does the search use MODSEQ?

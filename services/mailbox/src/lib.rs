@@ -11,6 +11,7 @@ mod net;
 mod notify;
 mod pop3;
 mod store;
+mod throttle;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ use store::Store;
 /// The mailbox's configuration keys.
 pub mod keys {
     use std::net::SocketAddr;
+    use std::time::Duration;
 
     use tern_runtime::config::Key;
 
@@ -81,6 +83,24 @@ pub mod keys {
         "0",
         "storage quota of new accounts in octets; 0 means unlimited",
     );
+    /// `TERN_LOGIN_MAX_FAILURES`.
+    pub const LOGIN_MAX_FAILURES: Key<u32> = Key::new(
+        "login_max_failures",
+        "10",
+        "failed logins per account or per client address within login_failure_window after which further attempts are refused unchecked; 0 disables",
+    );
+    /// `TERN_LOGIN_FAILURE_WINDOW`.
+    pub const LOGIN_FAILURE_WINDOW: Key<Duration> = Key::new(
+        "login_failure_window",
+        "15m",
+        "sliding window over which failed logins are counted (also how long a lock lasts)",
+    );
+    /// `TERN_LOGIN_FAILURE_DELAY`.
+    pub const LOGIN_FAILURE_DELAY: Key<Duration> = Key::new(
+        "login_failure_delay",
+        "1s",
+        "IMAP and POP3 answer a failed or refused login after this delay",
+    );
     /// `TERN_ALLOW_PLAINTEXT_AUTH`.
     pub const ALLOW_PLAINTEXT_AUTH: Key<bool> = Key::new(
         "allow_plaintext_auth",
@@ -119,6 +139,13 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Quota of new accounts in octets (0: unlimited).
     pub default_quota_bytes: u64,
+    /// Failed logins per account or client address within
+    /// `login_failure_window` before further attempts are refused (0: never).
+    pub login_max_failures: u32,
+    /// The sliding window failed logins are counted over.
+    pub login_failure_window: Duration,
+    /// Delay before IMAP and POP3 answer a failed or refused login.
+    pub login_failure_delay: Duration,
 }
 
 /// Percent-encode the characters sqlx would read as URL syntax in a path.
@@ -157,6 +184,9 @@ impl Config {
             allow_plaintext_auth: src.get(&keys::ALLOW_PLAINTEXT_AUTH)?,
             max_message_bytes: src.get(&keys::MAX_MESSAGE_BYTES)?,
             default_quota_bytes: src.get(&keys::DEFAULT_QUOTA_BYTES)?,
+            login_max_failures: src.get(&keys::LOGIN_MAX_FAILURES)?,
+            login_failure_window: src.get(&keys::LOGIN_FAILURE_WINDOW)?,
+            login_failure_delay: src.get(&keys::LOGIN_FAILURE_DELAY)?,
             tls: TlsConfig::from_source(src)?,
             common,
         })
@@ -229,6 +259,10 @@ fn describe_metrics() {
     metrics::describe_counter!(
         "tern_mailbox_deliveries_total",
         "local deliveries per recipient, by outcome (delivered, deferred, bounced)"
+    );
+    metrics::describe_counter!(
+        "tern_mailbox_logins_total",
+        "login attempts by protocol (imap, pop3, grpc) and result (ok, failed, throttled, error)"
     );
     metrics::describe_counter!(
         "tern_mailbox_over_quota_total",
@@ -376,10 +410,18 @@ async fn serve(
     reporter
         .set_serving::<AccountsServer<AccountsService>>()
         .await;
+    // One set of failed-login counters for IMAP, POP3 and ingress's
+    // Authenticate calls (per process; see throttle.rs).
+    let throttle = Arc::new(throttle::LoginThrottle::new(
+        config.login_max_failures,
+        config.login_failure_window,
+        config.login_failure_delay,
+    ));
     let accounts = AccountsService::new(
         store.clone(),
         config.common.local_domains.clone(),
         config.default_quota_bytes,
+        throttle.clone(),
     );
     let routes = tonic::service::Routes::new(health).add_service(AccountsServer::new(accounts));
     let grpc_task = tokio::spawn(grpc::serve(l.grpc, routes, shutdown.clone()));
@@ -401,6 +443,8 @@ async fn serve(
         tls: l.tls.clone(),
         hub,
         max_message: config.max_message_bytes.clamp(1024, 1 << 30),
+        throttle,
+        pop3_locks: pop3::MaildropLocks::default(),
     });
     let mut accept_tasks = Vec::new();
     for (listener, protocol, label, tls) in [

@@ -1,6 +1,7 @@
 //! Listeners: accept IMAP/POP3 connections (optionally with implicit TLS)
 //! and run one session task per connection.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +33,10 @@ pub struct SessionCtx {
     pub hub: Arc<crate::notify::Hub>,
     /// Largest message APPEND accepts, in octets.
     pub max_message: usize,
+    /// Failed-login counters (shared with the Authenticate gRPC call).
+    pub throttle: Arc<crate::throttle::LoginThrottle>,
+    /// Maildrops with a POP3 session on this replica (RFC 1939 §8).
+    pub pop3_locks: crate::pop3::MaildropLocks,
 }
 
 /// Which protocol a listener speaks.
@@ -78,7 +83,7 @@ pub async fn accept_loop(
         tracker.spawn(
             async move {
                 let _ = tcp.set_nodelay(true);
-                connection(tcp, protocol, tls, ctx).await;
+                connection(tcp, peer.ip(), protocol, tls, ctx).await;
             }
             .instrument(span),
         );
@@ -87,6 +92,7 @@ pub async fn accept_loop(
 
 async fn connection(
     tcp: TcpStream,
+    peer: IpAddr,
     protocol: Protocol,
     tls: Option<TlsAcceptor>,
     ctx: Arc<SessionCtx>,
@@ -95,7 +101,7 @@ async fn connection(
     let result = match tls {
         Some(acceptor) => {
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => run_session(Box::new(stream), true, protocol, &ctx).await,
+                Ok(Ok(stream)) => run_session(Box::new(stream), true, peer, protocol, &ctx).await,
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "TLS handshake failed");
                     return;
@@ -106,7 +112,7 @@ async fn connection(
                 }
             }
         }
-        None => run_session(Box::new(tcp), false, protocol, &ctx).await,
+        None => run_session(Box::new(tcp), false, peer, protocol, &ctx).await,
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "session ended with an I/O error");
@@ -116,11 +122,12 @@ async fn connection(
 async fn run_session(
     stream: Box<dyn Io>,
     tls: bool,
+    peer: IpAddr,
     protocol: Protocol,
     ctx: &SessionCtx,
 ) -> std::io::Result<()> {
     match protocol {
-        Protocol::Imap => crate::imap::session(stream, tls, ctx).await,
-        Protocol::Pop3 => crate::pop3::session(stream, tls, ctx).await,
+        Protocol::Imap => crate::imap::session(stream, tls, peer, ctx).await,
+        Protocol::Pop3 => crate::pop3::session(stream, tls, peer, ctx).await,
     }
 }

@@ -5,14 +5,18 @@
 //! `ON CONFLICT`, `RETURNING`); `with_pool!` and `write_tx!` compile each
 //! method once per backend.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
+use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+pub use tern_mailproto::mime::Summary;
 
 /// The embedded migrations (`services/mailbox/migrations`).
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -292,6 +296,71 @@ pub fn sha256_hex(data: &[u8]) -> String {
     s
 }
 
+/// Most ids bound in one `IN (...)` list (both backends allow far more).
+const IN_CHUNK: usize = 512;
+
+/// `($first, $first+1, ...)` with room for `n` ids, rounded up to a power
+/// of two so a handful of statement texts serve every batch size (each
+/// distinct text is prepared and cached per connection). Only these
+/// placeholders are ever spliced into SQL (hence `AssertSqlSafe`).
+fn in_list(first: usize, n: usize) -> (String, usize) {
+    let slots = n.clamp(1, IN_CHUNK).next_power_of_two();
+    let list: Vec<String> = (first..first + slots).map(|i| format!("${i}")).collect();
+    (format!("({})", list.join(", ")), slots)
+}
+
+/// Bind `ids` into an `IN` list of `slots` places, repeating the last id.
+macro_rules! bind_ids {
+    ($q:expr, $ids:expr, $slots:expr) => {{
+        let mut q = $q;
+        let ids: &[i64] = $ids;
+        let last = ids.last().copied().unwrap_or_default();
+        for i in 0..$slots {
+            q = q.bind(ids.get(i).copied().unwrap_or(last));
+        }
+        q
+    }};
+}
+
+type SummaryRow = (
+    i64,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+);
+
+fn text(v: Vec<u8>) -> String {
+    String::from_utf8(v).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Which parts of a [`Summary`] to load (the others are left empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Parts {
+    /// The header block.
+    pub header: bool,
+    /// ENVELOPE.
+    pub envelope: bool,
+    /// BODYSTRUCTURE and BODY.
+    pub structure: bool,
+}
+
+/// A stored summary with the `parts` asked for, or `None` where one of
+/// those columns is still NULL (a row stored before migration 0003).
+fn summary_row(row: SummaryRow, parts: Parts) -> (i64, Option<Summary>) {
+    let (id, header, envelope, structure, basic) = row;
+    let complete = (!parts.header || header.is_some())
+        && (!parts.envelope || envelope.is_some())
+        && (!parts.structure || (structure.is_some() && basic.is_some()));
+    let s = complete.then(|| Summary {
+        header: header.unwrap_or_default(),
+        envelope: text(envelope.unwrap_or_default()),
+        body_structure: text(structure.unwrap_or_default()),
+        body_basic: text(basic.unwrap_or_default()),
+    });
+    (id, s)
+}
+
 impl Store {
     /// Open (creating a SQLite file and its directory when missing) and
     /// apply the migrations.
@@ -302,7 +371,12 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true)
-                .busy_timeout(Duration::from_secs(10));
+                .busy_timeout(Duration::from_secs(10))
+                // Sorts and temporary b-trees stay in memory. The page cache
+                // keeps SQLite's default (2 MiB a connection): the kernel's
+                // page cache holds the file anyway, and a bigger one only
+                // adds resident memory per connection.
+                .pragma("temp_store", "memory");
             if let Some(dir) = opts
                 .get_filename()
                 .parent()
@@ -720,6 +794,7 @@ impl Store {
         let size = i64::try_from(content.len()).map_err(|_| StoreError::Corrupt("size"))?;
         let message_id = format!("append/{:016x}", new_id());
         let flags = flags_text(flags);
+        let summary = tern_mailproto::mime::summarize(content);
         let added = write_tx!(self, tx => {
             if over_quota!(tx, account_id, size) {
                 Added::OverQuota
@@ -744,8 +819,9 @@ impl Store {
                         let uid = uidnext - 1;
                         sqlx::query(
                             "INSERT INTO messages (id, account_id, mailbox_id, uid, message_id, flags, \
-                             internal_date_unix_ms, size, prefix, body_hash, modseq) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                             internal_date_unix_ms, size, prefix, body_hash, modseq, \
+                             header, envelope, body_structure, body_basic) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                         )
                         .bind(new_id())
                         .bind(account_id)
@@ -758,6 +834,10 @@ impl Store {
                         .bind(&b""[..])
                         .bind(&hash)
                         .bind(modseq)
+                        .bind(&summary.header)
+                        .bind(summary.envelope.as_bytes())
+                        .bind(summary.body_structure.as_bytes())
+                        .bind(summary.body_basic.as_bytes())
                         .execute(&mut *tx)
                         .await?;
                         let uidvalidity: i64 = sqlx::query_scalar("SELECT uidvalidity FROM mailboxes WHERE id = $1")
@@ -813,8 +893,10 @@ impl Store {
                         for (uid, id) in (uidnext - n..).zip(ids) {
                             let r = sqlx::query(
                                 "INSERT INTO messages (id, account_id, mailbox_id, uid, message_id, flags, \
-                                 internal_date_unix_ms, size, prefix, body_hash, modseq) \
-                                 SELECT $1, account_id, $2, $3, $4, flags, internal_date_unix_ms, size, prefix, body_hash, $5 \
+                                 internal_date_unix_ms, size, prefix, body_hash, modseq, \
+                                 header, envelope, body_structure, body_basic) \
+                                 SELECT $1, account_id, $2, $3, $4, flags, internal_date_unix_ms, size, prefix, body_hash, $5, \
+                                 header, envelope, body_structure, body_basic \
                                  FROM messages WHERE id = $6 AND account_id = $7",
                             )
                             .bind(new_id())
@@ -856,14 +938,21 @@ impl Store {
             .bind(mailbox_id)
             .fetch_one(&mut *tx)
             .await?;
+            // One UPDATE per distinct flag set and chunk of ids: a STORE
+            // +FLAGS on 1,000 messages usually gives them all the same flags.
+            let mut groups: HashMap<String, Vec<i64>> = HashMap::new();
             for (id, flags) in changes {
-                sqlx::query("UPDATE messages SET flags = $1, modseq = $2 WHERE id = $3 AND mailbox_id = $4")
-                    .bind(flags_text(flags))
-                    .bind(modseq)
-                    .bind(*id)
-                    .bind(mailbox_id)
-                    .execute(&mut *tx)
-                    .await?;
+                groups.entry(flags_text(flags)).or_default().push(*id);
+            }
+            for (flags, ids) in &groups {
+                for chunk in ids.chunks(IN_CHUNK) {
+                    let (list, slots) = in_list(4, chunk.len());
+                    let sql = format!(
+                        "UPDATE messages SET flags = $1, modseq = $2 WHERE mailbox_id = $3 AND id IN {list}"
+                    );
+                    let q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(flags).bind(modseq).bind(mailbox_id);
+                    bind_ids!(q, chunk, slots).execute(&mut *tx).await?;
+                }
             }
             modseq
         });
@@ -900,6 +989,8 @@ impl Store {
         let size =
             i64::try_from(prefix.len() + body.len()).map_err(|_| StoreError::Corrupt("size"))?;
         let body_len = i64::try_from(body.len()).map_err(|_| StoreError::Corrupt("size"))?;
+        // Parsed once here so FETCH ENVELOPE and SEARCH by header never read the body.
+        let summary = tern_mailproto::mime::summarize(&[prefix, body].concat());
         let outcome = write_tx!(self, tx => {
             let existing: Option<i64> =
                 sqlx::query_scalar("SELECT uid FROM messages WHERE message_id = $1 AND account_id = $2")
@@ -935,8 +1026,9 @@ impl Store {
                 let uid = uidnext - 1;
                 let r = sqlx::query(
                     "INSERT INTO messages (id, account_id, mailbox_id, uid, message_id, flags, \
-                     internal_date_unix_ms, size, prefix, body_hash, modseq) \
-                     VALUES ($1, $2, $3, $4, $5, '', $6, $7, $8, $9, $10) \
+                     internal_date_unix_ms, size, prefix, body_hash, modseq, \
+                     header, envelope, body_structure, body_basic) \
+                     VALUES ($1, $2, $3, $4, $5, '', $6, $7, $8, $9, $10, $11, $12, $13, $14) \
                      ON CONFLICT (message_id, account_id) DO NOTHING",
                 )
                 .bind(new_id())
@@ -949,6 +1041,10 @@ impl Store {
                 .bind(prefix)
                 .bind(&hash)
                 .bind(modseq)
+                .bind(&summary.header)
+                .bind(summary.envelope.as_bytes())
+                .bind(summary.body_structure.as_bytes())
+                .bind(summary.body_basic.as_bytes())
                 .execute(&mut *tx)
                 .await?;
                 if r.rows_affected() == 1 {
@@ -983,6 +1079,44 @@ impl Store {
         rows.into_iter().map(meta).collect()
     }
 
+    /// What a session whose view of a mailbox reflects `modseq` must catch
+    /// up with. When none of the `view_len` messages up to `last_uid` is
+    /// gone, only the rows whose mod-sequence moved past `modseq` (flag
+    /// changes, new mail) are read, and `false` says the list is partial.
+    /// Otherwise every row is returned, with `true`, so expunges show.
+    pub async fn changed_messages(
+        &self,
+        mailbox_id: i64,
+        modseq: u64,
+        last_uid: u32,
+        view_len: usize,
+    ) -> Result<(Vec<MessageMeta>, bool), StoreError> {
+        let present: i64 = with_pool!(self, p => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE mailbox_id = $1 AND uid <= $2")
+                .bind(mailbox_id)
+                .bind(i64::from(last_uid))
+                .fetch_one(p)
+                .await?
+        });
+        // Rows up to last_uid are exactly the view's messages that still
+        // exist: later arrivals get higher UIDs.
+        if usize::try_from(present).ok() != Some(view_len) {
+            return Ok((self.messages(mailbox_id, 0).await?, true));
+        }
+        let since = i64::try_from(modseq).map_err(|_| StoreError::Corrupt("modseq"))?;
+        let rows: Vec<MetaRow> = with_pool!(self, p => {
+            sqlx::query_as(
+                "SELECT id, uid, flags, size, internal_date_unix_ms, modseq FROM messages \
+                 WHERE mailbox_id = $1 AND modseq > $2 ORDER BY uid",
+            )
+            .bind(mailbox_id)
+            .bind(since)
+            .fetch_all(p)
+            .await?
+        });
+        Ok((rows.into_iter().map(meta).collect::<Result<_, _>>()?, false))
+    }
+
     /// The full message (prefix + body), or `None` if it is gone.
     pub async fn content(&self, message_id: i64) -> Result<Option<Vec<u8>>, StoreError> {
         let row: Option<(Vec<u8>, Vec<u8>)> = with_pool!(self, p => {
@@ -999,34 +1133,169 @@ impl Store {
         }))
     }
 
-    /// Replace a message's flags.
-    pub async fn set_flags(
+    /// Full messages (prefix + body) by row id, loaded in batches; ids
+    /// that are gone (expunged) are missing from the map.
+    pub async fn contents(&self, ids: &[i64]) -> Result<HashMap<i64, Vec<u8>>, StoreError> {
+        let mut out = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(IN_CHUNK) {
+            let (list, slots) = in_list(1, chunk.len());
+            let sql = format!(
+                "SELECT m.id, m.prefix, b.data FROM messages m JOIN bodies b ON b.hash = m.body_hash \
+                 WHERE m.id IN {list}"
+            );
+            let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = with_pool!(self, p => {
+                bind_ids!(sqlx::query_as(sqlx::AssertSqlSafe(sql)), chunk, slots).fetch_all(p).await?
+            });
+            for (id, mut prefix, body) in rows {
+                // Most messages (APPENDed ones) have no prefix: no copy then.
+                let whole = if prefix.is_empty() {
+                    body
+                } else {
+                    prefix.extend_from_slice(&body);
+                    prefix
+                };
+                out.insert(id, whole);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stored [`Summary`] of messages by row id, in batches, with the
+    /// `parts` asked for (only those columns are read). Rows stored before
+    /// migration 0003 have none yet: theirs is computed from the message
+    /// now and written back, so each is parsed once. Ids that are gone are
+    /// missing from the map.
+    pub async fn summaries(
         &self,
-        account_id: i64,
-        message_id: i64,
-        flags: &[String],
-    ) -> Result<(), StoreError> {
-        write_tx!(self, tx => {
-            let mb: Option<i64> = sqlx::query_scalar("SELECT mailbox_id FROM messages WHERE id = $1")
-                .bind(message_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if let Some(mb) = mb {
-                let modseq: i64 = sqlx::query_scalar(
-                    "UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = $1 RETURNING highest_modseq",
-                )
-                .bind(mb)
-                .fetch_one(&mut *tx)
-                .await?;
-                sqlx::query("UPDATE messages SET flags = $1, modseq = $2 WHERE id = $3")
-                    .bind(flags_text(flags))
-                    .bind(modseq)
-                    .bind(message_id)
+        ids: &[i64],
+        parts: Parts,
+    ) -> Result<HashMap<i64, Summary>, StoreError> {
+        let mut out = HashMap::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        let col = |on: bool, name: &str| {
+            if on {
+                name.to_string()
+            } else {
+                "CAST(NULL AS BYTEA)".to_string()
+            }
+        };
+        let columns = [
+            col(parts.header, "header"),
+            col(parts.envelope, "envelope"),
+            col(parts.structure, "body_structure"),
+            col(parts.structure, "body_basic"),
+        ]
+        .join(", ");
+        for chunk in ids.chunks(IN_CHUNK) {
+            let (list, slots) = in_list(1, chunk.len());
+            let sql = format!("SELECT id, {columns} FROM messages WHERE id IN {list}");
+            let rows: Vec<SummaryRow> = with_pool!(self, p => {
+                bind_ids!(sqlx::query_as(sqlx::AssertSqlSafe(sql)), chunk, slots).fetch_all(p).await?
+            });
+            for row in rows {
+                match summary_row(row, parts) {
+                    (id, Some(s)) => {
+                        out.insert(id, s);
+                    }
+                    (id, None) => missing.push(id),
+                }
+            }
+        }
+        if !missing.is_empty() {
+            out.extend(self.fill_summaries(&missing).await?);
+        }
+        Ok(out)
+    }
+
+    /// Compute and store the summaries of rows that have none (lazy
+    /// backfill of rows older than migration 0003).
+    async fn fill_summaries(&self, ids: &[i64]) -> Result<HashMap<i64, Summary>, StoreError> {
+        let mut out = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(64) {
+            let contents = self.contents(chunk).await?;
+            let computed: Vec<(i64, Summary)> = contents
+                .iter()
+                .map(|(id, c)| (*id, tern_mailproto::mime::summarize(c)))
+                .collect();
+            write_tx!(self, tx => {
+                for (id, s) in &computed {
+                    // Content never changes, so a concurrent fill writes the same.
+                    sqlx::query(
+                        "UPDATE messages SET header = $1, envelope = $2, body_structure = $3, body_basic = $4 \
+                         WHERE id = $5",
+                    )
+                    .bind(&s.header)
+                    .bind(s.envelope.as_bytes())
+                    .bind(s.body_structure.as_bytes())
+                    .bind(s.body_basic.as_bytes())
+                    .bind(*id)
                     .execute(&mut *tx)
                     .await?;
+                }
+            });
+            out.extend(computed);
+        }
+        Ok(out)
+    }
+
+    /// Call `f(id, header block)` for every message of a mailbox, streaming
+    /// (SEARCH by header). Rows without a stored header get theirs filled.
+    pub async fn for_each_header(
+        &self,
+        mailbox_id: i64,
+        mut f: impl FnMut(i64, &[u8]),
+    ) -> Result<(), StoreError> {
+        let mut missing = Vec::new();
+        with_pool!(self, p => {
+            let mut rows = sqlx::query("SELECT id, header FROM messages WHERE mailbox_id = $1")
+                .bind(mailbox_id)
+                .fetch(p);
+            while let Some(row) = rows.try_next().await? {
+                let id: i64 = row.try_get(0)?;
+                match row.try_get::<Option<&[u8]>, _>(1)? {
+                    Some(h) => f(id, h),
+                    None => missing.push(id),
+                }
             }
         });
-        self.changed(account_id);
+        if !missing.is_empty() {
+            for (id, s) in self.fill_summaries(&missing).await? {
+                f(id, &s.header);
+            }
+        }
+        Ok(())
+    }
+
+    /// Call `f(id, whole message)` for every message of a mailbox, streaming
+    /// one row at a time (SEARCH BODY / TEXT): the body is borrowed from the
+    /// row, and copied only to put a delivery prefix in front of it.
+    pub async fn for_each_content(
+        &self,
+        mailbox_id: i64,
+        mut f: impl FnMut(i64, &[u8]),
+    ) -> Result<(), StoreError> {
+        let mut buf = Vec::new();
+        with_pool!(self, p => {
+            let mut rows = sqlx::query(
+                "SELECT m.id, m.prefix, b.data FROM messages m JOIN bodies b ON b.hash = m.body_hash \
+                 WHERE m.mailbox_id = $1",
+            )
+            .bind(mailbox_id)
+            .fetch(p);
+            while let Some(row) = rows.try_next().await? {
+                let id: i64 = row.try_get(0)?;
+                let prefix: &[u8] = row.try_get(1)?;
+                let body: &[u8] = row.try_get(2)?;
+                if prefix.is_empty() {
+                    f(id, body);
+                } else {
+                    buf.clear();
+                    buf.extend_from_slice(prefix);
+                    buf.extend_from_slice(body);
+                    f(id, &buf);
+                }
+            }
+        });
         Ok(())
     }
 
@@ -1096,6 +1365,12 @@ impl Store {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    const ALL_PARTS: Parts = Parts {
+        header: true,
+        envelope: true,
+        structure: true,
+    };
 
     async fn sqlite() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -1205,7 +1480,7 @@ mod tests {
         assert_eq!(store.messages(inbox.id, 1).await.unwrap().len(), 1);
 
         store
-            .set_flags(a.id, msgs[0].id, &["\\Seen".to_string()])
+            .store_flags(a.id, inbox.id, &[(msgs[0].id, vec!["\\Seen".to_string()])])
             .await
             .unwrap();
         assert_eq!(
@@ -1236,6 +1511,105 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn batched_flags_contents_and_summaries_over_many_rows() {
+        let (_dir, store) = sqlite().await;
+        store.create_account("a@example.com", "h").await.unwrap();
+        let (a, _) = store.account("a@example.com").await.unwrap().unwrap();
+        // More than one IN-list chunk.
+        let n = IN_CHUNK + 88;
+        for i in 0..n {
+            let body = format!("Subject: m{i}\r\n\r\nbody {i}\r\n");
+            store
+                .append(a.id, INBOX, &[], 1, body.as_bytes())
+                .await
+                .unwrap();
+        }
+        let inbox = store.inbox(a.id).await.unwrap();
+        let msgs = store.messages(inbox.id, 0).await.unwrap();
+        assert_eq!(msgs.len(), n);
+        let changes: Vec<(i64, Vec<String>)> = msgs
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let f = if i % 3 == 0 { "\\Seen" } else { "\\Flagged" };
+                (m.id, vec![f.to_string()])
+            })
+            .collect();
+        let before = inbox.highest_modseq;
+        let modseq = store.store_flags(a.id, inbox.id, &changes).await.unwrap();
+        assert_eq!(modseq, before + 1, "one mod-sequence for the whole STORE");
+        for (i, m) in store
+            .messages(inbox.id, 0)
+            .await
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(m.flags, changes[i].1, "message {i}");
+            assert_eq!(m.modseq, modseq);
+        }
+        let ids: Vec<i64> = msgs.iter().map(|m| m.id).collect();
+        let contents = store.contents(&ids).await.unwrap();
+        let summaries = store.summaries(&ids, ALL_PARTS).await.unwrap();
+        assert_eq!((contents.len(), summaries.len()), (n, n));
+        for (i, m) in msgs.iter().enumerate() {
+            let want = format!("Subject: m{i}\r\n\r\nbody {i}\r\n");
+            assert_eq!(contents[&m.id], want.as_bytes());
+            assert_eq!(
+                summaries[&m.id],
+                tern_mailproto::mime::summarize(want.as_bytes())
+            );
+        }
+        // Gone ids are simply missing.
+        assert!(store.summaries(&[-1], ALL_PARTS).await.unwrap().is_empty());
+        assert!(store.contents(&[-1]).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn rows_without_summaries_are_filled_on_first_access() {
+        let (_dir, store) = sqlite().await;
+        store.create_account("a@example.com", "h").await.unwrap();
+        let (a, _) = store.account("a@example.com").await.unwrap().unwrap();
+        let body = b"From: Bob <bob@x.test>\r\nSubject: old\r\n\r\nold body\r\n";
+        store
+            .deliver(a.id, "m1", b"Delivered-To: a@example.com\r\n", body, 5)
+            .await
+            .unwrap();
+        let inbox = store.inbox(a.id).await.unwrap();
+        let id = store.messages(inbox.id, 0).await.unwrap()[0].id;
+        let want = tern_mailproto::mime::summarize(&store.content(id).await.unwrap().unwrap());
+        assert!(want.envelope.contains("\"old\""), "{}", want.envelope);
+        assert_eq!(store.summaries(&[id], ALL_PARTS).await.unwrap()[&id], want);
+        // Only the parts asked for are read.
+        let envelope_only = Parts {
+            envelope: true,
+            ..Parts::default()
+        };
+        let got = &store.summaries(&[id], envelope_only).await.unwrap()[&id];
+        assert_eq!(got.envelope, want.envelope);
+        assert!(got.header.is_empty() && got.body_structure.is_empty());
+        // As a row stored before migration 0003 looks.
+        let null = "UPDATE messages SET header = NULL, envelope = NULL, body_structure = NULL, body_basic = NULL";
+        with_pool!(store, p => sqlx::query(null).execute(p).await.unwrap().rows_affected());
+        let mut headers = Vec::new();
+        store
+            .for_each_header(inbox.id, |i, h| headers.push((i, h.to_vec())))
+            .await
+            .unwrap();
+        assert_eq!(headers, vec![(id, want.header.clone())]);
+        with_pool!(store, p => sqlx::query(null).execute(p).await.unwrap().rows_affected());
+        assert_eq!(store.summaries(&[id], ALL_PARTS).await.unwrap()[&id], want);
+        let nulls: i64 = with_pool!(store, p => sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE envelope IS NULL").fetch_one(p).await.unwrap());
+        assert_eq!(nulls, 0, "filled in the database too");
+        let mut whole = Vec::new();
+        store
+            .for_each_content(inbox.id, |_, c| whole = c.to_vec())
+            .await
+            .unwrap();
+        assert_eq!(whole, store.content(id).await.unwrap().unwrap());
+    }
+
     #[test]
     fn sha256_is_hex() {
         assert_eq!(
@@ -1244,3 +1618,7 @@ mod tests {
         );
     }
 }
+
+// Aliases and catch-alls live in their own file (store/aliases.rs).
+mod aliases;
+pub use aliases::AliasAdded;

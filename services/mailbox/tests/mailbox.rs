@@ -559,6 +559,7 @@ async fn wrong_password_is_rejected() {
         .authenticate(AuthenticateRequest {
             username: "alice@example.com".into(),
             password: "wrong".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -782,6 +783,7 @@ async fn accounts_api() {
         .authenticate(AuthenticateRequest {
             username: "Dave@example.com".into(),
             password: "pw2".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -1637,5 +1639,142 @@ async fn quota_defers_delivery_and_refuses_append() {
     c.send(b"\r\n").await;
     let r = c.until("a3 ").await;
     assert!(r.last().unwrap().starts_with("a3 NO [OVERQUOTA]"), "{r:?}");
+    h.stop().await;
+}
+
+/// Run one statement on the service's database directly (as an older
+/// version of Tern left it); returns the first column of the first row as
+/// a number, or the rows affected.
+async fn sql(url: &str, statement: &'static str) -> i64 {
+    if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        let n = if statement.starts_with("SELECT") {
+            sqlx::query_scalar(statement)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        } else {
+            let r = sqlx::query(statement).execute(&pool).await.unwrap();
+            i64::try_from(r.rows_affected()).unwrap()
+        };
+        pool.close().await;
+        n
+    } else {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let n = if statement.starts_with("SELECT") {
+            sqlx::query_scalar(statement)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        } else {
+            let r = sqlx::query(statement).execute(&pool).await.unwrap();
+            i64::try_from(r.rows_affected()).unwrap()
+        };
+        pool.close().await;
+        n
+    }
+}
+
+/// Messages stored before migration 0003 (their summary columns NULL)
+/// FETCH ENVELOPE, BODY, BODYSTRUCTURE and header sections, and SEARCH by
+/// header, exactly like new ones; the first access fills the columns.
+#[tokio::test]
+async fn messages_without_stored_summaries_fetch_and_search_the_same() {
+    let h = Harness::start().await;
+    let url = format!("sqlite://{}/mailbox.db", h._dir.path().display());
+    summaries_scenario(h, &url).await;
+}
+
+#[tokio::test]
+async fn messages_without_stored_summaries_fetch_and_search_the_same_on_postgres() {
+    if let Some((pg, h)) = pg_harness().await {
+        let url = pg.url.clone();
+        summaries_scenario(h, &url).await;
+    }
+}
+
+/// FETCH and SEARCH what the summaries answer, with tags `f<n>`, `s<n>`,
+/// `t<n>`; the response lines with the tags taken out.
+async fn summary_round(c: &mut Raw, n: u32) -> Vec<String> {
+    let cmds = format!(
+        "f{n} FETCH 1:* (ENVELOPE BODYSTRUCTURE BODY BODY.PEEK[HEADER.FIELDS (SUBJECT)] RFC822.HEADER)\r\n\
+         s{n} SEARCH SUBJECT \"folded subject\"\r\n\
+         t{n} SEARCH HEADER Delivered-To kim@\r\n"
+    );
+    c.send(cmds.as_bytes()).await;
+    let mut out = Vec::new();
+    for t in ["f", "s", "t"] {
+        let tag = format!("{t}{n} ");
+        for l in c.until(&tag).await {
+            out.push(match l.strip_prefix(&tag) {
+                Some(rest) => format!("{t} {rest}"),
+                None => l,
+            });
+        }
+    }
+    out
+}
+
+async fn summaries_scenario(h: Harness, url: &str) {
+    h.add_user("kim@example.com", "pw").await;
+    let mut results = h.results().await;
+    // A delivered copy (with its Return-Path / Delivered-To prefix) ...
+    h.publish_job("01JSUM", 0, &["kim@example.com"], BODY).await;
+    let (r, _) = next_result(&mut results).await;
+    assert_eq!(r.results[0].outcome(), Outcome::Delivered);
+    let mut c = Raw::connect(h.addr("imap")).await;
+    c.line().await;
+    c.send(b"a1 LOGIN kim@example.com pw\r\n").await;
+    c.until("a1 ").await;
+    // ... and an APPENDed multipart with a folded Subject.
+    let multipart = "From: \"Bob, B.\" <bob@example.com>\r\nTo: a@x.test\r\n\
+Subject: folded\r\n subject line\r\nContent-Type: multipart/mixed; boundary=XX\r\n\r\n\
+--XX\r\nContent-Type: text/plain\r\n\r\nhello\r\n--XX--\r\n";
+    c.send(
+        format!(
+            "a2 APPEND INBOX {{{}+}}\r\n{multipart}\r\n",
+            multipart.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(c.until("a2 ").await.last().unwrap().starts_with("a2 OK"));
+    c.send(b"a3 SELECT INBOX\r\n").await;
+    c.until("a3 ").await;
+    let fresh = summary_round(&mut c, 1).await;
+    let joined = fresh.concat();
+    assert!(
+        joined.contains("ENVELOPE (NIL \"walking skeleton\"")
+            && joined.contains("\"folded subject line\"")
+            && joined.contains("BODYSTRUCTURE ((\"TEXT\" \"PLAIN\""),
+        "{fresh:?}"
+    );
+    assert!(fresh.contains(&"* SEARCH 2\r\n".to_string()), "{fresh:?}");
+    assert!(fresh.contains(&"* SEARCH 1\r\n".to_string()), "{fresh:?}");
+
+    let cleared = sql(
+        url,
+        "UPDATE messages SET header = NULL, envelope = NULL, body_structure = NULL, body_basic = NULL",
+    )
+    .await;
+    assert_eq!(cleared, 2);
+    assert_eq!(
+        summary_round(&mut c, 2).await,
+        fresh,
+        "same answers from the bodies"
+    );
+    let nulls = sql(
+        url,
+        "SELECT COUNT(*) FROM messages WHERE envelope IS NULL OR header IS NULL",
+    )
+    .await;
+    assert_eq!(nulls, 0, "the first access stored the summaries");
+    assert_eq!(summary_round(&mut c, 3).await, fresh);
+
+    // Only the SEARCH filled the headers this time: FETCH still works.
+    sql(url, "UPDATE messages SET header = NULL, envelope = NULL, body_structure = NULL, body_basic = NULL").await;
+    c.send(b"s4 SEARCH SUBJECT \"folded subject\"\r\n").await;
+    assert!(c.until("s4 ").await.contains(&"* SEARCH 2\r\n".to_string()));
+    assert_eq!(summary_round(&mut c, 5).await, fresh);
     h.stop().await;
 }

@@ -75,6 +75,7 @@ impl Accounts for FixedAccounts {
         Ok(Response::new(AuthenticateResponse {
             ok,
             address: if ok { user } else { String::new() },
+            throttled: false,
         }))
     }
     async fn add_user(
@@ -99,6 +100,30 @@ impl Accounts for FixedAccounts {
         &self,
         _: Request<SetPasswordRequest>,
     ) -> Result<Response<SetPasswordResponse>, Status> {
+        Err(Status::unimplemented("test double"))
+    }
+    async fn add_alias(
+        &self,
+        _: Request<tern_proto::AddAliasRequest>,
+    ) -> Result<Response<tern_proto::AddAliasResponse>, Status> {
+        Err(Status::unimplemented("test double"))
+    }
+    async fn delete_alias(
+        &self,
+        _: Request<tern_proto::DeleteAliasRequest>,
+    ) -> Result<Response<tern_proto::DeleteAliasResponse>, Status> {
+        Err(Status::unimplemented("test double"))
+    }
+    async fn list_aliases(
+        &self,
+        _: Request<tern_proto::ListAliasesRequest>,
+    ) -> Result<Response<tern_proto::ListAliasesResponse>, Status> {
+        Err(Status::unimplemented("test double"))
+    }
+    async fn quota(
+        &self,
+        _: Request<tern_proto::QuotaRequest>,
+    ) -> Result<Response<tern_proto::QuotaResponse>, Status> {
         Err(Status::unimplemented("test double"))
     }
 }
