@@ -10,6 +10,8 @@
 
 use std::borrow::Cow;
 
+use crate::mime::split_header;
+
 /// Longest command line (one segment between literals), CRLF included.
 /// RFC 9051 asks servers to accept at least 8000 octets.
 pub const MAX_LINE: usize = 8192;
@@ -959,24 +961,6 @@ impl FetchAttr {
             }
         })
     }
-}
-
-/// Split a message into its header (through the blank line) and its body.
-/// Without a blank line the whole message is header.
-pub fn split_header(message: &[u8]) -> (&[u8], &[u8]) {
-    let mut pos = 0;
-    while pos < message.len() {
-        let end = message[pos..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(message.len(), |i| pos + i + 1);
-        let line = &message[pos..end];
-        pos = end;
-        if line == b"\r\n" || line == b"\n" {
-            return message.split_at(pos);
-        }
-    }
-    (message, &[])
 }
 
 /// The header fields named (or, with `not`, not named) in `fields`, with

@@ -14,6 +14,7 @@ pub const MAX_DEPTH: usize = 8;
 pub const MAX_PARTS: usize = 200;
 
 /// Split a message or part into its header (through the blank line) and body.
+/// Without a blank line the whole message is header.
 pub fn split_header(message: &[u8]) -> (&[u8], &[u8]) {
     let mut pos = 0;
     while pos < message.len() {

@@ -90,6 +90,48 @@ m.logout()
         .collect()
 }
 
+/// The first message in alice's INBOX (where her DSNs land), once there is one.
+async fn first_in_alices_inbox(stack: &Stack) -> String {
+    tern_testkit::wait_for(
+        "a message in alice's INBOX",
+        Duration::from_secs(30),
+        || async {
+            imap_messages(stack, "alice@localhost", "wonderland")
+                .await
+                .into_iter()
+                .next()
+        },
+    )
+    .await
+}
+
+type Admin = tern_proto::queue_admin_client::QueueAdminClient<tonic::transport::Channel>;
+
+/// Hold `destination` and wait until the queue sees the hold: it reaches the
+/// queue through a bucket watch, so `stats` shows it a moment later.
+async fn hold(admin: &mut Admin, destination: &str) {
+    admin
+        .hold(tern_proto::DestinationRequest {
+            destination: destination.into(),
+        })
+        .await
+        .expect("hold");
+    let lower = destination.to_ascii_lowercase();
+    tern_testkit::wait_for("hold visible in stats", Duration::from_secs(10), || {
+        let mut admin = admin.clone();
+        let lower = lower.clone();
+        async move {
+            let s = admin.stats(tern_proto::StatsRequest {}).await.ok()?;
+            s.into_inner()
+                .destinations
+                .iter()
+                .any(|d| d.destination == lower && d.on_hold)
+                .then_some(())
+        }
+    })
+    .await;
+}
+
 const MSG: &[u8] = b"From: alice@localhost\r\nSubject: queue test\r\n\r\nbody line\r\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,17 +210,7 @@ async fn expiry_sends_a_dsn_the_local_sender_reads_over_imap() {
     })
     .await;
 
-    let dsn = tern_testkit::wait_for(
-        "the DSN in alice's INBOX",
-        Duration::from_secs(30),
-        || async {
-            imap_messages(&stack, "alice@localhost", "wonderland")
-                .await
-                .into_iter()
-                .next()
-        },
-    )
-    .await;
+    let dsn = first_in_alices_inbox(&stack).await;
     for needle in [
         "Return-Path: <>",
         "Content-Type: multipart/report; report-type=delivery-status",
@@ -217,17 +249,7 @@ async fn a_bounce_reports_to_the_sender_but_never_to_the_null_sender() {
     )
     .await;
     assert!(reply.starts_with("250"), "{reply}");
-    let dsn = tern_testkit::wait_for(
-        "the DSN in alice's INBOX",
-        Duration::from_secs(30),
-        || async {
-            imap_messages(&stack, "alice@localhost", "wonderland")
-                .await
-                .into_iter()
-                .next()
-        },
-    )
-    .await;
+    let dsn = first_in_alices_inbox(&stack).await;
     assert!(
         dsn.contains("Final-Recipient: rfc822; reject2@remote.test"),
         "{dsn}"
@@ -257,28 +279,8 @@ async fn hold_keeps_jobs_and_release_delivers_them() {
     let mut admin = tern_proto::queue_admin_client::QueueAdminClient::connect(url)
         .await
         .expect("queue admin");
-    admin
-        .hold(tern_proto::DestinationRequest {
-            destination: "Remote.Test".into(),
-        })
-        .await
-        .expect("hold");
-    // The hold reaches the queue's view through the bucket watch; wait for it in stats.
-    tern_testkit::wait_for("hold visible in stats", Duration::from_secs(10), || {
-        let mut admin = admin.clone();
-        async move {
-            let s = admin
-                .stats(tern_proto::StatsRequest {})
-                .await
-                .ok()?
-                .into_inner();
-            s.destinations
-                .iter()
-                .any(|d| d.destination == "remote.test" && d.on_hold)
-                .then_some(())
-        }
-    })
-    .await;
+    // Any case: destinations are domains.
+    hold(&mut admin, "Remote.Test").await;
 
     for i in 0..3 {
         let reply = smtp_send(
@@ -396,19 +398,13 @@ fn queued_id(reply: &str) -> String {
         .to_string()
 }
 
-async fn admin_client(
-    addr: std::net::SocketAddr,
-) -> tern_proto::queue_admin_client::QueueAdminClient<tonic::transport::Channel> {
+async fn admin_client(addr: std::net::SocketAddr) -> Admin {
     tern_proto::queue_admin_client::QueueAdminClient::connect(format!("http://{addr}"))
         .await
         .expect("queue admin")
 }
 
-async fn list(
-    admin: &mut tern_proto::queue_admin_client::QueueAdminClient<tonic::transport::Channel>,
-    destination: &str,
-    state: &str,
-) -> Vec<tern_proto::JobState> {
+async fn list(admin: &mut Admin, destination: &str, state: &str) -> Vec<tern_proto::JobState> {
     admin
         .list(tern_proto::ListRequest {
             destination: destination.into(),
@@ -518,17 +514,7 @@ async fn ls_retry_and_delete_act_on_waiting_jobs() {
         remote.is_none_or(|d| d.ready + d.scheduled + d.held == 0),
         "the schedule left the jobs stream: {remote:?}"
     );
-    let dsn = tern_testkit::wait_for(
-        "the DSN in alice's INBOX",
-        Duration::from_secs(30),
-        || async {
-            imap_messages(&stack, "alice@localhost", "wonderland")
-                .await
-                .into_iter()
-                .next()
-        },
-    )
-    .await;
+    let dsn = first_in_alices_inbox(&stack).await;
     for needle in [
         "Final-Recipient: rfc822; defer1@remote.test",
         "Action: failed",
@@ -546,24 +532,7 @@ async fn delete_by_destination_removes_held_jobs_silently_and_frees_their_bodies
     stack.add_user("alice@localhost", "wonderland").await;
     let js = js(&stack).await;
     let mut admin = admin_client(stack.addr("queue grpc")).await;
-    admin
-        .hold(tern_proto::DestinationRequest {
-            destination: "remote.test".into(),
-        })
-        .await
-        .expect("hold");
-    tern_testkit::wait_for("hold visible in stats", Duration::from_secs(10), || {
-        let mut admin = admin.clone();
-        async move {
-            let s = admin.stats(tern_proto::StatsRequest {}).await.ok()?;
-            s.into_inner()
-                .destinations
-                .iter()
-                .any(|d| d.destination == "remote.test" && d.on_hold)
-                .then_some(())
-        }
-    })
-    .await;
+    hold(&mut admin, "remote.test").await;
     let mut ids = Vec::new();
     for i in 0..3 {
         let reply = smtp_send(
@@ -682,10 +651,7 @@ fn send_batch(
 }
 
 /// Wait until the queue holds no job; on the deadline, fail naming the jobs left.
-async fn no_job_left(
-    mut admin: tern_proto::queue_admin_client::QueueAdminClient<tonic::transport::Channel>,
-    deadline: Duration,
-) {
+async fn no_job_left(mut admin: Admin, deadline: Duration) {
     let until = tokio::time::Instant::now() + deadline;
     loop {
         let left = list(&mut admin, "", "").await;
