@@ -5,12 +5,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use common::Postgres;
 use futures::StreamExt;
 use prost::Message as _;
 use tern_mailbox::{Config, Error};
@@ -864,141 +867,6 @@ async fn shutdown_says_bye_to_idle_sessions_and_returns() {
         TcpStream::connect(imap_addr).await.is_err(),
         "no longer accepting"
     );
-}
-
-/// A throwaway PostgreSQL cluster (initdb into a temp dir, free port),
-/// stopped on drop. `None` when the PostgreSQL binaries are not installed.
-struct Postgres {
-    bin: std::path::PathBuf,
-    data: std::path::PathBuf,
-    run_as: Option<String>,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Postgres {
-    fn find_bin() -> Option<std::path::PathBuf> {
-        let on_path = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-            .unwrap_or_default();
-        let versioned = std::fs::read_dir("/usr/lib/postgresql")
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.path().join("bin"))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
-        on_path
-            .into_iter()
-            .chain(versioned)
-            .find(|d| d.join("initdb").exists() && d.join("pg_ctl").exists())
-    }
-
-    fn command(&self, tool: &str) -> Command {
-        let exe = self.bin.join(tool);
-        match &self.run_as {
-            Some(user) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", user, "--"]).arg(exe);
-                c
-            }
-            None => Command::new(exe),
-        }
-    }
-
-    fn start() -> Option<Postgres> {
-        let Some(bin) = Self::find_bin() else {
-            // scripts/test.sh installs PostgreSQL and sets this, so CI never skips silently.
-            assert!(
-                std::env::var_os("TEST_REQUIRE_POSTGRES").is_none(),
-                "TEST_REQUIRE_POSTGRES is set but initdb/pg_ctl were not found"
-            );
-            eprintln!(
-                "SKIPPED: PostgreSQL test needs initdb and pg_ctl (Debian package `postgresql`)"
-            );
-            return None;
-        };
-        let uid = |args: &[&str]| {
-            Command::new("id")
-                .args(args)
-                .output()
-                .ok()
-                .and_then(|o| String::from_utf8(o.stdout).ok())
-                .and_then(|s| s.trim().parse::<u32>().ok())
-        };
-        let dir = tempfile::tempdir().unwrap();
-        // initdb refuses to run as root: run the cluster as `postgres` then.
-        let run_as = if uid(&["-u"]) == Some(0) {
-            let (Some(u), Some(g)) = (uid(&["-u", "postgres"]), uid(&["-g", "postgres"])) else {
-                eprintln!("SKIPPED: PostgreSQL test runs as root and there is no `postgres` user");
-                return None;
-            };
-            std::os::unix::fs::chown(dir.path(), Some(u), Some(g)).unwrap();
-            Some("postgres".to_string())
-        } else {
-            None
-        };
-        let port = tern_testkit::free_port();
-        let data = dir.path().join("data");
-        let pg = Postgres {
-            bin,
-            data: data.clone(),
-            run_as,
-            url: format!("postgres://tern@127.0.0.1:{port}/postgres"),
-            _dir: dir,
-        };
-        let out = pg
-            .command("initdb")
-            .args([
-                "-U",
-                "tern",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-                "-D",
-            ])
-            .arg(&data)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let opts = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
-            pg._dir.path().display()
-        );
-        let out = pg
-            .command("pg_ctl")
-            .args(["-w", "-t", "30", "-o", &opts, "-l"])
-            .arg(pg._dir.path().join("log"))
-            .arg("-D")
-            .arg(&data)
-            .arg("start")
-            .output()
-            .unwrap();
-        if !out.status.success() {
-            let log = std::fs::read_to_string(pg._dir.path().join("log")).unwrap_or_default();
-            panic!(
-                "pg_ctl start: {}\n{log}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Some(pg)
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let _ = self
-            .command("pg_ctl")
-            .args(["-m", "immediate", "-D"])
-            .arg(&self.data)
-            .arg("stop")
-            .output();
-    }
 }
 
 #[tokio::test]
