@@ -21,6 +21,9 @@ pub const MAX_LITERAL: usize = 64 * 1024;
 pub const MAX_COMMAND: usize = 128 * 1024;
 /// Longest tag accepted.
 const MAX_TAG: usize = 64;
+/// Octets kept from the end of a skipped line: a literal announcement is
+/// at most `{` + 19 digits + `+}` + CRLF.
+const SKIP_TAIL: usize = 32;
 
 /// The system flags this server knows and keeps.
 pub const SYSTEM_FLAGS: [&str; 5] = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"];
@@ -52,8 +55,14 @@ pub struct Framer {
     buf: Vec<u8>,
     pending: Vec<u8>,
     literal_left: usize,
+    /// Octets of a rejected command's non-synchronizing literal still to
+    /// be thrown away.
     discard_left: usize,
+    /// The rest of a rejected command's current line is thrown away.
     skip_line: bool,
+    /// The last octets of the line being skipped: enough to see whether it
+    /// ends in another `{n+}` whose data must be thrown away too.
+    skip_tail: Vec<u8>,
     max_line: usize,
     max_literal: usize,
     max_command: usize,
@@ -79,6 +88,7 @@ impl Framer {
             literal_left: 0,
             discard_left: 0,
             skip_line: false,
+            skip_tail: Vec::new(),
             max_line: max_line.max(8),
             max_literal,
             max_command: max_command.max(max_line),
@@ -118,23 +128,22 @@ impl Framer {
             }
             let lf = self.buf.iter().position(|&b| b == b'\n');
             if self.skip_line {
-                match lf {
-                    Some(i) => {
-                        self.buf.drain(..=i);
-                        self.skip_line = false;
-                        continue;
-                    }
-                    None => {
-                        self.buf.clear();
-                        return None;
-                    }
-                }
+                let end = lf.map_or(self.buf.len(), |i| i + 1);
+                self.skip_tail.extend(self.buf.drain(..end));
+                let keep = self.skip_tail.len().saturating_sub(SKIP_TAIL);
+                self.skip_tail.drain(..keep);
+                // Without a line end, the rest of the line is still to come.
+                lf?;
+                self.skip_line = false;
+                let tail = std::mem::take(&mut self.skip_tail);
+                self.discard_literal_after(&tail);
+                continue;
             }
             let Some(i) = lf else {
                 if self.buf.len() > self.max_line {
                     let tag = self.tag_of_pending();
                     self.pending.clear();
-                    self.buf.clear();
+                    // The rest of the line is skipped as it arrives.
                     self.skip_line = true;
                     return Some(Frame::TooLong { tag });
                 }
@@ -143,7 +152,8 @@ impl Framer {
             if i + 1 > self.max_line {
                 let tag = self.tag_of_pending();
                 self.pending.clear();
-                self.buf.drain(..=i);
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                self.discard_literal_after(&line);
                 return Some(Frame::TooLong { tag });
             }
             let line: Vec<u8> = self.buf.drain(..=i).collect();
@@ -155,10 +165,7 @@ impl Framer {
                     {
                         let tag = peek_tag(&self.pending);
                         self.pending.clear();
-                        if !sync {
-                            // A non-synchronizing literal is on its way; drop it.
-                            self.discard_left = n;
-                        }
+                        self.discard_literal_after(&line);
                         return Some(Frame::LiteralTooLarge { tag });
                     }
                     self.literal_left = n;
@@ -167,6 +174,21 @@ impl Framer {
                     }
                 }
                 None => return Some(Frame::Command(std::mem::take(&mut self.pending))),
+            }
+        }
+    }
+
+    /// A rejected command's line ends here: if it announced a
+    /// non-synchronizing literal, the client sends that data without
+    /// waiting, so it is thrown away (and then the line after it) rather
+    /// than read as commands (RFC 7888 §4: consume it or close). After a
+    /// synchronizing one the client waits for a `+` that never comes and
+    /// reads the tagged BAD instead.
+    fn discard_literal_after(&mut self, line: &[u8]) {
+        if let Some((n, false)) = literal_suffix(line) {
+            self.discard_left = n;
+            if n == 0 {
+                self.skip_line = true;
             }
         }
     }
@@ -436,6 +458,8 @@ pub enum StatusItem {
     Size,
     /// `HIGHESTMODSEQ` (RFC 7162).
     HighestModSeq,
+    /// `DELETED` (RFC 9051 §6.3.11): messages with `\Deleted`.
+    Deleted,
 }
 
 impl StatusItem {
@@ -449,6 +473,7 @@ impl StatusItem {
             StatusItem::Unseen => "UNSEEN",
             StatusItem::Size => "SIZE",
             StatusItem::HighestModSeq => "HIGHESTMODSEQ",
+            StatusItem::Deleted => "DELETED",
         }
     }
 }
@@ -532,6 +557,9 @@ pub struct SearchMsg<'a> {
     pub modseq: u64,
     /// The message, when the criteria need it.
     pub content: Option<&'a [u8]>,
+    /// The UIDs (ascending) of the saved search result, which `$` names
+    /// (RFC 5182).
+    pub saved: &'a [u32],
 }
 
 fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
@@ -593,6 +621,9 @@ impl SearchKey {
                 crate::mime::field(h, "Date")
                     .and_then(|d| crate::mime::date_header_day(&d))
                     .is_some_and(|d| cmp_day(*cmp, d, *day))
+            }
+            SearchKey::Uid(set) | SearchKey::Seq(set) if set.is_saved() => {
+                m.saved.binary_search(&m.uid).is_ok()
             }
             SearchKey::Uid(set) => set.contains(m.uid, m.max_uid),
             SearchKey::Seq(set) => set.contains(m.seq, m.max_seq),
@@ -687,13 +718,17 @@ pub enum SeqNum {
     Star,
 }
 
-/// A sequence set (`1:4,7,9:*`) of sequence numbers or UIDs.
+/// A sequence set (`1:4,7,9:*`) of sequence numbers or UIDs, or `$`:
+/// the result saved by `SEARCH RETURN (SAVE)` (RFC 5182 §2.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SequenceSet(Vec<(SeqNum, SeqNum)>);
 
 impl SequenceSet {
     /// Parse the textual form; `None` if malformed.
     pub fn parse(s: &[u8]) -> Option<SequenceSet> {
+        if s == b"$" {
+            return Some(SequenceSet(Vec::new()));
+        }
         if s.is_empty() {
             return None;
         }
@@ -710,9 +745,15 @@ impl SequenceSet {
         Some(SequenceSet(ranges))
     }
 
-    /// The ranges, as given.
+    /// The ranges, as given (none for `$`).
     pub fn ranges(&self) -> &[(SeqNum, SeqNum)] {
         &self.0
+    }
+
+    /// Is this `$`, the saved search result (RFC 5182)? The caller
+    /// resolves it: [`SequenceSet::contains`] is false for it.
+    pub fn is_saved(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// Does the set contain `n`, when `*` stands for `largest`?
@@ -830,6 +871,21 @@ pub enum FetchAttr {
         /// `<origin.count>`.
         partial: Option<(u32, u32)>,
     },
+    /// `BINARY[part]<partial>` or `BINARY.PEEK[...]` (RFC 3516 §4.2): the
+    /// part with its Content-Transfer-Encoding undone.
+    Binary {
+        /// Part numbers, 1-based; empty for the whole message.
+        path: Vec<u32>,
+        /// `BINARY.PEEK`: do not set `\Seen`.
+        peek: bool,
+        /// `<origin.count>`, applied to the decoded data.
+        partial: Option<(u32, u32)>,
+    },
+    /// `BINARY.SIZE[part]` (RFC 3516 §4.2): the size of the decoded part.
+    BinarySize {
+        /// Part numbers, 1-based; empty for the whole message.
+        path: Vec<u32>,
+    },
 }
 
 impl FetchAttr {
@@ -841,6 +897,8 @@ impl FetchAttr {
                 | FetchAttr::Rfc822Header
                 | FetchAttr::Rfc822Text
                 | FetchAttr::Body { .. }
+                | FetchAttr::Binary { .. }
+                | FetchAttr::BinarySize { .. }
                 | FetchAttr::Envelope
                 | FetchAttr::BodyStructure { .. }
         )
@@ -850,7 +908,10 @@ impl FetchAttr {
     pub fn sets_seen(&self) -> bool {
         matches!(
             self,
-            FetchAttr::Rfc822 | FetchAttr::Rfc822Text | FetchAttr::Body { peek: false, .. }
+            FetchAttr::Rfc822
+                | FetchAttr::Rfc822Text
+                | FetchAttr::Body { peek: false, .. }
+                | FetchAttr::Binary { peek: false, .. }
         )
     }
 
@@ -868,6 +929,14 @@ impl FetchAttr {
             FetchAttr::ModSeq => "MODSEQ".into(),
             FetchAttr::BodyStructure { extended: true } => "BODYSTRUCTURE".into(),
             FetchAttr::BodyStructure { extended: false } => "BODY".into(),
+            FetchAttr::Binary { path, partial, .. } => {
+                let sec = part_path(path);
+                match partial {
+                    Some((origin, _)) => format!("BINARY[{sec}]<{origin}>"),
+                    None => format!("BINARY[{sec}]"),
+                }
+            }
+            FetchAttr::BinarySize { path } => format!("BINARY.SIZE[{}]", part_path(path)),
             FetchAttr::Body {
                 section, partial, ..
             } => {
@@ -881,8 +950,7 @@ impl FetchAttr {
                         fields.join(" ")
                     ),
                     Section::Part { path, spec } => {
-                        let nums: Vec<String> = path.iter().map(u32::to_string).collect();
-                        let mut s = nums.join(".");
+                        let mut s = part_path(path);
                         match spec {
                             PartSpec::Body => {}
                             PartSpec::Mime => s.push_str(".MIME"),
@@ -949,17 +1017,63 @@ impl FetchAttr {
             }
             _ => return None,
         };
-        Some(match partial {
-            None => data,
-            Some((origin, count)) => {
-                let start = (origin as usize).min(data.len());
-                let end = start.saturating_add(count as usize).min(data.len());
-                match data {
-                    Cow::Borrowed(b) => Cow::Borrowed(&b[start..end]),
-                    Cow::Owned(v) => Cow::Owned(v[start..end].to_vec()),
-                }
+        Some(cut(data, partial))
+    }
+
+    /// For `BINARY[...]` and `BINARY.SIZE[...]`: the response item for
+    /// `message` (RFC 3516 §4.2); `None` for every other item. `BINARY[]`
+    /// is the whole message as stored (it has no transfer encoding of its
+    /// own to undo); a part that does not exist is empty. An unknown
+    /// Content-Transfer-Encoding is an error: RFC 3516 §4.3 asks for
+    /// `NO [UNKNOWN-CTE]`.
+    pub fn binary_item<'m>(
+        &self,
+        message: &'m [u8],
+    ) -> Option<Result<FetchItem<'m>, crate::mime::UnknownCte>> {
+        let (FetchAttr::Binary { path, .. } | FetchAttr::BinarySize { path }) = self else {
+            return None;
+        };
+        let decoded = if path.is_empty() {
+            Ok(Cow::Borrowed(message))
+        } else {
+            let tree = crate::mime::parse(message);
+            match tree.find(path) {
+                None => Ok(Cow::Borrowed(&b""[..])),
+                Some(part) => crate::mime::decode_transfer_encoding(part.header, part.body)
+                    .map(|d| Cow::Owned(d.into_owned())),
             }
-        })
+        };
+        Some(decoded.map(|data| match self {
+            FetchAttr::Binary { partial, .. } => FetchItem::Binary {
+                name: self.response_name(),
+                data: cut(data, *partial),
+            },
+            _ => FetchItem::Number {
+                name: self.response_name(),
+                value: data.len() as u64,
+            },
+        }))
+    }
+}
+
+/// `1.2.3`: a part path as in a section.
+fn part_path(path: &[u32]) -> String {
+    let nums: Vec<String> = path.iter().map(u32::to_string).collect();
+    nums.join(".")
+}
+
+/// The `<origin.count>` slice of `data` (all of it without a partial).
+fn cut(data: Cow<'_, [u8]>, partial: Option<(u32, u32)>) -> Cow<'_, [u8]> {
+    match partial {
+        None => data,
+        Some((origin, count)) => {
+            let start = (origin as usize).min(data.len());
+            let end = start.saturating_add(count as usize).min(data.len());
+            match data {
+                Cow::Borrowed(b) => Cow::Borrowed(&b[start..end]),
+                Cow::Owned(v) => Cow::Owned(v[start..end].to_vec()),
+            }
+        }
     }
 }
 
@@ -1175,24 +1289,24 @@ impl<'a> Cur<'a> {
             b"BODY" | b"BODY.PEEK" if self.peek() == Some(b'[') => {
                 let peek = word == b"BODY.PEEK";
                 let section = self.section()?;
-                let partial = if self.eat(b'<') {
-                    let origin = self.number()?;
-                    self.expect(b'.', "'.' in partial")?;
-                    let count = self.number()?;
-                    if count == 0 {
-                        return Err("partial count must be non-zero".into());
-                    }
-                    self.expect(b'>', "'>'")?;
-                    Some((origin, count))
-                } else {
-                    None
-                };
                 FetchAttr::Body {
                     section,
                     peek,
-                    partial,
+                    partial: self.partial()?,
                 }
             }
+            // RFC 3516 §6: section-binary = "[" [section-part] "]".
+            b"BINARY" | b"BINARY.PEEK" => {
+                let peek = word == b"BINARY.PEEK";
+                FetchAttr::Binary {
+                    path: self.section_binary()?,
+                    peek,
+                    partial: self.partial()?,
+                }
+            }
+            b"BINARY.SIZE" => FetchAttr::BinarySize {
+                path: self.section_binary()?,
+            },
             b"" => return Err("expected a FETCH attribute".into()),
             other => {
                 let name = String::from_utf8_lossy(other);
@@ -1200,6 +1314,45 @@ impl<'a> Cur<'a> {
             }
         };
         Ok(attr)
+    }
+
+    /// `<origin.count>` after a section, if there.
+    fn partial(&mut self) -> PResult<Option<(u32, u32)>> {
+        if !self.eat(b'<') {
+            return Ok(None);
+        }
+        let origin = self.number()?;
+        self.expect(b'.', "'.' in partial")?;
+        let count = self.number()?;
+        if count == 0 {
+            return Err("partial count must be non-zero".into());
+        }
+        self.expect(b'>', "'>'")?;
+        Ok(Some((origin, count)))
+    }
+
+    /// `[1.2.3]` or `[]` (RFC 3516 section-binary).
+    fn section_binary(&mut self) -> PResult<Vec<u32>> {
+        self.expect(b'[', "'['")?;
+        let mut path = Vec::new();
+        if self.eat(b']') {
+            return Ok(path);
+        }
+        loop {
+            let n = self.number()?;
+            if n == 0 {
+                return Err("invalid part number".into());
+            }
+            if path.len() >= 32 {
+                return Err("section nested too deeply".into());
+            }
+            path.push(n);
+            if !self.eat(b'.') {
+                break;
+            }
+        }
+        self.expect(b']', "']' (BINARY takes part numbers only)")?;
+        Ok(path)
     }
 
     fn header_list(&mut self) -> PResult<Vec<String>> {
@@ -1577,7 +1730,7 @@ pub fn continuation(text: &str) -> Vec<u8> {
 /// leaves the pre-login items out.
 pub fn capabilities(login_ok: bool, starttls: bool, authenticated: bool) -> String {
     let mut caps = String::from(
-        "IMAP4rev1 LITERAL- SASL-IR ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH STATUS=SIZE QUOTA QUOTA=RES-STORAGE CONDSTORE",
+        "IMAP4rev1 IMAP4rev2 LITERAL+ BINARY SASL-IR ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH SEARCHRES STATUS=SIZE QUOTA QUOTA=RES-STORAGE CONDSTORE",
     );
     if !authenticated {
         if starttls {
@@ -1673,6 +1826,21 @@ pub enum FetchItem<'a> {
         /// The octets.
         data: Cow<'a, [u8]>,
     },
+    /// `BINARY[...] {n}` or, when the data holds a NUL, `~{n}` (a
+    /// literal8, RFC 3516 §4.2: NUL is not allowed in a plain literal).
+    Binary {
+        /// Response name, from [`FetchAttr::response_name`].
+        name: String,
+        /// The decoded octets.
+        data: Cow<'a, [u8]>,
+    },
+    /// `NAME n` with a computed name (`BINARY.SIZE[1] 42`).
+    Number {
+        /// Response name, from [`FetchAttr::response_name`].
+        name: String,
+        /// The value.
+        value: u64,
+    },
 }
 
 /// `* seq FETCH (item item ...)\r\n`.
@@ -1704,6 +1872,14 @@ pub fn fetch_response(seq: u32, items: &[FetchItem<'_>]) -> Vec<u8> {
             FetchItem::Data { name, data } => {
                 out.extend_from_slice(format!("{name} {{{}}}\r\n", data.len()).as_bytes());
                 out.extend_from_slice(data);
+            }
+            FetchItem::Binary { name, data } => {
+                let eight = if data.contains(&0) { "~" } else { "" };
+                out.extend_from_slice(format!("{name} {eight}{{{}}}\r\n", data.len()).as_bytes());
+                out.extend_from_slice(data);
+            }
+            FetchItem::Number { name, value } => {
+                out.extend_from_slice(format!("{name} {value}").as_bytes())
             }
         }
     }
@@ -1877,7 +2053,7 @@ fn copy_args(c: &mut Cur<'_>, uid: bool, remove: bool) -> PResult<CommandKind> {
 fn search_args(c: &mut Cur<'_>, uid: bool) -> PResult<CommandKind> {
     c.sp()?;
     let mut ret = None;
-    // RFC 4731 ESEARCH: `RETURN (MIN MAX COUNT ALL)`.
+    // RFC 4731 ESEARCH: `RETURN (MIN MAX COUNT ALL)`, and RFC 5182's SAVE.
     let save = c.i;
     let w = c
         .take_while(|b| b.is_ascii_alphabetic())
@@ -1892,7 +2068,7 @@ fn search_args(c: &mut Cur<'_>, uid: bool) -> PResult<CommandKind> {
                 .take_while(|b| b.is_ascii_alphabetic())
                 .to_ascii_uppercase();
             match w.as_slice() {
-                b"MIN" | b"MAX" | b"COUNT" | b"ALL" => {
+                b"MIN" | b"MAX" | b"COUNT" | b"ALL" | b"SAVE" => {
                     items.push(String::from_utf8_lossy(&w).into_owned())
                 }
                 _ => return Err("unknown SEARCH return option".into()),
@@ -1949,7 +2125,7 @@ impl Cur<'_> {
     }
 
     fn sequence_set(&mut self) -> PResult<SequenceSet> {
-        let raw = self.take_while(|b| b.is_ascii_digit() || matches!(b, b':' | b',' | b'*'));
+        let raw = self.take_while(|b| b.is_ascii_digit() || matches!(b, b':' | b',' | b'*' | b'$'));
         SequenceSet::parse(raw).ok_or_else(|| "invalid sequence set".into())
     }
 
@@ -2019,6 +2195,7 @@ impl Cur<'_> {
                 b"UNSEEN" => StatusItem::Unseen,
                 b"SIZE" => StatusItem::Size,
                 b"HIGHESTMODSEQ" => StatusItem::HighestModSeq,
+                b"DELETED" => StatusItem::Deleted,
                 _ => return Err("unknown STATUS item".into()),
             });
             if items.len() > 16 || !self.eat(b' ') {
@@ -2102,7 +2279,10 @@ impl Cur<'_> {
             self.expect(b')', "')'")?;
             return Ok(SearchKey::And(keys));
         }
-        if self.peek().is_some_and(|b| b.is_ascii_digit() || b == b'*') {
+        if self
+            .peek()
+            .is_some_and(|b| b.is_ascii_digit() || b == b'*' || b == b'$')
+        {
             return Ok(SearchKey::Seq(self.sequence_set()?));
         }
         let w = self
@@ -2279,10 +2459,39 @@ pub fn quote(s: &str) -> String {
     out
 }
 
+/// A mailbox name as a quoted string. Names are modified UTF-7 (ASCII)
+/// for IMAP4rev1 sessions; for IMAP4rev2 ones they are UTF-8, which RFC
+/// 9051 §9 (`QUOTED-CHAR`) allows in a quoted string. Control characters
+/// (never in a name: the parser refuses them) are dropped.
+pub fn quote_mailbox(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for c in name.chars().filter(|c| !c.is_control()) {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Every input fails to parse.
+    #[track_caller]
+    fn assert_refused(inputs: &[&[u8]]) {
+        for bad in inputs {
+            assert!(
+                parse_command(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 
     fn frames(f: &mut Framer) -> Vec<Frame> {
         std::iter::from_fn(|| f.next_frame()).collect()
@@ -2325,6 +2534,13 @@ mod tests {
 
     #[test]
     fn rejects_oversized_input_and_recovers() {
+        let big = |t: &str| Frame::LiteralTooLarge {
+            tag: Some(t.into()),
+        };
+        let long = |t: &str| Frame::TooLong {
+            tag: Some(t.into()),
+        };
+        let cmd = |c: &[u8]| Frame::Command(c.to_vec());
         let mut f = Framer::with_limits(16, 10, 64);
         f.push(b"t1 LOGIN aaaaaaaaaaaaaaaaaaaaaaaaaaa");
         assert_eq!(
@@ -2341,25 +2557,38 @@ mod tests {
 
         // Synchronizing literal too large: rejected before the client sends it.
         f.push(b"t3 LOGIN {99}\r\nt4 NOOP\r\n");
-        assert_eq!(
-            frames(&mut f),
-            vec![
-                Frame::LiteralTooLarge {
-                    tag: Some("t3".into())
-                },
-                Frame::Command(b"t4 NOOP\r\n".to_vec())
-            ]
-        );
+        assert_eq!(frames(&mut f), [big("t3"), cmd(b"t4 NOOP\r\n")]);
         // Non-synchronizing: the data follows anyway and is skipped.
         f.push(b"t5 LOGIN {12+}\r\n0123456789ab x\r\nt6 NOOP\r\n");
+        assert_eq!(frames(&mut f), [big("t5"), cmd(b"t6 NOOP\r\n")]);
+        // ... and so are further non-synchronizing literals of the same
+        // command (RFC 7888 §4), fed a byte at a time.
+        let input =
+            b"t7 LOGIN {12+}\r\n0123456789ab {3+}\r\nt8 {0+}\r\n {2+}\r\nt9\r\nt10 NOOP\r\n";
+        let mut got = Vec::new();
+        for b in input {
+            f.push(&[*b]);
+            got.extend(frames(&mut f));
+        }
+        assert_eq!(got, [big("t7"), cmd(b"t10 NOOP\r\n")]);
+        // A line too long that ends in a non-synchronizing literal.
+        f.push(b"t11 LOGIN aaaaaaaaaaaaaaaaaaaaaaaa {4+}\r\nt12 ");
+        f.push(b"\r\nt13 NOOP\r\n");
+        assert_eq!(frames(&mut f), [long("t11"), cmd(b"t13 NOOP\r\n")]);
+        f.push(b"t14 LOGIN aaaaaaaaaaaaaaaaaaaaaaaa");
+        assert_eq!(frames(&mut f).len(), 1);
+        f.push(b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa {4+}\r\nt15 \r\nt16 NOOP\r\n");
         assert_eq!(
             frames(&mut f),
-            vec![
-                Frame::LiteralTooLarge {
-                    tag: Some("t5".into())
-                },
-                Frame::Command(b"t6 NOOP\r\n".to_vec())
-            ]
+            vec![Frame::Command(b"t16 NOOP\r\n".to_vec())]
+        );
+        // Within the bounds a non-synchronizing literal needs no continuation.
+        f.push(b"t17 LOGIN {1+}\r\na {2+}\r\nbc\r\n");
+        assert_eq!(
+            frames(&mut f),
+            vec![Frame::Command(
+                b"t17 LOGIN {1+}\r\na {2+}\r\nbc\r\n".to_vec()
+            )]
         );
     }
 
@@ -2583,6 +2812,7 @@ mod tests {
             internal_date_ms: 0,
             modseq: 1,
             content: Some(msg),
+            saved: &[3, 7],
         };
         let k = |s: &str| {
             let CommandKind::Search { key, .. } = parse_command(format!("a SEARCH {s}").as_bytes())
@@ -2610,9 +2840,52 @@ mod tests {
             ("LARGER 10000", false),
             ("HEADER Date \"\"", true),
             ("HEADER X-Nope \"\"", false),
+            ("$", true),
+            ("UID $", true),
+            ("NOT $", false),
         ] {
             assert_eq!(k(q).matches(&m), want, "{q}");
         }
+        let unsaved = SearchMsg { saved: &[8], ..m };
+        assert!(!k("$").matches(&unsaved));
+    }
+
+    #[test]
+    fn rev2_syntax() {
+        // RFC 5182: `$` alone is a sequence set, and SAVE a return option.
+        match parse_command(b"a UID FETCH $ (FLAGS)\r\n").unwrap().kind {
+            CommandKind::Fetch { set, .. } => assert!(set.is_saved() && !set.contains(1, 1)),
+            other => panic!("{other:?}"),
+        }
+        assert_refused(&[
+            &b"a FETCH 1,$ FLAGS\r\n"[..],
+            b"a FETCH $:3 FLAGS\r\n",
+            b"a FETCH $$ FLAGS\r\n",
+        ]);
+        match parse_command(b"a SEARCH RETURN (SAVE MIN) $ UNSEEN\r\n")
+            .unwrap()
+            .kind
+        {
+            CommandKind::Search { ret, .. } => assert_eq!(ret.unwrap(), ["SAVE", "MIN"]),
+            other => panic!("{other:?}"),
+        }
+        match parse_command(b"a STATUS x (DELETED SIZE)\r\n")
+            .unwrap()
+            .kind
+        {
+            CommandKind::Status { items, .. } => {
+                assert_eq!(items, [StatusItem::Deleted, StatusItem::Size]);
+                assert_eq!(items[0].name(), "DELETED");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            quote_mailbox("Größe/\"a\\b\"\r"),
+            "\"Größe/\\\"a\\\\b\\\"\""
+        );
+        let caps = capabilities(true, false, true);
+        assert!(caps.starts_with("IMAP4rev1 IMAP4rev2 LITERAL+ "), "{caps}");
+        assert!(caps.contains(" SEARCHRES "), "{caps}");
     }
 
     #[test]
@@ -2623,7 +2896,7 @@ mod tests {
         let e = parse_command(b"\r\n").unwrap_err();
         assert_eq!(e.tag, None);
         assert!(e.response().starts_with(b"* BAD "));
-        for bad in [
+        assert_refused(&[
             &b"a1\r\n"[..],
             b"a1 LOGIN\r\n",
             b"a1 LOGIN x\r\n",
@@ -2646,13 +2919,7 @@ mod tests {
             b"a1 NOOP extra",
             b"a1 UID STORE 1 FLAGS",
             b"+ NOOP",
-        ] {
-            assert!(
-                parse_command(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
+        ]);
     }
 
     #[test]
@@ -2745,6 +3012,7 @@ mod tests {
         };
         assert_eq!(get(partial), &msg[9..]);
         assert!(FetchAttr::Flags.extract(msg).is_none());
+        assert!(FetchAttr::Flags.binary_item(msg).is_none());
         assert_eq!(
             split_header(b"no blank line"),
             (&b"no blank line"[..], &b""[..])
@@ -2807,5 +3075,91 @@ mod tests {
         assert!(login.allowed_in(State::NotAuthenticated));
         assert!(!login.allowed_in(State::Selected));
         assert!(CommandKind::Noop.allowed_in(State::NotAuthenticated));
+    }
+
+    #[test]
+    fn binary_fetch() {
+        let attrs = |cmd: &[u8]| match parse_command(cmd).unwrap().kind {
+            CommandKind::Fetch { attrs, .. } => attrs,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            attrs(b"a FETCH 1 (BINARY[1.2]<3.4> BINARY.PEEK[] BINARY.SIZE[2])\r\n"),
+            vec![
+                FetchAttr::Binary {
+                    path: vec![1, 2],
+                    peek: false,
+                    partial: Some((3, 4))
+                },
+                FetchAttr::Binary {
+                    path: vec![],
+                    peek: true,
+                    partial: None
+                },
+                FetchAttr::BinarySize { path: vec![2] },
+            ]
+        );
+        assert_refused(&[
+            &b"a FETCH 1 BINARY[TEXT]\r\n"[..],
+            b"a FETCH 1 BINARY[1.MIME]\r\n",
+            b"a FETCH 1 BINARY[0]\r\n",
+            b"a FETCH 1 BINARY\r\n",
+            b"a FETCH 1 BINARY.SIZE[1]<0.1>\r\n",
+            b"a FETCH 1 BINARY[1.]\r\n",
+        ]);
+        assert!(
+            FetchAttr::Binary {
+                path: vec![],
+                peek: false,
+                partial: None
+            }
+            .sets_seen()
+        );
+        assert!(
+            !FetchAttr::Binary {
+                path: vec![],
+                peek: true,
+                partial: None
+            }
+            .sets_seen()
+        );
+
+        let msg = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\
+Content-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
+a=3Db\r\n--b\r\nContent-Type: application/octet-stream\r\n\
+Content-Transfer-Encoding: base64\r\n\r\nAAEC\r\n--b\r\n\
+Content-Transfer-Encoding: x-mystery\r\n\r\n??\r\n--b--\r\n";
+        let item = |a: FetchAttr| a.binary_item(msg).unwrap();
+        let one = |path: Vec<u32>, partial| {
+            fetch_response(
+                1,
+                &[item(FetchAttr::Binary {
+                    path,
+                    peek: true,
+                    partial,
+                })
+                .unwrap()],
+            )
+        };
+        assert_eq!(one(vec![1], None), b"* 1 FETCH (BINARY[1] {3}\r\na=b)\r\n");
+        // Decoded data with a NUL goes out as a literal8 (RFC 3516 §4.2).
+        assert_eq!(
+            one(vec![2], None),
+            b"* 1 FETCH (BINARY[2] ~{3}\r\n\0\x01\x02)\r\n"
+        );
+        assert_eq!(
+            one(vec![2], Some((1, 5))),
+            b"* 1 FETCH (BINARY[2]<1> {2}\r\n\x01\x02)\r\n"
+        );
+        assert_eq!(one(vec![9], None), b"* 1 FETCH (BINARY[9] {0}\r\n)\r\n");
+        assert_eq!(
+            fetch_response(1, &[item(FetchAttr::BinarySize { path: vec![2] }).unwrap()]),
+            b"* 1 FETCH (BINARY.SIZE[2] 3)\r\n"
+        );
+        assert_eq!(
+            item(FetchAttr::BinarySize { path: vec![3] }).unwrap_err(),
+            crate::mime::UnknownCte("x-mystery".into())
+        );
+        assert!(capabilities(true, false, true).contains(" BINARY"));
     }
 }

@@ -9,12 +9,15 @@
 //! - [`pop3`]: RFC 1939 commands, the session state machine and message
 //!   formatting (byte-stuffing, TOP);
 //! - [`imap`]: RFC 3501/9051 command framing with literals, the command
-//!   parser, sequence sets, FETCH attributes and response formatting.
+//!   parser, sequence sets, FETCH attributes and response formatting;
+//! - [`mime`]: the MIME structure, summaries and transfer decoding;
+//! - [`utf7`]: modified UTF-7 mailbox names (RFC 3501 §5.1.3).
 
 pub mod imap;
 pub mod line;
 pub mod mime;
 pub mod pop3;
+pub mod utf7;
 
 /// Decode standard base64 (RFC 4648 §4, padding optional, no whitespace),
 /// as SASL responses use. `None` if malformed.

@@ -576,6 +576,107 @@ pub fn summarize(message: &[u8]) -> Summary {
     }
 }
 
+/// A part's `Content-Transfer-Encoding` this server cannot undo
+/// (RFC 3516 §4.3: FETCH BINARY then fails with `NO [UNKNOWN-CTE]`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown content-transfer-encoding {0:?}")]
+pub struct UnknownCte(
+    /// The encoding's name, lower-cased (at most 64 octets).
+    pub String,
+);
+
+/// The body of a part with its `Content-Transfer-Encoding` (RFC 2045 §6)
+/// undone, as FETCH BINARY returns it (RFC 3516 §4.2). No field, `7bit`,
+/// `8bit` and `binary` leave the body as it is; `base64` and
+/// `quoted-printable` are decoded leniently (RFC 2045 §6.7 and §6.8 ask
+/// decoders to skip what does not belong); anything else is an error.
+pub fn decode_transfer_encoding<'a>(
+    header: &[u8],
+    body: &'a [u8],
+) -> Result<std::borrow::Cow<'a, [u8]>, UnknownCte> {
+    use std::borrow::Cow;
+    let cte = field(header, "Content-Transfer-Encoding")
+        .map(|v| String::from_utf8_lossy(&v).trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    match cte.as_str() {
+        "" | "7bit" | "8bit" | "binary" => Ok(Cow::Borrowed(body)),
+        "base64" => Ok(Cow::Owned(decode_base64_lenient(body))),
+        "quoted-printable" => Ok(Cow::Owned(decode_quoted_printable(body))),
+        _ => {
+            let mut name = cte;
+            let cut = (0..=name.len().min(64))
+                .rev()
+                .find(|&i| name.is_char_boundary(i))
+                .unwrap_or(0);
+            name.truncate(cut);
+            Err(UnknownCte(name))
+        }
+    }
+}
+
+/// MIME base64 (RFC 2045 §6.8): characters outside the alphabet (line
+/// breaks, spaces) are ignored and decoding stops at the first `=`; a
+/// dangling sixth of a quantum is dropped.
+fn decode_base64_lenient(body: &[u8]) -> Vec<u8> {
+    let mut clean: Vec<u8> = body
+        .iter()
+        .copied()
+        .take_while(|&b| b != b'=')
+        .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/'))
+        .collect();
+    if clean.len() % 4 == 1 {
+        clean.pop();
+    }
+    crate::base64_decode(&clean).unwrap_or_default()
+}
+
+/// Quoted-printable (RFC 2045 §6.7): `=XX` is an octet, `=` at a line end
+/// is a soft line break, whitespace before a line break is dropped, and a
+/// malformed `=` is kept as it is (rule 1's "robust" decoding).
+fn decode_quoted_printable(body: &[u8]) -> Vec<u8> {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    let mut out = Vec::with_capacity(body.len());
+    for raw in body.split_inclusive(|&b| b == b'\n') {
+        let (line, eol): (&[u8], &[u8]) = match raw.strip_suffix(b"\r\n") {
+            Some(l) => (l, b"\r\n"),
+            None => match raw.strip_suffix(b"\n") {
+                Some(l) => (l, b"\n"),
+                None => (raw, b""),
+            },
+        };
+        let end = line
+            .iter()
+            .rposition(|&b| b != b' ' && b != b'\t')
+            .map_or(0, |i| i + 1);
+        let line = &line[..end];
+        let (line, soft) = match line.strip_suffix(b"=") {
+            Some(l) => (l, true),
+            None => (line, false),
+        };
+        let mut i = 0;
+        while i < line.len() {
+            if line[i] == b'='
+                && let (Some(h), Some(l)) = (
+                    line.get(i + 1).copied().and_then(hex),
+                    line.get(i + 2).copied().and_then(hex),
+                )
+            {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+            out.push(line[i]);
+            i += 1;
+        }
+        if !soft {
+            out.extend_from_slice(eol);
+        }
+    }
+    out
+}
+
 /// Does `hay` contain `needle`, ignoring ASCII case? (IMAP SEARCH compares
 /// strings case-insensitively, RFC 9051 §6.4.4.) Candidates are found with
 /// a vectorised scan for the needle's first octet in either case, so long
@@ -791,5 +892,39 @@ Content-Transfer-Encoding: base64\r\n\r\nAAAA\r\n--XX--\r\n";
             m.extend_from_slice(b"Content-Type: message/rfc822\r\n\r\n");
         }
         let _ = body_structure(&parse(&m), true);
+    }
+
+    #[test]
+    fn transfer_encodings_are_undone() {
+        let dec = |cte: &str, body: &[u8]| {
+            let h = format!("Content-Transfer-Encoding: {cte}\r\n\r\n");
+            decode_transfer_encoding(h.as_bytes(), body).map(std::borrow::Cow::into_owned)
+        };
+        // Line breaks and junk inside base64 are skipped (RFC 2045 §6.8).
+        assert_eq!(
+            dec("BASE64", b"AGFs\r\naWNl\r\nAP8=\r\n").unwrap(),
+            b"\0alice\0\xff"
+        );
+        assert_eq!(dec("base64", b"YW*Jj").unwrap(), b"abc");
+        assert_eq!(dec("base64", b"YWJjZ").unwrap(), b"abc");
+        assert_eq!(
+            dec("quoted-printable", b"caf=C3=A9 =\r\nsoft  \r\n=3D=ZZ=\r\n").unwrap(),
+            b"caf\xc3\xa9 soft\r\n==ZZ"
+        );
+        assert_eq!(dec(" 7BIT ", b"a\0b").unwrap(), b"a\0b");
+        assert_eq!(dec("binary", b"\0").unwrap(), b"\0");
+        assert_eq!(
+            decode_transfer_encoding(b"Subject: x\r\n\r\n", b"plain").unwrap(),
+            &b"plain"[..]
+        );
+        assert_eq!(
+            dec("x-uuencode", b"x").unwrap_err(),
+            UnknownCte("x-uuencode".into())
+        );
+        // A long name is cut, never inside a character.
+        let long = format!("x{}", "ü".repeat(40));
+        let e = dec(&long, b"").unwrap_err();
+        assert_eq!(e.0.len(), 63);
+        assert!(long.starts_with(&e.0));
     }
 }

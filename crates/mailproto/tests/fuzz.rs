@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 use tern_mailproto::imap::{self, Frame, Framer};
-use tern_mailproto::{mime, pop3};
+use tern_mailproto::{mime, pop3, utf7};
 
 struct Rng(u64);
 
@@ -39,6 +39,14 @@ const IMAP_SEEDS: &[&[u8]] = &[
     b"b3 RENAME \"a b\" c/d\r\n",
     b"b4 UID EXPUNGE 4:*\r\n",
     b"b5 ID (\"name\" \"x\")\r\n",
+    b"b6 FETCH 1:* (BINARY[1.2]<0.10> BINARY.PEEK[] BINARY.SIZE[3])\r\n",
+    b"b7 APPEND INBOX ~{6}\r\nab\x00cd\n\r\n",
+    b"b8 APPEND INBOX {99+}\r\nshort {3+}\r\nabc\r\nb9 NOOP\r\n",
+    b"c1 LOGIN {2+}\r\nab {0+}\r\n\r\n",
+    b"c2 UID SEARCH RETURN (SAVE MIN) OR $ UID $ NOT DELETED\r\n",
+    b"c3 UID FETCH $ (UID FLAGS)\r\n",
+    b"c4 STATUS \"Gr\xc3\xb6\xc3\x9fe/&U,BTFw-\" (DELETED MESSAGES)\r\n",
+    b"c5 ENABLE IMAP4rev2 CONDSTORE\r\n",
 ];
 
 const POP3_SEEDS: &[&[u8]] = &[
@@ -147,7 +155,7 @@ fn pop3_session_survives_random_input() {
 #[test]
 fn mime_survives_random_messages() {
     let mut rng = Rng(42);
-    let seed: &[u8] = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: message/rfc822\r\n\r\nFrom: \"a\" <b@c>\r\nContent-Type: multipart/alternative; boundary=\"c\"\r\n\r\n--c\r\n\r\nx\r\n--c--\r\n--b--\r\n";
+    let seed: &[u8] = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: message/rfc822\r\n\r\nFrom: \"a\" <b@c>\r\nContent-Type: multipart/alternative; boundary=\"c\"\r\n\r\n--c\r\nContent-Transfer-Encoding: base64\r\n\r\nAAEC=x\r\n--c\r\nContent-Transfer-Encoding: x\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\r\n\r\n?\r\n--c\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\na=3D=\r\nb=Z\r\n--c--\r\n--b--\r\n";
     for _ in 0..5_000 {
         let mut m = seed.to_vec();
         for _ in 0..rng.below(10) {
@@ -163,5 +171,38 @@ fn mime_survives_random_messages() {
         assert!(bs.starts_with('('));
         let _ = mime::envelope(tree.header);
         let _ = tree.find(&[1, 1, 1]);
+        for path in [vec![], vec![1], vec![1, 1], vec![1, 2], vec![2]] {
+            let bin = imap::FetchAttr::Binary {
+                path: path.clone(),
+                peek: true,
+                partial: Some((rng.below(8) as u32, 1 + rng.below(64) as u32)),
+            };
+            if let Some(Ok(item)) = bin.binary_item(&m) {
+                assert!(!imap::fetch_response(1, &[item]).is_empty());
+            }
+            let _ = imap::FetchAttr::BinarySize { path }.binary_item(&m);
+        }
+    }
+}
+
+#[test]
+fn utf7_codec_survives_random_names() {
+    let mut rng = Rng(0x07f7_0ddf_00d5);
+    const PIECES: &[&str] = &[
+        "&", "-", "&-", "A", "P", "w", ",", "+", "/", "ü", "台", "😀", " ", "\u{7f}", "\u{d7ff}",
+    ];
+    for _ in 0..20_000 {
+        let name: String = (0..rng.below(12))
+            .map(|_| PIECES[rng.below(PIECES.len())])
+            .collect();
+        // Any UTF-8 name encodes to a valid form that decodes back.
+        let enc = utf7::encode(&name);
+        assert!(enc.bytes().all(|b| (0x20..0x7f).contains(&b)), "{enc:?}");
+        assert_eq!(utf7::decode(&enc).as_deref(), Ok(name.as_str()), "{enc}");
+        // Decoding arbitrary text never panics, and what it accepts
+        // re-encodes to the same (canonical) text.
+        if let Ok(d) = utf7::decode(&name) {
+            assert_eq!(utf7::encode(&d), name);
+        }
     }
 }

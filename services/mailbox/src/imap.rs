@@ -16,13 +16,15 @@ use tern_mailproto::imap::{
     self, Command, CommandKind, FetchAttr, FetchItem, Frame, Framer, SearchKey, SearchMsg, Section,
     SequenceSet, State, Status, StatusItem, StoreMode,
 };
+use tern_mailproto::utf7;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::sync::broadcast;
 
 use crate::accounts;
 use crate::net::{Io, SessionCtx};
 use crate::store::{
-    Account, Added, DELIMITER, INBOX, Mailbox, MailboxOp, MessageMeta, Parts, StoreError,
+    Account, Added, DELIMITER, INBOX, Mailbox, MailboxInfo, MailboxOp, MessageMeta, Parts,
+    StoreError,
 };
 
 /// Autologout after this long without a command (RFC 9051 asks for at least 30 minutes).
@@ -34,6 +36,8 @@ const IDLE_POLL: Duration = Duration::from_secs(30);
 type Conn = BufWriter<Box<dyn Io>>;
 
 const UNAVAILABLE: &str = "[UNAVAILABLE] temporary failure, try again later";
+/// CREATE / RENAME to a name that is not modified UTF-7 (RFC 3501 §5.1.3).
+const NOT_UTF7: &str = "[CANNOT] mailbox name is not valid modified UTF-7";
 
 enum Flow {
     Continue,
@@ -56,6 +60,9 @@ struct Selected {
     modseq: u64,
     /// Expunges seen but not yet announced (not allowed at the time).
     pending_expunge: bool,
+    /// UIDs (ascending) of the result `SEARCH RETURN (SAVE)` saved, which
+    /// `$` names (RFC 5182); empty until one is saved.
+    saved: Vec<u32>,
 }
 
 struct Session<'a> {
@@ -67,6 +74,9 @@ struct Session<'a> {
     changes: Option<broadcast::Receiver<i64>>,
     /// CONDSTORE is enabled (RFC 7162 §3.1): MODSEQ goes into FETCH responses.
     condstore: bool,
+    /// `ENABLE IMAP4rev2` was given (RFC 9051 §6.3.1): no RECENT, SEARCH
+    /// answers with ESEARCH, mailbox names are UTF-8 on the wire.
+    rev2: bool,
     /// The client's address (failed-login throttling).
     peer: IpAddr,
 }
@@ -99,6 +109,7 @@ pub async fn session(
         selected: None,
         changes: None,
         condstore: false,
+        rev2: false,
         peer,
     };
     let mut io = BufWriter::new(stream);
@@ -320,6 +331,27 @@ impl Session<'_> {
         !self.tls && self.ctx.tls.is_some()
     }
 
+    /// A mailbox name (or LIST pattern) from the client in its stored
+    /// form: IMAP4rev2 sends UTF-8 (RFC 9051 §5.1), stored as modified
+    /// UTF-7 so both kinds of session see one mailbox.
+    fn name_in(&self, name: &str) -> String {
+        if self.rev2 {
+            normalize(&utf7::encode(name))
+        } else {
+            normalize(name)
+        }
+    }
+
+    /// A stored name as this session shows it. A name that is not valid
+    /// modified UTF-7 (stored before names were checked) is shown as it is.
+    fn name_out(&self, stored: &str) -> String {
+        if self.rev2 {
+            utf7::decode(stored).unwrap_or_else(|_| stored.to_string())
+        } else {
+            stored.to_string()
+        }
+    }
+
     async fn execute(&mut self, cmd: Command, io: &mut Conn) -> io::Result<Flow> {
         let tag = cmd.tag.as_str();
         if !cmd.kind.allowed_in(self.state) {
@@ -446,6 +478,10 @@ impl Session<'_> {
                     self.condstore = true;
                     enabled.push_str(" CONDSTORE");
                 }
+                if caps.iter().any(|c| c == "IMAP4REV2") {
+                    self.rev2 = true;
+                    enabled.push_str(" IMAP4rev2");
+                }
                 io.write_all(&imap::untagged(&enabled)).await?;
                 io.write_all(&imap::tagged(tag, Status::Ok, "ENABLE completed"))
                     .await?;
@@ -467,8 +503,8 @@ impl Session<'_> {
                 match store.usage(account).await {
                     Ok((used, limit)) => {
                         if let CommandKind::GetQuotaRoot { mailbox } = &cmd.kind {
-                            let line =
-                                format!("QUOTAROOT {} \"\"", imap::quote(&normalize(mailbox)));
+                            let name = self.name_out(&self.name_in(mailbox));
+                            let line = format!("QUOTAROOT {} \"\"", imap::quote_mailbox(&name));
                             io.write_all(&imap::untagged(&line)).await?;
                         }
                         // RFC 9208 §5.1: STORAGE is in units of 1024 octets.
@@ -505,9 +541,11 @@ impl Session<'_> {
                 return Ok(Flow::Continue);
             }
             CommandKind::Create { mailbox } => {
-                let name = normalize(&mailbox);
+                let name = self.name_in(&mailbox);
                 let reply = if name.is_empty() || name.split(DELIMITER).any(str::is_empty) {
                     imap::tagged(tag, Status::No, "invalid mailbox name")
+                } else if utf7::decode(&name).is_err() {
+                    imap::tagged(tag, Status::No, NOT_UTF7)
                 } else {
                     // Create missing parents too (RFC 9051 §6.3.4).
                     let mut result = Ok(MailboxOp::Done);
@@ -530,7 +568,7 @@ impl Session<'_> {
                 io.write_all(&reply).await?;
             }
             CommandKind::Delete { mailbox } => {
-                let name = normalize(&mailbox);
+                let name = self.name_in(&mailbox);
                 let reply = match store.delete_mailbox(account, &name).await {
                     Ok(MailboxOp::Done) => {
                         if self.selected.as_ref().is_some_and(|s| s.name == name) {
@@ -548,22 +586,28 @@ impl Session<'_> {
                 io.write_all(&reply).await?;
             }
             CommandKind::Rename { from, to } => {
-                let (from, to) = (normalize(&from), normalize(&to));
+                let (from, to) = (self.name_in(&from), self.name_in(&to));
                 let reply = if to.is_empty() || to.split(DELIMITER).any(str::is_empty) {
                     imap::tagged(tag, Status::No, "invalid mailbox name")
+                } else if utf7::decode(&to).is_err() {
+                    imap::tagged(tag, Status::No, NOT_UTF7)
                 } else {
                     match store.rename_mailbox(account, &from, &to).await {
                         Ok(MailboxOp::Done) => {
-                            if let Some(s) = self.selected.as_mut().filter(|s| s.name == from) {
+                            // A renamed INBOX stays (empty; the next command
+                            // announces the expunges), others follow the name.
+                            if let Some(s) = self
+                                .selected
+                                .as_mut()
+                                .filter(|s| s.name == from && from != INBOX)
+                            {
                                 s.name = to;
                             }
                             imap::tagged(tag, Status::Ok, "RENAME completed")
                         }
-                        Ok(MailboxOp::Refused) => imap::tagged(
-                            tag,
-                            Status::No,
-                            "[CANNOT] renaming INBOX is not supported",
-                        ),
+                        Ok(MailboxOp::Refused) => {
+                            imap::tagged(tag, Status::No, "[ALREADYEXISTS] INBOX always exists")
+                        }
                         Ok(MailboxOp::Exists) => {
                             imap::tagged(tag, Status::No, "[ALREADYEXISTS] target exists")
                         }
@@ -577,7 +621,7 @@ impl Session<'_> {
             }
             CommandKind::Subscribe { mailbox, on } => {
                 let reply = match store
-                    .set_subscribed(account, &normalize(&mailbox), on)
+                    .set_subscribed(account, &self.name_in(&mailbox), on)
                     .await
                 {
                     Ok(MailboxOp::Done) => imap::tagged(tag, Status::Ok, "completed"),
@@ -609,7 +653,7 @@ impl Session<'_> {
                 .await?;
             }
             CommandKind::Status { mailbox, items } => {
-                let name = normalize(&mailbox);
+                let name = self.name_in(&mailbox);
                 match self.status_line(&name, &items).await {
                     Ok(Some(line)) => {
                         io.write_all(&line).await?;
@@ -638,7 +682,7 @@ impl Session<'_> {
                     imap::tagged(tag, Status::No, "empty message")
                 } else {
                     match store
-                        .append(account, &normalize(&mailbox), &flags, date, &message)
+                        .append(account, &self.name_in(&mailbox), &flags, date, &message)
                         .await
                     {
                         Ok(Added::Stored { uidvalidity, uids }) => imap::tagged(
@@ -733,8 +777,8 @@ impl Session<'_> {
                 mailbox,
                 remove,
             } => {
-                self.copy(tag, &set, uid, &normalize(&mailbox), remove, io)
-                    .await?;
+                let target = self.name_in(&mailbox);
+                self.copy(tag, &set, uid, &target, remove, io).await?;
                 return Ok(Flow::Continue);
             }
             CommandKind::Search { uid, key, ret } => {
@@ -869,16 +913,21 @@ impl Session<'_> {
         readonly: bool,
         io: &mut Conn,
     ) -> io::Result<()> {
-        // A failed SELECT leaves no mailbox selected.
-        self.selected = None;
+        // A failed SELECT leaves no mailbox selected. IMAP4rev2 says so
+        // first (RFC 9051 §6.3.2 / §7.1: the CLOSED response code).
+        if self.selected.take().is_some() && self.rev2 {
+            io.write_all(&imap::untagged("OK [CLOSED] previous mailbox closed"))
+                .await?;
+        }
         self.state = State::Authenticated;
         let Some(account) = &self.account else {
             return io
                 .write_all(&imap::tagged(tag, Status::Bad, "log in first"))
                 .await;
         };
-        let name = normalize(mailbox);
+        let name = self.name_in(mailbox);
         let store = &self.ctx.store;
+        let rev2 = self.rev2;
         let loaded = async {
             let Some(mb) = store.mailbox(account.id, &name).await? else {
                 return Ok(None);
@@ -887,10 +936,16 @@ impl Session<'_> {
             if !readonly && let Some(last) = msgs.last() {
                 store.clear_recent(mb.id, last.uid).await?;
             }
-            Ok::<_, StoreError>(Some((mb, msgs)))
+            // IMAP4rev2's SELECT includes the mailbox's LIST response.
+            let boxes = if rev2 {
+                store.list_mailboxes(account.id).await?
+            } else {
+                Vec::new()
+            };
+            Ok::<_, StoreError>(Some((mb, msgs, boxes)))
         }
         .await;
-        let (mb, msgs) = match loaded {
+        let (mb, msgs, boxes) = match loaded {
             Ok(Some(x)) => x,
             Ok(None) => {
                 return io
@@ -934,7 +989,19 @@ impl Session<'_> {
             "OK [PERMANENTFLAGS {permanent}] flags permitted"
         )));
         out.extend(imap::untagged(&format!("{} EXISTS", msgs.len())));
-        out.extend(imap::untagged(&format!("{recent} RECENT")));
+        if rev2 {
+            // RFC 9051 §6.3.2: a LIST response with accurate attributes;
+            // there is no RECENT (Appendix E).
+            if let Some(b) = boxes.iter().find(|b| b.name == name) {
+                out.extend(imap::untagged(&format!(
+                    "LIST ({}) \"/\" {}",
+                    list_attributes(&boxes, b).join(" "),
+                    imap::quote_mailbox(&self.name_out(&name))
+                )));
+            }
+        } else {
+            out.extend(imap::untagged(&format!("{recent} RECENT")));
+        }
         if let Some(i) = msgs.iter().position(|m| !has_flag(&m.flags, "\\Seen")) {
             out.extend(imap::untagged(&format!(
                 "OK [UNSEEN {}] first unseen message",
@@ -970,6 +1037,7 @@ impl Session<'_> {
             readonly,
             msgs,
             pending_expunge: false,
+            saved: Vec::new(),
         });
         self.state = State::Selected;
         io.write_all(&out).await
@@ -979,6 +1047,7 @@ impl Session<'_> {
     /// Storage errors are logged and skipped (the next command retries).
     async fn refresh(&mut self, io: &mut Conn, expunge_ok: bool) -> io::Result<()> {
         let store = &self.ctx.store;
+        let rev2 = self.rev2;
         let Some(sel) = self.selected.as_mut() else {
             return Ok(());
         };
@@ -1056,7 +1125,10 @@ impl Session<'_> {
             sel.msgs.extend(new);
             let recent = sel.msgs.iter().filter(|m| m.uid > sel.recent_above).count();
             out.extend(imap::untagged(&format!("{} EXISTS", sel.msgs.len())));
-            out.extend(imap::untagged(&format!("{recent} RECENT")));
+            // IMAP4rev2 has no RECENT (RFC 9051 Appendix E).
+            if !rev2 {
+                out.extend(imap::untagged(&format!("{recent} RECENT")));
+            }
         }
         sel.modseq = mb.highest_modseq;
         sel.mailbox.uidnext = mb.uidnext;
@@ -1078,6 +1150,15 @@ impl Session<'_> {
             return Ok(None);
         };
         let count = u32::try_from(sel.msgs.len()).unwrap_or(u32::MAX);
+        if set.is_saved() {
+            // `$` (RFC 5182 §2.1): the saved messages still here, for
+            // sequence-number and UID commands alike.
+            return Ok(Some(
+                (0..sel.msgs.len())
+                    .filter(|&i| sel.saved.binary_search(&sel.msgs[i].uid).is_ok())
+                    .collect(),
+            ));
+        }
         if uid {
             let max_uid = sel.msgs.last().map_or(0, |m| m.uid);
             return Ok(Some(
@@ -1141,6 +1222,38 @@ impl Session<'_> {
         };
         let want_content = attrs.iter().any(|a| a.needs_content() && !from_summary(a));
         let sets_seen = !sel.readonly && attrs.iter().any(FetchAttr::sets_seen);
+        // RFC 3516 §4.3: a BINARY that cannot be decoded fails the whole
+        // FETCH, so find that out before \Seen is set (this reads the
+        // bodies twice, only for a non-PEEK BINARY).
+        if sets_seen
+            && attrs
+                .iter()
+                .any(|a| matches!(a, FetchAttr::Binary { peek: false, .. }))
+        {
+            let mut start = 0;
+            while start < idx.len() {
+                let end = batch_end(&sel.msgs, &idx, start, true);
+                let ids: Vec<i64> = idx[start..end].iter().map(|&i| sel.msgs[i].id).collect();
+                start = end;
+                let contents = match ctx.store.contents(&ids).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        io.write_all(&status_err(tag, &e, "FETCH")).await?;
+                        return Ok(false);
+                    }
+                };
+                let undecodable = contents.values().find_map(|c| {
+                    attrs
+                        .iter()
+                        .find_map(|a| a.binary_item(c).and_then(Result::err))
+                });
+                if let Some(e) = undecodable {
+                    let text = format!("[UNKNOWN-CTE] {e}");
+                    io.write_all(&imap::tagged(tag, Status::No, &text)).await?;
+                    return Ok(false);
+                }
+            }
+        }
         // \Seen for every message that lacks it, in one transaction.
         let mut seen_now = std::collections::HashSet::new();
         if sets_seen {
@@ -1182,15 +1295,7 @@ impl Session<'_> {
         // Batches bounded in count and, when bodies are loaded, in octets.
         let mut start = 0;
         while start < idx.len() {
-            let mut end = start;
-            let mut octets = 0u64;
-            while end < idx.len() && end - start < FETCH_BATCH {
-                octets = octets.saturating_add(sel.msgs[idx[end]].size);
-                if want_content && end > start && octets > FETCH_BATCH_OCTETS {
-                    break;
-                }
-                end += 1;
-            }
+            let end = batch_end(&sel.msgs, &idx, start, want_content);
             let batch = &idx[start..end];
             start = end;
             let ids: Vec<i64> = batch.iter().map(|&i| sel.msgs[i].id).collect();
@@ -1235,6 +1340,19 @@ impl Session<'_> {
                     .unwrap_or_default();
                 let mut items = Vec::with_capacity(attrs.len() + 1);
                 for a in attrs {
+                    if let Some(item) = a.binary_item(source) {
+                        match item {
+                            Ok(item) => items.push(item),
+                            Err(e) => {
+                                // RFC 3516 §4.3: the whole FETCH fails.
+                                io.write_all(&out).await?;
+                                let text = format!("[UNKNOWN-CTE] {e}");
+                                io.write_all(&imap::tagged(tag, Status::No, &text)).await?;
+                                return Ok(false);
+                            }
+                        }
+                        continue;
+                    }
                     items.push(match a {
                         FetchAttr::Flags => FetchItem::Flags(&m.flags),
                         FetchAttr::Uid => FetchItem::Uid(m.uid),
@@ -1421,7 +1539,11 @@ impl Session<'_> {
         let doomed: Vec<usize> = (0..sel.msgs.len())
             .filter(|&i| {
                 let m = &sel.msgs[i];
-                has_flag(&m.flags, "\\Deleted") && uids.is_none_or(|s| s.contains(m.uid, max_uid))
+                has_flag(&m.flags, "\\Deleted")
+                    && uids.is_none_or(|s| {
+                        s.contains(m.uid, max_uid)
+                            || (s.is_saved() && sel.saved.binary_search(&m.uid).is_ok())
+                    })
             })
             .collect();
         let ids: Vec<i64> = doomed.iter().map(|&i| sel.msgs[i].id).collect();
@@ -1533,6 +1655,7 @@ impl Session<'_> {
         io: &mut Conn,
     ) -> io::Result<bool> {
         let store = &self.ctx.store;
+        let save = ret.is_some_and(|r| r.iter().any(|i| i == "SAVE"));
         let Some(sel) = self.selected.as_ref() else {
             return Ok(false);
         };
@@ -1551,6 +1674,7 @@ impl Session<'_> {
                 internal_date_ms: m.internal_date_ms,
                 modseq: m.modseq,
                 content,
+                saved: &sel.saved,
             })
         };
         let mut matched = vec![false; sel.msgs.len()];
@@ -1576,6 +1700,10 @@ impl Session<'_> {
                 store.for_each_header(sel.mailbox.id, &mut visit).await
             };
             if let Err(e) = streamed {
+                // A failed SEARCH RETURN (SAVE) empties `$` (RFC 5182 §2.1).
+                if save && let Some(sel) = self.selected.as_mut() {
+                    sel.saved.clear();
+                }
                 io.write_all(&status_err(tag, &e, "SEARCH")).await?;
                 return Ok(false);
             }
@@ -1585,6 +1713,7 @@ impl Session<'_> {
             }
         }
         let mut hits = Vec::new();
+        let mut hit_uids = Vec::new();
         let mut hit_modseq = Vec::new();
         for (i, m) in sel.msgs.iter().enumerate() {
             if matched[i] {
@@ -1593,6 +1722,7 @@ impl Session<'_> {
                 } else {
                     u32::try_from(i + 1).unwrap_or(u32::MAX)
                 });
+                hit_uids.push(m.uid);
                 hit_modseq.push(m.modseq);
             }
         }
@@ -1601,6 +1731,9 @@ impl Session<'_> {
         let highest = has_modseq(key)
             .then(|| hit_modseq.iter().copied().max())
             .flatten();
+        // IMAP4rev2 always answers with ESEARCH, ALL when nothing else is
+        // asked (RFC 9051 §6.4.4).
+        let ret = ret.or(self.rev2.then_some(&[][..]));
         let line = match ret {
             None => {
                 let mut s = String::from("SEARCH");
@@ -1611,17 +1744,24 @@ impl Session<'_> {
                 if let Some(m) = highest {
                     s.push_str(&format!(" (MODSEQ {m})"));
                 }
-                s
+                Some(s)
             }
+            // RFC 5182 §2.1: SAVE alone returns nothing.
+            Some([only]) if only == "SAVE" => None,
             Some(items) => {
                 // RFC 4731 ESEARCH.
-                let all = items.is_empty() || items.iter().any(|i| i == "ALL");
+                let items: Vec<&str> = items
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|i| *i != "SAVE")
+                    .collect();
+                let all = items.is_empty() || items.contains(&"ALL");
                 let mut s = format!("ESEARCH (TAG {})", imap::quote(tag));
                 if uid {
                     s.push_str(" UID");
                 }
-                for i in items {
-                    match i.as_str() {
+                for i in &items {
+                    match *i {
                         "MIN" => {
                             if let Some(m) = hits.first() {
                                 s.push_str(&format!(" MIN {m}"));
@@ -1639,10 +1779,36 @@ impl Session<'_> {
                 if all && !hits.is_empty() {
                     s.push_str(&format!(" ALL {}", compact_set(&hits)));
                 }
-                s
+                if let Some(m) = highest {
+                    s.push_str(&format!(" MODSEQ {m}"));
+                }
+                Some(s)
             }
         };
-        io.write_all(&imap::untagged(&line)).await?;
+        if save {
+            // RFC 5182 §2.1: with MIN and/or MAX but neither ALL nor COUNT,
+            // only those are saved.
+            let asked = |w: &str| ret.is_some_and(|r| r.iter().any(|i| i == w));
+            let saved = if !asked("ALL") && !asked("COUNT") && (asked("MIN") || asked("MAX")) {
+                let mut v = Vec::new();
+                if asked("MIN") {
+                    v.extend(hit_uids.first());
+                }
+                if asked("MAX") {
+                    v.extend(hit_uids.last());
+                }
+                v.dedup();
+                v
+            } else {
+                hit_uids
+            };
+            if let Some(sel) = self.selected.as_mut() {
+                sel.saved = saved;
+            }
+        }
+        if let Some(line) = line {
+            io.write_all(&imap::untagged(&line)).await?;
+        }
         Ok(true)
     }
 
@@ -1667,13 +1833,14 @@ impl Session<'_> {
                     StatusItem::Unseen => u64::from(c.unseen),
                     StatusItem::Size => c.size,
                     StatusItem::HighestModSeq => mb.highest_modseq,
+                    StatusItem::Deleted => u64::from(c.deleted),
                 };
                 format!("{} {v}", it.name())
             })
             .collect();
         Ok(Some(imap::untagged(&format!(
             "STATUS {} ({})",
-            imap::quote(name),
+            imap::quote_mailbox(&self.name_out(name)),
             vals.join(" ")
         ))))
     }
@@ -1704,35 +1871,32 @@ impl Session<'_> {
             Ok(b) => b,
             Err(e) => return io.write_all(&status_err(tag, &e, word)).await,
         };
+        // The wildcards are ASCII, so a UTF-8 pattern is matched in its
+        // modified UTF-7 form.
+        let full: Vec<String> = patterns
+            .iter()
+            .map(|p| {
+                let p = format!("{reference}{p}");
+                if self.rev2 { utf7::encode(&p) } else { p }
+            })
+            .collect();
         let mut out = Vec::new();
         for b in &boxes {
-            let matched = patterns.iter().any(|p| {
-                let full = format!("{reference}{p}");
-                imap::list_matches(&full, &b.name)
-            });
+            let matched = full.iter().any(|p| imap::list_matches(p, &b.name));
             if !matched
                 || (subscribed_only && !b.subscribed)
                 || (special_only && b.special_use.is_empty())
             {
                 continue;
             }
-            let prefix = format!("{}{DELIMITER}", b.name);
-            let children = boxes.iter().any(|o| o.name.starts_with(&prefix));
-            let mut attrs = vec![if children {
-                "\\HasChildren"
-            } else {
-                "\\HasNoChildren"
-            }];
-            if !b.special_use.is_empty() {
-                attrs.push(b.special_use.as_str());
-            }
+            let mut attrs = list_attributes(&boxes, b);
             if subscribed_only && !lsub {
                 attrs.push("\\Subscribed");
             }
             out.extend(imap::untagged(&format!(
                 "{word} ({}) \"/\" {}",
                 attrs.join(" "),
-                imap::quote(&b.name)
+                imap::quote_mailbox(&self.name_out(&b.name))
             )));
             if !status.is_empty() {
                 match self.status_line(&b.name, status).await {
@@ -1762,6 +1926,22 @@ const FETCH_BATCH: usize = 256;
 /// at least one message, however large).
 const FETCH_BATCH_OCTETS: u64 = 8 * 1024 * 1024;
 
+/// Where the FETCH batch of `idx` (indexes into `msgs`) that begins at
+/// `start` ends: at most [`FETCH_BATCH`] messages and, when whole
+/// messages are loaded (`content`), [`FETCH_BATCH_OCTETS`], but at least one.
+fn batch_end(msgs: &[MessageMeta], idx: &[usize], start: usize, content: bool) -> usize {
+    let mut end = start;
+    let mut octets = 0u64;
+    while end < idx.len() && end - start < FETCH_BATCH {
+        octets = octets.saturating_add(msgs[idx[end]].size);
+        if content && end > start && octets > FETCH_BATCH_OCTETS {
+            break;
+        }
+        end += 1;
+    }
+    end
+}
+
 /// Is this FETCH item answered from the summary stored at delivery
 /// (header block, ENVELOPE, BODY, BODYSTRUCTURE) rather than the body?
 fn from_summary(a: &FetchAttr) -> bool {
@@ -1772,6 +1952,21 @@ fn from_summary(a: &FetchAttr) -> bool {
         }
         _ => false,
     }
+}
+
+/// A mailbox's LIST attributes: children (RFC 3348) and special use (RFC 6154).
+fn list_attributes<'b>(boxes: &[MailboxInfo], b: &'b MailboxInfo) -> Vec<&'b str> {
+    let prefix = format!("{}{DELIMITER}", b.name);
+    let children = boxes.iter().any(|o| o.name.starts_with(&prefix));
+    let mut attrs = vec![if children {
+        "\\HasChildren"
+    } else {
+        "\\HasNoChildren"
+    }];
+    if !b.special_use.is_empty() {
+        attrs.push(b.special_use.as_str());
+    }
+    attrs
 }
 
 /// Does the search use MODSEQ?

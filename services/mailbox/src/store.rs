@@ -170,6 +170,8 @@ pub struct Counts {
     pub unseen: u32,
     /// Messages above the recent mark.
     pub recent: u32,
+    /// Messages with `\Deleted` (STATUS DELETED, RFC 9051 §6.3.11).
+    pub deleted: u32,
     /// Sum of their sizes.
     pub size: u64,
 }
@@ -183,7 +185,7 @@ pub enum MailboxOp {
     NotFound,
     /// The target name is taken.
     Exists,
-    /// Refused: INBOX cannot be deleted or renamed this way.
+    /// Refused: INBOX cannot be deleted, nor another mailbox renamed to it.
     Refused,
 }
 
@@ -664,15 +666,20 @@ impl Store {
         }
     }
 
-    /// Rename a mailbox and its children (`from/...`). Renaming INBOX is refused.
+    /// Rename a mailbox and its children (`from/...`). Renaming INBOX
+    /// moves its messages instead (see [`Store::rename_inbox`]); renaming
+    /// to INBOX is refused.
     pub async fn rename_mailbox(
         &self,
         account_id: i64,
         from: &str,
         to: &str,
     ) -> Result<MailboxOp, StoreError> {
-        if from == INBOX || to == INBOX {
+        if to == INBOX {
             return Ok(MailboxOp::Refused);
+        }
+        if from == INBOX {
+            return self.rename_inbox(account_id, to).await;
         }
         let prefix = format!("{from}{DELIMITER}");
         let op = write_tx!(self, tx => {
@@ -702,6 +709,67 @@ impl Store {
                 MailboxOp::Done
             }
         });
+        Ok(op)
+    }
+
+    /// RENAME INBOX (RFC 3501 §6.3.5, RFC 9051 §6.3.6): a new mailbox `to`
+    /// (a new UIDVALIDITY, as any new mailbox) takes every INBOX message,
+    /// with its UID, flags and mod-sequence; INBOX stays, empty, with its
+    /// UIDVALIDITY and UIDNEXT, so its UIDs are never reused. INBOX's
+    /// HIGHESTMODSEQ moves, so sessions with it selected see the messages
+    /// go. Mailboxes under INBOX (`INBOX/x`) are not renamed. One
+    /// transaction: another session's delivery lands either before (and
+    /// moves) or after (and stays in INBOX).
+    async fn rename_inbox(&self, account_id: i64, to: &str) -> Result<MailboxOp, StoreError> {
+        let op = write_tx!(self, tx => {
+            let taken: Option<i64> = sqlx::query_scalar("SELECT id FROM mailboxes WHERE account_id = $1 AND name = $2")
+                .bind(account_id)
+                .bind(to)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let inbox: Option<(i64, i64, i64, i64)> = if taken.is_some() {
+                None
+            } else {
+                sqlx::query_as(
+                    "UPDATE mailboxes SET highest_modseq = highest_modseq + 1 \
+                     WHERE account_id = $1 AND name = $2 \
+                     RETURNING id, uidnext, recent_uid, highest_modseq",
+                )
+                .bind(account_id)
+                .bind(INBOX)
+                .fetch_optional(&mut *tx)
+                .await?
+            };
+            match (taken, inbox) {
+                (Some(_), _) => MailboxOp::Exists,
+                (None, None) => MailboxOp::NotFound,
+                (None, Some((inbox_id, uidnext, recent_uid, modseq))) => {
+                    let id = new_id();
+                    sqlx::query(
+                        "INSERT INTO mailboxes (id, account_id, name, uidvalidity, uidnext, recent_uid, highest_modseq) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(id)
+                    .bind(account_id)
+                    .bind(to)
+                    .bind(new_uidvalidity())
+                    .bind(uidnext)
+                    .bind(recent_uid)
+                    .bind(modseq)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query("UPDATE messages SET mailbox_id = $1 WHERE mailbox_id = $2")
+                        .bind(id)
+                        .bind(inbox_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    MailboxOp::Done
+                }
+            }
+        });
+        if op == MailboxOp::Done {
+            self.changed(account_id);
+        }
         Ok(op)
     }
 
@@ -739,11 +807,16 @@ impl Store {
         let mut c = Counts::default();
         for (uid, flags, size) in rows {
             c.messages += 1;
-            if !flags
-                .split_ascii_whitespace()
-                .any(|f| f.eq_ignore_ascii_case("\\Seen"))
-            {
+            let has = |flag: &str| {
+                flags
+                    .split_ascii_whitespace()
+                    .any(|f| f.eq_ignore_ascii_case(flag))
+            };
+            if !has("\\Seen") {
                 c.unseen += 1;
+            }
+            if has("\\Deleted") {
+                c.deleted += 1;
             }
             if uid > i64::from(mb.recent_uid) {
                 c.recent += 1;

@@ -1,0 +1,710 @@
+//! IMAP extensions end to end, each scenario on SQLite and on PostgreSQL:
+//! BINARY (RFC 3516) and literal8 APPEND, LITERAL+ (RFC 7888), IMAP4rev2
+//! (RFC 9051) sessions, and RENAME INBOX. Driven by a byte-exact client
+//! (responses may carry NUL octets) and by Python's imaplib.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use common::{DEADLINE, Mailbox, Postgres, run};
+use tern_testkit::NatsServer;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// `#[tokio::test]`s running `$scenario(&Mailbox)` on SQLite and on a
+/// throwaway PostgreSQL.
+macro_rules! on_both_backends {
+    ($sqlite:ident, $postgres:ident, $scenario:ident) => {
+        on_both_backends!($sqlite, $postgres, $scenario, &[]);
+    };
+    ($sqlite:ident, $postgres:ident, $scenario:ident, $extra:expr) => {
+        #[tokio::test]
+        async fn $sqlite() {
+            with_mailbox($extra, $scenario).await;
+        }
+
+        #[tokio::test]
+        async fn $postgres() {
+            let Some(pg) = tokio::task::spawn_blocking(Postgres::start).await.unwrap() else {
+                return;
+            };
+            let base: &[(&str, &str)] = $extra;
+            let mut extra = base.to_vec();
+            extra.push(("database_url", pg.url.as_str()));
+            with_mailbox(&extra, $scenario).await;
+        }
+    };
+}
+
+/// Start NATS and the mailbox (with `extra` config), add
+/// `alice@example.com` / `pw`, run `scenario`, stop.
+async fn with_mailbox<F>(extra: &[(&str, &str)], scenario: impl FnOnce(SocketAddr) -> F)
+where
+    F: std::future::Future<Output = ()>,
+{
+    let nats = NatsServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = Mailbox::start(dir.path(), &nats.url(), extra).await;
+    m.add_user("alice@example.com", "pw").await;
+    scenario(m.addr("imap")).await;
+    m.stop().await;
+}
+
+/// An IMAP client that keeps responses as bytes and reads literals
+/// (`{n}` and `~{n}`) by their announced length.
+struct Client {
+    s: BufReader<TcpStream>,
+    n: u32,
+}
+
+impl Client {
+    /// Connect, read the greeting and log in as alice.
+    async fn login(addr: SocketAddr) -> Client {
+        let mut c = Client {
+            s: BufReader::new(TcpStream::connect(addr).await.unwrap()),
+            n: 0,
+        };
+        let greeting = c.response().await;
+        assert!(greeting.starts_with(b"* OK"), "{}", show(&greeting));
+        c.ok("LOGIN alice@example.com pw").await;
+        c
+    }
+
+    async fn send(&mut self, data: &[u8]) {
+        self.s.get_mut().write_all(data).await.unwrap();
+    }
+
+    /// One response: a line, with any literals it announces and the
+    /// lines after them. Empty at EOF.
+    async fn response(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let start = out.len();
+            let n = tokio::time::timeout(DEADLINE, self.s.read_until(b'\n', &mut out))
+                .await
+                .expect("a response in time")
+                .unwrap();
+            if n == 0 {
+                return out;
+            }
+            let line = &out[start..];
+            let Some(size) = literal_size(line) else {
+                return out;
+            };
+            let mut data = vec![0; size];
+            tokio::time::timeout(DEADLINE, self.s.read_exact(&mut data))
+                .await
+                .expect("literal data in time")
+                .unwrap();
+            out.extend_from_slice(&data);
+        }
+    }
+
+    /// Send `tag command` and read responses through the tagged one.
+    async fn cmd(&mut self, command: &str) -> Vec<Vec<u8>> {
+        self.n += 1;
+        let tag = format!("t{}", self.n);
+        self.send(format!("{tag} {command}\r\n").as_bytes()).await;
+        self.until(&tag).await
+    }
+
+    /// Responses through the one tagged `tag`.
+    async fn until(&mut self, tag: &str) -> Vec<Vec<u8>> {
+        let mut all = Vec::new();
+        loop {
+            let r = self.response().await;
+            assert!(!r.is_empty(), "closed; got {}", show_all(&all));
+            let done = r.starts_with(format!("{tag} ").as_bytes());
+            all.push(r);
+            if done {
+                return all;
+            }
+        }
+    }
+
+    /// `cmd`, asserting a tagged OK.
+    async fn ok(&mut self, command: &str) -> Vec<Vec<u8>> {
+        let r = self.cmd(command).await;
+        let last = show(r.last().unwrap());
+        assert!(
+            last.split_whitespace().nth(1) == Some("OK"),
+            "{command}: {}",
+            show_all(&r)
+        );
+        r
+    }
+
+    /// APPEND `message` to `mailbox` with a synchronizing literal (a
+    /// literal8 `~{n}` when `literal8`), waiting for the continuation.
+    async fn append(&mut self, mailbox: &str, message: &[u8], literal8: bool) -> Vec<Vec<u8>> {
+        self.n += 1;
+        let tag = format!("t{}", self.n);
+        let eight = if literal8 { "~" } else { "" };
+        let line = format!("{tag} APPEND {mailbox} {eight}{{{}}}\r\n", message.len());
+        self.send(line.as_bytes()).await;
+        let cont = self.response().await;
+        assert!(cont.starts_with(b"+"), "{}", show(&cont));
+        self.send(message).await;
+        self.send(b"\r\n").await;
+        self.until(&tag).await
+    }
+}
+
+/// `{n}` or `~{n}` at the end of a response line.
+fn literal_size(line: &[u8]) -> Option<usize> {
+    let l = line.strip_suffix(b"\r\n")?.strip_suffix(b"}")?;
+    let open = l.iter().rposition(|&b| b == b'{')?;
+    std::str::from_utf8(&l[open + 1..]).ok()?.parse().ok()
+}
+
+fn show(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn show_all(r: &[Vec<u8>]) -> String {
+    r.iter().map(|x| show(x)).collect::<Vec<_>>().join("")
+}
+
+/// Does any response contain `needle`?
+fn has(r: &[Vec<u8>], needle: &[u8]) -> bool {
+    r.iter()
+        .any(|x| x.windows(needle.len()).any(|w| w == needle))
+}
+
+/// Assert that a response of `r` contains `needle`.
+#[track_caller]
+fn expect(r: &[Vec<u8>], needle: &[u8]) {
+    assert!(has(r, needle), "no {:?} in:\n{}", show(needle), show_all(r));
+}
+
+/// Assert that no response of `r` contains `needle`.
+#[track_caller]
+fn expect_not(r: &[Vec<u8>], needle: &[u8]) {
+    assert!(!has(r, needle), "{:?} in:\n{}", show(needle), show_all(r));
+}
+
+/// Assert the untagged responses of `r` starting with `prefix`.
+#[track_caller]
+fn expect_lines(r: &[Vec<u8>], prefix: &str, want: &[&str]) {
+    assert_eq!(lines_with(r, prefix), want, "{}", show_all(r));
+}
+
+/// Assert that the tagged response of `r` contains `text`.
+#[track_caller]
+fn expect_tagged(r: &[Vec<u8>], text: &str) {
+    assert!(tagged(r).contains(text), "{}", show_all(r));
+}
+
+/// The untagged responses of `r` that start with `prefix`, as text.
+fn lines_with(r: &[Vec<u8>], prefix: &str) -> Vec<String> {
+    r.iter()
+        .map(|x| show(x))
+        .filter(|l| l.starts_with(prefix))
+        .collect()
+}
+
+/// The tagged (last) response, as text.
+fn tagged(r: &[Vec<u8>]) -> String {
+    show(r.last().unwrap())
+}
+
+/// Run a Python script with arguments; stdout, or a panic with stderr.
+async fn python(script: &'static str, args: Vec<String>) -> String {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script).args(args);
+    let out = run(cmd).await;
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn py_args(addr: SocketAddr) -> Vec<String> {
+    vec![addr.ip().to_string(), addr.port().to_string()]
+}
+
+// ------------------------------------------------------------------ BINARY
+
+/// A multipart message: a quoted-printable text part, a base64 part whose
+/// decoded octets hold NULs, and a part in an encoding nobody knows.
+const MULTIPART: &[u8] = b"From: a@example.com\r\nSubject: parts\r\n\
+Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\n\
+Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
+gr=C3=BC=C3=9Fe, =\r\nsoft break\r\n--b\r\n\
+Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+AAECAwD/\r\nAA==\r\n--b\r\n\
+Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: x-mystery\r\n\r\n\
+???\r\n--b--\r\n";
+
+/// A single-part message in the `binary` encoding, NULs and bare CRs in it.
+const RAW_BINARY: &[u8] =
+    b"Subject: raw\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n\x00\x01\r\x00 tail\xff";
+
+/// imaplib reads BINARY literal8 responses and decodes the base64 part.
+const PY_BINARY: &str = r#"
+import imaplib, sys
+M = imaplib.IMAP4(sys.argv[1], int(sys.argv[2]), timeout=10)
+M.login("alice@example.com", "pw")
+assert "BINARY" in M.capabilities, M.capabilities
+M.select("INBOX")
+typ, d = M.fetch("1", "(BINARY.PEEK[2] BINARY.SIZE[1])")
+assert typ == "OK", (typ, d)
+assert d[0][1] == b"\x00\x01\x02\x03\x00\xff\x00", d
+assert b"BINARY.SIZE[1] 19" in d[1], d
+typ, d = M.fetch("2", "(BINARY.PEEK[1])")
+assert d[0][1] == b"\x00\x01\r\x00 tail\xff", d
+M.logout()
+print("ok")
+"#;
+
+async fn binary_scenario(addr: SocketAddr) {
+    let mut c = Client::login(addr).await;
+    let caps = c.ok("CAPABILITY").await;
+    assert!(has(&caps, b" BINARY"), "{}", show_all(&caps));
+    let r = c.append("INBOX", MULTIPART, false).await;
+    expect_tagged(&r, "OK [APPENDUID");
+    // RFC 3516 §4.4: APPEND takes a literal8, so NULs survive storage.
+    let r = c.append("INBOX", RAW_BINARY, true).await;
+    expect_tagged(&r, "OK [APPENDUID");
+    c.ok("SELECT INBOX").await;
+
+    // Quoted-printable undone (soft break joined), as a plain literal.
+    let r = c.ok("FETCH 1 (BINARY.PEEK[1])").await;
+    expect(&r, "BINARY[1] {19}\r\ngrüße, soft break)".as_bytes());
+    // Base64 with NULs: a literal8.
+    let r = c.ok("FETCH 1 (BINARY.PEEK[2] BINARY.SIZE[2])").await;
+    assert!(
+        has(
+            &r,
+            b"BINARY[2] ~{7}\r\n\x00\x01\x02\x03\x00\xff\x00 BINARY.SIZE[2] 7)"
+        ),
+        "{}",
+        show_all(&r)
+    );
+    // A partial of the decoded data.
+    let r = c.ok("FETCH 1 (BINARY.PEEK[2]<5.10>)").await;
+    expect(&r, b"BINARY[2]<5> ~{2}\r\n\xff\x00)");
+    // PEEK left \Seen alone; BINARY sets it (and reports the new flags).
+    let r = c.ok("FETCH 1 (FLAGS)").await;
+    expect_not(&r, b"\\Seen");
+    let r = c.ok("FETCH 1 (BINARY[1])").await;
+    expect(&r, b"\\Seen");
+    // An encoding the server cannot undo (RFC 3516 §4.3): the FETCH
+    // fails, and does not set \Seen either.
+    let r = c.cmd("FETCH 2,1 (BINARY[3])").await;
+    expect_tagged(&r, "NO [UNKNOWN-CTE]");
+    let r = c.ok("FETCH 2 (FLAGS)").await;
+    expect_not(&r, b"\\Seen");
+    let r = c.cmd("FETCH 1 (BINARY.PEEK[3])").await;
+    expect_tagged(&r, "NO [UNKNOWN-CTE]");
+    let r = c.cmd("UID FETCH 1 (BINARY.SIZE[3])").await;
+    expect_tagged(&r, "NO [UNKNOWN-CTE]");
+    // BINARY takes part numbers only.
+    let r = c.cmd("FETCH 1 (BINARY[1.MIME])").await;
+    expect_tagged(&r, " BAD ");
+
+    // The literal8 APPEND reads back byte for byte, by BODY and BINARY.
+    let r = c.ok("FETCH 2 (BODY.PEEK[])").await;
+    let mut want = format!("BODY[] {{{}}}\r\n", RAW_BINARY.len()).into_bytes();
+    want.extend_from_slice(RAW_BINARY);
+    expect(&r, &want);
+    let r = c.ok("UID FETCH 2 (BINARY.PEEK[1] BINARY.SIZE[])").await;
+    expect(&r, b"BINARY[1] ~{10}\r\n\x00\x01\r\x00 tail\xff");
+    let size = format!("BINARY.SIZE[] {})", RAW_BINARY.len());
+    expect(&r, size.as_bytes());
+    c.ok("LOGOUT").await;
+
+    assert_eq!(python(PY_BINARY, py_args(addr)).await.trim(), "ok");
+}
+
+on_both_backends!(
+    binary_fetch_and_literal8_append,
+    binary_fetch_and_literal8_append_on_postgres,
+    binary_scenario
+);
+
+// ---------------------------------------------------------------- LITERAL+
+
+/// The literal bound for the LITERAL+ scenario.
+const SMALL_LIMIT: usize = 65_536;
+
+async fn literal_plus_scenario(addr: SocketAddr) {
+    let mut c = Client::login(addr).await;
+    let caps = c.ok("CAPABILITY").await;
+    assert!(has(&caps, b" LITERAL+ "), "{}", show_all(&caps));
+    assert!(!has(&caps, b"LITERAL-"), "{}", show_all(&caps));
+
+    // A non-synchronizing literal far over LITERAL-'s 4096 octets, sent
+    // with the rest of the pipeline without waiting for a continuation.
+    let mut big = b"Subject: big\r\n\r\n".to_vec();
+    while big.len() < 40_000 {
+        big.extend_from_slice(b"0123456789abcdefghijklmnopqrstuvwxyz\r\n");
+    }
+    let mut pipeline = format!("p1 APPEND INBOX (\\Seen) {{{}+}}\r\n", big.len()).into_bytes();
+    pipeline.extend_from_slice(&big);
+    pipeline.extend_from_slice(b"\r\np2 SELECT INBOX\r\n");
+    c.send(&pipeline).await;
+    let r = c.until("p1").await;
+    assert!(
+        tagged(&r).starts_with("p1 OK [APPENDUID"),
+        "{}",
+        show_all(&r)
+    );
+    let r = c.until("p2").await;
+    expect(&r, b"* 1 EXISTS");
+    let r = c.ok("FETCH 1 (RFC822.SIZE)").await;
+    let size = format!("RFC822.SIZE {}", big.len());
+    expect(&r, size.as_bytes());
+
+    // Over the bound: the literal is refused and its data (and a second
+    // literal of the same command) consumed, not run as commands (RFC 7888
+    // §4); the next command works.
+    let inside: &[u8] = b"\r\np9 LOGOUT\r\n";
+    let mut over = format!("p3 APPEND INBOX {{{}+}}\r\n", SMALL_LIMIT + 1).into_bytes();
+    over.extend(std::iter::repeat_n(b'x', SMALL_LIMIT + 1 - inside.len()));
+    over.extend_from_slice(inside);
+    over.extend_from_slice(b" {12+}\r\np8 LOGOUT\r\n.\r\np4 NOOP\r\n");
+    c.send(&over).await;
+    let r = c.until("p3").await;
+    assert!(
+        tagged(&r).starts_with("p3 BAD [TOOBIG]"),
+        "{}",
+        show_all(&r)
+    );
+    let r = c.until("p4").await;
+    assert!(tagged(&r).starts_with("p4 OK"), "{}", show_all(&r));
+    // Still one message, and the connection is in step.
+    let r = c.ok("STATUS INBOX (MESSAGES)").await;
+    expect(&r, b"(MESSAGES 1)");
+
+    // A whole command is bounded too: two literals each under the bound
+    // but together over literal bound + 128 KiB.
+    let each = SMALL_LIMIT;
+    let mut cmd = Vec::new();
+    cmd.extend_from_slice(b"p5 LOGIN ");
+    let mut sent = 0;
+    while sent < 4 {
+        cmd.extend_from_slice(format!("{{{each}+}}\r\n").as_bytes());
+        cmd.extend(std::iter::repeat_n(b'y', each));
+        cmd.push(b' ');
+        sent += 1;
+    }
+    cmd.extend_from_slice(b"x\r\np6 NOOP\r\n");
+    c.send(&cmd).await;
+    let r = c.until("p5").await;
+    assert!(tagged(&r).starts_with("p5 BAD"), "{}", show_all(&r));
+    let r = c.until("p6").await;
+    assert!(tagged(&r).starts_with("p6 OK"), "{}", show_all(&r));
+    c.ok("LOGOUT").await;
+}
+
+on_both_backends!(
+    literal_plus_appends_without_waiting_and_consumes_oversized_literals,
+    literal_plus_appends_without_waiting_and_consumes_oversized_literals_on_postgres,
+    literal_plus_scenario,
+    &[("mailbox_max_message_bytes", "65536")]
+);
+
+// --------------------------------------------------------------- IMAP4rev2
+
+/// imaplib: after ENABLE IMAP4rev2, SEARCH answers with ESEARCH.
+const PY_REV2: &str = r#"
+import imaplib, sys
+M = imaplib.IMAP4(sys.argv[1], int(sys.argv[2]), timeout=10)
+M.login("alice@example.com", "pw")
+assert "IMAP4REV2" in M.capabilities, M.capabilities
+typ, d = M.enable("IMAP4rev2")
+assert typ == "OK", (typ, d)
+assert M.untagged_responses.pop("ENABLED") == [b"IMAP4rev2"], M.untagged_responses
+typ, d = M.select("INBOX")
+assert typ == "OK" and "RECENT" not in M.untagged_responses, M.untagged_responses
+typ, d = M.search(None, "UNDELETED")
+assert typ == "OK", (typ, d)
+es = M.untagged_responses.pop("ESEARCH")
+assert es[0].endswith(b" ALL 1:4"), es
+name = "Ma\xdfe/\u53f0\u5317".encode("utf-8")
+typ, d = M.status(b'"' + name + b'"', "(MESSAGES DELETED)")
+assert typ == "OK" and b"(MESSAGES 0 DELETED 0)" in d[0], d
+assert name in d[0], d
+M.logout()
+print("ok")
+"#;
+
+async fn rev2_scenario(addr: SocketAddr) {
+    let mut one = Client::login(addr).await;
+    let caps = one.ok("CAPABILITY").await;
+    assert!(
+        has(&caps, b"CAPABILITY IMAP4rev1 IMAP4rev2 ") && has(&caps, b" SEARCHRES "),
+        "{}",
+        show_all(&caps)
+    );
+    // IMAP4rev1 names are modified UTF-7 (RFC 3501 §5.1.3); other forms
+    // are refused.
+    one.ok("CREATE Entw&APw-rfe").await;
+    for bad in ["Bad&APw", "\"Gr\u{f6}\u{df}e\"", "&AGE-", "x/&2D0-"] {
+        let r = one.cmd(&format!("CREATE {bad}")).await;
+        assert!(
+            tagged(&r).contains(" NO [CANNOT]"),
+            "{bad}: {}",
+            show_all(&r)
+        );
+    }
+    for (flags, subject) in [("()", "one"), ("(\\Seen)", "two"), ("(\\Deleted)", "three")] {
+        let msg = format!("Subject: {subject}\r\n\r\nbody {subject}\r\n");
+        let r = one
+            .ok(&format!("APPEND INBOX {flags} {{{}+}}\r\n{msg}", msg.len()))
+            .await;
+        expect_tagged(&r, "[APPENDUID");
+    }
+    let r = one.ok("STATUS INBOX (MESSAGES DELETED)").await;
+    expect(&r, b"(MESSAGES 3 DELETED 1)");
+
+    let mut two = Client::login(addr).await;
+    let r = two.ok("ENABLE IMAP4rev2").await;
+    expect(&r, b"* ENABLED IMAP4rev2\r\n");
+    // UTF-8 on the wire, modified UTF-7 in storage: both sessions agree.
+    let r = two.ok("LIST \"\" \"Entw*\"").await;
+    expect_lines(
+        &r,
+        "* LIST",
+        &["* LIST (\\HasNoChildren) \"/\" \"Entwürfe\"\r\n"],
+    );
+    two.ok("CREATE \"Größe/台北\"").await;
+    let r = one.ok("LIST \"\" \"Gr*\"").await;
+    expect_lines(
+        &r,
+        "* LIST",
+        &[
+            "* LIST (\\HasChildren) \"/\" \"Gr&APYA3w-e\"\r\n",
+            "* LIST (\\HasNoChildren) \"/\" \"Gr&APYA3w-e/&U,BTFw-\"\r\n",
+        ],
+    );
+    two.ok("RENAME \"Größe\" \"Maße\"").await;
+    let r = one.ok("LIST \"\" \"Ma*\"").await;
+    expect(&r, b"\"Ma&AN8-e/&U,BTFw-\"");
+    let r = two.ok("STATUS \"Maße/台北\" (MESSAGES DELETED)").await;
+    assert!(
+        has(
+            &r,
+            "* STATUS \"Maße/台北\" (MESSAGES 0 DELETED 0)".as_bytes()
+        ),
+        "{}",
+        show_all(&r)
+    );
+    // Not UTF-8: a BAD, and the session goes on.
+    two.send(b"x1 CREATE \"\xff\xfe\"\r\n").await;
+    let r = two.until("x1").await;
+    assert!(tagged(&r).starts_with("x1 BAD"), "{}", show_all(&r));
+
+    // SELECT: a LIST response and no RECENT (RFC 9051 §6.3.2).
+    let r = two.ok("SELECT \"Entwürfe\"").await;
+    assert!(
+        has(
+            &r,
+            "* LIST (\\HasNoChildren) \"/\" \"Entwürfe\"\r\n".as_bytes()
+        ),
+        "{}",
+        show_all(&r)
+    );
+    expect_not(&r, b"RECENT");
+    // Selecting another mailbox closes this one: OK [CLOSED] comes first.
+    let r = two.ok("SELECT INBOX").await;
+    assert!(r[0].starts_with(b"* OK [CLOSED]"), "{}", show_all(&r));
+    assert!(
+        has(&r, b"* 3 EXISTS") && !has(&r, b"RECENT"),
+        "{}",
+        show_all(&r)
+    );
+    // A rev1 session's SELECT is unchanged.
+    let r = one.ok("SELECT INBOX").await;
+    // (The rev2 session selected it first, so none are recent.)
+    assert!(
+        has(&r, b"* 0 RECENT") && !has(&r, b"* LIST"),
+        "{}",
+        show_all(&r)
+    );
+    let r = one.ok("EXAMINE INBOX").await;
+    expect_not(&r, b"[CLOSED]");
+    let r = one.ok("SEARCH UNDELETED").await;
+    expect(&r, b"* SEARCH 1 2\r\n");
+
+    // SEARCH answers with ESEARCH.
+    let r = two.cmd("SEARCH UNDELETED").await;
+    let tag = show(r.last().unwrap())
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let want = format!("* ESEARCH (TAG \"{tag}\") ALL 1:2\r\n");
+    expect_lines(&r, "* ESEARCH", &[&want]);
+    let r = two.ok("UID SEARCH SUBJECT nothing-matches").await;
+    assert!(
+        lines_with(&r, "* ESEARCH")[0].ends_with("UID\r\n"),
+        "{}",
+        show_all(&r)
+    );
+    // SEARCHRES (RFC 5182): SAVE alone answers nothing, then `$` names it.
+    let r = two.ok("SEARCH RETURN (SAVE) DELETED").await;
+    assert_eq!(r.len(), 1, "{}", show_all(&r));
+    let r = two.ok("FETCH $ (UID FLAGS)").await;
+    expect_lines(&r, "* ", &["* 3 FETCH (UID 3 FLAGS (\\Deleted))\r\n"]);
+    let r = two.ok("UID SEARCH NOT $").await;
+    expect(&r, b" UID ALL 1:2\r\n");
+    let r = two.ok("SEARCH RETURN (SAVE MAX COUNT) UNDELETED").await;
+    expect(&r, b" MAX 2 COUNT 2\r\n");
+    let r = two.ok("UID FETCH $ (UID)").await;
+    assert_eq!(lines_with(&r, "* ").len(), 2, "{}", show_all(&r));
+    two.ok("SEARCH RETURN (SAVE MIN) UNDELETED").await;
+    two.ok("STORE $ +FLAGS.SILENT (\\Flagged)").await;
+    let r = two.ok("SEARCH FLAGGED").await;
+    expect(&r, b" ALL 1\r\n");
+    two.ok("SEARCH RETURN (SAVE) DELETED").await;
+    let r = two.ok("UID EXPUNGE $").await;
+    expect(&r, b"* 3 EXPUNGE\r\n");
+    let r = two.ok("FETCH $ (UID)").await;
+    assert_eq!(r.len(), 1, "{}", show_all(&r));
+    // A new SELECT forgets the saved result.
+    two.ok("SEARCH RETURN (SAVE) ALL").await;
+    two.ok("SELECT INBOX").await;
+    let r = two.ok("FETCH $ (UID)").await;
+    assert_eq!(r.len(), 1, "{}", show_all(&r));
+
+    // Mail from elsewhere: EXISTS without RECENT for rev2, with it for rev1.
+    let msg = "Subject: four\r\n\r\nfour\r\n";
+    let mut three = Client::login(addr).await;
+    three
+        .ok(&format!("APPEND INBOX {{{}+}}\r\n{msg}", msg.len()))
+        .await;
+    let r = two.ok("NOOP").await;
+    assert!(
+        has(&r, b"* 3 EXISTS") && !has(&r, b"RECENT"),
+        "{}",
+        show_all(&r)
+    );
+    one.ok("SELECT INBOX").await;
+    three
+        .ok(&format!("APPEND INBOX {{{}+}}\r\n{msg}", msg.len()))
+        .await;
+    let r = one.ok("NOOP").await;
+    assert!(
+        has(&r, b"* 4 EXISTS") && has(&r, b"RECENT"),
+        "{}",
+        show_all(&r)
+    );
+    for c in [&mut one, &mut two, &mut three] {
+        c.ok("LOGOUT").await;
+    }
+    assert_eq!(python(PY_REV2, py_args(addr)).await.trim(), "ok");
+}
+
+on_both_backends!(
+    imap4rev2_sessions_use_utf8_names_esearch_and_searchres,
+    imap4rev2_sessions_use_utf8_names_esearch_and_searchres_on_postgres,
+    rev2_scenario
+);
+
+// ------------------------------------------------------------ RENAME INBOX
+
+/// imaplib: RENAME INBOX moves the mail and leaves INBOX there, empty.
+const PY_RENAME_INBOX: &str = r#"
+import imaplib, sys
+M = imaplib.IMAP4(sys.argv[1], int(sys.argv[2]), timeout=10)
+M.login("alice@example.com", "pw")
+typ, d = M.append("INBOX", None, None, b"Subject: py\r\n\r\nfrom python\r\n")
+assert typ == "OK", (typ, d)
+typ, d = M.rename("INBOX", "Older")
+assert typ == "OK", (typ, d)
+typ, d = M.select("INBOX")
+assert typ == "OK" and d == [b"0"], (typ, d)
+typ, d = M.select("Older")
+assert typ == "OK" and d == [b"2"], (typ, d)
+typ, d = M.fetch("2", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+assert d[0][1] == b"Subject: py\r\n\r\n", d
+M.logout()
+print("ok")
+"#;
+
+/// `KEY n` from a STATUS response.
+fn status_value(r: &[Vec<u8>], key: &str) -> u64 {
+    let line = lines_with(r, "* STATUS").pop().expect("a STATUS response");
+    let rest = &line[line.find(&format!("{key} ")).expect(key) + key.len() + 1..];
+    rest.split([' ', ')']).next().unwrap().parse().unwrap()
+}
+
+async fn rename_inbox_scenario(addr: SocketAddr) {
+    let mut c = Client::login(addr).await;
+    for (flags, subject) in [("(\\Flagged)", "first"), ("()", "second")] {
+        let msg = format!("Subject: {subject}\r\n\r\n{subject} body\r\n");
+        c.ok(&format!("APPEND INBOX {flags} {{{}+}}\r\n{msg}", msg.len()))
+            .await;
+    }
+    c.ok("CREATE INBOX/child").await;
+    let before = c.ok("STATUS INBOX (UIDVALIDITY UIDNEXT)").await;
+    let mut watch = Client::login(addr).await;
+    watch.ok("SELECT INBOX").await;
+
+    let r = c.ok("RENAME INBOX \"Old Mail\"").await;
+    expect_tagged(&r, "OK");
+    // INBOX is still there, empty, with its UIDVALIDITY and UIDNEXT.
+    let after = c.ok("STATUS INBOX (MESSAGES UIDVALIDITY UIDNEXT)").await;
+    assert_eq!(status_value(&after, "MESSAGES"), 0, "{}", show_all(&after));
+    for key in ["UIDVALIDITY", "UIDNEXT"] {
+        assert_eq!(
+            status_value(&after, key),
+            status_value(&before, key),
+            "{key}"
+        );
+    }
+    // The new mailbox has the messages, their UIDs and flags.
+    let moved = c.ok("STATUS \"Old Mail\" (MESSAGES UIDNEXT)").await;
+    assert_eq!(status_value(&moved, "MESSAGES"), 2, "{}", show_all(&moved));
+    assert_eq!(status_value(&moved, "UIDNEXT"), 3);
+    c.ok("EXAMINE \"Old Mail\"").await;
+    let r = c
+        .ok("FETCH 1:* (UID FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        .await;
+    assert!(
+        has(&r, b"* 1 FETCH (UID 1 FLAGS (\\Flagged) BODY[HEADER.FIELDS (SUBJECT)] {18}\r\nSubject: first\r\n\r\n)")
+            && has(&r, b"* 2 FETCH (UID 2 FLAGS () BODY[HEADER.FIELDS (SUBJECT)] {19}\r\nSubject: second\r\n\r\n)"),
+        "{}",
+        show_all(&r)
+    );
+    // A session with INBOX selected sees the messages go.
+    let r = watch.ok("NOOP").await;
+    expect_lines(&r, "* ", &["* 2 EXPUNGE\r\n", "* 1 EXPUNGE\r\n"]);
+    // INBOX's children stay where they were (RFC 3501 §6.3.5).
+    let r = c.ok("LIST \"\" \"INBOX*\"").await;
+    assert_eq!(lines_with(&r, "* LIST").len(), 2, "{}", show_all(&r));
+    expect(&r, b"\"INBOX/child\"");
+    // The name is taken now; nothing can be renamed to INBOX.
+    let r = c.cmd("RENAME INBOX \"Old Mail\"").await;
+    expect_tagged(&r, "NO [ALREADYEXISTS]");
+    let r = c.cmd("RENAME Sent INBOX").await;
+    expect_tagged(&r, "NO [ALREADYEXISTS]");
+    // New mail in INBOX gets a fresh UID: old ones are never reused.
+    let msg = "Subject: third\r\n\r\nthird\r\n";
+    let r = c
+        .ok(&format!("APPEND INBOX {{{}+}}\r\n{msg}", msg.len()))
+        .await;
+    expect_tagged(&r, " 3] APPEND");
+    let r = watch.ok("NOOP").await;
+    expect(&r, b"* 1 EXISTS");
+    let r = watch.ok("UID FETCH 1:* (UID)").await;
+    expect_lines(&r, "* ", &["* 1 FETCH (UID 3)\r\n"]);
+    c.ok("LOGOUT").await;
+    watch.ok("LOGOUT").await;
+    assert_eq!(python(PY_RENAME_INBOX, py_args(addr)).await.trim(), "ok");
+}
+
+on_both_backends!(
+    rename_inbox_moves_its_mail_and_leaves_it_empty,
+    rename_inbox_moves_its_mail_and_leaves_it_empty_on_postgres,
+    rename_inbox_scenario
+);
