@@ -33,6 +33,14 @@ pub const HOLDS_BUCKET: &str = "tern-holds";
 /// destination, shared by every delivery replica; entries expire, so a
 /// crashed replica's slots free themselves.
 pub const LIMITS_BUCKET: &str = "tern-delivery-limits";
+/// Key-value bucket (file storage, per-entry TTLs) of recent failed logins
+/// per account name and per client address, shared by every mailbox
+/// replica; an entry expires one failure window after its last failure.
+pub const LOGIN_FAILURES_BUCKET: &str = "tern-login-failures";
+/// Key-value bucket (file storage, per-entry TTLs) of POP3 maildrop locks,
+/// one key per locked account, shared by every mailbox replica; a lock its
+/// holder stops refreshing (a crashed replica) expires.
+pub const POP3_LOCKS_BUCKET: &str = "tern-pop3-locks";
 /// How long events are kept.
 pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 86_400);
 /// Stream of attempt results back to queue.
@@ -440,6 +448,86 @@ pub async fn pull_consumer_until_ready(
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// How long the marker nats-server leaves when an entry of a TTL bucket
+/// ([`ttl_bucket`]) expires lives; then the key is gone entirely.
+pub const TTL_MARKER_TTL: Duration = Duration::from_secs(60);
+
+/// A key-value bucket whose entries carry their own time to live (the
+/// `Nats-TTL` header, nats-server 2.11+), opened, or created with
+/// `replicas` copies (file storage, history 1). Opening first means a bucket
+/// made with other settings (another replica count) is used as it is.
+pub async fn ttl_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+) -> Result<jetstream::kv::Store, BusError> {
+    if let Ok(kv) = js.get_key_value(bucket).await {
+        return Ok(kv);
+    }
+    js.create_key_value(jetstream::kv::Config {
+        bucket: bucket.into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        limit_markers: Some(TTL_MARKER_TTL),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| setup_err(bucket)(Box::new(e)))
+}
+
+/// The whole seconds (at least 1) of `ttl`, rounded up: the unit of `Nats-TTL`.
+pub fn ttl_seconds(ttl: Duration) -> u64 {
+    (ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)).max(1)
+}
+
+/// Write `value` to `key` of the TTL bucket `kv` ([`ttl_bucket`]) if the
+/// key's last revision is still `revision` (0: the key has no message at
+/// all, not even a delete marker), the entry expiring after `ttl` (whole
+/// seconds, rounded up). A lost race fails with
+/// [`PublishErrorKind::WrongLastSequence`](jetstream::context::PublishErrorKind).
+/// Returns the new revision.
+///
+/// async-nats 0.51 has no update with a TTL, and its `create_with_ttl`
+/// drops the TTL when the key holds a delete marker, hence this.
+pub async fn kv_write_with_ttl(
+    js: &jetstream::Context,
+    kv: &jetstream::kv::Store,
+    key: &str,
+    value: bytes::Bytes,
+    revision: u64,
+    ttl: Duration,
+) -> Result<u64, jetstream::context::PublishError> {
+    let subject = format!("{}{key}", kv.put_prefix.as_ref().unwrap_or(&kv.prefix));
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+        revision.to_string().as_str(),
+    );
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_TTL,
+        ttl_seconds(ttl).to_string().as_str(),
+    );
+    let ack = js
+        .publish_with_headers(subject, headers, value)
+        .await?
+        .await?;
+    Ok(ack.sequence)
+}
+
+#[cfg(test)]
+mod ttl_tests {
+    use super::*;
+
+    #[test]
+    fn ttls_are_whole_seconds_rounded_up_and_at_least_one() {
+        assert_eq!(ttl_seconds(Duration::ZERO), 1);
+        assert_eq!(ttl_seconds(Duration::from_millis(200)), 1);
+        assert_eq!(ttl_seconds(Duration::from_millis(1500)), 2);
+        assert_eq!(ttl_seconds(Duration::from_secs(900)), 900);
     }
 }
 

@@ -155,16 +155,17 @@ pub async fn login(
     password: &str,
     client: Option<IpAddr>,
 ) -> Result<Login, StoreError> {
-    if throttle.is_locked(username, client) {
+    let check = throttle.check(username, client).await;
+    if check.locked {
         return Ok(Login::Throttled);
     }
     Ok(match authenticate(store, username, password).await? {
         Some(account) => {
-            throttle.succeeded(username);
+            throttle.succeeded(username, &check).await;
             Login::Ok(account)
         }
         None => {
-            throttle.failed(username, client);
+            throttle.failed(username, client).await;
             Login::Failed
         }
     })

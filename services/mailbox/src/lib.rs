@@ -5,6 +5,7 @@
 //! See `services/mailbox/README.md` for what it owns, consumes and produces.
 
 mod accounts;
+mod cluster;
 mod deliver;
 mod imap;
 mod net;
@@ -101,6 +102,12 @@ pub mod keys {
         "1s",
         "IMAP and POP3 answer a failed or refused login after this delay",
     );
+    /// `TERN_POP3_LOCK_TTL`.
+    pub const POP3_LOCK_TTL: Key<Duration> = Key::new(
+        "pop3_lock_ttl",
+        "30s",
+        "how long a POP3 maildrop lock outlives a replica that stopped refreshing it (crashed or cut off from NATS); at least 3s",
+    );
     /// `TERN_ALLOW_PLAINTEXT_AUTH`.
     pub const ALLOW_PLAINTEXT_AUTH: Key<bool> = Key::new(
         "allow_plaintext_auth",
@@ -146,7 +153,14 @@ pub struct Config {
     pub login_failure_window: Duration,
     /// Delay before IMAP and POP3 answer a failed or refused login.
     pub login_failure_delay: Duration,
+    /// Time to live of a POP3 maildrop lock in the shared bucket; its
+    /// holder refreshes it every third of this.
+    pub pop3_lock_ttl: Duration,
 }
+
+/// The shortest `pop3_lock_ttl` (the bucket counts TTLs in whole seconds,
+/// and a lock is refreshed every third of its TTL).
+const MIN_POP3_LOCK_TTL: Duration = Duration::from_secs(3);
 
 /// Percent-encode the characters sqlx would read as URL syntax in a path.
 fn sqlite_url(path: &std::path::Path) -> String {
@@ -173,6 +187,14 @@ impl Config {
                 expected: "sqlite://PATH or postgres://USER:PASS@HOST/DB",
             });
         }
+        let pop3_lock_ttl = src.get(&keys::POP3_LOCK_TTL)?;
+        if pop3_lock_ttl < MIN_POP3_LOCK_TTL {
+            return Err(ConfigError::Invalid {
+                key: config::env_name(keys::POP3_LOCK_TTL.name),
+                value: format!("{pop3_lock_ttl:?}"),
+                expected: "a duration of at least 3s",
+            });
+        }
         Ok(Config {
             imap_listen: src.get(&keys::IMAP_LISTEN)?,
             imaps_listen: src.get(&keys::IMAPS_LISTEN)?,
@@ -187,6 +209,7 @@ impl Config {
             login_max_failures: src.get(&keys::LOGIN_MAX_FAILURES)?,
             login_failure_window: src.get(&keys::LOGIN_FAILURE_WINDOW)?,
             login_failure_delay: src.get(&keys::LOGIN_FAILURE_DELAY)?,
+            pop3_lock_ttl,
             tls: TlsConfig::from_source(src)?,
             common,
         })
@@ -263,6 +286,10 @@ fn describe_metrics() {
     metrics::describe_counter!(
         "tern_mailbox_logins_total",
         "login attempts by protocol (imap, pop3, grpc) and result (ok, failed, throttled, error)"
+    );
+    metrics::describe_counter!(
+        "tern_mailbox_kv_fallbacks_total",
+        "operations on the shared NATS KV state that found NATS unreachable or slow and used this replica's own state instead, by what (login_throttle, pop3_lock)"
     );
     metrics::describe_counter!(
         "tern_mailbox_over_quota_total",
@@ -410,12 +437,23 @@ async fn serve(
     reporter
         .set_serving::<AccountsServer<AccountsService>>()
         .await;
+    // Connecting returns at once and retries in the background: logins do
+    // not wait for NATS (see cluster.rs).
+    let client = bus::connect(&nats_url, "tern-mailbox").await?;
+    let replica = format!("{:016x}", rand::random::<u64>());
+    let cluster = cluster::Cluster::new(client.clone(), replica.clone());
+    let cluster_task = tokio::spawn(
+        cluster
+            .clone()
+            .open(config.common.nats_replicas, shutdown.clone()),
+    );
     // One set of failed-login counters for IMAP, POP3 and ingress's
-    // Authenticate calls (per process; see throttle.rs).
+    // Authenticate calls, shared by the replicas (see throttle.rs).
     let throttle = Arc::new(throttle::LoginThrottle::new(
         config.login_max_failures,
         config.login_failure_window,
         config.login_failure_delay,
+        Some(cluster.clone()),
     ));
     let accounts = AccountsService::new(
         store.clone(),
@@ -426,12 +464,12 @@ async fn serve(
     let routes = tonic::service::Routes::new(health).add_service(AccountsServer::new(accounts));
     let grpc_task = tokio::spawn(grpc::serve(l.grpc, routes, shutdown.clone()));
 
-    let client = bus::connect(&nats_url, "tern-mailbox").await?;
     let hub = Arc::new(notify::Hub::new());
     let notify_task = tokio::spawn(notify::run(
         store.clone(),
         hub.clone(),
         client.clone(),
+        replica,
         shutdown.clone(),
     ));
     let tracker = TaskTracker::new();
@@ -444,7 +482,7 @@ async fn serve(
         hub,
         max_message: config.max_message_bytes.clamp(1024, 1 << 30),
         throttle,
-        pop3_locks: pop3::MaildropLocks::default(),
+        pop3_locks: pop3::MaildropLocks::new(Some(cluster), config.pop3_lock_ttl),
     });
     let mut accept_tasks = Vec::new();
     for (listener, protocol, label, tls) in [
@@ -489,6 +527,9 @@ async fn serve(
     let _ = notify_task.await;
     let grace = config.common.shutdown_grace;
     shutdown::drain(&tracker, grace).await;
+    // The ended POP3 sessions' locks, released in the bucket.
+    ctx.pop3_locks.close(2 * cluster::KV_TIMEOUT).await;
+    let _ = cluster_task.await;
     match tokio::time::timeout(grace, grpc_task).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server"),
         Err(_) => tracing::warn!("gRPC server did not stop within the grace period"),
@@ -503,4 +544,18 @@ async fn serve(
 /// Bind and run until `shutdown`.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     bind(config).await?.run(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn pop3_lock_ttl_is_at_least_three_seconds() {
+        let ttl = |v: &str| Config::from_source(&Source::from_pairs([("pop3_lock_ttl", v)]));
+        assert_eq!(ttl("3s").unwrap().pop3_lock_ttl, Duration::from_secs(3));
+        let err = ttl("2500ms").unwrap_err().to_string();
+        assert!(err.contains("TERN_POP3_LOCK_TTL"), "{err}");
+    }
 }

@@ -51,8 +51,14 @@ impl Hub {
 
 /// Forward local store changes to the hub and NATS, and remote ones from
 /// NATS to the hub, until shutdown.
-pub async fn run(store: Arc<Store>, hub: Arc<Hub>, client: async_nats::Client, shutdown: Shutdown) {
-    let replica = format!("{:016x}", rand::random::<u64>());
+/// `replica` is this replica's id (in the `Tern-Replica` header).
+pub async fn run(
+    store: Arc<Store>,
+    hub: Arc<Hub>,
+    client: async_nats::Client,
+    replica: String,
+    shutdown: Shutdown,
+) {
     let mut local = store.changes();
     let mut remote = match client.subscribe(format!("{SUBJECT_PREFIX}*")).await {
         Ok(s) => Some(s),

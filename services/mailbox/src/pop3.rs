@@ -1,51 +1,153 @@
 //! The POP3 session: network I/O around `tern_mailproto::pop3`.
+//!
+//! **Maildrop lock** (RFC 1939 §8): a session locks its account's maildrop
+//! from a successful PASS/AUTH until it ends, so two sessions cannot both
+//! list and delete the same messages, whichever replicas they reach. The
+//! lock has two layers:
+//!
+//! - in this process, a set of locked accounts: a second session on the
+//!   same replica waits for the first without asking NATS, and is woken the
+//!   moment it ends;
+//! - across replicas, key `account.<id>` in the key-value bucket
+//!   [`POP3_LOCKS_BUCKET`](tern_runtime::bus::POP3_LOCKS_BUCKET), made with
+//!   a create (which fails when the key holds a value) and holding
+//!   `<replica id> <session number>`. Its time to live is `pop3_lock_ttl`
+//!   and the holder rewrites it every third of that (with the revision it
+//!   holds), so the lock of a crashed or cut-off replica expires within
+//!   `pop3_lock_ttl`. The session's end purges the key, with the revision it
+//!   holds, so a lock that expired and was taken by another session is
+//!   left alone. A refresh that finds the key gone re-creates it, and one
+//!   that finds it held by another session logs that the lock was lost (the
+//!   session goes on; its deletions are still safe, as expunging a message
+//!   another session removed first does nothing).
+//!
+//! A login waits up to [`LOCK_WAIT`] for either layer, polling the bucket,
+//! then gets `-ERR [IN-USE]`. When NATS is unreachable or slow
+//! ([`crate::cluster`]) the session holds the in-process lock only: POP3
+//! keeps working, and sessions through different replicas are then not
+//! kept apart, which is the lesser harm.
 
 use std::collections::HashSet;
 use std::io;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tern_mailproto::line::{Line, LineBuffer};
 use tern_mailproto::pop3::{self, Action, MessageInfo, Session};
+use tern_runtime::bus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
 
 use crate::accounts::{self, Login};
+use crate::cluster::{Bucket, Cluster, KV_TIMEOUT, Kv};
 use crate::net::{Io, SessionCtx};
 use crate::store::{Account, StoreError};
 
 /// Close after this long without a command (RFC 1939 asks for at least 10 minutes).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
-/// Accounts whose maildrop a POP3 session on this replica holds.
-///
-/// RFC 1939 §8: a POP3 session locks the maildrop from PASS until the end
-/// of the session, so two sessions cannot both list and delete the same
-/// messages. The lock is per replica: sessions on two replicas are not
-/// kept apart (their deletions are still safe, since expunging a message
-/// another session removed first is a no-op).
-#[derive(Default)]
+/// The maildrop locks of this replica's POP3 sessions, in memory and in
+/// the shared bucket (see the module documentation).
 pub struct MaildropLocks {
     held: Mutex<HashSet<i64>>,
     /// Woken whenever a lock is released.
     released: tokio::sync::Notify,
+    /// The shared bucket, if NATS is configured.
+    cluster: Option<Arc<Cluster>>,
+    /// Time to live of a lock in the bucket.
+    ttl: Duration,
+    /// The tasks keeping locks in the bucket alive.
+    tasks: TaskTracker,
+    /// Numbers this replica's sessions in the lock's owner.
+    sessions: AtomicU64,
 }
 
 /// How long a login waits for another session's lock before `[IN-USE]`:
 /// a client that reconnects right after its connection dropped usually
 /// finds the old session still ending.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
+/// How often a waiting login asks the bucket again.
+const LOCK_POLL: Duration = Duration::from_millis(100);
+
+/// The bucket key of `account`'s lock.
+fn lock_key(account: i64) -> String {
+    format!("account.{account}")
+}
 
 impl MaildropLocks {
+    /// Locks shared through `cluster` (in this process only without it),
+    /// each living `ttl` in the bucket unless refreshed.
+    pub fn new(cluster: Option<Arc<Cluster>>, ttl: Duration) -> MaildropLocks {
+        MaildropLocks {
+            held: Mutex::default(),
+            released: tokio::sync::Notify::new(),
+            cluster,
+            ttl,
+            tasks: TaskTracker::new(),
+            sessions: AtomicU64::new(1),
+        }
+    }
+
     fn set(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
         // A plain set: a poisoned lock still holds a consistent value.
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Lock `account`'s maildrop, waiting up to [`LOCK_WAIT`] for another
-    /// session to release it; `None` when it is still held then.
+    /// session (of any replica) to release it; `None` when it is still
+    /// held then.
     async fn lock(&self, account: i64) -> Option<MaildropLock<'_>> {
         let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        let mut lock = self.lock_here(account, deadline).await?;
+        let Some(cluster) = &self.cluster else {
+            return Some(lock);
+        };
+        let key = lock_key(account);
+        let owner = format!(
+            "{} {}",
+            cluster.replica(),
+            self.sessions.fetch_add(1, Ordering::Relaxed)
+        );
+        let ttl = self.ttl;
+        loop {
+            let (k, o) = (key.clone(), owner.clone());
+            let created = cluster
+                .call(Bucket::Pop3Locks, |kv| async move {
+                    let r = kv.create(&k, &o, ttl).await?;
+                    Ok::<_, String>(r.map(|revision| (kv, revision)))
+                })
+                .await;
+            match created {
+                Some(Some((kv, revision))) => {
+                    let (stop, stopped) = oneshot::channel();
+                    self.tasks
+                        .spawn(hold(kv, key, owner, revision, ttl, stopped));
+                    lock.shared = Some(stop);
+                    return Some(lock);
+                }
+                // Another session holds it: wait for it to end.
+                Some(None) => {
+                    if tokio::time::Instant::now() + LOCK_POLL >= deadline {
+                        return None;
+                    }
+                    tokio::time::sleep(LOCK_POLL).await;
+                }
+                // NATS unreachable: this replica's lock only.
+                None => return Some(lock),
+            }
+        }
+    }
+
+    /// The in-process lock of `account`, waiting until `deadline` for
+    /// another session of this replica to release it.
+    async fn lock_here(
+        &self,
+        account: i64,
+        deadline: tokio::time::Instant,
+    ) -> Option<MaildropLock<'_>> {
         loop {
             // Registered before trying, so a release in between is not missed.
             let released = self.released.notified();
@@ -68,7 +170,93 @@ impl MaildropLocks {
         inserted.then(|| MaildropLock {
             locks: self,
             account,
+            shared: None,
         })
+    }
+
+    /// Wait (at most `within`) for the locks of ended sessions to be
+    /// released in the bucket, at shutdown.
+    pub async fn close(&self, within: Duration) {
+        self.tasks.close();
+        if tokio::time::timeout(within, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("POP3 locks not released in time; they expire by themselves");
+        }
+    }
+}
+
+/// Keep `key` (created at `revision`, holding `owner`) alive in the bucket
+/// until `stop` fires or is dropped, then purge it if it is still ours.
+async fn hold(
+    kv: Kv,
+    key: String,
+    owner: String,
+    revision: u64,
+    ttl: Duration,
+    mut stop: oneshot::Receiver<()>,
+) {
+    // `None` once another session took the key.
+    let mut revision = Some(revision);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep(ttl / 3), if revision.is_some() => {
+                let Some(r) = revision else { continue };
+                match tokio::time::timeout(KV_TIMEOUT, refresh(&kv, &key, &owner, r, ttl)).await {
+                    Ok(Ok(next)) => {
+                        if next.is_none() {
+                            tracing::warn!(key, "POP3 maildrop lock lost to another session (NATS was unreachable for longer than its TTL)");
+                        }
+                        revision = next;
+                    }
+                    // Tried again at the next refresh, well within the TTL.
+                    Ok(Err(e)) => tracing::debug!(key, error = %e, "refreshing a POP3 maildrop lock failed"),
+                    Err(_) => tracing::debug!(key, "refreshing a POP3 maildrop lock timed out"),
+                }
+            }
+        }
+    }
+    if let Some(r) = revision {
+        let purge = kv
+            .store
+            .purge_expect_revision_with_ttl(&key, r, bus::TTL_MARKER_TTL);
+        let error = match tokio::time::timeout(KV_TIMEOUT, purge).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".into(),
+        };
+        tracing::debug!(
+            key,
+            error,
+            "releasing a POP3 maildrop lock failed; it expires by itself"
+        );
+    }
+}
+
+/// Rewrite the lock `key` held at `revision`; its new revision, or `None`
+/// when another session holds it now.
+async fn refresh(
+    kv: &Kv,
+    key: &str,
+    owner: &str,
+    revision: u64,
+    ttl: Duration,
+) -> Result<Option<u64>, String> {
+    if let Some(r) = kv
+        .write(key, owner.to_string(), revision, ttl)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        return Ok(Some(r));
+    }
+    match kv.read(key).await.map_err(|e| e.to_string())? {
+        // Our last write landed but its answer did not reach us.
+        (Some(v), r) if v == owner.as_bytes() => Ok(Some(r)),
+        (Some(_), _) => Ok(None),
+        // It expired (NATS was out of reach): take it again if free.
+        (None, _) => kv.create(key, owner, ttl).await,
     }
 }
 
@@ -77,10 +265,14 @@ impl MaildropLocks {
 struct MaildropLock<'a> {
     locks: &'a MaildropLocks,
     account: i64,
+    /// Dropping it ends the task holding the key in the bucket, which then
+    /// purges the key.
+    shared: Option<oneshot::Sender<()>>,
 }
 
 impl Drop for MaildropLock<'_> {
     fn drop(&mut self) {
+        self.shared.take();
         self.locks.set().remove(&self.account);
         self.locks.released.notify_waiters();
     }

@@ -7,17 +7,19 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::{DEADLINE, Mailbox, Postgres, Raw, run, tool};
+use tern_proto::accounts_client::AccountsClient;
 use tern_proto::{
     AddAliasRequest, AuthenticateRequest, CheckRecipientRequest, DeleteAliasRequest,
     DeleteUserRequest, ListAliasesRequest, Outcome, QuotaRequest,
 };
-use tern_testkit::NatsServer;
+use tern_testkit::{NatsServer, wait_for};
 
 fn body(subject: &str) -> Vec<u8> {
     format!(
@@ -247,42 +249,60 @@ async fn quota_call_shows_and_sets_the_quota() {
 
 // ------------------------------------------------------------- throttling
 
-#[tokio::test]
-async fn failed_logins_are_throttled_per_account_and_per_client() {
-    let nats = NatsServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let m = sqlite(
-        dir.path(),
-        &nats,
-        &[
-            ("login_max_failures", "3"),
-            ("login_failure_window", "10m"),
-            ("login_failure_delay", "0s"),
-        ],
-    )
-    .await;
-    for u in ["alice", "bob", "carol"] {
-        m.add_user(&format!("{u}@example.com"), "right").await;
-    }
-    let mut a = m.accounts().await;
-    let auth = |user: &str, pw: &str, client: &str| AuthenticateRequest {
-        username: user.into(),
-        password: pw.into(),
-        client_address: client.into(),
-    };
+/// Three failures in the window lock an account or a client for 10 minutes.
+const THROTTLE: [(&str, &str); 3] = [
+    ("login_max_failures", "3"),
+    ("login_failure_window", "10m"),
+    ("login_failure_delay", "0s"),
+];
 
-    // Per account: three wrong IMAP passwords for alice (from loopback)...
-    let mut imap = Raw::connect(m.addr("imap")).await;
+/// Ingress's Authenticate call for `user` from `client`: (ok, throttled).
+async fn authenticate(
+    grpc: &AccountsClient<tonic::transport::Channel>,
+    user: &str,
+    pw: &str,
+    client: &str,
+) -> (bool, bool) {
+    let g = grpc
+        .clone()
+        .authenticate(AuthenticateRequest {
+            username: user.into(),
+            password: pw.into(),
+            client_address: client.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (g.ok, g.throttled)
+}
+
+/// An IMAP connection to `addr` after three LOGINs as `user` with a wrong
+/// password (tags a1 to a3), each answered as a failure.
+async fn three_wrong_imap_logins(addr: SocketAddr, user: &str) -> Raw {
+    let mut imap = Raw::connect(addr).await;
     imap.line().await;
     for i in 1..=3 {
-        let r = imap
-            .cmd(&format!("a{i} LOGIN alice@example.com wrong\r\n"))
-            .await;
+        let r = imap.cmd(&format!("a{i} LOGIN {user} wrong\r\n")).await;
         assert!(
             r.starts_with(&format!("a{i} NO [AUTHENTICATIONFAILED]")),
             "{r}"
         );
     }
+    imap
+}
+
+#[tokio::test]
+async fn failed_logins_are_throttled_per_account_and_per_client() {
+    let nats = NatsServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = sqlite(dir.path(), &nats, &THROTTLE).await;
+    for u in ["alice", "bob", "carol"] {
+        m.add_user(&format!("{u}@example.com"), "right").await;
+    }
+    let a = m.accounts().await;
+
+    // Per account: three wrong IMAP passwords for alice (from loopback)...
+    let mut imap = three_wrong_imap_logins(m.addr("imap"), "alice@example.com").await;
     // ...and now even the right one is refused, unchecked, on every path.
     let r = imap.cmd("a4 LOGIN alice@example.com right\r\n").await;
     assert!(r.starts_with("a4 NO [UNAVAILABLE]"), "{r}");
@@ -295,46 +315,36 @@ async fn failed_logins_are_throttled_per_account_and_per_client() {
     pop.cmd("USER alice@example.com\r\n").await;
     let r = pop.cmd("PASS right\r\n").await;
     assert!(r.starts_with("-ERR [SYS/TEMP]"), "{r}");
-    let g = a
-        .authenticate(auth("alice@example.com", "right", "192.0.2.50"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(!g.ok && g.throttled, "{g:?}");
+    assert_eq!(
+        authenticate(&a, "alice@example.com", "right", "192.0.2.50").await,
+        (false, true)
+    );
 
     // Per client: loopback has three failures too, so bob is refused from
     // there over IMAP and POP3, but not from another address over gRPC.
     let r = imap.cmd("a6 LOGIN bob@example.com right\r\n").await;
     assert!(r.starts_with("a6 NO [UNAVAILABLE]"), "{r}");
-    let g = a
-        .authenticate(auth("bob@example.com", "right", "192.0.2.50"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(g.ok && !g.throttled, "{g:?}");
+    assert_eq!(
+        authenticate(&a, "bob@example.com", "right", "192.0.2.50").await,
+        (true, false)
+    );
 
     // gRPC counts per client address (ingress passes the SMTP client's).
     for user in ["x@example.com", "y@example.com", "z@example.com"] {
-        let g = a
-            .authenticate(auth(user, "guess", "2001:db8::1"))
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(!g.ok && !g.throttled, "{g:?}");
+        assert_eq!(
+            authenticate(&a, user, "guess", "2001:db8::1").await,
+            (false, false)
+        );
     }
     // The same /64 is the same client.
-    let g = a
-        .authenticate(auth("carol@example.com", "right", "2001:db8::2"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(!g.ok && g.throttled, "{g:?}");
-    let g = a
-        .authenticate(auth("carol@example.com", "right", "2001:db8:0:1::2"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(g.ok && !g.throttled, "{g:?}");
+    assert_eq!(
+        authenticate(&a, "carol@example.com", "right", "2001:db8::2").await,
+        (false, true)
+    );
+    assert_eq!(
+        authenticate(&a, "carol@example.com", "right", "2001:db8:0:1::2").await,
+        (true, false)
+    );
     m.stop().await;
 }
 
@@ -348,17 +358,18 @@ async fn pop3_maildrop_is_locked_by_one_session_at_a_time() {
     m.add_user("alice@example.com", "pw").await;
     m.deliver("01LOCK1", &["alice@example.com"], &body("lock"))
         .await;
-    let login = |addr| async move {
-        let mut c = Raw::connect(addr).await;
-        c.line().await;
-        c.cmd("USER alice@example.com\r\n").await;
-        let r = c.cmd("PASS pw\r\n").await;
-        (c, r)
-    };
-    let (mut first, r) = login(m.addr("pop3")).await;
+    pop3_lock_scenario(m.addr("pop3"), m.addr("pop3")).await;
+    m.stop().await;
+}
+
+/// Sessions through `a` and `b` (one replica twice, or two replicas) for
+/// alice, whose maildrop holds one message.
+async fn pop3_lock_scenario(a: SocketAddr, b: SocketAddr) {
+    let login = |addr| pop3_login(addr, "alice@example.com");
+    let (mut first, r) = login(a).await;
     assert!(r.starts_with("+OK maildrop has 1"), "{r}");
     // RFC 1939 §8: a second session cannot open the locked maildrop...
-    let (mut second, r) = login(m.addr("pop3")).await;
+    let (mut second, r) = login(b).await;
     assert!(r.starts_with("-ERR [IN-USE]"), "{r}");
     // ...but stays in AUTHORIZATION and may try again once it is free.
     assert!(first.cmd("DELE 1\r\n").await.starts_with("+OK"));
@@ -369,9 +380,257 @@ async fn pop3_maildrop_is_locked_by_one_session_at_a_time() {
     // A dropped connection releases the lock too; a login right after it
     // waits for the old session to end instead of failing.
     drop(second);
-    let (mut c, r) = login(m.addr("pop3")).await;
+    let (mut c, r) = login(a).await;
     assert!(r.starts_with("+OK maildrop has 0"), "{r}");
-    c.cmd("QUIT\r\n").await;
+    assert!(c.cmd("QUIT\r\n").await.starts_with("+OK"));
+}
+
+/// A POP3 connection to `addr` after USER `user` and PASS `pw`, and the
+/// answer to PASS.
+async fn pop3_login(addr: SocketAddr, user: &str) -> (Raw, String) {
+    let mut c = Raw::connect(addr).await;
+    c.line().await;
+    c.cmd(&format!("USER {user}\r\n")).await;
+    let r = c.cmd("PASS pw\r\n").await;
+    (c, r)
+}
+
+// -------------------------------------------------------- across replicas
+
+/// `extra` plus the database of the mailbox in `dir`: the config of
+/// another replica of it.
+fn replica_of<'a>(dir: &Path, extra: &[(&'a str, &'a str)]) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = extra
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    pairs.push((
+        "database_url".into(),
+        format!("sqlite://{}/mailbox.db", dir.display()),
+    ));
+    pairs
+}
+
+fn pairs(owned: &[(String, String)]) -> Vec<(&str, &str)> {
+    owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+/// Failures made through one replica make the other refuse the account and
+/// the client; a success through one clears the account for both; the
+/// counts survive restarting every replica.
+#[tokio::test]
+async fn failed_logins_are_counted_across_replicas_and_restarts() {
+    let nats = NatsServer::start().await;
+    let (dir1, dir2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let one = sqlite(dir1.path(), &nats, &THROTTLE).await;
+    let two_config = replica_of(dir1.path(), &THROTTLE);
+    let two = sqlite(dir2.path(), &nats, &pairs(&two_config)).await;
+    for u in ["alice", "bob", "carol"] {
+        one.add_user(&format!("{u}@example.com"), "pw").await;
+    }
+
+    // Three wrong passwords for alice through replica one...
+    three_wrong_imap_logins(one.addr("imap"), "alice@example.com").await;
+    // ...and replica two refuses her over IMAP, POP3 and gRPC (from any
+    // client), and refuses bob from the same client.
+    let mut imap2 = Raw::connect(two.addr("imap")).await;
+    imap2.line().await;
+    let r = imap2.cmd("b1 LOGIN alice@example.com pw\r\n").await;
+    assert!(r.starts_with("b1 NO [UNAVAILABLE]"), "{r}");
+    let (_, r) = pop3_login(two.addr("pop3"), "alice@example.com").await;
+    assert!(r.starts_with("-ERR [SYS/TEMP]"), "{r}");
+    let grpc2 = two.accounts().await;
+    assert_eq!(
+        authenticate(&grpc2, "alice@example.com", "pw", "192.0.2.50").await,
+        (false, true)
+    );
+    let r = imap2.cmd("b2 LOGIN bob@example.com pw\r\n").await;
+    assert!(r.starts_with("b2 NO [UNAVAILABLE]"), "{r}");
+
+    // A success through replica two clears carol's count for replica one:
+    // two failures, a success, two failures is not three in a row.
+    let grpc1 = one.accounts().await;
+    for (replica, pw, client, ok) in [
+        (&grpc1, "wrong", "192.0.2.1", false),
+        (&grpc1, "wrong", "192.0.2.2", false),
+        (&grpc2, "pw", "192.0.2.3", true),
+        (&grpc1, "wrong", "192.0.2.4", false),
+        (&grpc1, "wrong", "192.0.2.5", false),
+        (&grpc2, "pw", "192.0.2.6", true),
+    ] {
+        let got = authenticate(replica, "carol@example.com", pw, client).await;
+        assert_eq!(got, (ok, false), "{pw} from {client}");
+    }
+
+    // Both replicas restart (one after the other is gone): alice is still
+    // refused, from a client that never failed.
+    two.stop().await;
+    one.stop().await;
+    let one = sqlite(dir1.path(), &nats, &THROTTLE).await;
+    let grpc = one.accounts().await;
+    let alice = authenticate(&grpc, "alice@example.com", "pw", "198.51.100.7").await;
+    assert_eq!(alice, (false, true));
+    let bob = authenticate(&grpc, "bob@example.com", "pw", "198.51.100.7").await;
+    assert_eq!(bob, (true, false));
+    one.stop().await;
+}
+
+/// A replica on its own runtime and thread, so that it can crash: dropping
+/// the runtime ends all of its tasks at once (sessions, lock refreshes, its
+/// NATS connection), with none of the shutdown path.
+struct Crashable {
+    pop3: SocketAddr,
+    crash: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Crashable {
+    async fn start(dir: &Path, nats: &NatsServer, config: Vec<(String, String)>) -> Crashable {
+        let (dir, url) = (dir.to_path_buf(), nats.url());
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let (crash, crashed) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let m = rt.block_on(Mailbox::start(&dir, &url, &pairs(&config)));
+            addr_tx.send(m.addr("pop3")).unwrap();
+            let _ = crashed.recv();
+            rt.shutdown_background();
+            // Its handles belong to the runtime that is gone.
+            std::mem::forget(m);
+        });
+        Crashable {
+            pop3: addr_rx.await.unwrap(),
+            crash,
+            thread,
+        }
+    }
+
+    fn crash(self) {
+        self.crash.send(()).unwrap();
+        self.thread.join().unwrap();
+    }
+}
+
+/// A POP3 session on one replica keeps sessions on the others out until it
+/// ends (QUIT or a dropped connection); the lock of a replica that crashed
+/// expires.
+#[tokio::test]
+async fn pop3_maildrop_lock_holds_across_replicas() {
+    let nats = NatsServer::start().await;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let one = sqlite(dirs[0].path(), &nats, &[("pop3_lock_ttl", "3s")]).await;
+    one.add_user("alice@example.com", "pw").await;
+    // Delivered before replica two shares the test's results consumer.
+    one.deliver("01LOCK2", &["alice@example.com"], &body("lock"))
+        .await;
+    let two_config = replica_of(dirs[0].path(), &[]);
+    let two = sqlite(dirs[1].path(), &nats, &pairs(&two_config)).await;
+    // QUIT or a dropped connection on replica one frees it for replica two.
+    pop3_lock_scenario(one.addr("pop3"), two.addr("pop3")).await;
+    let alice = |addr| pop3_login(addr, "alice@example.com");
+
+    // A session outlives its lock's TTL (3 s on replica one; two refused
+    // logins take over 4 s): the lock is refreshed.
+    let (mut held, r) = alice(one.addr("pop3")).await;
+    assert!(r.starts_with("+OK"), "{r}");
+    for _ in 0..2 {
+        let (_, r) = alice(two.addr("pop3")).await;
+        assert!(r.starts_with("-ERR [IN-USE]"), "{r}");
+    }
+    assert!(held.cmd("QUIT\r\n").await.starts_with("+OK"));
+
+    // A replica that crashes holding the lock never releases it; it expires
+    // within that replica's pop3_lock_ttl (refreshed every third of it, so
+    // it outlives the 2 s a login waits by at least 4 s).
+    let three = Crashable::start(
+        dirs[2].path(),
+        &nats,
+        replica_of(dirs[0].path(), &[("pop3_lock_ttl", "10s")]),
+    )
+    .await;
+    let (_held, r) = alice(three.pop3).await;
+    assert!(r.starts_with("+OK"), "{r}");
+    three.crash();
+    let (_, r) = alice(one.addr("pop3")).await;
+    assert!(r.starts_with("-ERR [IN-USE]"), "{r}");
+    let mut c = wait_for("the crashed replica's lock to expire", DEADLINE, || async {
+        let (c, r) = alice(two.addr("pop3")).await;
+        r.starts_with("+OK").then_some(c)
+    })
+    .await;
+    assert!(c.cmd("QUIT\r\n").await.starts_with("+OK"));
+    two.stop().await;
+    one.stop().await;
+}
+
+/// With NATS stopped, logins still work, the throttle and the POP3 lock
+/// still hold within the replica, and each fallback is counted; once NATS
+/// is back the bucket is used again, and what was counted during the
+/// outage still applies.
+#[tokio::test]
+async fn nats_outage_falls_back_to_the_replicas_own_state() {
+    let mut nats = NatsServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = sqlite(dir.path(), &nats, &THROTTLE).await;
+    for u in ["alice", "bob", "carol"] {
+        m.add_user(&format!("{u}@example.com"), "pw").await;
+    }
+    nats.stop();
+
+    let mut imap = Raw::connect(m.addr("imap")).await;
+    imap.line().await;
+    let r = imap.cmd("a0 LOGIN bob@example.com pw\r\n").await;
+    assert!(r.starts_with("a0 OK"), "{r}");
+    let carol = |addr| pop3_login(addr, "carol@example.com");
+    let (mut first, r) = carol(m.addr("pop3")).await;
+    assert!(r.starts_with("+OK"), "{r}");
+    let (_, r) = carol(m.addr("pop3")).await;
+    assert!(r.starts_with("-ERR [IN-USE]"), "{r}");
+    assert!(first.cmd("QUIT\r\n").await.starts_with("+OK"));
+    let mut imap = three_wrong_imap_logins(m.addr("imap"), "alice@example.com").await;
+    let r = imap.cmd("a4 LOGIN alice@example.com pw\r\n").await;
+    assert!(r.starts_with("a4 NO [UNAVAILABLE]"), "{r}");
+    let metrics = common::http_get(m.addr("mailbox admin"), "/metrics")
+        .await
+        .unwrap();
+    for what in ["login_throttle", "pop3_lock"] {
+        let line = format!("tern_mailbox_kv_fallbacks_total{{what=\"{what}\"}}");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+
+    nats.restart().await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let bucket = js
+        .get_key_value(tern_runtime::bus::LOGIN_FAILURES_BUCKET)
+        .await
+        .unwrap();
+    let grpc = m.accounts().await;
+    let mut n = 0;
+    wait_for("failures to reach the bucket again", DEADLINE, || {
+        // A new name and client each time, so no local count gets in the way.
+        n += 1;
+        let (grpc, bucket) = (grpc.clone(), bucket.clone());
+        async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let user = format!("guess{n}@example.com");
+            let client = format!("198.51.{}.{}", n / 256, n % 256);
+            authenticate(&grpc, &user, "guess", &client).await;
+            let keys = bucket.keys().await.ok()?;
+            futures::StreamExt::next(&mut Box::pin(keys))
+                .await
+                .map(|_| ())
+        }
+    })
+    .await;
+    let r = imap.cmd("a5 LOGIN alice@example.com pw\r\n").await;
+    assert!(r.starts_with("a5 NO [UNAVAILABLE]"), "{r}");
     m.stop().await;
 }
 

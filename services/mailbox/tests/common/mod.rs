@@ -173,14 +173,21 @@ impl Mailbox {
     }
 }
 
-/// Status code of a plain HTTP/1.0 GET, or None if unreachable.
-pub async fn http_status(addr: SocketAddr, path: &str) -> Option<String> {
+/// The whole response (status line, headers, body) to a plain HTTP/1.0
+/// GET, or None if unreachable.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).await.ok()?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
         .await
         .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).await.ok()?;
+    Some(out)
+}
+
+/// Status code of a plain HTTP/1.0 GET, or None if unreachable.
+pub async fn http_status(addr: SocketAddr, path: &str) -> Option<String> {
+    let out = http_get(addr, path).await?;
     out.split_whitespace().nth(1).map(str::to_string)
 }
 
