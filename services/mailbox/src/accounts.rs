@@ -2,9 +2,8 @@
 //! shared by IMAP/POP3/gRPC, and the `tern.v1.Accounts` gRPC service.
 
 use std::net::IpAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use tern_proto::accounts_server::Accounts;
 use tern_proto::{
     AddAliasRequest, AddAliasResponse, AddUserRequest, AddUserResponse, Alias, AuthenticateRequest,
@@ -17,6 +16,7 @@ use tern_runtime::config::Domain;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::password;
 use crate::store::{Account, AliasAdded, Store, StoreError};
 use crate::throttle::LoginThrottle;
 
@@ -61,51 +61,11 @@ pub fn normalize_alias(alias: &str) -> Option<String> {
     }
 }
 
-/// Password hashing in flight at once: one per core. Argon2id is CPU-bound,
-/// so more at once only queue on the cores, and each holds 19 MiB while it
-/// runs; 20 logins at once without this cap took the service from 37 MiB to
-/// 427 MiB (the allocator keeps the memory).
-fn hashing_slots() -> &'static tokio::sync::Semaphore {
-    static SLOTS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
-    SLOTS.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        tokio::sync::Semaphore::new(cores)
-    })
-}
-
-/// Hash a password with Argon2id (default parameters, random salt) into a
-/// PHC string. Runs on the blocking pool: hashing is deliberately slow.
-pub async fn hash_password(password: String) -> Result<String, Status> {
-    let _slot = hashing_slots()
-        .acquire()
+/// Hash a password for storage, as a gRPC status on failure.
+async fn hash_password(password: String) -> Result<String, Status> {
+    password::hash(password)
         .await
-        .map_err(|e| Status::internal(format!("hash password: {e}")))?;
-    tokio::task::spawn_blocking(move || {
-        Argon2::default()
-            .hash_password(password.as_bytes())
-            .map(|h| h.to_string())
-            .map_err(|e| Status::internal(format!("hash password: {e}")))
-    })
-    .await
-    .map_err(|e| Status::internal(format!("hash password: {e}")))?
-}
-
-fn verify_blocking(password: &str, hash: &str) -> bool {
-    Argon2::default()
-        .verify_password(password.as_bytes(), hash)
-        .is_ok()
-}
-
-/// A hash nobody's password matches, verified for unknown users so that
-/// "no such user" takes as long as "wrong password".
-fn dummy_hash() -> &'static str {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| {
-        Argon2::default()
-            .hash_password(b"tern-dummy-password-for-timing")
-            .map(|h| h.to_string())
-            .unwrap_or_default()
-    })
+        .map_err(|e| Status::internal(format!("hash password: {e}")))
 }
 
 /// Check a user name (the account address) and password. `Ok(None)` for
@@ -119,19 +79,9 @@ pub async fn authenticate(
         Some(a) if password.len() <= MAX_PASSWORD => store.account(&a).await?,
         _ => None,
     };
-    let password = password.to_string();
-    // The semaphore is never closed, so acquiring cannot fail.
-    let _slot = hashing_slots().acquire().await.ok();
-    let verified = tokio::task::spawn_blocking(move || match found {
-        Some((account, hash)) => verify_blocking(&password, &hash).then_some(account),
-        None => {
-            let _ = verify_blocking(&password, dummy_hash());
-            None
-        }
-    })
-    .await
-    .unwrap_or(None);
-    Ok(verified)
+    let (account, hash) = found.unzip();
+    let verified = password::verify(password.to_string(), hash).await;
+    Ok(account.filter(|_| verified))
 }
 
 /// The outcome of a login attempt.
@@ -548,17 +498,5 @@ mod tests {
         ] {
             assert_eq!(normalize_address(bad), None, "{bad:?}");
         }
-    }
-
-    #[test]
-    fn password_hashes_are_argon2id() {
-        let hash = Argon2::default()
-            .hash_password(b"pw")
-            .map(|h| h.to_string())
-            .unwrap_or_default();
-        assert!(hash.starts_with("$argon2id$"), "{hash}");
-        assert!(verify_blocking("pw", &hash));
-        assert!(!verify_blocking("wrong", &hash));
-        assert!(!verify_blocking("pw", "not a hash"));
     }
 }

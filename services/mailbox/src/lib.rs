@@ -10,6 +10,7 @@ mod deliver;
 mod imap;
 mod net;
 mod notify;
+mod password;
 mod pop3;
 mod store;
 mod throttle;
