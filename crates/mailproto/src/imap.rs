@@ -524,12 +524,15 @@ pub enum SearchKey {
     /// `OLD`.
     Old,
     /// `HEADER name value` (and FROM, TO, CC, BCC, SUBJECT): a
-    /// case-insensitive substring of the field; an empty value matches any
-    /// message that has the field.
+    /// case-insensitive substring of the field with its RFC 2047
+    /// encoded-words decoded ([`crate::text::header_contains`]); an empty
+    /// value matches any message that has the field.
     Header(String, String),
-    /// `BODY text`.
+    /// `BODY text`: in the decoded text of the body's text parts
+    /// ([`crate::mime::body_contains`]).
     Body(String),
-    /// `TEXT text`: header or body.
+    /// `TEXT text`: in the decoded header or body
+    /// ([`crate::mime::text_contains`]).
     Text(String),
     /// `LARGER n`.
     Larger(u64),
@@ -586,10 +589,6 @@ pub struct SearchMsg<'a> {
     pub saved: &'a [u32],
 }
 
-fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
-    crate::mime::contains_ignore_ascii_case(hay, needle)
-}
-
 impl SearchKey {
     /// Does evaluating this need the message body? (Without it, the header
     /// block alone is enough content for [`SearchKey::matches`].)
@@ -631,10 +630,10 @@ impl SearchKey {
             SearchKey::Old => !m.recent,
             SearchKey::Header(name, value) => {
                 let (h, _) = split_header(content);
-                crate::mime::any_field(h, name, |v| contains_ci(v, value.as_bytes()))
+                crate::mime::any_field(h, name, |v| crate::text::header_contains(v, value))
             }
-            SearchKey::Body(t) => contains_ci(split_header(content).1, t.as_bytes()),
-            SearchKey::Text(t) => contains_ci(content, t.as_bytes()),
+            SearchKey::Body(t) => crate::mime::body_contains(content, t),
+            SearchKey::Text(t) => crate::mime::text_contains(content, t),
             SearchKey::Larger(n) => m.size > *n,
             SearchKey::Smaller(n) => m.size < *n,
             SearchKey::Date(cmp, day) => {
@@ -3044,6 +3043,31 @@ mod tests {
         }
         let unsaved = SearchMsg { saved: &[8], ..m };
         assert!(!k("$").matches(&unsaved));
+
+        // Header and body keys match decoded text (RFC 2047 words,
+        // transfer encodings, charsets), in any case.
+        let msg = "From: =?ISO-8859-1?Q?Jos=E9?= <jose@x.test>\r\nSubject: =?UTF-8?B?R3LDvMOfZQ==?=\r\n\
+Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\nw4lsw6h2ZQ==\r\n";
+        let m = SearchMsg {
+            content: Some(msg.as_bytes()),
+            ..m
+        };
+        // 8-bit search strings come as literals.
+        let lit =
+            |key: &str, text: &str| format!("CHARSET UTF-8 {key} {{{}}}\r\n{text}", text.len());
+        for (q, want) in [
+            (lit("SUBJECT", "grüße"), true),
+            (lit("SUBJECT", "GRÜSSE"), false),
+            ("SUBJECT UTF-8".into(), false),
+            (lit("FROM", "JOSÉ"), true),
+            ("FROM jose@x".into(), true),
+            (lit("BODY", "élève"), true),
+            (lit("TEXT", "GRÜẞE"), true),
+            ("BODY w4ls".into(), false),
+            ("HEADER Subject \"\"".into(), true),
+        ] {
+            assert_eq!(k(&q).matches(&m), want, "{q}");
+        }
     }
 
     #[test]

@@ -10,13 +10,17 @@
 //!   formatting (byte-stuffing, TOP);
 //! - [`imap`]: RFC 3501/9051 command framing with literals, the command
 //!   parser, sequence sets, FETCH attributes and response formatting;
-//! - [`mime`]: the MIME structure, summaries and transfer decoding;
+//! - [`mime`]: the MIME structure, summaries, transfer decoding and the
+//!   decoded text of bodies for SEARCH;
+//! - [`text`]: charsets, RFC 2047 encoded-words and case-insensitive
+//!   matching of decoded text;
 //! - [`utf7`]: modified UTF-7 mailbox names (RFC 3501 §5.1.3).
 
 pub mod imap;
 pub mod line;
 pub mod mime;
 pub mod pop3;
+pub mod text;
 pub mod utf7;
 
 /// Decode standard base64 (RFC 4648 §4, padding optional, no whitespace),

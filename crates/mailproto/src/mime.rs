@@ -16,50 +16,113 @@ pub const MAX_PARTS: usize = 200;
 /// Split a message or part into its header (through the blank line) and body.
 /// Without a blank line the whole message is header.
 pub fn split_header(message: &[u8]) -> (&[u8], &[u8]) {
-    let mut pos = 0;
-    while pos < message.len() {
-        let end = message[pos..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(message.len(), |i| pos + i + 1);
-        let line = &message[pos..end];
-        if line == b"\r\n" || line == b"\n" {
-            return message.split_at(end);
-        }
-        pos = end;
+    // The first line that is `\r\n` or `\n`: at the start, or after a `\n`.
+    let blank_at = |i: usize| match message.get(i..) {
+        Some([b'\n', ..]) => Some(i + 1),
+        Some([b'\r', b'\n', ..]) => Some(i + 2),
+        _ => None,
+    };
+    let end =
+        blank_at(0).or_else(|| memchr::memchr_iter(b'\n', message).find_map(|i| blank_at(i + 1)));
+    match end {
+        Some(end) => message.split_at(end),
+        None => (message, &[]),
     }
-    (message, &[])
 }
 
-/// Every field `(name, unfolded value)` of a header, in order.
-pub fn fields(header: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
-    for raw in header.split(|&b| b == b'\n') {
-        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
-        if line.is_empty() {
-            continue;
-        }
-        if matches!(line[0], b' ' | b'\t') {
-            if let Some((_, v)) = out.last_mut() {
-                v.extend_from_slice(line);
+/// The non-empty lines of `text`, without their line breaks (LF or
+/// CRLF), each with the offset where it starts.
+fn lines(text: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    let mut pos = 0;
+    std::iter::from_fn(move || {
+        while pos < text.len() {
+            let start = pos;
+            let end = memchr::memchr(b'\n', &text[pos..]).map_or(text.len(), |i| pos + i);
+            pos = end + 1;
+            let raw = &text[start..end];
+            let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+            if !line.is_empty() {
+                return Some((start, line));
             }
-            continue;
         }
-        if let Some(colon) = line.iter().position(|&b| b == b':') {
-            let name = String::from_utf8_lossy(&line[..colon]).trim().to_string();
-            let value = trim(&line[colon + 1..]).to_vec();
-            out.push((name, value));
+        None
+    })
+}
+
+/// One field of a header block, as [`header_fields`] finds it.
+#[derive(Debug, Clone, Copy)]
+pub struct Field<'a> {
+    /// The name, trimmed.
+    pub name: &'a [u8],
+    /// The value on the field's first line, trimmed.
+    first: &'a [u8],
+    /// Its continuation lines, as they are in the header.
+    folded: &'a [u8],
+}
+
+impl<'a> Field<'a> {
+    /// The unfolded value: the first line's, with the continuation lines
+    /// appended as they are (without their line breaks). Borrowed unless
+    /// the field is folded.
+    pub fn value(&self) -> std::borrow::Cow<'a, [u8]> {
+        if self.folded.is_empty() {
+            return std::borrow::Cow::Borrowed(self.first);
         }
+        let mut v = self.first.to_vec();
+        for (_, l) in lines(self.folded) {
+            v.extend_from_slice(l);
+        }
+        std::borrow::Cow::Owned(v)
     }
-    out
+}
+
+/// The fields of a header block, in order, read in place. A line with no
+/// colon is not a field, and neither are its continuation lines.
+pub fn header_fields(header: &[u8]) -> impl Iterator<Item = Field<'_>> {
+    let folds = |(_, l): &(usize, &[u8])| matches!(l[0], b' ' | b'\t');
+    let mut lines = lines(header).peekable();
+    std::iter::from_fn(move || {
+        while let Some((_, line)) = lines.next() {
+            if folds(&(0, line)) {
+                continue;
+            }
+            let Some(colon) = memchr::memchr(b':', line) else {
+                continue;
+            };
+            let mut folded: &[u8] = &[];
+            if let Some((start, first)) = lines.next_if(folds) {
+                let mut end = start + first.len();
+                while let Some((at, l)) = lines.next_if(folds) {
+                    end = at + l.len();
+                }
+                folded = &header[start..end];
+            }
+            return Some(Field {
+                name: trim(&line[..colon]),
+                first: trim(&line[colon + 1..]),
+                folded,
+            });
+        }
+        None
+    })
+}
+
+/// Every field `(name, unfolded value)` of a header, in order
+/// ([`header_fields`]).
+pub fn fields(header: &[u8]) -> Vec<(String, Vec<u8>)> {
+    header_fields(header)
+        .map(|f| {
+            let name = String::from_utf8_lossy(f.name).into_owned();
+            (name, f.value().into_owned())
+        })
+        .collect()
 }
 
 /// The first field named `name` (case-insensitive), unfolded.
 pub fn field(header: &[u8], name: &str) -> Option<Vec<u8>> {
-    fields(header)
-        .into_iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v)
+    header_fields(header)
+        .find(|f| f.name.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|f| f.value().into_owned())
 }
 
 fn trim(v: &[u8]) -> &[u8] {
@@ -95,14 +158,18 @@ impl ContentType {
     }
 }
 
+/// Most parameters read from one field.
+const MAX_PARAMS: usize = 32;
+
 /// Parse `value; p=v; ...` into the leading token and its parameters.
 fn value_and_params(v: &[u8]) -> (String, Vec<(String, String)>) {
-    let s = String::from_utf8_lossy(v);
-    let mut parts = split_params(&s).into_iter();
-    let head = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    let mut parts = split_params(v);
+    let head = String::from_utf8_lossy(parts.next().unwrap_or_default())
+        .trim()
+        .to_ascii_lowercase();
     let mut params = Vec::new();
-    for p in parts.take(32) {
-        if let Some((n, v)) = p.split_once('=') {
+    for p in parts.take(MAX_PARAMS) {
+        if let Some((n, v)) = String::from_utf8_lossy(p).split_once('=') {
             let v = v.trim();
             let v = v
                 .strip_prefix('"')
@@ -117,33 +184,30 @@ fn value_and_params(v: &[u8]) -> (String, Vec<(String, String)>) {
     (head, params)
 }
 
-/// Split on `;` outside quotes.
-fn split_params(s: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut esc = false;
-    for c in s.chars() {
-        if esc {
-            cur.push(c);
-            esc = false;
-            continue;
-        }
-        match c {
-            '\\' if quoted => {
-                cur.push(c);
-                esc = true;
+/// The pieces of `v` between `;`s outside quoted strings.
+fn split_params(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(v);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        let (mut quoted, mut esc) = (false, false);
+        for (i, &b) in s.iter().enumerate() {
+            if esc {
+                esc = false;
+                continue;
             }
-            '"' => {
-                quoted = !quoted;
-                cur.push(c);
+            match b {
+                b'\\' if quoted => esc = true,
+                b'"' => quoted = !quoted,
+                b';' if !quoted => {
+                    rest = Some(&s[i + 1..]);
+                    return Some(&s[..i]);
+                }
+                _ => {}
             }
-            ';' if !quoted => out.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
         }
-    }
-    out.push(cur);
-    out
+        rest = None;
+        Some(s)
+    })
 }
 
 /// The part's content type; `default` is `text/plain` except inside
@@ -634,9 +698,6 @@ fn decode_base64_lenient(body: &[u8]) -> Vec<u8> {
 /// is a soft line break, whitespace before a line break is dropped, and a
 /// malformed `=` is kept as it is (rule 1's "robust" decoding).
 fn decode_quoted_printable(body: &[u8]) -> Vec<u8> {
-    fn hex(b: u8) -> Option<u8> {
-        (b as char).to_digit(16).map(|d| d as u8)
-    }
     let mut out = Vec::with_capacity(body.len());
     for raw in body.split_inclusive(|&b| b == b'\n') {
         let (line, eol): (&[u8], &[u8]) = match raw.strip_suffix(b"\r\n") {
@@ -658,12 +719,9 @@ fn decode_quoted_printable(body: &[u8]) -> Vec<u8> {
         let mut i = 0;
         while i < line.len() {
             if line[i] == b'='
-                && let (Some(h), Some(l)) = (
-                    line.get(i + 1).copied().and_then(hex),
-                    line.get(i + 2).copied().and_then(hex),
-                )
+                && let Some(o) = hex_octet(&line[i + 1..])
             {
-                out.push(h << 4 | l);
+                out.push(o);
                 i += 3;
                 continue;
             }
@@ -675,6 +733,132 @@ fn decode_quoted_printable(body: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// The octet written as two hex digits at the start of `s` (`=XX` in
+/// quoted-printable, RFC 2045 §6.7, and in RFC 2047's `Q`).
+pub(crate) fn hex_octet(s: &[u8]) -> Option<u8> {
+    let h = char::from(*s.first()?).to_digit(16)?;
+    let l = char::from(*s.get(1)?).to_digit(16)?;
+    u8::try_from(h << 4 | l).ok()
+}
+
+/// Call `f` on each text a reader sees in the body of `part`, until it
+/// returns true (SEARCH BODY): every `text/*` part with its
+/// Content-Transfer-Encoding undone ([`decode_transfer_encoding`]; an
+/// unknown one is left as it is), converted to UTF-8 from its charset
+/// ([`crate::text::to_utf8`]; `us-ascii` when none is named), and the
+/// header (encoded-words decoded) and body of every enclosed
+/// `message/rfc822`. Other parts (images, PDFs and other attachments) and
+/// the preamble and epilogue of multiparts are not looked at.
+pub fn any_body_text(part: &Part<'_>, f: &mut dyn FnMut(&str) -> bool) -> bool {
+    if let Some(m) = &part.message {
+        return f(&crate::text::decode_header(m.header)) || any_body_text(m, f);
+    }
+    match part.ctype.kind.as_str() {
+        "multipart" => part.children.iter().any(|c| any_body_text(c, f)),
+        "text" => {
+            let body = decode_transfer_encoding(part.header, part.body)
+                .unwrap_or(std::borrow::Cow::Borrowed(part.body));
+            let charset = part.ctype.param("charset").unwrap_or("us-ascii");
+            f(&crate::text::to_utf8(charset.as_bytes(), &body))
+        }
+        _ => false,
+    }
+}
+
+/// SEARCH BODY (RFC 3501 §6.4.4): does the body of `message` contain
+/// `needle` as a reader sees it ([`any_body_text`]), ignoring case
+/// ([`crate::text::contains_folded`])? A message that is one text part
+/// in UTF-8 or a single-byte charset, with no transfer encoding to undo,
+/// is searched for an ASCII needle in its raw bytes, without parsing,
+/// decoding or allocating: the same answer.
+pub fn body_contains(message: &[u8], needle: &str) -> bool {
+    let (header, body) = split_header(message);
+    body_contains_split(message, header, body, needle)
+}
+
+/// SEARCH TEXT: does the header (encoded-words decoded,
+/// [`crate::text::header_contains`]) or the body ([`body_contains`]) of
+/// `message` contain `needle`?
+pub fn text_contains(message: &[u8], needle: &str) -> bool {
+    let (header, body) = split_header(message);
+    crate::text::header_contains(header, needle)
+        || body_contains_split(message, header, body, needle)
+}
+
+fn body_contains_split(message: &[u8], header: &[u8], body: &[u8], needle: &str) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    if needle.is_ascii() && raw_is_text_for_ascii(header) {
+        return contains_ignore_ascii_case(body, needle.as_bytes());
+    }
+    any_body_text(&parse(message), &mut |t| {
+        crate::text::contains_folded(t, needle)
+    })
+}
+
+/// Is the body of a message with this header, taken as raw bytes, the same
+/// as its decoded text for an ASCII search string? True for a single
+/// `text/*` part (or no Content-Type) in a charset that keeps ASCII as it
+/// is ([`crate::text::ascii_transparent`]), in `7bit`, `8bit`, `binary` or
+/// no transfer encoding. Reads the fields in place, without allocating;
+/// anything unusual answers false (the caller then decodes).
+fn raw_is_text_for_ascii(header: &[u8]) -> bool {
+    // Printable ASCII, spaces and tabs only: there `str::trim` and the
+    // lossy UTF-8 of `content_type` and `decode_transfer_encoding` read the
+    // value as the byte-wise checks below do.
+    let plain = |v: &[u8]| {
+        v.iter()
+            .all(|&b| b.is_ascii_graphic() || b == b' ' || b == b'\t')
+    };
+    let text_type = |v: &[u8]| {
+        let mut parts = split_params(v);
+        let head = parts.next().unwrap_or_default();
+        let is_text = plain(head)
+            && head
+                .split(|&b| b == b'/')
+                .next()
+                .is_some_and(|k| k.trim_ascii().eq_ignore_ascii_case(b"text"));
+        if !is_text {
+            return false;
+        }
+        for p in parts.take(MAX_PARAMS) {
+            if !plain(p) {
+                return false;
+            }
+            let Some(eq) = p.iter().position(|&b| b == b'=') else {
+                continue;
+            };
+            if p[..eq].trim_ascii().eq_ignore_ascii_case(b"charset") {
+                // The value as `value_and_params` unquotes it.
+                let v = p[eq + 1..].trim_ascii();
+                let v = v
+                    .strip_prefix(b"\"")
+                    .and_then(|x| x.strip_suffix(b"\""))
+                    .unwrap_or(v);
+                return !v.contains(&b'\\') && crate::text::ascii_transparent(v);
+            }
+        }
+        true
+    };
+    let identity = |v: &[u8]| {
+        let v = v.trim_ascii();
+        plain(v)
+            && [&b"7bit"[..], b"8bit", b"binary"]
+                .iter()
+                .any(|e| v.eq_ignore_ascii_case(e))
+    };
+    header_fields(header).all(|f| {
+        if f.name.eq_ignore_ascii_case(b"Content-Type") {
+            text_type(&f.value())
+        } else if f.name.eq_ignore_ascii_case(b"Content-Transfer-Encoding") {
+            identity(&f.value())
+        } else {
+            true
+        }
+    })
 }
 
 /// Does `hay` contain `needle`, ignoring ASCII case? (IMAP SEARCH compares
@@ -699,38 +883,7 @@ pub fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
 /// (as [`fields`] gives it) for which `pred` holds? Allocates only for
 /// folded fields.
 pub fn any_field(header: &[u8], name: &str, mut pred: impl FnMut(&[u8]) -> bool) -> bool {
-    let mut lines = header
-        .split(|&b| b == b'\n')
-        .map(|raw| raw.strip_suffix(b"\r").unwrap_or(raw))
-        .filter(|l| !l.is_empty())
-        .peekable();
-    while let Some(line) = lines.next() {
-        if matches!(line[0], b' ' | b'\t') {
-            continue;
-        }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        if !trim(&line[..colon]).eq_ignore_ascii_case(name.as_bytes()) {
-            continue;
-        }
-        let first = trim(&line[colon + 1..]);
-        let folded = lines.peek().is_some_and(|l| matches!(l[0], b' ' | b'\t'));
-        let hit = if folded {
-            // Continuation lines are appended as they are (like `fields`).
-            let mut v = first.to_vec();
-            while let Some(l) = lines.next_if(|l| matches!(l[0], b' ' | b'\t')) {
-                v.extend_from_slice(l);
-            }
-            pred(&v)
-        } else {
-            pred(first)
-        };
-        if hit {
-            return true;
-        }
-    }
-    false
+    header_fields(header).any(|f| f.name.eq_ignore_ascii_case(name.as_bytes()) && pred(&f.value()))
 }
 
 const MONTHS: [&str; 12] = [
@@ -871,6 +1024,13 @@ Content-Transfer-Encoding: base64\r\n\r\nAAAA\r\n--XX--\r\n";
         assert_eq!(want, b"one two\tthree");
         assert!(any_field(h, "x-long", |v| v == want.as_slice()));
         assert!(!any_field(h, "To", |_| true));
+        // A line that is no field takes its continuation lines with it.
+        let h = b"A: 1\r\nno field\r\n 2\r\nB: 3\n\t4\n";
+        assert_eq!(
+            fields(h),
+            [("A".into(), b"1".to_vec()), ("B".into(), b"3\t4".to_vec())]
+        );
+        assert!(any_field(h, "a", |v| v == b"1"));
     }
 
     #[test]
@@ -892,6 +1052,87 @@ Content-Transfer-Encoding: base64\r\n\r\nAAAA\r\n--XX--\r\n";
             m.extend_from_slice(b"Content-Type: message/rfc822\r\n\r\n");
         }
         let _ = body_structure(&parse(&m), true);
+    }
+
+    /// Multipart/alternative (QP plain text in Latin-1, base64 HTML in
+    /// UTF-8), a base64 PDF attachment, and a forwarded message/rfc822
+    /// with an encoded subject and a base64 body.
+    const DECODED: &[u8] = b"From: =?ISO-8859-1?Q?Jos=E9_Garc=EDa?= <jose@x.test>\r\n\
+Subject: =?UTF-8?B?R3LDvMOfZQ==?= aus Wien\r\n\
+Content-Type: multipart/mixed; boundary=\"out\"\r\n\r\n\
+preamble-word\r\n--out\r\n\
+Content-Type: multipart/alternative; boundary=alt\r\n\r\n--alt\r\n\
+Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
+Caf=E9 cr=E8me, tr=E8s =\r\nbien\r\n--alt\r\n\
+Content-Type: text/html; charset=\"utf-8\"\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+PHA+w5xiZXJyYXNjaHVuZzwvcD4=\r\n--alt--\r\n--out\r\n\
+Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+c2VjcmV0LWF0dGFjaG1lbnQtd29yZA==\r\n--out\r\n\
+Content-Type: message/rfc822\r\n\r\n\
+Subject: =?utf-8?q?Fr=C3=BChling?=\r\nContent-Transfer-Encoding: base64\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\r\nw6lsw6hWRSBpbm5lcg==\r\n--out--\r\nepilogue-word\r\n";
+
+    #[test]
+    fn body_text_is_decoded() {
+        for (needle, body, text) in [
+            // Quoted-printable Latin-1, soft line break joined.
+            ("café crème", true, true),
+            ("CAFÉ", true, true),
+            ("très bien", true, true),
+            ("Caf=E9", false, false),
+            // Base64 HTML (markup included).
+            ("<p>überraschung", true, true),
+            ("ÜBERRASCHUNG", true, true),
+            ("PHA+", false, false),
+            // The forwarded message: its decoded header and base64 body.
+            ("frühling", true, true),
+            ("élève inner", true, true),
+            ("ÉLÈVE", true, true),
+            // The outer header: TEXT only, decoded.
+            ("grüße aus", false, true),
+            ("JOSÉ GARCÍA", false, true),
+            ("ISO-8859-1", false, false),
+            // Attachments, MIME headers, preamble and epilogue are not text.
+            ("secret-attachment-word", false, false),
+            ("c2VjcmV0", false, false),
+            ("preamble-word", false, false),
+            ("epilogue-word", false, false),
+            ("application/pdf", false, false),
+            ("", true, true),
+        ] {
+            assert_eq!(body_contains(DECODED, needle), body, "BODY {needle:?}");
+            assert_eq!(text_contains(DECODED, needle), text, "TEXT {needle:?}");
+        }
+    }
+
+    #[test]
+    fn raw_fast_path_gives_the_decoded_answer() {
+        for (header, fast) in [
+            (&b""[..], true),
+            (b"Subject: x\r\n", true),
+            (b"Content-Type: text/plain; charset=us-ascii\r\n", true),
+            (b"Content-Type: TEXT/HTML; CHARSET=\"UTF-8\"\r\n", true),
+            (b"Content-Type: text/plain; format=flowed; charset=iso-8859-15\r\nContent-Transfer-Encoding: 8bit\r\n", true),
+            (b"Content-Type: text/plain; charset=x-unknown\r\n", true),
+            (b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n", false),
+            (b"Content-Transfer-Encoding: quoted-printable\r\n", false),
+            (b"Content-Type: text/plain; charset=utf-16\r\n", false),
+            (b"Content-Type: text/plain; charset=\"shift_jis\"\r\n", false),
+            (b"Content-Type: text/plain; charset=\"utf-16*en\"\r\n", false),
+            (b"Content-Type: multipart/mixed; boundary=x\r\n", false),
+            (b"Content-Type: image/png\r\n", false),
+            (b"Content-Type: text/plain; charset=utf-8\r\nContent-Type: image/png\r\n", false),
+        ] {
+            assert_eq!(raw_is_text_for_ascii(header), fast, "{}", String::from_utf8_lossy(header));
+        }
+        // Where it is taken, it agrees with decoding.
+        let m = b"Content-Type: text/plain; charset=iso-8859-1\r\n\r\nna\xefve Needle\r\n";
+        let tree = parse(m);
+        for needle in ["needle", "NA", "ve n", "xx"] {
+            let slow = any_body_text(&tree, &mut |t| crate::text::contains_folded(t, needle));
+            assert_eq!(body_contains(m, needle), slow, "{needle}");
+        }
+        assert!(body_contains(m, "NAÏVE"));
     }
 
     #[test]

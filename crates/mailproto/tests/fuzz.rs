@@ -1,5 +1,6 @@
 //! A property-style fuzz harness over the IMAP and POP3 parsers and state
-//! machines: many pseudo-random inputs (a fixed-seed generator, so failures
+//! machines, the MIME parser and the decoders SEARCH uses: many
+//! pseudo-random inputs (a fixed-seed generator, so failures
 //! reproduce) built from random bytes and from mutated valid commands. The
 //! property: nothing panics, every command gets an answer, and the IMAP
 //! framer never holds more than its limits.
@@ -7,7 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 use tern_mailproto::imap::{self, Frame, Framer};
-use tern_mailproto::{mime, pop3, utf7};
+use tern_mailproto::{mime, pop3, text, utf7};
 
 struct Rng(u64);
 
@@ -160,8 +161,9 @@ fn pop3_session_survives_random_input() {
 fn mime_survives_random_messages() {
     let mut rng = Rng(42);
     let seed: &[u8] = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: message/rfc822\r\n\r\nFrom: \"a\" <b@c>\r\nContent-Type: multipart/alternative; boundary=\"c\"\r\n\r\n--c\r\nContent-Transfer-Encoding: base64\r\n\r\nAAEC=x\r\n--c\r\nContent-Transfer-Encoding: x\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\xc3\xbc\r\n\r\n?\r\n--c\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\na=3D=\r\nb=Z\r\n--c--\r\n--b--\r\n";
-    for _ in 0..5_000 {
-        let mut m = seed.to_vec();
+    let single: &[u8] = b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?= x\r\nContent-Type: text/plain; charset=\"iso-8859-1\"\r\nContent-Transfer-Encoding: 8bit\r\n\r\nna\xefve needle\r\n";
+    for i in 0..5_000 {
+        let mut m = if i % 2 == 0 { seed } else { single }.to_vec();
         for _ in 0..rng.below(10) {
             let at = rng.below(m.len() + 1);
             if rng.below(2) == 0 && at < m.len() {
@@ -185,6 +187,109 @@ fn mime_survives_random_messages() {
                 assert!(!imap::fetch_response(1, &[item]).is_empty());
             }
             let _ = imap::FetchAttr::BinarySize { path }.binary_item(&m);
+        }
+        // SEARCH BODY / TEXT: the raw fast path agrees with decoding.
+        let n = needle(&mut rng, &m);
+        let decoded = mime::any_body_text(&tree, &mut |t| text::contains_folded(t, &n));
+        assert_eq!(
+            mime::body_contains(&m, &n),
+            decoded || n.is_empty(),
+            "{:?} {n:?}",
+            String::from_utf8_lossy(&m)
+        );
+        let _ = mime::text_contains(&m, &n);
+    }
+}
+
+/// A search string: a fixed one, or a piece of the input (maybe not ASCII).
+fn needle(rng: &mut Rng, input: &[u8]) -> String {
+    const FIXED: &[&str] = &["needle", "NEEDLE", "é", "Ü", "grüße", "=", "a", "-"];
+    if rng.below(2) == 0 || input.is_empty() {
+        return FIXED[rng.below(FIXED.len())].to_string();
+    }
+    let at = rng.below(input.len());
+    let end = (at + 1 + rng.below(6)).min(input.len());
+    String::from_utf8_lossy(&input[at..end]).into_owned()
+}
+
+#[test]
+fn search_decoders_survive_random_input() {
+    let mut rng = Rng(0x2047_c0de_5ea7_c0f4);
+    const PIECES: &[&[u8]] = &[
+        b"=?",
+        b"?=",
+        b"?Q?",
+        b"?b?",
+        b"utf-8",
+        b"ISO-8859-1",
+        b"utf-16",
+        b"*en",
+        b"_",
+        b"=C3",
+        b"=BC",
+        b"=E9",
+        b"=",
+        b"?",
+        b"R3LDvMOfZQ==",
+        b"w6k",
+        b" ",
+        b"\r\n ",
+        b"\t",
+        b"\"",
+        b"a",
+        b"\xe9",
+        b"\xff",
+        "ü".as_bytes(),
+    ];
+    const LABELS: &[&[u8]] = &[
+        b"utf-8",
+        b"us-ascii",
+        b"iso-8859-1",
+        b"windows-1252",
+        b"koi8-r",
+        b"utf-16be",
+        b"shift_jis",
+        b"iso-2022-jp",
+        b"gb18030",
+        b"iso-2022-kr",
+        b"x-nonsense",
+        b"",
+        b"\"utf-8\"",
+        b"utf-8*de",
+        b"\xff",
+    ];
+    for _ in 0..20_000 {
+        let raw: Vec<u8> = (0..rng.below(16))
+            .flat_map(|_| {
+                if rng.below(8) == 0 {
+                    vec![rng.next() as u8]
+                } else {
+                    PIECES[rng.below(PIECES.len())].to_vec()
+                }
+            })
+            .collect();
+        let decoded = text::decode_header(&raw);
+        // Nothing to decode: the text as it is.
+        if !raw.windows(2).any(|w| w == b"=?")
+            && let Ok(s) = std::str::from_utf8(&raw)
+        {
+            assert_eq!(decoded, s);
+        }
+        assert!(text::contains_folded(&decoded, &decoded));
+        // The raw fast path agrees with decoding.
+        let n = needle(&mut rng, &raw);
+        assert_eq!(
+            text::header_contains(&raw, &n),
+            text::contains_folded(&decoded, &n),
+            "{raw:?} {n:?}"
+        );
+        let label = LABELS[rng.below(LABELS.len())];
+        let t = text::to_utf8(label, &raw);
+        assert!(text::contains_folded(&t, &t));
+        if text::ascii_transparent(label) {
+            // ASCII octets stay, and nothing else becomes ASCII.
+            let ascii = |b: &[u8]| b.iter().filter(|b| b.is_ascii()).count();
+            assert_eq!(ascii(t.as_bytes()), ascii(&raw), "{label:?} {raw:?}");
         }
     }
 }

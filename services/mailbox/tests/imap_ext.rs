@@ -1,6 +1,7 @@
 //! IMAP extensions end to end, each scenario on SQLite and on PostgreSQL:
 //! BINARY (RFC 3516) and literal8 APPEND, LITERAL+ (RFC 7888), IMAP4rev2
-//! (RFC 9051) sessions, RENAME INBOX, and QRESYNC (RFC 7162 §3.2). Driven by a byte-exact client
+//! (RFC 9051) sessions, RENAME INBOX, QRESYNC (RFC 7162 §3.2), and SEARCH
+//! over MIME-decoded text. Driven by a byte-exact client
 //! (responses may carry NUL octets) and by Python's imaplib.
 
 #![allow(clippy::unwrap_used)]
@@ -61,10 +62,28 @@ async fn with_imap_and_pop3<F>(
 ) where
     F: std::future::Future<Output = ()>,
 {
+    with_delivered(extra, &[], scenario).await;
+}
+
+/// [`with_imap_and_pop3`], with `mail` delivered to alice (through the
+/// bus, as a job) before the scenario starts.
+async fn with_delivered<F>(
+    extra: &[(&str, &str)],
+    mail: &[&[u8]],
+    scenario: impl FnOnce(SocketAddr, SocketAddr) -> F,
+) where
+    F: std::future::Future<Output = ()>,
+{
     let nats = NatsServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let m = Mailbox::start(dir.path(), &nats.url(), extra).await;
     m.add_user("alice@example.com", "pw").await;
+    for (i, body) in mail.iter().enumerate() {
+        let r = m
+            .deliver(&format!("01JDELIVERED{i}"), &["alice@example.com"], body)
+            .await;
+        assert_eq!(r.results[0].code, 250, "{r:?}");
+    }
     scenario(m.addr("imap"), m.addr("pop3")).await;
     m.stop().await;
 }
@@ -908,3 +927,143 @@ on_both_backends!(
     qresync_scenario,
     &[]
 );
+
+// ------------------------------------------------------ SEARCH, decoded
+
+/// Delivered: an RFC 2047 subject (B and Q words, adjacent) and sender,
+/// and a base64 UTF-8 body.
+const BASE64_MAIL: &[u8] = b"From: =?ISO-8859-1?Q?Jos=E9_Garc=EDa?= <jose@example.org>\r\n\
+To: alice@example.com\r\nSubject: =?UTF-8?B?R3LDvMOfZQ==?= =?UTF-8?Q?_aus_Wien?=\r\n\
+MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+RnLDvGhsaW5nc2dyw7zDn2Ugdm9tIEJvZGVuc2VlDQo=\r\n";
+
+/// A raw UTF-8 sender (RFC 6532), a Latin-1 Q subject, and a
+/// quoted-printable Latin-1 body with a soft line break.
+const QP_MAIL: &str = "From: Zo\u{eb} <zoe@example.org>\r\n\
+Subject: =?ISO-8859-1?Q?Caf=E9_cr=E8me?=\r\n\
+Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
+Un caf=E9 et une cr=E8me br=FBl=E9e, s'il vous pla=EEt. Tr=E8s =\r\nbon.\r\n";
+
+/// multipart/alternative (plain text, base64 HTML), a base64 attachment
+/// holding a word, and a forwarded message/rfc822 with an encoded subject
+/// and a quoted-printable body.
+const MIXED_MAIL: &[u8] = b"From: news@example.org\r\nSubject: newsletter\r\n\
+Content-Type: multipart/mixed; boundary=\"m\"\r\n\r\n--m\r\n\
+Content-Type: multipart/alternative; boundary=\"a\"\r\n\r\n--a\r\n\
+Content-Type: text/plain; charset=us-ascii\r\n\r\nSurprise inside\r\n--a\r\n\
+Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+PHA+w5xiZXJyYXNjaHVuZyE8L3A+DQo=\r\n--a--\r\n--m\r\n\
+Content-Type: application/octet-stream; name=z.bin\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+emVicmEtYXR0YWNobWVudC13b3JkDQo=\r\n--m\r\n\
+Content-Type: message/rfc822\r\n\r\n\
+Subject: =?utf-8?q?Fr=C3=BChling?=\r\nContent-Type: text/plain; charset=utf-8\r\n\
+Content-Transfer-Encoding: quoted-printable\r\n\r\nSch=C3=B6ne Gr=C3=BC=C3=9Fe\r\n--m--\r\n";
+
+/// Plain ASCII look-alikes of the words above.
+const PLAIN_MAIL: &[u8] =
+    b"From: Jose <jose@example.org>\r\nSubject: Grusse aus Wien\r\n\r\nplain text, cafe creme, zebra\r\n";
+
+/// imaplib: UTF-8 search strings sent as (synchronizing) literals.
+const PY_DECODED_SEARCH: &str = r#"
+import imaplib, sys
+M = imaplib.IMAP4(sys.argv[1], int(sys.argv[2]), timeout=10)
+M.login("alice@example.com", "pw")
+M.select("INBOX")
+def uids(key, text):
+    M.literal = text.encode("utf-8")
+    typ, d = M.uid("SEARCH", "CHARSET", "UTF-8", key)
+    assert typ == "OK", (typ, d)
+    return d[0].split()
+for key, text, want in [
+    ("SUBJECT", "Grüße", [b"1"]),
+    ("FROM", "José", [b"1"]),
+    ("BODY", "Frühlingsgrüße", [b"1"]),
+    ("TEXT", "CRÈME BRÛLÉE", [b"2"]),
+    ("BODY", "überraschung", [b"3"]),
+    ("TEXT", "zebra-attachment-word", []),
+]:
+    got = uids(key, text)
+    assert got == want, (key, text, got)
+M.logout()
+print("ok")
+"#;
+
+async fn decoded_search_scenario(addr: SocketAddr, _pop3: SocketAddr) {
+    let mut c = Client::login(addr).await;
+    for m in [QP_MAIL.as_bytes(), MIXED_MAIL, PLAIN_MAIL] {
+        let r = c.append("INBOX", m, false).await;
+        expect_tagged(&r, "OK [APPENDUID");
+    }
+    c.ok("SELECT INBOX").await;
+    // UID 1 was delivered, 2 to 4 appended. UTF-8 strings go as LITERAL+.
+    for (key, text, want) in [
+        // Header keys: encoded-words decoded, in the display name too.
+        ("SUBJECT", "Grüße", "1"),
+        ("SUBJECT", "grüße AUS wien", "1"),
+        ("SUBJECT", "aus Wien", "1 4"),
+        ("SUBJECT", "UTF-8", ""),
+        ("SUBJECT", "café CRÈME", "2"),
+        ("FROM", "José", "1"),
+        ("FROM", "GARCÍA", "1"),
+        ("FROM", "jose@", "1 4"),
+        ("FROM", "zoë", "2"),
+        ("HEADER Subject", "=?", ""),
+        // BODY: base64 and quoted-printable text, charsets converted.
+        ("BODY", "frühlingsgrüße", "1"),
+        ("BODY", "Bodensee", "1"),
+        ("BODY", "RnLDvGhs", ""),
+        ("BODY", "crème brûlée", "2"),
+        ("BODY", "très bon", "2"),
+        ("BODY", "café crème", ""),
+        ("TEXT", "café crème", "2"),
+        ("BODY", "cafe", "4"),
+        // multipart/alternative: the plain and the HTML part.
+        ("BODY", "surprise", "3"),
+        ("BODY", "<P>ÜBERRASCHUNG", "3"),
+        // The forwarded message: its decoded header and body.
+        ("BODY", "frühling", "1 3"),
+        ("BODY", "schöne grüße", "3"),
+        // A word only inside a base64 attachment is not found.
+        ("BODY", "zebra-attachment-word", ""),
+        ("TEXT", "zebra-attachment-word", ""),
+        ("BODY", "emVicmEt", ""),
+        ("TEXT", "zebra", "4"),
+    ] {
+        let cmd = format!(
+            "UID SEARCH CHARSET UTF-8 {key} {{{}+}}\r\n{text}",
+            text.len()
+        );
+        let r = c.ok(&cmd).await;
+        let line = format!(
+            "* SEARCH{}{want}\r\n",
+            if want.is_empty() { "" } else { " " }
+        );
+        assert_eq!(lines_with(&r, "* SEARCH"), [line], "{key} {text}");
+    }
+    // Decoded keys combine with the others.
+    let r = c
+        .ok("SEARCH OR BODY Bodensee SUBJECT newsletter NOT FROM zoe")
+        .await;
+    expect_lines(&r, "* SEARCH", &["* SEARCH 1 3\r\n"]);
+    c.ok("LOGOUT").await;
+
+    assert_eq!(python(PY_DECODED_SEARCH, py_args(addr)).await.trim(), "ok");
+}
+
+on_both_backends!(
+    @run with_base64_mail_delivered,
+    search_matches_decoded_text,
+    search_matches_decoded_text_on_postgres,
+    decoded_search_scenario,
+    &[]
+);
+
+/// [`with_delivered`] with [`BASE64_MAIL`].
+async fn with_base64_mail_delivered<F>(
+    extra: &[(&str, &str)],
+    scenario: impl FnOnce(SocketAddr, SocketAddr) -> F,
+) where
+    F: std::future::Future<Output = ()>,
+{
+    with_delivered(extra, &[BASE64_MAIL], scenario).await;
+}
