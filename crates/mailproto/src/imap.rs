@@ -256,6 +256,22 @@ pub struct Command {
     pub kind: CommandKind,
 }
 
+/// The QRESYNC SELECT/EXAMINE parameter (RFC 7162 §3.2.5):
+/// `QRESYNC (uidvalidity modseq [known-uids [(seq-match-data)]])`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QResync {
+    /// The UIDVALIDITY the client's cache belongs to.
+    pub uidvalidity: u32,
+    /// The last HIGHESTMODSEQ the client knows of.
+    pub modseq: u64,
+    /// UIDs the client knows (no `*`); reports are limited to them.
+    pub known_uids: Option<SequenceSet>,
+    /// Message sequence numbers and the UIDs they matched (§3.2.5.2),
+    /// parsed and checked but not needed: this server remembers expunges
+    /// (see the mailbox service), so it never guesses from them.
+    pub seq_match: Option<(SequenceSet, SequenceSet)>,
+}
+
 /// The commands this server understands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommandKind {
@@ -272,19 +288,23 @@ pub enum CommandKind {
         /// Password.
         password: String,
     },
-    /// `SELECT mailbox [(CONDSTORE)]`.
+    /// `SELECT mailbox [(CONDSTORE | QRESYNC (...))]`.
     Select {
         /// Mailbox name as given (`INBOX` is case-insensitive).
         mailbox: String,
         /// The CONDSTORE parameter (RFC 7162 §3.1.8) was given.
         condstore: bool,
+        /// The QRESYNC parameter (RFC 7162 §3.2.5).
+        qresync: Option<QResync>,
     },
-    /// `EXAMINE mailbox [(CONDSTORE)]` (read-only SELECT).
+    /// `EXAMINE mailbox [(CONDSTORE | QRESYNC (...))]` (read-only SELECT).
     Examine {
         /// Mailbox name as given.
         mailbox: String,
         /// The CONDSTORE parameter was given.
         condstore: bool,
+        /// The QRESYNC parameter (RFC 7162 §3.2.5).
+        qresync: Option<QResync>,
     },
     /// `FETCH` or `UID FETCH`.
     Fetch {
@@ -297,6 +317,10 @@ pub enum CommandKind {
         /// `(CHANGEDSINCE n)` (RFC 7162 §3.1.4.1): only messages with a
         /// greater mod-sequence.
         changed_since: Option<u64>,
+        /// The `VANISHED` modifier (RFC 7162 §3.2.6): also report, as
+        /// `VANISHED (EARLIER)`, UIDs of the set expunged since
+        /// `changed_since`. Only with UID FETCH and CHANGEDSINCE.
+        vanished: bool,
     },
     /// `STARTTLS` (RFC 9051 §6.2.1).
     StartTls,
@@ -1474,22 +1498,23 @@ fn parse_kind(c: &mut Cur<'_>) -> PResult<CommandKind> {
         b"SELECT" | b"EXAMINE" => {
             c.sp()?;
             let mailbox = c.mailbox()?;
-            let mut condstore = false;
-            if c.eat(b' ') {
-                c.expect(b'(', "'('")?;
-                let w = c
-                    .take_while(|b| b.is_ascii_alphabetic())
-                    .to_ascii_uppercase();
-                if w != b"CONDSTORE" {
-                    return Err("unknown SELECT parameter".into());
-                }
-                c.expect(b')', "')'")?;
-                condstore = true;
-            }
-            if name == b"SELECT" {
-                CommandKind::Select { mailbox, condstore }
+            let (condstore, qresync) = if c.eat(b' ') {
+                c.select_params()?
             } else {
-                CommandKind::Examine { mailbox, condstore }
+                (false, None)
+            };
+            if name == b"SELECT" {
+                CommandKind::Select {
+                    mailbox,
+                    condstore,
+                    qresync,
+                }
+            } else {
+                CommandKind::Examine {
+                    mailbox,
+                    condstore,
+                    qresync,
+                }
             }
         }
         b"FETCH" => fetch_args(c, false)?,
@@ -1658,19 +1683,32 @@ fn fetch_args(c: &mut Cur<'_>, uid: bool) -> PResult<CommandKind> {
     c.sp()?;
     let mut attrs = c.fetch_attrs()?;
     let mut changed_since = None;
+    let mut vanished = false;
     if c.eat(b' ') {
         c.expect(b'(', "'('")?;
-        let w = c
-            .take_while(|b| b.is_ascii_alphabetic())
-            .to_ascii_uppercase();
-        if w != b"CHANGEDSINCE" {
-            return Err("unknown FETCH modifier".into());
+        loop {
+            let w = c
+                .take_while(|b| b.is_ascii_alphabetic())
+                .to_ascii_uppercase();
+            match w.as_slice() {
+                b"CHANGEDSINCE" if changed_since.is_none() => {
+                    c.sp()?;
+                    changed_since = Some(c.number64()?);
+                }
+                b"VANISHED" if !vanished => vanished = true,
+                _ => return Err("unknown FETCH modifier".into()),
+            }
+            if !c.eat(b' ') {
+                break;
+            }
         }
-        c.sp()?;
-        changed_since = Some(c.number64()?);
         c.expect(b')', "')'")?;
+        // RFC 7162 §3.2.6: VANISHED only with UID FETCH and CHANGEDSINCE.
+        if vanished && (!uid || changed_since.is_none()) {
+            return Err("VANISHED needs UID FETCH and CHANGEDSINCE".into());
+        }
         // RFC 7162 §3.1.4.1: CHANGEDSINCE implies MODSEQ.
-        if !attrs.contains(&FetchAttr::ModSeq) {
+        if changed_since.is_some() && !attrs.contains(&FetchAttr::ModSeq) {
             attrs.push(FetchAttr::ModSeq);
         }
     }
@@ -1682,6 +1720,7 @@ fn fetch_args(c: &mut Cur<'_>, uid: bool) -> PResult<CommandKind> {
         attrs,
         uid,
         changed_since,
+        vanished,
     })
 }
 
@@ -1730,7 +1769,7 @@ pub fn continuation(text: &str) -> Vec<u8> {
 /// leaves the pre-login items out.
 pub fn capabilities(login_ok: bool, starttls: bool, authenticated: bool) -> String {
     let mut caps = String::from(
-        "IMAP4rev1 IMAP4rev2 LITERAL+ BINARY SASL-IR ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH SEARCHRES STATUS=SIZE QUOTA QUOTA=RES-STORAGE CONDSTORE",
+        "IMAP4rev1 IMAP4rev2 LITERAL+ BINARY SASL-IR ENABLE IDLE NAMESPACE ID UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS ESEARCH SEARCHRES STATUS=SIZE QUOTA QUOTA=RES-STORAGE CONDSTORE QRESYNC",
     );
     if !authenticated {
         if starttls {
@@ -2122,6 +2161,83 @@ impl Cur<'_> {
             .ok()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| "number out of range".into())
+    }
+
+    /// SELECT/EXAMINE parameters after the SP: `(CONDSTORE)`,
+    /// `(QRESYNC (...))` or both (RFC 4466 §2.1 list).
+    fn select_params(&mut self) -> PResult<(bool, Option<QResync>)> {
+        self.expect(b'(', "'('")?;
+        let (mut condstore, mut qresync) = (false, None);
+        loop {
+            let w = self
+                .take_while(|b| b.is_ascii_alphabetic())
+                .to_ascii_uppercase();
+            match w.as_slice() {
+                b"CONDSTORE" if !condstore => condstore = true,
+                b"QRESYNC" if qresync.is_none() => {
+                    self.sp()?;
+                    qresync = Some(self.qresync()?);
+                }
+                _ => return Err("unknown SELECT parameter".into()),
+            }
+            if !self.eat(b' ') {
+                break;
+            }
+        }
+        self.expect(b')', "')'")?;
+        Ok((condstore, qresync))
+    }
+
+    /// `(uidvalidity mod-sequence-value [SP known-uids] [SP seq-match-data])`
+    /// (RFC 7162 §7): uidvalidity is nz-number, the mod-sequence is
+    /// 1..=2^63-1, and neither UID list may hold `*` or `$`.
+    fn qresync(&mut self) -> PResult<QResync> {
+        self.expect(b'(', "'('")?;
+        let uidvalidity = self.number()?;
+        self.sp()?;
+        let modseq = self.number64()?;
+        if uidvalidity == 0 || modseq == 0 || modseq > i64::MAX as u64 {
+            return Err("invalid QRESYNC parameter".into());
+        }
+        let mut known_uids = None;
+        let mut seq_match = None;
+        if self.eat(b' ') {
+            if self.peek() != Some(b'(') {
+                known_uids = Some(self.known_set()?);
+                if !self.eat(b' ') {
+                    return self.end_qresync(uidvalidity, modseq, known_uids, None);
+                }
+            }
+            self.expect(b'(', "'('")?;
+            let seqs = self.known_set()?;
+            self.sp()?;
+            let uids = self.known_set()?;
+            self.expect(b')', "')'")?;
+            seq_match = Some((seqs, uids));
+        }
+        self.end_qresync(uidvalidity, modseq, known_uids, seq_match)
+    }
+
+    fn end_qresync(
+        &mut self,
+        uidvalidity: u32,
+        modseq: u64,
+        known_uids: Option<SequenceSet>,
+        seq_match: Option<(SequenceSet, SequenceSet)>,
+    ) -> PResult<QResync> {
+        self.expect(b')', "')'")?;
+        Ok(QResync {
+            uidvalidity,
+            modseq,
+            known_uids,
+            seq_match,
+        })
+    }
+
+    /// A sequence set of explicit numbers only (no `*`, no `$`).
+    fn known_set(&mut self) -> PResult<SequenceSet> {
+        let raw = self.take_while(|b| b.is_ascii_digit() || matches!(b, b':' | b','));
+        SequenceSet::parse(raw).ok_or_else(|| "invalid UID set".into())
     }
 
     fn sequence_set(&mut self) -> PResult<SequenceSet> {
@@ -2609,14 +2725,16 @@ mod tests {
             p(b"a select inbox\r\n"),
             CommandKind::Select {
                 mailbox: "INBOX".into(),
-                condstore: false
+                condstore: false,
+                qresync: None
             }
         );
         assert_eq!(
             p(b"a EXAMINE \"INBOX\"\r\n"),
             CommandKind::Examine {
                 mailbox: "INBOX".into(),
-                condstore: false
+                condstore: false,
+                qresync: None
             }
         );
         let CommandKind::Fetch {
@@ -2671,6 +2789,83 @@ mod tests {
             attrs[0].response_name(),
             "BODY[HEADER.FIELDS (SUBJECT FROM)]<0>"
         );
+    }
+
+    /// RFC 7162 §3.2.5 / §3.2.6 syntax: SELECT/EXAMINE QRESYNC and the
+    /// VANISHED FETCH modifier.
+    #[test]
+    fn qresync_syntax() {
+        let p = |s: &[u8]| parse_command(s).map(|c| c.kind);
+        // The QRESYNC parameter and CONDSTORE flag of a SELECT or EXAMINE.
+        let q = |s: &[u8]| match p(s) {
+            Ok(
+                CommandKind::Select {
+                    qresync: Some(q),
+                    condstore,
+                    ..
+                }
+                | CommandKind::Examine {
+                    qresync: Some(q),
+                    condstore,
+                    ..
+                },
+            ) => (q, condstore),
+            other => panic!("{other:?}"),
+        };
+        let (r, condstore) =
+            q(b"a SELECT INBOX (QRESYNC (67890007 20050715194045000 41,43:211,214:541))");
+        assert!(!condstore);
+        assert_eq!((r.uidvalidity, r.modseq), (67890007, 20050715194045000));
+        let known = r.known_uids.unwrap();
+        assert!(known.contains(43, 0) && known.contains(541, 0) && !known.contains(42, 0));
+        assert_eq!(r.seq_match, None);
+        let (r, condstore) = q(b"a examine Trash (condstore qresync (1 2 1:9 (1:3 4:6)))");
+        assert!(condstore);
+        assert!(matches!(
+            p(b"a examine Trash (qresync (1 2))"),
+            Ok(CommandKind::Examine { .. })
+        ));
+        let (seqs, uids) = r.seq_match.unwrap();
+        assert!(seqs.contains(3, 0) && uids.contains(6, 0));
+        // Only seq-match-data, no known-uids.
+        let (r, _) = q(b"a SELECT x (QRESYNC (1 2 (1 7)))");
+        assert!(r.known_uids.is_none() && r.seq_match.is_some());
+        let (r, _) = q(b"a SELECT x (QRESYNC (5 9))");
+        assert_eq!((r.uidvalidity, r.modseq, r.known_uids), (5, 9, None));
+        assert_refused(&[
+            b"a SELECT x (QRESYNC)",
+            b"a SELECT x (QRESYNC ())",
+            b"a SELECT x (QRESYNC (0 5))",
+            b"a SELECT x (QRESYNC (1 0))",
+            b"a SELECT x (QRESYNC (1 9223372036854775808))",
+            b"a SELECT x (QRESYNC (4294967296 5))",
+            b"a SELECT x (QRESYNC (1 5 1:*))",
+            b"a SELECT x (QRESYNC (1 5 $))",
+            b"a SELECT x (QRESYNC (1 5 1 (1)))",
+            b"a SELECT x (QRESYNC (1 5 1 (1 2) 3))",
+            b"a SELECT x (QRESYNC (1 5) QRESYNC (1 5))",
+            b"a SELECT x (QRESYNC (1 5)",
+            b"a SELECT x (CONDSTORE CONDSTORE)",
+            b"a SELECT x ()",
+        ]);
+        let Ok(CommandKind::Fetch {
+            changed_since: Some(12),
+            vanished: true,
+            uid: true,
+            attrs,
+            ..
+        }) = p(b"a UID FETCH 1:* (FLAGS) (VANISHED CHANGEDSINCE 12)")
+        else {
+            panic!()
+        };
+        assert!(attrs.contains(&FetchAttr::ModSeq));
+        assert_refused(&[
+            b"a FETCH 1:* (FLAGS) (CHANGEDSINCE 12 VANISHED)",
+            b"a UID FETCH 1:* (FLAGS) (VANISHED)",
+            b"a UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED VANISHED)",
+            b"a UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1 CHANGEDSINCE 2)",
+            b"a UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1 )",
+        ]);
     }
 
     #[test]
@@ -2772,7 +2967,8 @@ mod tests {
             p(b"a SELECT Trash (CONDSTORE)"),
             CommandKind::Select {
                 mailbox: "Trash".into(),
-                condstore: true
+                condstore: true,
+                qresync: None
             }
         );
         let CommandKind::Fetch {
@@ -3065,6 +3261,7 @@ mod tests {
             attrs: vec![],
             uid: false,
             changed_since: None,
+            vanished: false,
         };
         assert!(!fetch.allowed_in(State::Authenticated));
         assert!(fetch.allowed_in(State::Selected));

@@ -47,6 +47,10 @@ const IMAP_SEEDS: &[&[u8]] = &[
     b"c3 UID FETCH $ (UID FLAGS)\r\n",
     b"c4 STATUS \"Gr\xc3\xb6\xc3\x9fe/&U,BTFw-\" (DELETED MESSAGES)\r\n",
     b"c5 ENABLE IMAP4rev2 CONDSTORE\r\n",
+    b"q1 ENABLE QRESYNC\r\n",
+    b"q2 SELECT INBOX (QRESYNC (67890007 90060115194045000 41:211,214:541 (1:3,7 41,43,50:52)))\r\n",
+    b"q3 EXAMINE x (CONDSTORE QRESYNC (1 2))\r\n",
+    b"q4 UID FETCH 300:* (FLAGS) (CHANGEDSINCE 12 VANISHED)\r\n",
 ];
 
 const POP3_SEEDS: &[&[u8]] = &[

@@ -139,23 +139,27 @@ pub struct AccountsService {
     local_domains: Vec<Domain>,
     default_quota: u64,
     throttle: Arc<LoginThrottle>,
+    recipient_delimiter: String,
 }
 
 impl AccountsService {
     /// Serve accounts from `store`; new accounts must be in `local_domains`
     /// and get `default_quota` octets (0: unlimited). Authenticate counts
-    /// failures in `throttle`, shared with IMAP and POP3.
+    /// failures in `throttle`, shared with IMAP and POP3. CheckRecipient
+    /// strips extensions that start with a `recipient_delimiter` character.
     pub fn new(
         store: Arc<Store>,
         local_domains: Vec<Domain>,
         default_quota: u64,
         throttle: Arc<LoginThrottle>,
+        recipient_delimiter: String,
     ) -> Self {
         AccountsService {
             store,
             local_domains,
             default_quota,
             throttle,
+            recipient_delimiter,
         }
     }
 
@@ -211,7 +215,7 @@ impl Accounts for AccountsService {
             let exists = match normalize_address(&req.get_ref().address) {
                 Some(a) => self
                     .store
-                    .resolve_recipient(&a)
+                    .resolve_recipient(&a, &self.recipient_delimiter)
                     .await
                     .map_err(internal)?
                     .is_some(),

@@ -33,6 +33,8 @@ pub struct Deliverer {
     pub store: Arc<Store>,
     /// Replicas of each JetStream stream (`TERN_NATS_REPLICAS`).
     pub nats_replicas: usize,
+    /// Characters that start an address extension (`TERN_RECIPIENT_DELIMITER`).
+    pub recipient_delimiter: String,
 }
 
 /// Pull and process local jobs until shutdown. Marks `ready` once the
@@ -231,7 +233,17 @@ async fn deliver_job(d: &Deliverer, job: &Job) -> Vec<RecipientResult> {
                     "message body temporarily unavailable",
                 )
             }
-            Ok(body) => deliver_one(&d.store, job, &rcpt.address, body, received).await,
+            Ok(body) => {
+                deliver_one(
+                    &d.store,
+                    job,
+                    &rcpt.address,
+                    body,
+                    received,
+                    &d.recipient_delimiter,
+                )
+                .await
+            }
         };
         let outcome = Outcome::try_from(r.outcome).unwrap_or(Outcome::Unspecified);
         metrics::counter!("tern_mailbox_deliveries_total", "outcome" => outcome_label(outcome))
@@ -241,12 +253,15 @@ async fn deliver_job(d: &Deliverer, job: &Job) -> Vec<RecipientResult> {
     out
 }
 
+/// Store one recipient's copy. `delimiters` start address extensions
+/// (`TERN_RECIPIENT_DELIMITER`).
 async fn deliver_one(
     store: &Store,
     job: &Job,
     rcpt: &str,
     body: &[u8],
     received: i64,
+    delimiters: &str,
 ) -> RecipientResult {
     let Some(address) = normalize_address(rcpt) else {
         return result(
@@ -259,7 +274,7 @@ async fn deliver_one(
     };
     // An alias or catch-all delivers to its account; Delivered-To (in the
     // prefix) keeps the address the mail was sent to, as other MTAs do.
-    let account = match store.resolve_recipient(&address).await {
+    let account = match store.resolve_recipient(&address, delimiters).await {
         Ok(Some(a)) => a,
         Ok(None) => {
             tracing::info!(rcpt = %address, "no such mailbox");
@@ -368,24 +383,40 @@ mod tests {
             mail_from: "s@remote.test".into(),
             ..Default::default()
         };
-        let r = deliver_one(&store, &job, "A@example.com", b"x\r\n", 1).await;
+        let r = deliver_one(&store, &job, "A@example.com", b"x\r\n", 1, "+").await;
         assert_eq!(
             (r.outcome(), r.code, r.enhanced.as_str()),
             (Outcome::Delivered, 250, "2.0.0")
         );
         assert_eq!(r.address, "A@example.com");
-        let r = deliver_one(&store, &job, "a@example.com", b"x\r\n", 1).await;
+        let r = deliver_one(&store, &job, "a@example.com", b"x\r\n", 1, "+").await;
         assert_eq!(
             (r.outcome(), r.reply.as_str()),
             (Outcome::Delivered, "message already stored")
         );
-        let r = deliver_one(&store, &job, "b@example.com", b"x\r\n", 1).await;
+        let r = deliver_one(&store, &job, "b@example.com", b"x\r\n", 1, "+").await;
         assert_eq!(
             (r.outcome(), r.code, r.enhanced.as_str()),
             (Outcome::Bounced, 550, "5.1.1")
         );
-        let r = deliver_one(&store, &job, "not an address", b"x\r\n", 1).await;
+        let r = deliver_one(&store, &job, "not an address", b"x\r\n", 1, "+").await;
         assert_eq!(r.outcome(), Outcome::Bounced);
+        // An extension delivers to the account without it, keeping the
+        // address as sent; with no delimiter configured it is an unknown user.
+        let r = deliver_one(&store, &job, "a+news@example.com", b"x\r\n", 1, "+").await;
+        assert_eq!(
+            (r.outcome(), r.reply.as_str(), r.address.as_str()),
+            (
+                Outcome::Delivered,
+                "message already stored",
+                "a+news@example.com"
+            )
+        );
+        let r = deliver_one(&store, &job, "a+news@example.com", b"x\r\n", 1, "").await;
+        assert_eq!(
+            (r.outcome(), r.code, r.enhanced.as_str()),
+            (Outcome::Bounced, 550, "5.1.1")
+        );
         // An alias and a catch-all deliver to their account, once per
         // account however many of its addresses a job names.
         store
@@ -400,12 +431,12 @@ mod tests {
             message_id: "m2".into(),
             ..job.clone()
         };
-        let r = deliver_one(&store, &job2, "Info@example.com", b"x\r\n", 1).await;
+        let r = deliver_one(&store, &job2, "Info@example.com", b"x\r\n", 1, "+").await;
         assert_eq!(
             (r.outcome(), r.reply.as_str()),
             (Outcome::Delivered, "message stored")
         );
-        let r = deliver_one(&store, &job2, "whoever@example.org", b"x\r\n", 1).await;
+        let r = deliver_one(&store, &job2, "whoever@example.org", b"x\r\n", 1, "+").await;
         assert_eq!(
             (r.outcome(), r.reply.as_str()),
             (Outcome::Delivered, "message already stored")
@@ -414,14 +445,14 @@ mod tests {
             message_id: "m3".into(),
             ..job.clone()
         };
-        let r = deliver_one(&store, &job3, "whoever@example.org", b"x\r\n", 1).await;
+        let r = deliver_one(&store, &job3, "whoever@example.org", b"x\r\n", 1, "+").await;
         assert_eq!(
             (r.outcome(), r.reply.as_str()),
             (Outcome::Delivered, "message stored")
         );
         // A storage failure is temporary.
         store.close().await;
-        let r = deliver_one(&store, &job, "a@example.com", b"y\r\n", 1).await;
+        let r = deliver_one(&store, &job, "a@example.com", b"y\r\n", 1, "+").await;
         assert_eq!(
             (r.outcome(), r.code, r.enhanced.as_str()),
             (Outcome::Deferred, 451, "4.3.0")

@@ -6,6 +6,9 @@
 //! mailbox, and announced as untagged EXISTS / EXPUNGE / FETCH responses
 //! before a command completes (RFC 9051 §7.5.1: never EXPUNGE during
 //! FETCH, STORE or SEARCH, so those only announce new mail and flags).
+//! Once QRESYNC is enabled, expunges are announced as VANISHED (RFC 7162
+//! §3.2.10), and SELECT/EXAMINE and UID FETCH report `VANISHED (EARLIER)`
+//! from the expunges the store records with their mod-sequences.
 
 use std::collections::HashMap;
 use std::io;
@@ -13,8 +16,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use tern_mailproto::imap::{
-    self, Command, CommandKind, FetchAttr, FetchItem, Frame, Framer, SearchKey, SearchMsg, Section,
-    SequenceSet, State, Status, StatusItem, StoreMode,
+    self, Command, CommandKind, FetchAttr, FetchItem, Frame, Framer, QResync, SearchKey, SearchMsg,
+    Section, SeqNum, SequenceSet, State, Status, StatusItem, StoreMode,
 };
 use tern_mailproto::utf7;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
@@ -60,6 +63,9 @@ struct Selected {
     modseq: u64,
     /// Expunges seen but not yet announced (not allowed at the time).
     pending_expunge: bool,
+    /// While expunges are held back, the HIGHESTMODSEQ from before them,
+    /// sent to QRESYNC clients after MODSEQ data (RFC 7162 §3.2).
+    held_modseq: u64,
     /// UIDs (ascending) of the result `SEARCH RETURN (SAVE)` saved, which
     /// `$` names (RFC 5182); empty until one is saved.
     saved: Vec<u32>,
@@ -74,6 +80,9 @@ struct Session<'a> {
     changes: Option<broadcast::Receiver<i64>>,
     /// CONDSTORE is enabled (RFC 7162 §3.1): MODSEQ goes into FETCH responses.
     condstore: bool,
+    /// `ENABLE QRESYNC` was given (RFC 7162 §3.2.3): SELECT/EXAMINE take
+    /// the QRESYNC parameter and expunges are announced as VANISHED.
+    qresync: bool,
     /// `ENABLE IMAP4rev2` was given (RFC 9051 §6.3.1): no RECENT, SEARCH
     /// answers with ESEARCH, mailbox names are UTF-8 on the wire.
     rev2: bool,
@@ -109,6 +118,7 @@ pub async fn session(
         selected: None,
         changes: None,
         condstore: false,
+        qresync: false,
         rev2: false,
         peer,
     };
@@ -289,17 +299,22 @@ fn bad(tag: Option<&str>, text: &str) -> Vec<u8> {
     }
 }
 
-/// A compact sequence set (`1:3,7`) for COPYUID / ESEARCH.
+/// A compact sequence set (`1:3,7`) for COPYUID / ESEARCH / VANISHED.
 fn compact_set(nums: &[u32]) -> String {
-    let mut out = String::new();
-    let mut i = 0;
-    while i < nums.len() {
-        let start = nums[i];
-        let mut end = start;
-        while i + 1 < nums.len() && nums[i + 1] == end.wrapping_add(1) {
-            end = nums[i + 1];
-            i += 1;
+    let mut ranges: Vec<(u32, u32)> = Vec::new();
+    for &n in nums {
+        match ranges.last_mut() {
+            Some((_, end)) if n == end.wrapping_add(1) => *end = n,
+            _ => ranges.push((n, n)),
         }
+    }
+    format_ranges(&ranges)
+}
+
+/// `1:3,7` from `[(1, 3), (7, 7)]`.
+fn format_ranges(ranges: &[(u32, u32)]) -> String {
+    let mut out = String::new();
+    for &(start, end) in ranges {
         if !out.is_empty() {
             out.push(',');
         }
@@ -308,7 +323,101 @@ fn compact_set(nums: &[u32]) -> String {
         } else {
             out.push_str(&format!("{start}:{end}"));
         }
-        i += 1;
+    }
+    out
+}
+
+/// The UIDs of `known` (all when `None`) from 1 to `last` that are not
+/// in `present` (ascending), as a compact set: what is reported as
+/// `VANISHED (EARLIER)` when the mailbox no longer remembers every expunge
+/// since the client's mod-sequence. RFC 7162 §3.2.5.2 allows UIDs the
+/// client never saw (it ignores them), so this over-approximates safely.
+/// Works on ranges, so `1:4294967295` costs no more than `1:5`.
+fn missing_uids(known: Option<&SequenceSet>, last: u32, present: &[u32]) -> String {
+    let value = |s: SeqNum| match s {
+        SeqNum::Value(v) => v,
+        SeqNum::Star => last,
+    };
+    let mut wanted: Vec<(u32, u32)> = match known {
+        Some(k) => k
+            .ranges()
+            .iter()
+            .map(|&(a, b)| (value(a).min(value(b)), value(a).max(value(b)).min(last)))
+            .filter(|(a, b)| a <= b)
+            .collect(),
+        None if last > 0 => vec![(1, last)],
+        None => Vec::new(),
+    };
+    wanted.sort_unstable();
+    let mut merged: Vec<(u32, u32)> = Vec::new();
+    for (a, b) in wanted {
+        match merged.last_mut() {
+            Some((_, end)) if a <= end.saturating_add(1) => *end = (*end).max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    let mut out = Vec::new();
+    for (a, b) in merged {
+        // u64, so the UID after u32::MAX does not wrap.
+        let mut from = u64::from(a);
+        let start = present.partition_point(|&u| u < a);
+        for &u in present[start..].iter().take_while(|&&u| u <= b) {
+            if u64::from(u) > from {
+                out.push((u32::try_from(from).unwrap_or(u), u - 1));
+            }
+            from = u64::from(u) + 1;
+        }
+        if let Ok(from) = u32::try_from(from)
+            && from <= b
+        {
+            out.push((from, b));
+        }
+    }
+    format_ranges(&out)
+}
+
+/// The `VANISHED (EARLIER)` set (RFC 7162 §3.2.5.1, §3.2.6): the UIDs
+/// `recorded` as expunged since the client's mod-sequence (`None` when not
+/// all are remembered: then every UID that is gone, see [`missing_uids`]),
+/// limited to `within` (`*` is `last`) and to UIDs no longer in `view`.
+/// One still in the view (its expunge not announced yet) is left for the
+/// plain VANISHED that announces it, so the client's count stays right.
+fn earlier_set(
+    recorded: Option<Vec<u32>>,
+    within: Option<&SequenceSet>,
+    last: u32,
+    view: &[MessageMeta],
+) -> String {
+    let present: Vec<u32> = view.iter().map(|m| m.uid).collect();
+    match recorded {
+        Some(uids) => {
+            let uids: Vec<u32> = uids
+                .into_iter()
+                .filter(|&u| {
+                    within.is_none_or(|k| k.contains(u, last)) && present.binary_search(&u).is_err()
+                })
+                .collect();
+            compact_set(&uids)
+        }
+        None => missing_uids(within, last, &present),
+    }
+}
+
+/// Remove the messages at `idx` (ascending) from the view and announce
+/// them: `* n EXPUNGE` each, highest first, or one `* VANISHED uids` once
+/// QRESYNC is enabled (RFC 7162 §3.2.10).
+fn remove_expunged(msgs: &mut Vec<MessageMeta>, idx: &[usize], qresync: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut uids = Vec::with_capacity(idx.len());
+    for &i in idx.iter().rev() {
+        uids.push(msgs.remove(i).uid);
+        if !qresync {
+            out.extend(imap::untagged(&format!("{} EXPUNGE", i + 1)));
+        }
+    }
+    if qresync && !uids.is_empty() {
+        uids.reverse();
+        out.extend(imap::untagged(&format!("VANISHED {}", compact_set(&uids))));
     }
     out
 }
@@ -388,6 +497,7 @@ impl Session<'_> {
         ) {
             self.refresh(io, false).await?;
         }
+        let examine = matches!(cmd.kind, CommandKind::Examine { .. });
         match cmd.kind {
             CommandKind::Capability => {
                 let caps = imap::capabilities(
@@ -478,6 +588,12 @@ impl Session<'_> {
                     self.condstore = true;
                     enabled.push_str(" CONDSTORE");
                 }
+                // RFC 7162 §3.2.3: QRESYNC implies CONDSTORE.
+                if caps.iter().any(|c| c == "QRESYNC") {
+                    self.condstore = true;
+                    self.qresync = true;
+                    enabled.push_str(" QRESYNC");
+                }
                 if caps.iter().any(|c| c == "IMAP4REV2") {
                     self.rev2 = true;
                     enabled.push_str(" IMAP4rev2");
@@ -530,14 +646,25 @@ impl Session<'_> {
                 io.write_all(&imap::tagged(tag, Status::Ok, "NAMESPACE completed"))
                     .await?;
             }
-            CommandKind::Select { mailbox, condstore } => {
-                self.condstore |= condstore;
-                self.select(tag, &mailbox, false, io).await?;
-                return Ok(Flow::Continue);
+            CommandKind::Select {
+                mailbox,
+                condstore,
+                qresync,
             }
-            CommandKind::Examine { mailbox, condstore } => {
+            | CommandKind::Examine {
+                mailbox,
+                condstore,
+                qresync,
+            } => {
+                // RFC 7162 §3.2.5: QRESYNC without ENABLE QRESYNC is BAD.
+                if qresync.is_some() && !self.qresync {
+                    io.write_all(&imap::tagged(tag, Status::Bad, "ENABLE QRESYNC first"))
+                        .await?;
+                    return Ok(Flow::Continue);
+                }
                 self.condstore |= condstore;
-                self.select(tag, &mailbox, true, io).await?;
+                self.select(tag, &mailbox, examine, qresync.as_ref(), io)
+                    .await?;
                 return Ok(Flow::Continue);
             }
             CommandKind::Create { mailbox } => {
@@ -741,9 +868,19 @@ impl Session<'_> {
                 attrs,
                 uid,
                 changed_since,
+                vanished,
             } => {
                 expunge_ok = false;
+                // RFC 7162 §3.2.6: VANISHED needs QRESYNC enabled.
+                if vanished && !self.qresync {
+                    io.write_all(&imap::tagged(tag, Status::Bad, "ENABLE QRESYNC first"))
+                        .await?;
+                    return Ok(Flow::Continue);
+                }
                 self.condstore |= attrs.contains(&FetchAttr::ModSeq);
+                if vanished && let Some(n) = changed_since {
+                    self.vanished_earlier(&set, n, io).await?;
+                }
                 if !self
                     .fetch(tag, &set, &attrs, uid, changed_since, io)
                     .await?
@@ -911,11 +1048,12 @@ impl Session<'_> {
         tag: &str,
         mailbox: &str,
         readonly: bool,
+        qresync: Option<&QResync>,
         io: &mut Conn,
     ) -> io::Result<()> {
-        // A failed SELECT leaves no mailbox selected. IMAP4rev2 says so
-        // first (RFC 9051 §6.3.2 / §7.1: the CLOSED response code).
-        if self.selected.take().is_some() && self.rev2 {
+        // A failed SELECT leaves no mailbox selected. IMAP4rev2 and QRESYNC
+        // say so first (RFC 9051 §7.1, RFC 7162 §3.2.11: CLOSED).
+        if self.selected.take().is_some() && (self.rev2 || self.qresync) {
             io.write_all(&imap::untagged("OK [CLOSED] previous mailbox closed"))
                 .await?;
         }
@@ -933,6 +1071,15 @@ impl Session<'_> {
                 return Ok(None);
             };
             let msgs = store.messages(mb.id, 0).await?;
+            // Expunges are read after the messages: one committed in
+            // between is still in the view, so it is left out of
+            // VANISHED (EARLIER) and announced by the next refresh.
+            let vanished = match qresync {
+                Some(q) if q.uidvalidity == mb.uidvalidity => {
+                    Some(store.vanished_since(mb.id, q.modseq).await?)
+                }
+                _ => None,
+            };
             if !readonly && let Some(last) = msgs.last() {
                 store.clear_recent(mb.id, last.uid).await?;
             }
@@ -942,10 +1089,10 @@ impl Session<'_> {
             } else {
                 Vec::new()
             };
-            Ok::<_, StoreError>(Some((mb, msgs, boxes)))
+            Ok::<_, StoreError>(Some((mb, msgs, boxes, vanished)))
         }
         .await;
-        let (mb, msgs, boxes) = match loaded {
+        let (mb, msgs, boxes, vanished) = match loaded {
             Ok(Some(x)) => x,
             Ok(None) => {
                 return io
@@ -1019,6 +1166,30 @@ impl Session<'_> {
             "OK [HIGHESTMODSEQ {}] highest",
             mb.highest_modseq
         )));
+        // RFC 7162 §3.2.5.1: with a matching UIDVALIDITY, the expunges and
+        // then the flag changes since the client's mod-sequence, limited
+        // to its known UIDs.
+        if let (Some(q), Some(vanished)) = (qresync, vanished) {
+            self.condstore = true;
+            let known = q.known_uids.as_ref();
+            let last = uidnext.saturating_sub(1);
+            let set = earlier_set(vanished, known, last, &msgs);
+            if !set.is_empty() {
+                out.extend(imap::untagged(&format!("VANISHED (EARLIER) {set}")));
+            }
+            for (i, m) in msgs.iter().enumerate() {
+                if m.modseq > q.modseq && known.is_none_or(|k| k.contains(m.uid, last)) {
+                    out.extend(imap::fetch_response(
+                        u32::try_from(i + 1).unwrap_or(u32::MAX),
+                        &[
+                            FetchItem::Uid(m.uid),
+                            FetchItem::Flags(&m.flags),
+                            FetchItem::ModSeq(m.modseq),
+                        ],
+                    ));
+                }
+            }
+        }
         let (code, cmd) = if readonly {
             ("READ-ONLY", "EXAMINE")
         } else {
@@ -1037,6 +1208,7 @@ impl Session<'_> {
             readonly,
             msgs,
             pending_expunge: false,
+            held_modseq: 0,
             saved: Vec::new(),
         });
         self.state = State::Selected;
@@ -1062,6 +1234,11 @@ impl Session<'_> {
         if mb.highest_modseq == sel.modseq && !(sel.pending_expunge && expunge_ok) {
             return Ok(());
         }
+        let held = if sel.pending_expunge {
+            sel.held_modseq
+        } else {
+            sel.modseq
+        };
         // Usually only flags changed or mail arrived: then just the rows
         // whose mod-sequence moved are read; all of them only when some
         // are gone or an expunge waits to be announced.
@@ -1087,13 +1264,12 @@ impl Session<'_> {
         // Expunged by others.
         let gone = complete && sel.msgs.iter().any(|m| !now.contains_key(&m.uid));
         sel.pending_expunge = gone && !expunge_ok;
+        sel.held_modseq = held;
         if gone && expunge_ok {
-            for i in (0..sel.msgs.len()).rev() {
-                if !now.contains_key(&sel.msgs[i].uid) {
-                    sel.msgs.remove(i);
-                    out.extend(imap::untagged(&format!("{} EXPUNGE", i + 1)));
-                }
-            }
+            let removed: Vec<usize> = (0..sel.msgs.len())
+                .filter(|&i| !now.contains_key(&sel.msgs[i].uid))
+                .collect();
+            out.extend(remove_expunged(&mut sel.msgs, &removed, self.qresync));
         }
         // Flag changes.
         for (i, m) in sel.msgs.iter_mut().enumerate() {
@@ -1130,9 +1306,54 @@ impl Session<'_> {
                 out.extend(imap::untagged(&format!("{recent} RECENT")));
             }
         }
+        // RFC 7162 §3.2: while expunges are held back, MODSEQ data must
+        // come with a HIGHESTMODSEQ below theirs, so a client that loses
+        // the connection now resynchronizes from before them.
+        if self.qresync && sel.pending_expunge {
+            out.extend(imap::untagged(&format!(
+                "OK [HIGHESTMODSEQ {}] expunges pending",
+                sel.held_modseq
+            )));
+        }
         sel.modseq = mb.highest_modseq;
         sel.mailbox.uidnext = mb.uidnext;
         io.write_all(&out).await
+    }
+
+    /// `* VANISHED (EARLIER)` for the UIDs of `set` expunged with a
+    /// mod-sequence above `since` (UID FETCH ... (CHANGEDSINCE n VANISHED),
+    /// RFC 7162 §3.2.6), sent before the FETCH responses. Storage errors
+    /// are logged and nothing is sent (the FETCH goes on).
+    async fn vanished_earlier(
+        &mut self,
+        set: &SequenceSet,
+        since: u64,
+        io: &mut Conn,
+    ) -> io::Result<()> {
+        let Some(sel) = self.selected.as_ref() else {
+            return Ok(());
+        };
+        if set.is_saved() {
+            return Ok(());
+        }
+        // `*` is the largest UID ever given out here.
+        let last = sel
+            .mailbox
+            .uidnext
+            .max(sel.msgs.last().map_or(0, |m| m.uid.saturating_add(1)))
+            .saturating_sub(1);
+        let text = match self.ctx.store.vanished_since(sel.mailbox.id, since).await {
+            Ok(recorded) => earlier_set(recorded, Some(set), last, &sel.msgs),
+            Err(e) => {
+                tracing::warn!(error = %e, "VANISHED");
+                return Ok(());
+            }
+        };
+        if text.is_empty() {
+            return Ok(());
+        }
+        io.write_all(&imap::untagged(&format!("VANISHED (EARLIER) {text}")))
+            .await
     }
 
     /// Indexes into the view that `set` names; `None` (after a BAD) when a
@@ -1550,15 +1771,18 @@ impl Session<'_> {
         if let Err(e) = store.expunge(account, &ids).await {
             return io.write_all(&status_err(tag, &e, "EXPUNGE")).await;
         }
-        let mut out = Vec::new();
-        for &i in doomed.iter().rev() {
-            sel.msgs.remove(i);
-            out.extend(imap::untagged(&format!("{} EXPUNGE", i + 1)));
-        }
+        let out = remove_expunged(&mut sel.msgs, &doomed, self.qresync);
         io.write_all(&out).await?;
         self.refresh(io, true).await?;
-        io.write_all(&imap::tagged(tag, Status::Ok, "EXPUNGE completed"))
-            .await
+        // RFC 7162 §3.2.7: with QRESYNC the tagged OK carries the new
+        // HIGHESTMODSEQ (the view has caught up with everything below it).
+        let text = match self.selected.as_ref() {
+            Some(sel) if self.qresync => {
+                format!("[HIGHESTMODSEQ {}] EXPUNGE completed", sel.modseq)
+            }
+            _ => "EXPUNGE completed".to_string(),
+        };
+        io.write_all(&imap::tagged(tag, Status::Ok, &text)).await
     }
 
     async fn copy(
@@ -1636,10 +1860,8 @@ impl Session<'_> {
         let mut out = imap::untagged(&format!("OK [{code}] moved"));
         let mut sorted = idx;
         sorted.sort_unstable();
-        for &i in sorted.iter().rev() {
-            sel.msgs.remove(i);
-            out.extend(imap::untagged(&format!("{} EXPUNGE", i + 1)));
-        }
+        sorted.dedup();
+        out.extend(remove_expunged(&mut sel.msgs, &sorted, self.qresync));
         io.write_all(&out).await?;
         self.refresh(io, true).await?;
         io.write_all(&imap::tagged(tag, Status::Ok, "MOVE completed"))
@@ -1982,4 +2204,70 @@ fn has_modseq(k: &SearchKey) -> bool {
 
 fn has_flag(flags: &[String], f: &str) -> bool {
     flags.iter().any(|x| x.eq_ignore_ascii_case(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(s: &str) -> Option<SequenceSet> {
+        SequenceSet::parse(s.as_bytes())
+    }
+
+    #[test]
+    fn missing_uids_are_computed_on_ranges() {
+        assert_eq!(missing_uids(None, 0, &[]), "");
+        assert_eq!(missing_uids(None, 9, &[2, 3, 7]), "1,4:6,8:9");
+        assert_eq!(missing_uids(None, 3, &[1, 2, 3]), "");
+        // Known UIDs limit the report, `*` is the last UID, ranges merge
+        // and may be given backwards.
+        assert_eq!(
+            missing_uids(set("5:3,8:*,1").as_ref(), 10, &[4, 9]),
+            "1,3,5,8,10"
+        );
+        assert_eq!(missing_uids(set("1:3,2:6").as_ref(), 9, &[6]), "1:5");
+        // Huge ranges cost nothing, and the top UID does not wrap.
+        assert_eq!(
+            missing_uids(set("1:4294967295").as_ref(), u32::MAX, &[1, u32::MAX]),
+            "2:4294967294"
+        );
+        assert_eq!(missing_uids(set("7:9").as_ref(), 5, &[]), "");
+    }
+
+    fn meta(uid: u32) -> MessageMeta {
+        MessageMeta {
+            id: i64::from(uid),
+            uid,
+            flags: Vec::new(),
+            size: 0,
+            internal_date_ms: 0,
+            modseq: 1,
+        }
+    }
+
+    #[test]
+    fn earlier_set_leaves_out_what_the_view_still_has() {
+        let view: Vec<MessageMeta> = [2, 6].into_iter().map(meta).collect();
+        // Recorded expunges, limited to the set; 6 is still in the view
+        // (its expunge not announced yet).
+        assert_eq!(
+            earlier_set(Some(vec![1, 3, 4, 6, 9]), set("3:*").as_ref(), 9, &view),
+            "3:4,9"
+        );
+        assert_eq!(earlier_set(Some(vec![1, 3]), None, 9, &view), "1,3");
+        // Forgotten: everything up to `last` the view does not have.
+        assert_eq!(earlier_set(None, None, 7, &view), "1,3:5,7");
+    }
+
+    #[test]
+    fn expunges_are_announced_as_expunge_or_vanished() {
+        let mut msgs: Vec<MessageMeta> = [1, 2, 3, 5, 8].into_iter().map(meta).collect();
+        let out = remove_expunged(&mut msgs, &[1, 2, 4], false);
+        assert_eq!(out, b"* 5 EXPUNGE\r\n* 3 EXPUNGE\r\n* 2 EXPUNGE\r\n");
+        assert_eq!(msgs.iter().map(|m| m.uid).collect::<Vec<_>>(), [1, 5]);
+        let out = remove_expunged(&mut msgs, &[0, 1], true);
+        assert_eq!(out, b"* VANISHED 1,5\r\n");
+        assert!(msgs.is_empty());
+        assert!(remove_expunged(&mut msgs, &[], true).is_empty());
+    }
 }

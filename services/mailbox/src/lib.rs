@@ -109,6 +109,12 @@ pub mod keys {
         "30s",
         "how long a POP3 maildrop lock outlives a replica that stopped refreshing it (crashed or cut off from NATS); at least 3s",
     );
+    /// `TERN_RECIPIENT_DELIMITER`.
+    pub const RECIPIENT_DELIMITER: Key<String> = Key::new(
+        "recipient_delimiter",
+        "+",
+        "characters that start an address extension: user+tag@example.com is delivered to user@example.com when no account or alias has the full address; empty turns this off",
+    );
     /// `TERN_ALLOW_PLAINTEXT_AUTH`.
     pub const ALLOW_PLAINTEXT_AUTH: Key<bool> = Key::new(
         "allow_plaintext_auth",
@@ -138,8 +144,8 @@ pub struct Config {
     pub database_url: String,
     /// Allow password authentication on cleartext connections. Defaults to
     /// true so the walking skeleton works without certificates; production
-    /// deployments should set it to false (there is no STARTTLS yet, so
-    /// cleartext ports then cannot log in at all).
+    /// deployments should set it to false (cleartext ports then need
+    /// STARTTLS / STLS before a login).
     pub allow_plaintext_auth: bool,
     /// Certificate for the TLS listeners and STARTTLS / STLS.
     pub tls: TlsConfig,
@@ -157,6 +163,9 @@ pub struct Config {
     /// Time to live of a POP3 maildrop lock in the shared bucket; its
     /// holder refreshes it every third of this.
     pub pop3_lock_ttl: Duration,
+    /// Characters that start an address extension (`user+tag@...`);
+    /// empty: no extensions.
+    pub recipient_delimiter: String,
 }
 
 /// The shortest `pop3_lock_ttl` (the bucket counts TTLs in whole seconds,
@@ -196,6 +205,17 @@ impl Config {
                 expected: "a duration of at least 3s",
             });
         }
+        let recipient_delimiter = src.get(&keys::RECIPIENT_DELIMITER)?;
+        if !recipient_delimiter
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '@' && c != '"')
+        {
+            return Err(ConfigError::Invalid {
+                key: config::env_name(keys::RECIPIENT_DELIMITER.name),
+                value: recipient_delimiter,
+                expected: "printable ASCII characters other than @ and \" (or empty)",
+            });
+        }
         Ok(Config {
             imap_listen: src.get(&keys::IMAP_LISTEN)?,
             imaps_listen: src.get(&keys::IMAPS_LISTEN)?,
@@ -211,6 +231,7 @@ impl Config {
             login_failure_window: src.get(&keys::LOGIN_FAILURE_WINDOW)?,
             login_failure_delay: src.get(&keys::LOGIN_FAILURE_DELAY)?,
             pop3_lock_ttl,
+            recipient_delimiter,
             tls: TlsConfig::from_source(src)?,
             common,
         })
@@ -461,6 +482,7 @@ async fn serve(
         config.common.local_domains.clone(),
         config.default_quota_bytes,
         throttle.clone(),
+        config.recipient_delimiter.clone(),
     );
     let routes = tonic::service::Routes::new(health).add_service(AccountsServer::new(accounts));
     let grpc_task = tokio::spawn(grpc::serve(l.grpc, routes, shutdown.clone()));
@@ -508,6 +530,7 @@ async fn serve(
         js: jetstream::new(client.clone()),
         store: store.clone(),
         nats_replicas: config.common.nats_replicas,
+        recipient_delimiter: config.recipient_delimiter.clone(),
     });
     let deliver_task = tokio::spawn(deliver::run(
         deliverer,

@@ -124,6 +124,37 @@ macro_rules! over_quota {
     }};
 }
 
+/// How many expunged UIDs a mailbox remembers (migration `0005`); a few
+/// in unit tests, so compaction is exercised.
+const EXPUNGED_KEPT: i64 = if cfg!(test) { 3 } else { 10_000 };
+
+/// Forget a mailbox's oldest expunged UIDs beyond [`EXPUNGED_KEPT`], raising
+/// its `expunged_floor` to the highest mod-sequence forgotten (whole
+/// mod-sequences at a time, so every expunge above the floor is known).
+macro_rules! compact_expunged {
+    ($tx:ident, $mailbox:expr) => {{
+        let cut: Option<i64> = sqlx::query_scalar(
+            "SELECT modseq FROM expunged WHERE mailbox_id = $1 ORDER BY modseq DESC LIMIT 1 OFFSET $2",
+        )
+        .bind($mailbox)
+        .bind(EXPUNGED_KEPT)
+        .fetch_optional(&mut *$tx)
+        .await?;
+        if let Some(cut) = cut {
+            sqlx::query("DELETE FROM expunged WHERE mailbox_id = $1 AND modseq <= $2")
+                .bind($mailbox)
+                .bind(cut)
+                .execute(&mut *$tx)
+                .await?;
+            sqlx::query("UPDATE mailboxes SET expunged_floor = $2 WHERE id = $1 AND expunged_floor < $2")
+                .bind($mailbox)
+                .bind(cut)
+                .execute(&mut *$tx)
+                .await?;
+        }
+    }};
+}
+
 /// An account row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -649,6 +680,7 @@ impl Store {
                         .bind(id)
                         .fetch_all(&mut *tx)
                         .await?;
+                    sqlx::query("DELETE FROM expunged WHERE mailbox_id = $1").bind(id).execute(&mut *tx).await?;
                     sqlx::query("DELETE FROM mailboxes WHERE id = $1").bind(id).execute(&mut *tx).await?;
                     Some(hashes)
                 }
@@ -758,6 +790,16 @@ impl Store {
                     .bind(modseq)
                     .execute(&mut *tx)
                     .await?;
+                    // For INBOX the messages are expunged (RFC 7162 §3.2).
+                    sqlx::query(
+                        "INSERT INTO expunged (mailbox_id, uid, modseq) \
+                         SELECT mailbox_id, uid, $2 FROM messages WHERE mailbox_id = $1",
+                    )
+                    .bind(inbox_id)
+                    .bind(modseq)
+                    .execute(&mut *tx)
+                    .await?;
+                    compact_expunged!(tx, inbox_id);
                     sqlx::query("UPDATE messages SET mailbox_id = $1 WHERE mailbox_id = $2")
                         .bind(id)
                         .bind(inbox_id)
@@ -1190,6 +1232,42 @@ impl Store {
         Ok((rows.into_iter().map(meta).collect::<Result<_, _>>()?, false))
     }
 
+    /// UIDs (ascending) expunged from a mailbox with a mod-sequence above
+    /// `modseq` (RFC 7162 §3.2.5 / §3.2.6), or `None` when some expunges
+    /// after `modseq` may have been forgotten (it is below the mailbox's
+    /// `expunged_floor`, see migration `0005`): then the caller reports
+    /// every UID the client may know that is gone instead.
+    pub async fn vanished_since(
+        &self,
+        mailbox_id: i64,
+        modseq: u64,
+    ) -> Result<Option<Vec<u32>>, StoreError> {
+        let since = i64::try_from(modseq).unwrap_or(i64::MAX);
+        // Rows first, then the floor: a compaction in between raises the
+        // floor read afterwards, so nothing forgotten goes unnoticed.
+        let (uids, floor): (Vec<i64>, Option<i64>) = with_pool!(self, p => {
+            let uids = sqlx::query_scalar(
+                "SELECT uid FROM expunged WHERE mailbox_id = $1 AND modseq > $2 ORDER BY uid",
+            )
+            .bind(mailbox_id)
+            .bind(since)
+            .fetch_all(p)
+            .await?;
+            let floor = sqlx::query_scalar("SELECT expunged_floor FROM mailboxes WHERE id = $1")
+                .bind(mailbox_id)
+                .fetch_optional(p)
+                .await?;
+            (uids, floor)
+        });
+        if floor.is_none_or(|f| since < f) {
+            return Ok(None);
+        }
+        uids.into_iter()
+            .map(|u| to_u32(u, "uid"))
+            .collect::<Result<_, _>>()
+            .map(Some)
+    }
+
     /// The full message (prefix + body), or `None` if it is gone.
     pub async fn content(&self, message_id: i64) -> Result<Option<Vec<u8>>, StoreError> {
         let row: Option<(Vec<u8>, Vec<u8>)> = with_pool!(self, p => {
@@ -1379,27 +1457,44 @@ impl Store {
         }
         let hashes: Vec<String> = write_tx!(self, tx => {
             let mut hashes = Vec::with_capacity(ids.len());
-            let mut mailboxes: Vec<i64> = Vec::new();
+            // Expunged UIDs per mailbox.
+            let mut gone: Vec<(i64, Vec<i64>)> = Vec::new();
             for id in ids {
-                let h: Option<(String, i64)> = sqlx::query_as(
-                    "DELETE FROM messages WHERE id = $1 AND account_id = $2 RETURNING body_hash, mailbox_id",
+                let h: Option<(String, i64, i64)> = sqlx::query_as(
+                    "DELETE FROM messages WHERE id = $1 AND account_id = $2 RETURNING body_hash, mailbox_id, uid",
                 )
                 .bind(*id)
                 .bind(account_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-                if let Some((h, mb)) = h {
+                if let Some((h, mb, uid)) = h {
                     hashes.push(h);
-                    if !mailboxes.contains(&mb) {
-                        mailboxes.push(mb);
+                    match gone.iter_mut().find(|(m, _)| *m == mb) {
+                        Some((_, uids)) => uids.push(uid),
+                        None => gone.push((mb, vec![uid])),
                     }
                 }
             }
-            for mb in mailboxes {
-                sqlx::query("UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = $1")
+            // RFC 7162 §3.2: the expunge gets a mod-sequence of its own,
+            // associated with the expunged UIDs.
+            for (mb, uids) in gone {
+                let modseq: i64 = sqlx::query_scalar(
+                    "UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = $1 RETURNING highest_modseq",
+                )
+                .bind(mb)
+                .fetch_one(&mut *tx)
+                .await?;
+                for uid in uids {
+                    sqlx::query(
+                        "INSERT INTO expunged (mailbox_id, uid, modseq) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    )
                     .bind(mb)
+                    .bind(uid)
+                    .bind(modseq)
                     .execute(&mut *tx)
                     .await?;
+                }
+                compact_expunged!(tx, mb);
             }
             hashes.sort();
             hashes.dedup();
@@ -1584,13 +1679,14 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn batched_flags_contents_and_summaries_over_many_rows() {
-        let (_dir, store) = sqlite().await;
-        store.create_account("a@example.com", "h").await.unwrap();
+    /// Account `a@example.com` with `n` messages (`Subject: m<i>`,
+    /// `body <i>`) appended to INBOX; its INBOX as it is then, and them.
+    async fn account_with_messages(
+        store: &Store,
+        n: usize,
+    ) -> (Account, Mailbox, Vec<MessageMeta>) {
+        assert!(store.create_account("a@example.com", "h").await.unwrap());
         let (a, _) = store.account("a@example.com").await.unwrap().unwrap();
-        // More than one IN-list chunk.
-        let n = IN_CHUNK + 88;
         for i in 0..n {
             let body = format!("Subject: m{i}\r\n\r\nbody {i}\r\n");
             store
@@ -1600,6 +1696,73 @@ mod tests {
         }
         let inbox = store.inbox(a.id).await.unwrap();
         let msgs = store.messages(inbox.id, 0).await.unwrap();
+        (a, inbox, msgs)
+    }
+
+    #[tokio::test]
+    async fn expunges_get_mod_sequences_and_old_ones_are_compacted() {
+        let (_dir, store) = sqlite().await;
+        let (a, inbox, msgs) = account_with_messages(&store, 6).await;
+        assert_eq!(
+            store.vanished_since(inbox.id, 1).await.unwrap(),
+            Some(vec![])
+        );
+        // One expunge of two: one new mod-sequence for both.
+        store
+            .expunge(a.id, &[msgs[1].id, msgs[2].id])
+            .await
+            .unwrap();
+        let after = store.inbox(a.id).await.unwrap().highest_modseq;
+        assert_eq!(after, inbox.highest_modseq + 1);
+        let since = inbox.highest_modseq;
+        assert_eq!(
+            store.vanished_since(inbox.id, since).await.unwrap(),
+            Some(vec![2, 3])
+        );
+        assert_eq!(
+            store.vanished_since(inbox.id, after).await.unwrap(),
+            Some(vec![])
+        );
+        // Two more expunges: 4 rows > EXPUNGED_KEPT (3), so the oldest
+        // mod-sequence (UIDs 2 and 3) is forgotten and the floor rises.
+        store.expunge(a.id, &[msgs[3].id]).await.unwrap();
+        store.expunge(a.id, &[msgs[4].id]).await.unwrap();
+        assert_eq!(store.vanished_since(inbox.id, since).await.unwrap(), None);
+        assert_eq!(
+            store.vanished_since(inbox.id, after).await.unwrap(),
+            Some(vec![4, 5])
+        );
+        // RENAME INBOX expunges what it moves from INBOX.
+        let top = store.inbox(a.id).await.unwrap().highest_modseq;
+        assert_eq!(
+            store.rename_mailbox(a.id, INBOX, "Old").await.unwrap(),
+            MailboxOp::Done
+        );
+        assert_eq!(
+            store.vanished_since(inbox.id, top).await.unwrap(),
+            Some(vec![1, 6])
+        );
+        // DELETE drops a mailbox's rows.
+        let old = store.mailbox(a.id, "Old").await.unwrap().unwrap();
+        let moved = store.messages(old.id, 0).await.unwrap();
+        store.expunge(a.id, &[moved[0].id]).await.unwrap();
+        assert_eq!(
+            store.vanished_since(old.id, 1).await.unwrap(),
+            Some(vec![1])
+        );
+        assert_eq!(
+            store.delete_mailbox(a.id, "Old").await.unwrap(),
+            MailboxOp::Done
+        );
+        assert_eq!(store.vanished_since(old.id, 1).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn batched_flags_contents_and_summaries_over_many_rows() {
+        let (_dir, store) = sqlite().await;
+        // More than one IN-list chunk.
+        let n = IN_CHUNK + 88;
+        let (a, inbox, msgs) = account_with_messages(&store, n).await;
         assert_eq!(msgs.len(), n);
         let changes: Vec<(i64, Vec<String>)> = msgs
             .iter()

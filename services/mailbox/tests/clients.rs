@@ -103,7 +103,7 @@ async fn aliases_and_catch_all_route_mail_to_accounts() {
         ]
     );
 
-    // Ingress's RCPT check sees aliases and the catch-all.
+    // Ingress's RCPT check sees aliases, the catch-all and extensions.
     let exists = |address: &str| CheckRecipientRequest {
         address: address.into(),
     };
@@ -112,6 +112,10 @@ async fn aliases_and_catch_all_route_mail_to_accounts() {
         ("SALES@example.com", true),
         ("anyone@example.org", true),
         ("anyone@example.com", false),
+        // Address extensions (TERN_RECIPIENT_DELIMITER, default "+").
+        ("alice+lists@example.com", true),
+        ("sales+q4@example.com", true),
+        ("anyone+x@example.com", false),
     ] {
         let got = a
             .check_recipient(exists(address))

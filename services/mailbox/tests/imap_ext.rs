@@ -1,6 +1,6 @@
 //! IMAP extensions end to end, each scenario on SQLite and on PostgreSQL:
 //! BINARY (RFC 3516) and literal8 APPEND, LITERAL+ (RFC 7888), IMAP4rev2
-//! (RFC 9051) sessions, and RENAME INBOX. Driven by a byte-exact client
+//! (RFC 9051) sessions, RENAME INBOX, and QRESYNC (RFC 7162 §3.2). Driven by a byte-exact client
 //! (responses may carry NUL octets) and by Python's imaplib.
 
 #![allow(clippy::unwrap_used)]
@@ -10,21 +10,20 @@ mod common;
 use std::net::SocketAddr;
 use std::process::Command;
 
-use common::{DEADLINE, Mailbox, Postgres, run};
+use common::{DEADLINE, Mailbox, Postgres, Raw, run};
 use tern_testkit::NatsServer;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// `#[tokio::test]`s running `$scenario(&Mailbox)` on SQLite and on a
 /// throwaway PostgreSQL.
+/// `on_both_backends!(@run runner, ...)` starts them with `runner`
+/// instead of [`with_mailbox`].
 macro_rules! on_both_backends {
-    ($sqlite:ident, $postgres:ident, $scenario:ident) => {
-        on_both_backends!($sqlite, $postgres, $scenario, &[]);
-    };
-    ($sqlite:ident, $postgres:ident, $scenario:ident, $extra:expr) => {
+    (@run $with:ident, $sqlite:ident, $postgres:ident, $scenario:ident, $extra:expr) => {
         #[tokio::test]
         async fn $sqlite() {
-            with_mailbox($extra, $scenario).await;
+            $with($extra, $scenario).await;
         }
 
         #[tokio::test]
@@ -35,8 +34,14 @@ macro_rules! on_both_backends {
             let base: &[(&str, &str)] = $extra;
             let mut extra = base.to_vec();
             extra.push(("database_url", pg.url.as_str()));
-            with_mailbox(&extra, $scenario).await;
+            $with(&extra, $scenario).await;
         }
+    };
+    ($sqlite:ident, $postgres:ident, $scenario:ident) => {
+        on_both_backends!($sqlite, $postgres, $scenario, &[]);
+    };
+    ($sqlite:ident, $postgres:ident, $scenario:ident, $extra:expr) => {
+        on_both_backends!(@run with_mailbox, $sqlite, $postgres, $scenario, $extra);
     };
 }
 
@@ -46,11 +51,21 @@ async fn with_mailbox<F>(extra: &[(&str, &str)], scenario: impl FnOnce(SocketAdd
 where
     F: std::future::Future<Output = ()>,
 {
+    with_imap_and_pop3(extra, |imap, _| scenario(imap)).await;
+}
+
+/// [`with_mailbox`] for scenarios that also use POP3: `scenario(imap, pop3)`.
+async fn with_imap_and_pop3<F>(
+    extra: &[(&str, &str)],
+    scenario: impl FnOnce(SocketAddr, SocketAddr) -> F,
+) where
+    F: std::future::Future<Output = ()>,
+{
     let nats = NatsServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let m = Mailbox::start(dir.path(), &nats.url(), extra).await;
     m.add_user("alice@example.com", "pw").await;
-    scenario(m.addr("imap")).await;
+    scenario(m.addr("imap"), m.addr("pop3")).await;
     m.stop().await;
 }
 
@@ -707,4 +722,189 @@ on_both_backends!(
     rename_inbox_moves_its_mail_and_leaves_it_empty,
     rename_inbox_moves_its_mail_and_leaves_it_empty_on_postgres,
     rename_inbox_scenario
+);
+
+// ----------------------------------------------------------------- QRESYNC
+
+/// `[KEY n]` from the untagged responses of `r`.
+fn code_value(r: &[Vec<u8>], key: &str) -> u64 {
+    let all = show_all(r);
+    let rest = &all[all.find(&format!("[{key} ")).expect(key) + key.len() + 2..];
+    rest.split(']').next().unwrap().parse().unwrap()
+}
+
+/// Index of the first response of `r` starting with `prefix`.
+fn position(r: &[Vec<u8>], prefix: &str) -> usize {
+    r.iter()
+        .position(|x| x.starts_with(prefix.as_bytes()))
+        .unwrap_or_else(|| panic!("no {prefix:?} in:\n{}", show_all(r)))
+}
+
+/// A QRESYNC session logged in and enabled.
+async fn qresync_client(addr: SocketAddr) -> Client {
+    let mut c = Client::login(addr).await;
+    let r = c.ok("ENABLE QRESYNC").await;
+    expect_lines(&r, "* ENABLED", &["* ENABLED QRESYNC\r\n"]);
+    c
+}
+
+async fn qresync_scenario(addr: SocketAddr, pop3: SocketAddr) {
+    let mut b = Client::login(addr).await;
+    for i in 1..=4 {
+        let msg = format!("Subject: m{i}\r\n\r\nbody {i}\r\n");
+        b.ok(&format!("APPEND INBOX {{{}+}}\r\n{msg}", msg.len()))
+            .await;
+    }
+    // A remembers UIDVALIDITY and HIGHESTMODSEQ, then goes away.
+    let mut a = qresync_client(addr).await;
+    let r = a.ok("SELECT INBOX").await;
+    let (v, h) = (
+        code_value(&r, "UIDVALIDITY"),
+        code_value(&r, "HIGHESTMODSEQ"),
+    );
+    a.ok("LOGOUT").await;
+
+    // B: a flag change (h+1), two expunged (\Deleted at h+2, expunge at
+    // h+3) and a new message (h+4, UID 5).
+    b.ok("SELECT INBOX").await;
+    b.ok("STORE 1 +FLAGS.SILENT (\\Flagged)").await;
+    b.ok("STORE 2:3 +FLAGS.SILENT (\\Deleted)").await;
+    let r = b.ok("EXPUNGE").await;
+    expect_lines(&r, "* ", &["* 3 EXPUNGE\r\n", "* 2 EXPUNGE\r\n"]);
+    let msg = "Subject: m5\r\n\r\nbody 5\r\n";
+    b.ok(&format!("APPEND INBOX {{{}+}}\r\n{msg}", msg.len()))
+        .await;
+
+    // A comes back: one round trip tells it everything (RFC 7162 §3.2.5).
+    let mut a = qresync_client(addr).await;
+    let r = a.ok(&format!("SELECT INBOX (QRESYNC ({v} {h}))")).await;
+    expect(&r, b"* 3 EXISTS\r\n");
+    assert_eq!(code_value(&r, "HIGHESTMODSEQ"), h + 4);
+    expect_lines(&r, "* VANISHED", &["* VANISHED (EARLIER) 2:3\r\n"]);
+    let fetches = [
+        format!("* 1 FETCH (UID 1 FLAGS (\\Flagged) MODSEQ ({}))\r\n", h + 1),
+        format!("* 3 FETCH (UID 5 FLAGS () MODSEQ ({}))\r\n", h + 4),
+    ];
+    let fetches: Vec<&str> = fetches.iter().map(String::as_str).collect();
+    assert_eq!(
+        lines_with(&r, "* ")
+            .into_iter()
+            .filter(|l| l.contains(" FETCH "))
+            .collect::<Vec<_>>(),
+        fetches,
+        "{}",
+        show_all(&r)
+    );
+    // After the other untagged data, VANISHED before the FETCHes.
+    assert!(position(&r, "* OK [HIGHESTMODSEQ") < position(&r, "* VANISHED"));
+    assert!(position(&r, "* VANISHED") < position(&r, "* 1 FETCH"));
+    expect_tagged(&r, "OK [READ-WRITE]");
+
+    // Known UIDs limit the report; a reselect says CLOSED first.
+    let r = a
+        .ok(&format!("SELECT INBOX (QRESYNC ({v} {h} 1:2 (1:2 1:2)))"))
+        .await;
+    assert_eq!(position(&r, "* OK [CLOSED]"), 0, "{}", show_all(&r));
+    expect_lines(&r, "* VANISHED", &["* VANISHED (EARLIER) 2\r\n"]);
+    expect_lines(&r, "* 1 FETCH", &[fetches[0]]);
+    expect_not(&r, b"* 3 FETCH");
+    // Another UIDVALIDITY: no resynchronization, a plain EXAMINE.
+    let r = a
+        .ok(&format!("EXAMINE INBOX (QRESYNC ({} {h}))", v + 1))
+        .await;
+    expect_not(&r, b"VANISHED");
+    expect_not(&r, b" FETCH ");
+    expect_tagged(&r, "OK [READ-ONLY]");
+    // Up to date: nothing to report.
+    let r = a
+        .ok(&format!("SELECT INBOX (QRESYNC ({v} {}))", h + 4))
+        .await;
+    expect_not(&r, b"VANISHED");
+    expect_not(&r, b" FETCH ");
+
+    // Another session's expunge reaches A as VANISHED (§3.2.10), never
+    // as EXPUNGE; B itself (no QRESYNC) still gets EXPUNGE.
+    b.ok("UID STORE 4 +FLAGS.SILENT (\\Deleted)").await;
+    let r = b.ok("UID EXPUNGE 4").await;
+    expect_lines(&r, "* ", &["* 2 EXPUNGE\r\n"]);
+    let r = a.ok("NOOP").await;
+    expect_lines(&r, "* ", &["* VANISHED 4\r\n"]);
+    // A's own EXPUNGE: VANISHED, and the new HIGHESTMODSEQ (h+8) in the
+    // tagged OK.
+    a.ok("UID STORE 1 +FLAGS.SILENT (\\Deleted)").await;
+    let r = a.ok("EXPUNGE").await;
+    expect_lines(&r, "* ", &["* VANISHED 1\r\n"]);
+    expect_tagged(&r, &format!("OK [HIGHESTMODSEQ {}] EXPUNGE", h + 8));
+
+    // UID FETCH ... (CHANGEDSINCE n VANISHED) (§3.2.6).
+    let r = a
+        .ok(&format!(
+            "UID FETCH 1:* (FLAGS) (CHANGEDSINCE {h} VANISHED)"
+        ))
+        .await;
+    let want = format!("* 1 FETCH (UID 5 FLAGS () MODSEQ ({}))\r\n", h + 4);
+    expect_lines(&r, "* ", &["* VANISHED (EARLIER) 1:4\r\n", &want]);
+    let r = a
+        .ok(&format!(
+            "UID FETCH 3:* (FLAGS) (CHANGEDSINCE {} VANISHED)",
+            h + 4
+        ))
+        .await;
+    expect_lines(&r, "* ", &["* VANISHED (EARLIER) 4\r\n"]);
+
+    // Without ENABLE QRESYNC both are BAD (§3.2.5, §3.2.6).
+    let mut d = Client::login(addr).await;
+    let r = d.cmd(&format!("SELECT INBOX (QRESYNC ({v} {h}))")).await;
+    expect_tagged(&r, "BAD");
+    d.ok("SELECT INBOX").await;
+    let r = d
+        .cmd("UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED)")
+        .await;
+    expect_tagged(&r, "BAD");
+    let r = d.cmd("FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED)").await;
+    expect_tagged(&r, "BAD");
+    d.ok("LOGOUT").await;
+
+    // A POP3 deletion is an expunge too.
+    let mut p = Raw::connect(pop3).await;
+    assert!(p.line().await.starts_with("+OK"));
+    assert!(p.cmd("USER alice@example.com\r\n").await.starts_with("+OK"));
+    assert!(p.cmd("PASS pw\r\n").await.starts_with("+OK"));
+    assert!(p.cmd("DELE 1\r\n").await.starts_with("+OK"));
+    assert!(p.cmd("QUIT\r\n").await.starts_with("+OK"));
+    let r = a.ok("NOOP").await;
+    expect_lines(&r, "* ", &["* VANISHED 5\r\n"]);
+    let r = a.ok("STATUS INBOX (MESSAGES HIGHESTMODSEQ)").await;
+    assert_eq!(status_value(&r, "MESSAGES"), 0);
+    assert_eq!(status_value(&r, "HIGHESTMODSEQ"), h + 9);
+
+    // An expunge held back during FETCH (RFC 9051 §7.5.1) while newer
+    // MODSEQ data is sent: an untagged HIGHESTMODSEQ from before the
+    // expunge comes with it (RFC 7162 §3.2), VANISHED at the next NOOP.
+    for i in 6..=7 {
+        let msg = format!("Subject: m{i}\r\n\r\nbody {i}\r\n");
+        b.ok(&format!("APPEND INBOX {{{}+}}\r\n{msg}", msg.len()))
+            .await;
+    }
+    let r = a.ok("NOOP").await;
+    expect(&r, b"* 2 EXISTS\r\n");
+    b.ok("UID STORE 6 +FLAGS.SILENT (\\Deleted)").await;
+    b.ok("UID EXPUNGE 6").await;
+    b.ok("UID STORE 7 +FLAGS.SILENT (\\Seen)").await;
+    let r = a.ok("FETCH 2 (FLAGS)").await;
+    let seen = format!("* 2 FETCH (UID 7 FLAGS (\\Seen) MODSEQ ({}))\r\n", h + 14);
+    let held = format!("* OK [HIGHESTMODSEQ {}] expunges pending\r\n", h + 11);
+    expect_lines(&r, "* ", &[&seen, &held, "* 2 FETCH (FLAGS (\\Seen))\r\n"]);
+    let r = a.ok("NOOP").await;
+    expect_lines(&r, "* ", &["* VANISHED 6\r\n"]);
+    a.ok("LOGOUT").await;
+    b.ok("LOGOUT").await;
+}
+
+on_both_backends!(
+    @run with_imap_and_pop3,
+    qresync_resynchronizes_in_one_round_trip,
+    qresync_resynchronizes_in_one_round_trip_on_postgres,
+    qresync_scenario,
+    &[]
 );

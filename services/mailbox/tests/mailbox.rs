@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use common::Postgres;
+use common::{Postgres, Raw};
 use futures::StreamExt;
 use prost::Message as _;
 use tern_mailbox::{Config, Error};
@@ -27,7 +27,7 @@ use tern_runtime::Shutdown;
 use tern_runtime::bus;
 use tern_runtime::config::Source;
 use tern_testkit::{NatsServer, wait_for};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -443,54 +443,6 @@ async fn tls_ports_serve_pop3_and_imap() {
     .await;
     assert_eq!(peek, expected);
     h.stop().await;
-}
-
-/// A line-oriented raw client.
-struct Raw {
-    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    w: tokio::net::tcp::OwnedWriteHalf,
-}
-
-impl Raw {
-    async fn connect(addr: SocketAddr) -> Raw {
-        let (r, w) = TcpStream::connect(addr).await.unwrap().into_split();
-        Raw {
-            r: BufReader::new(r),
-            w,
-        }
-    }
-
-    async fn line(&mut self) -> String {
-        let mut l = String::new();
-        tokio::time::timeout(DEADLINE, self.r.read_line(&mut l))
-            .await
-            .expect("a reply in time")
-            .unwrap();
-        l
-    }
-
-    async fn send(&mut self, data: &[u8]) {
-        self.w.write_all(data).await.unwrap();
-    }
-
-    async fn cmd(&mut self, data: &str) -> String {
-        self.send(data.as_bytes()).await;
-        self.line().await
-    }
-
-    /// Read lines until one starts with `prefix`; return all of them.
-    async fn until(&mut self, prefix: &str) -> Vec<String> {
-        let mut lines = Vec::new();
-        loop {
-            let l = self.line().await;
-            assert!(!l.is_empty(), "connection closed; got {lines:?}");
-            let done = l.starts_with(prefix);
-            lines.push(l);
-            if done {
-                return lines;
-            }
-        }
-    }
 }
 
 #[tokio::test]

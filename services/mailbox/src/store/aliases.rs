@@ -1,5 +1,6 @@
 //! Aliases and per-domain catch-alls (migration `0004_aliases.sql`), and
-//! recipient resolution: account, then alias, then the domain's catch-all.
+//! recipient resolution: account, then alias, then the same without the
+//! address extension (`user+tag@` → `user@`), then the domain's catch-all.
 
 use super::{Account, Pool, Store, StoreError};
 
@@ -21,12 +22,31 @@ fn catch_all_of(address: &str) -> Option<&str> {
     address.rfind('@').map(|i| &address[i..])
 }
 
+/// `address` without its extension: `user+tag@example.com` →
+/// `user@example.com` when `delimiters` holds `+`. The first of the
+/// `delimiters` characters in the local part starts the extension (as
+/// Postfix's `recipient_delimiter`). `None` without one, or when it would
+/// leave the local part empty (`+tag@example.com`).
+pub fn strip_extension(address: &str, delimiters: &str) -> Option<String> {
+    let (local, domain) = address.rsplit_once('@')?;
+    let cut = local.find(|c| delimiters.contains(c))?;
+    (cut > 0).then(|| format!("{}@{domain}", &local[..cut]))
+}
+
 impl Store {
     /// The account mail for `address` (normalized) goes to: the account
-    /// with that address, else the alias's target, else the target of the
-    /// domain's catch-all. One query, so the three cannot disagree.
-    pub async fn resolve_recipient(&self, address: &str) -> Result<Option<Account>, StoreError> {
+    /// with that address, else the alias's target, else the account or
+    /// alias of the address without its extension ([`strip_extension`]),
+    /// else the target of the domain's catch-all (the order of Postfix's
+    /// virtual lookups). One query, so they cannot disagree.
+    pub async fn resolve_recipient(
+        &self,
+        address: &str,
+        delimiters: &str,
+    ) -> Result<Option<Account>, StoreError> {
         let catch_all = catch_all_of(address).unwrap_or(address);
+        let base = strip_extension(address, delimiters);
+        let base = base.as_deref().unwrap_or(address);
         let row: Option<(i64, String, i64)> = with_pool!(self, p => {
             sqlx::query_as(
                 "SELECT id, address, CAST(0 AS BIGINT) AS prio FROM accounts WHERE address = $1 \
@@ -34,11 +54,17 @@ impl Store {
                  SELECT a.id, a.address, CAST(1 AS BIGINT) AS prio FROM aliases l JOIN accounts a ON a.id = l.account_id \
                  WHERE l.address = $1 \
                  UNION ALL \
-                 SELECT a.id, a.address, CAST(2 AS BIGINT) AS prio FROM aliases l JOIN accounts a ON a.id = l.account_id \
+                 SELECT id, address, CAST(2 AS BIGINT) AS prio FROM accounts WHERE address = $2 \
+                 UNION ALL \
+                 SELECT a.id, a.address, CAST(3 AS BIGINT) AS prio FROM aliases l JOIN accounts a ON a.id = l.account_id \
                  WHERE l.address = $2 \
+                 UNION ALL \
+                 SELECT a.id, a.address, CAST(4 AS BIGINT) AS prio FROM aliases l JOIN accounts a ON a.id = l.account_id \
+                 WHERE l.address = $3 \
                  ORDER BY prio LIMIT 1",
             )
             .bind(address)
+            .bind(base)
             .bind(catch_all)
             .fetch_optional(p)
             .await?
@@ -125,7 +151,7 @@ mod tests {
         store.create_account("b@example.com", "h").await.unwrap();
         let who = |s: Option<Account>| s.map(|a| a.address);
         assert_eq!(
-            store.resolve_recipient("x@example.com").await.unwrap(),
+            store.resolve_recipient("x@example.com", "+").await.unwrap(),
             None
         );
         assert_eq!(
@@ -165,7 +191,7 @@ mod tests {
         );
         let r = |a: &'static str| {
             let store = &store;
-            async move { who(store.resolve_recipient(a).await.unwrap()) }
+            async move { who(store.resolve_recipient(a, "+-").await.unwrap()) }
         };
         assert_eq!(r("a@example.com").await.as_deref(), Some("a@example.com"));
         assert_eq!(r("x@example.com").await.as_deref(), Some("a@example.com"));
@@ -174,10 +200,34 @@ mod tests {
             Some("b@example.com")
         );
         assert_eq!(r("anything@example.org").await, None);
+        // Extensions: the full address first, then the address without
+        // its extension (account or alias), then the catch-all.
+        assert_eq!(
+            r("a+news@example.com").await.as_deref(),
+            Some("a@example.com")
+        );
+        assert_eq!(
+            r("x-list+y@example.com").await.as_deref(),
+            Some("a@example.com")
+        );
+        assert_eq!(r("+a@example.com").await.as_deref(), Some("b@example.com"));
+        assert_eq!(
+            r("nobody+a@example.com").await.as_deref(),
+            Some("b@example.com")
+        );
+        store
+            .add_alias("a+vip@example.com", "b@example.com")
+            .await
+            .unwrap();
+        assert_eq!(
+            r("a+vip@example.com").await.as_deref(),
+            Some("b@example.com")
+        );
         assert_eq!(
             store.list_aliases(None).await.unwrap(),
             vec![
                 ("@example.com".to_string(), "b@example.com".to_string()),
+                ("a+vip@example.com".to_string(), "b@example.com".to_string()),
                 ("x@example.com".to_string(), "a@example.com".to_string()),
             ]
         );
@@ -193,8 +243,24 @@ mod tests {
         assert!(store.delete_account("b@example.com").await.unwrap());
         assert_eq!(r("anything@example.com").await, None);
         assert_eq!(store.list_aliases(None).await.unwrap().len(), 1);
+        assert_eq!(
+            r("a+vip@example.com").await.as_deref(),
+            Some("a@example.com")
+        );
         assert!(store.delete_alias("x@example.com").await.unwrap());
         assert!(!store.delete_alias("x@example.com").await.unwrap());
         assert_eq!(r("x@example.com").await, None);
+    }
+
+    #[test]
+    fn extensions_are_cut_at_the_first_delimiter() {
+        let cut = |a, d| strip_extension(a, d);
+        assert_eq!(cut("a+b@x.test", "+").as_deref(), Some("a@x.test"));
+        assert_eq!(cut("a+b+c@x.test", "+").as_deref(), Some("a@x.test"));
+        assert_eq!(cut("a-b+c@x.test", "+-").as_deref(), Some("a@x.test"));
+        assert_eq!(cut("a-b@x.test", "+"), None);
+        assert_eq!(cut("+b@x.test", "+"), None);
+        assert_eq!(cut("a+b@x.test", ""), None);
+        assert_eq!(cut("no-at-sign", "+"), None);
     }
 }

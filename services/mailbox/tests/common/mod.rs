@@ -217,15 +217,19 @@ impl Raw {
         l
     }
 
+    /// Send raw bytes.
+    pub async fn send(&mut self, data: &[u8]) {
+        self.w.write_all(data).await.unwrap();
+    }
+
     /// Send a command and read one line.
     pub async fn cmd(&mut self, data: &str) -> String {
-        self.w.write_all(data.as_bytes()).await.unwrap();
+        self.send(data.as_bytes()).await;
         self.line().await
     }
 
-    /// Send a command and read lines until one starts with `prefix`.
-    pub async fn cmd_until(&mut self, data: &str, prefix: &str) -> Vec<String> {
-        self.w.write_all(data.as_bytes()).await.unwrap();
+    /// Read lines until one starts with `prefix`; return all of them.
+    pub async fn until(&mut self, prefix: &str) -> Vec<String> {
         let mut lines = Vec::new();
         loop {
             let l = self.line().await;
@@ -236,6 +240,12 @@ impl Raw {
                 return lines;
             }
         }
+    }
+
+    /// Send a command and read lines until one starts with `prefix`.
+    pub async fn cmd_until(&mut self, data: &str, prefix: &str) -> Vec<String> {
+        self.send(data.as_bytes()).await;
+        self.until(prefix).await
     }
 }
 
