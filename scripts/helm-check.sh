@@ -94,6 +94,8 @@ bad=(
   "delivery.keda.lagThreshold=0"
   "database.url=mysql://x"
   "nats.enabled=false"                      # and no external URL
+  "natsClient.credsSecret=c,natsClient.nkeySecret=n"   # one NATS identity
+  "natsClient.tls.existingSecret=t,natsClient.tls.caKey="  # a Secret with nothing used
 )
 for b in "${bad[@]}"; do
   if "$helm" template tern "$chart" --set "$b" >/dev/null 2>"$tmp/bad.err"; then

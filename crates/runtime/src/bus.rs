@@ -1,9 +1,16 @@
 //! The NATS JetStream bus: one place for every stream, subject, consumer and
 //! bucket name, and idempotent creation of what each service needs.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::{ConfigError, Key, Source, env_name, keys};
 
 /// Stream that carries accepted envelopes from ingress to queue.
 pub const SPOOL_STREAM: &str = "TERN_SPOOL";
@@ -131,6 +138,17 @@ pub enum BusError {
         /// Cause.
         source: async_nats::ConnectError,
     },
+    /// A TLS or credentials file named by a config key is missing,
+    /// unreadable or not what the key needs.
+    #[error("config key {key}: {path}: {message}")]
+    File {
+        /// The key (`TERN_NATS_TLS_CA`, ...).
+        key: String,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A stream, consumer or bucket could not be created.
     #[error("create {what}: {message}")]
     Setup {
@@ -141,16 +159,248 @@ pub enum BusError {
     },
 }
 
+/// How Tern verifies NATS and proves who it is, beyond what
+/// `TERN_NATS_URL` carries: the `nats_tls_*`, `nats_creds` and `nats_nkey`
+/// keys. Only paths; [`connect`] reads and checks every file before it
+/// connects, and async-nats reads the TLS files again on every
+/// (re)connection, so renewed certificates are picked up without a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatsSecurity {
+    /// PEM CA certificates to trust instead of the system roots (`nats_tls_ca`).
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate chain and key for mutual TLS (`nats_tls_cert`, `nats_tls_key`).
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+    /// A `.creds` file: user JWT and nkey seed (`nats_creds`).
+    pub creds: Option<PathBuf>,
+    /// A file holding a user nkey seed (`nats_nkey`).
+    pub nkey: Option<PathBuf>,
+}
+
+impl NatsSecurity {
+    /// Read the keys: the client certificate and key come together, at most
+    /// one of `nats_creds` and `nats_nkey` is set, and neither goes with
+    /// credentials in `nats_url`.
+    pub fn from_source(src: &Source, nats_url: Option<&str>) -> Result<Self, ConfigError> {
+        let tls_ca = src.get(&keys::NATS_TLS_CA)?;
+        let pair_missing = |key: &Key<Option<PathBuf>>, expected| ConfigError::Invalid {
+            key: env_name(key.name),
+            value: String::new(),
+            expected,
+        };
+        let tls_client = match (
+            src.get(&keys::NATS_TLS_CERT)?,
+            src.get(&keys::NATS_TLS_KEY)?,
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(pair_missing(
+                    &keys::NATS_TLS_KEY,
+                    "a PEM key file path (TERN_NATS_TLS_CERT is set)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(pair_missing(
+                    &keys::NATS_TLS_CERT,
+                    "a PEM certificate file path (TERN_NATS_TLS_KEY is set)",
+                ));
+            }
+        };
+        let creds = src.get(&keys::NATS_CREDS)?;
+        let nkey = src.get(&keys::NATS_NKEY)?;
+        let conflict = |key: &Key<Option<PathBuf>>, value: &Path, expected| ConfigError::Invalid {
+            key: env_name(key.name),
+            value: value.display().to_string(),
+            expected,
+        };
+        if let (Some(_), Some(nkey)) = (&creds, &nkey) {
+            return Err(conflict(
+                &keys::NATS_NKEY,
+                nkey,
+                "to be empty when TERN_NATS_CREDS is set (one identity per connection)",
+            ));
+        }
+        let url_auth = nats_url.is_some_and(|u| nats_servers(u).1.is_some());
+        for (key, path) in [(&keys::NATS_CREDS, &creds), (&keys::NATS_NKEY, &nkey)] {
+            if let (true, Some(path)) = (url_auth, path) {
+                return Err(conflict(
+                    key,
+                    path,
+                    "to be empty when TERN_NATS_URL carries a user, password or token",
+                ));
+            }
+        }
+        Ok(NatsSecurity {
+            tls_ca,
+            tls_client,
+            creds,
+            nkey,
+        })
+    }
+
+    /// Is TLS configured (and so required)?
+    pub fn tls(&self) -> bool {
+        self.tls_ca.is_some() || self.tls_client.is_some()
+    }
+
+    /// Read and check every file, and add them to `options`: TLS required
+    /// with the CA and client certificate, the creds file's JWT or the nkey
+    /// seed. Errors name the key and the file.
+    async fn apply(
+        &self,
+        mut options: async_nats::ConnectOptions,
+    ) -> Result<async_nats::ConnectOptions, BusError> {
+        if let Some(ca) = &self.tls_ca {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in read_certs(&keys::NATS_TLS_CA, ca)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| file_err(&keys::NATS_TLS_CA, ca, e))?;
+            }
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &self.tls_client {
+            let chain = read_certs(&keys::NATS_TLS_CERT, cert)?;
+            let der = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| file_err(&keys::NATS_TLS_KEY, key, e))?;
+            let provider = rustls::crypto::ring::default_provider();
+            rustls::sign::CertifiedKey::from_der(chain, der, &provider).map_err(|e| {
+                file_err(
+                    &keys::NATS_TLS_KEY,
+                    key,
+                    format!("does not go with TERN_NATS_TLS_CERT: {e}"),
+                )
+            })?;
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        if self.tls() {
+            options = options.require_tls(true);
+        }
+        if let Some(creds) = &self.creds {
+            options = options
+                .credentials_file(creds)
+                .await
+                .map_err(|e| file_err(&keys::NATS_CREDS, creds, e))?;
+        }
+        if let Some(path) = &self.nkey {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| file_err(&keys::NATS_NKEY, path, e))?;
+            let seed = text.trim();
+            match nkeys::KeyPair::from_seed(seed) {
+                Ok(kp) if kp.key_pair_type() == nkeys::KeyPairType::User => {}
+                _ => {
+                    return Err(file_err(
+                        &keys::NATS_NKEY,
+                        path,
+                        "expected a user nkey seed (SU...), as `nsc` or `nk -gen user` makes",
+                    ));
+                }
+            }
+            options = options.nkey(seed.to_string());
+        }
+        Ok(options)
+    }
+}
+
+fn file_err(key: &Key<Option<PathBuf>>, path: &Path, e: impl std::fmt::Display) -> BusError {
+    BusError::File {
+        key: env_name(key.name),
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// The certificates of a PEM file, at least one.
+fn read_certs(
+    key: &Key<Option<PathBuf>>,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, BusError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err(key, path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(key, path, e))?;
+    if certs.is_empty() {
+        return Err(file_err(key, path, "no PEM certificate in the file"));
+    }
+    Ok(certs)
+}
+
 /// Connect, retrying in the background until the server is reachable, and
 /// reconnecting forever after that. `url` may list several servers,
 /// comma-separated (`TERN_NATS_URL`), e.g. the seeds of a cluster, and carry
 /// credentials in its user-info part: `nats://user:password@host:4222` or
-/// `nats://token@host:4222` (percent-encoded where needed).
-pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BusError> {
+/// `nats://token@host:4222` (percent-encoded where needed); `security` adds
+/// TLS and a creds file or nkey.
+///
+/// The files of `security` are read and checked first: a missing or bad one
+/// fails here, naming its key. A server that cannot be reached does not,
+/// but the first failed attempt of every outage is repeated once on its own
+/// ([`connect_once`]) and its full cause logged as a warning (a TLS
+/// handshake refused, an unknown CA, an authorization violation), and every
+/// failed attempt counts in `tern_nats_connect_errors_total{client}`.
+pub async fn connect(
+    url: &str,
+    security: &NatsSecurity,
+    name: &str,
+) -> Result<async_nats::Client, BusError> {
+    let (servers, options) = options(url, security, name).await?;
+    metrics::describe_counter!(
+        "tern_nats_connect_errors_total",
+        "failed NATS connection attempts (unreachable, TLS or credentials refused)"
+    );
+    let outage_reported = Arc::new(AtomicBool::new(false));
+    let target = Arc::new((url.to_string(), security.clone(), name.to_string()));
+    let options = options
+        .retry_on_initial_connect()
+        .event_callback(move |event| {
+            let (url, security, name) = target.as_ref().clone();
+            let outage_reported = outage_reported.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => outage_reported.store(false, Ordering::SeqCst),
+                    async_nats::Event::ClientError(_) => {
+                        metrics::counter!("tern_nats_connect_errors_total", "client" => name.clone())
+                            .increment(1);
+                        if !outage_reported.swap(true, Ordering::SeqCst) {
+                            tokio::spawn(diagnose(url, security, name));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+    options.connect(servers).await.map_err(connect_err(url))
+}
+
+/// One connection attempt (to each server of `url` at most once), for a
+/// caller that wants the cause of a failure rather than a client that
+/// keeps retrying: `Err` says why the servers refused or could not be
+/// reached. The client returned reconnects like [`connect`]'s.
+pub async fn connect_once(
+    url: &str,
+    security: &NatsSecurity,
+    name: &str,
+) -> Result<async_nats::Client, BusError> {
+    let (servers, options) = options(url, security, name).await?;
+    options.connect(servers).await.map_err(connect_err(url))
+}
+
+fn connect_err(url: &str) -> impl FnOnce(async_nats::ConnectError) -> BusError + '_ {
+    move |source| BusError::Connect {
+        url: redact_nats_url(url),
+        source,
+    }
+}
+
+/// The servers of `url` and the options every connection shares.
+async fn options<'u>(
+    url: &'u str,
+    security: &NatsSecurity,
+    name: &str,
+) -> Result<(Vec<&'u str>, async_nats::ConnectOptions), BusError> {
     let (servers, auth) = nats_servers(url);
     let mut options = async_nats::ConnectOptions::new()
         .name(name)
-        .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(2));
     // async-nats parses the user-info of a server URL but does not send it.
@@ -159,13 +409,36 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BusErr
         Some((token, None)) => options = options.token(token),
         None => {}
     }
-    options
-        .connect(servers)
-        .await
-        .map_err(|source| BusError::Connect {
-            url: redact_nats_url(url),
-            source,
-        })
+    Ok((servers, security.apply(options).await?))
+}
+
+/// Log why connecting fails, from one attempt of its own.
+async fn diagnose(url: String, security: NatsSecurity, name: String) {
+    match connect_once(&url, &security, &name).await {
+        Ok(client) => drop(client),
+        Err(e) => {
+            tracing::warn!(client = %name, error = %ErrorChain(&e), "cannot connect to NATS; retrying in the background")
+        }
+    }
+}
+
+/// An error with its sources, `a: b: c` (async-nats keeps the TLS cause
+/// in the source of its I/O errors).
+struct ErrorChain<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut text = self.0.to_string();
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            let s = e.to_string();
+            if !text.contains(&s) {
+                text = format!("{text}: {s}");
+            }
+            source = e.source();
+        }
+        f.write_str(&text)
+    }
 }
 
 /// The servers of a `TERN_NATS_URL` value and the credentials in the first

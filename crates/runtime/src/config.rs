@@ -453,6 +453,33 @@ pub mod keys {
         "",
         "NATS server URL(s), comma-separated; unset under `tern up` starts a managed nats-server",
     );
+    /// `TERN_NATS_TLS_CA`.
+    pub const NATS_TLS_CA: Key<Option<PathBuf>> = Key::new(
+        "nats_tls_ca",
+        "",
+        "PEM CA certificate(s) to trust for NATS (instead of the system roots); set: TLS required",
+    );
+    /// `TERN_NATS_TLS_CERT`.
+    pub const NATS_TLS_CERT: Key<Option<PathBuf>> = Key::new(
+        "nats_tls_cert",
+        "",
+        "PEM client certificate chain for mutual TLS with NATS (with TERN_NATS_TLS_KEY)",
+    );
+    /// `TERN_NATS_TLS_KEY`.
+    pub const NATS_TLS_KEY: Key<Option<PathBuf>> =
+        Key::new("nats_tls_key", "", "PEM private key of TERN_NATS_TLS_CERT");
+    /// `TERN_NATS_CREDS`.
+    pub const NATS_CREDS: Key<Option<PathBuf>> = Key::new(
+        "nats_creds",
+        "",
+        "NATS .creds file (user JWT + nkey seed, as made by nsc)",
+    );
+    /// `TERN_NATS_NKEY`.
+    pub const NATS_NKEY: Key<Option<PathBuf>> = Key::new(
+        "nats_nkey",
+        "",
+        "file holding a NATS user nkey seed (SU...)",
+    );
     /// `TERN_HOSTNAME`.
     pub const HOSTNAME: Key<Option<String>> = Key::new(
         "hostname",
@@ -494,6 +521,8 @@ pub struct CommonConfig {
     pub data_dir: PathBuf,
     /// NATS URL(s); `None` means "managed by `tern up`" and is an error for a lone service.
     pub nats_url: Option<String>,
+    /// TLS and credential files for NATS, beyond what the URL carries.
+    pub nats_security: crate::bus::NatsSecurity,
     /// Host name for banners and EHLO.
     pub hostname: String,
     /// Local mail domains.
@@ -514,9 +543,12 @@ impl CommonConfig {
                 .and_then(|h| h.into_string().ok())
                 .unwrap_or_else(|| "localhost".into()),
         };
+        let nats_url = src.get(&keys::NATS_URL)?;
+        let nats_security = crate::bus::NatsSecurity::from_source(src, nats_url.as_deref())?;
         Ok(CommonConfig {
             data_dir: src.get(&keys::DATA_DIR)?,
-            nats_url: src.get(&keys::NATS_URL)?,
+            nats_url,
+            nats_security,
             hostname,
             local_domains: src.get(&keys::LOCAL_DOMAINS)?.0,
             shutdown_grace: src.get(&keys::SHUTDOWN_GRACE)?,

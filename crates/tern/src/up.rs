@@ -11,6 +11,12 @@ use crate::config::TernConfig;
 pub async fn up(mut cfg: TernConfig) -> anyhow::Result<()> {
     let mut nats = None;
     if cfg.queue.common.nats_url.is_none() {
+        if cfg.queue.common.nats_security != Default::default() {
+            anyhow::bail!(
+                "TERN_NATS_TLS_CA, TERN_NATS_TLS_CERT/KEY, TERN_NATS_CREDS and TERN_NATS_NKEY \
+                 need TERN_NATS_URL: the nats-server `tern up` manages has neither TLS nor users"
+            );
+        }
         let data_dir = cfg.queue.common.data_dir.clone();
         let managed = ManagedNats::start(&cfg.managed_nats, &data_dir).await?;
         println!("nats        {}", managed.url());

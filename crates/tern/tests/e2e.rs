@@ -39,11 +39,9 @@ fn assert_same_message(got: &[u8], sent: &[u8]) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_mail_reads_back_identical_over_pop3_and_imap() {
-    let stack = Stack::start(&[]).await;
+/// Adds alice, sends her `MESSAGE` over SMTP and reads it back over POP3.
+async fn mail_to_alice_over_smtp_and_pop3(stack: &Stack) {
     stack.add_user("alice@localhost", "wonderland").await;
-
     let reply = smtp_send(
         stack.addr("smtp"),
         "sender@example.org",
@@ -52,9 +50,13 @@ async fn local_mail_reads_back_identical_over_pop3_and_imap() {
     )
     .await;
     assert!(reply.starts_with("250"), "SMTP reply: {reply}");
-
     let pop3 = stack.addr("pop3");
-    const POP: &str = r#"
+    let got = python(POP, &[pop3.ip().to_string(), pop3.port().to_string()]).await;
+    assert_same_message(&got, MESSAGE);
+}
+
+/// Waits (20 s at most) for alice's one message over POP3 and prints it.
+const POP: &str = r#"
 import poplib, sys, time
 deadline = time.time() + 20
 while True:
@@ -69,8 +71,11 @@ resp, lines, octets = p.retr(1)
 sys.stdout.buffer.write(b'\r\n'.join(lines) + b'\r\n')
 p.quit()
 "#;
-    let got = python(POP, &[pop3.ip().to_string(), pop3.port().to_string()]).await;
-    assert_same_message(&got, MESSAGE);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_mail_reads_back_identical_over_pop3_and_imap() {
+    let stack = Stack::start(&[]).await;
+    mail_to_alice_over_smtp_and_pop3(&stack).await;
 
     let imap = stack.addr("imap");
     const IMAP: &str = r#"
@@ -153,5 +158,41 @@ async fn remote_mail_reaches_the_mx_with_envelope_body_and_one_trace() {
         ingress, delivery,
         "delivery attempt is in the ingress trace"
     );
+    stack.stop().await;
+}
+
+/// Every service on a NATS that takes only mutual TLS and a JWT user
+/// (operator mode), configured with `nats_tls_*` and `nats_creds`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_mail_through_nats_with_mutual_tls_and_a_creds_file() {
+    let pki = tern_testkit::TestPki::new();
+    let auth = tern_testkit::NatsJwtAuth::new();
+    let creds = pki.dir().join("tern.creds");
+    std::fs::write(&creds, auth.user_creds("tern")).expect("write creds");
+    let nats = tern_testkit::NatsServer::start_with_config(&format!(
+        "{}{}",
+        pki.nats_tls_block(),
+        auth.server_config()
+    ))
+    .await;
+    let file = |p: &std::path::Path| p.to_str().expect("UTF-8 temp path").to_string();
+    let (ca, cert, key, creds) = (
+        file(&pki.ca),
+        file(&pki.client_cert),
+        file(&pki.client_key),
+        file(&creds),
+    );
+    let stack = Stack::start_on(
+        nats,
+        &[
+            ("nats_tls_ca", &ca),
+            ("nats_tls_cert", &cert),
+            ("nats_tls_key", &key),
+            ("nats_creds", &creds),
+        ],
+        false,
+    )
+    .await;
+    mail_to_alice_over_smtp_and_pop3(&stack).await;
     stack.stop().await;
 }

@@ -1,20 +1,27 @@
 //! Test harness: real components on loopback with ephemeral ports, torn down
 //! on drop even when a test fails.
 //!
-//! - [`NatsServer`]: a real `nats-server` with JetStream in a temp dir;
+//! - [`NatsServer`]: a real `nats-server` with JetStream in a temp dir,
+//!   optionally with a config file (TLS, users);
+//! - [`TestPki`]: a throwaway CA with server and client certificates;
+//! - [`NatsJwtAuth`]: an operator/account/user JWT chain and `.creds`;
 //! - [`DnsServer`]: an in-process authoritative DNS server (hickory-server)
 //!   serving zone text written in the test;
 //! - [`SmtpSink`]: an SMTP server that records every transaction it receives;
 //! - [`OtlpReceiver`]: an OTLP/gRPC trace receiver that keeps the spans it is sent.
 
 mod dns;
+mod jwt;
 mod nats;
 mod otlp;
+mod pki;
 mod sink;
 
 pub use dns::DnsServer;
+pub use jwt::NatsJwtAuth;
 pub use nats::NatsServer;
 pub use otlp::{OtlpReceiver, OtlpSpan};
+pub use pki::TestPki;
 pub use sink::{SinkMessage, SmtpSink};
 
 use std::time::{Duration, Instant};

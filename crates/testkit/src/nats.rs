@@ -9,6 +9,9 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// Config file given with `-c`, if any.
+    config: Option<PathBuf>,
+    tls: bool,
 }
 
 /// Where the nats-server binary is: `$TERN_NATS_SERVER`, the project's
@@ -27,11 +30,28 @@ pub fn nats_server_binary() -> PathBuf {
 impl NatsServer {
     /// Start on a free port and wait until it accepts connections.
     pub async fn start() -> NatsServer {
+        NatsServer::start_with_config("").await
+    }
+
+    /// Start with `config` (nats-server configuration text, e.g. a `tls { }`
+    /// block from [`TestPki::nats_tls_block`](crate::TestPki::nats_tls_block)
+    /// or an `authorization { }` block) in a config file; the port,
+    /// loopback address and JetStream come from the command line as with
+    /// [`NatsServer::start`]. The URL is `tls://` when `config` has a
+    /// `tls` block.
+    pub async fn start_with_config(config: &str) -> NatsServer {
         let dir = tempfile::tempdir().expect("temp dir for nats-server");
+        let config_file = (!config.is_empty()).then(|| {
+            let path = dir.path().join("nats-server.conf");
+            std::fs::write(&path, config).expect("write nats-server.conf");
+            path
+        });
         let mut s = NatsServer {
             child: None,
             port: crate::free_port(),
+            tls: config.lines().any(|l| l.trim_start().starts_with("tls")),
             dir,
+            config: config_file,
         };
         s.spawn().await;
         s
@@ -49,6 +69,11 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.dir.path())
+            .args(
+                self.config
+                    .iter()
+                    .flat_map(|c| [std::ffi::OsStr::new("-c"), c.as_os_str()]),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -67,9 +92,10 @@ impl NatsServer {
         .await;
     }
 
-    /// The client URL.
+    /// The client URL (`tls://` when started with a `tls` block).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "tls" } else { "nats" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Kill the server (JetStream data stays on disk).

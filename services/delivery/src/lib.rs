@@ -391,7 +391,12 @@ async fn work(config: Config, shutdown: &Shutdown, ready: &admin::Readiness) -> 
     let channel = grpc::channel(&config.resolver_url)?;
     let resolver =
         ResolverClient::with_interceptor(channel, telemetry::grpc_inject as attempt::Interceptor);
-    let client = bus::connect(config.common.require_nats_url()?, "tern-delivery").await?;
+    let client = bus::connect(
+        config.common.require_nats_url()?,
+        &config.common.nats_security,
+        "tern-delivery",
+    )
+    .await?;
     let js = jetstream::new(client);
     if let Err(e) =
         bus::ensure_streams_until_ready(&js, config.common.nats_replicas, shutdown).await

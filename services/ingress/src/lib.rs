@@ -457,7 +457,7 @@ impl Bound {
         let routes = tonic::service::Routes::new(health);
         let mut grpc_task = tokio::spawn(grpc::serve(grpc, routes, stop.clone()));
 
-        let client = bus::connect(&nats_url, "tern-ingress").await?;
+        let client = bus::connect(&nats_url, &config.common.nats_security, "tern-ingress").await?;
         let js = async_nats::jetstream::new(client);
         {
             let (js, draining, ready, reporter) = (

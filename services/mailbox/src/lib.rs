@@ -461,7 +461,7 @@ async fn serve(
         .await;
     // Connecting returns at once and retries in the background: logins do
     // not wait for NATS (see cluster.rs).
-    let client = bus::connect(&nats_url, "tern-mailbox").await?;
+    let client = bus::connect(&nats_url, &config.common.nats_security, "tern-mailbox").await?;
     let replica = format!("{:016x}", rand::random::<u64>());
     let cluster = cluster::Cluster::new(client.clone(), replica.clone());
     let cluster_task = tokio::spawn(

@@ -179,7 +179,12 @@ impl Bound {
         // Start-up waits for NATS and JetStream; a shutdown during that wait
         // is a clean exit, not an error.
         let init = async {
-            let client = bus::connect(config.common.require_nats_url()?, "tern-queue").await?;
+            let client = bus::connect(
+                config.common.require_nats_url()?,
+                &config.common.nats_security,
+                "tern-queue",
+            )
+            .await?;
             let js = jetstream::new(client.clone());
             bus::ensure_streams_until_ready(&js, config.common.nats_replicas, &shutdown).await?;
             let ctx = Arc::new(Ctx {

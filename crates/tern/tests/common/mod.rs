@@ -90,8 +90,13 @@ impl Stack {
     /// `external_queue` is set: the test runs `tern queue` as a process
     /// (see [`Stack::spawn_queue`]) so it can kill it.
     pub async fn start_without(extra: &[(&str, &str)], external_queue: bool) -> Stack {
+        Stack::start_on(NatsServer::start().await, extra, external_queue).await
+    }
+
+    /// Like [`Stack::start_without`], on `nats` (e.g. one started with TLS
+    /// or users; `extra` then carries the matching `nats_*` keys).
+    pub async fn start_on(nats: NatsServer, extra: &[(&str, &str)], external_queue: bool) -> Stack {
         TELEMETRY.get_or_init(memory);
-        let nats = NatsServer::start().await;
         let dns = DnsServer::start(&[("remote.test.", ZONE)]).await;
         let sink = SmtpSink::start().await;
         let data = tempfile::tempdir().expect("temp data dir");
