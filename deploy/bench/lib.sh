@@ -1,6 +1,7 @@
-# Shell helpers shared by the queue benchmarks (sourced, not run). Loopback
-# only; every wait is bounded by TIMEOUT seconds. Expects `root`, `work`
-# (a temp dir) and the array `pids` (processes to stop at exit) to be set.
+# Shell helpers shared by the benchmarks (sourced, not run). Loopback only;
+# every wait is bounded by TIMEOUT seconds. Expects `root`, `work` (a temp
+# dir) and the array `pids` (the processes of the current run) to be set,
+# and `nats_bin` before start_nats or start_tern.
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { python3 -c 'import time; print(time.time())'; }
@@ -40,7 +41,8 @@ send() { # port, recipient domain
     -f sender@origin.bench.test -t "rcpt@$2" "127.0.0.1:$1" >/dev/null
 }
 # Debian's unbound on loopback serving `bench.test` with the given
-# local-data records; sets ub_port.
+# local-data records; sets ub_port and unbound_pid. It outlives stop_run
+# (several runs can share it); stop_all stops it.
 start_unbound() { # "name TTL IN TYPE data"...
   ub_port=$(free_port)
   {
@@ -65,7 +67,19 @@ CONF
     for rr in "$@"; do echo "  local-data: \"$rr\""; done
   } >"$work/unbound.conf"
   "${UNBOUND:-/usr/sbin/unbound}" -d -c "$work/unbound.conf" &
-  pids+=($!)
+  unbound_pid=$!
+}
+# nats-server with JetStream, file storage in DIR/js, log in DIR/nats.log,
+# on a free loopback port; extra nats-server options follow. Sets nats_pid
+# and nats_port.
+start_nats() { # dir, nats-server options...
+  local dir=$1
+  shift
+  nats_port=$(free_port)
+  "$nats_bin" -js -sd "$dir/js" -a 127.0.0.1 -p "$nats_port" "$@" >"$dir/nats.log" 2>&1 &
+  nats_pid=$!
+  pids+=("$nats_pid")
+  wait_until nats-server listening 127.0.0.1 "$nats_port"
 }
 # Start nats-server and the five Tern services (one of each) in DIR, remote
 # MXs on port SINK_PORT, SMTP on 127.0.0.1:SMTP_PORT; extra NAME=value
@@ -73,14 +87,11 @@ CONF
 # (the queue's admin HTTP port) and tern_env
 # (the environment for `tern queue ...` commands).
 start_tern() { # dir, sink port, smtp port, NAME=value...
-  local dir=$1 sink_port=$2 smtp_port=$3 nats_port r_grpc q_grpc
+  local dir=$1 sink_port=$2 smtp_port=$3 r_grpc q_grpc
   shift 3
   mkdir -p "$dir"
-  nats_port=$(free_port); r_grpc=$(free_port); q_grpc=$(free_port)
-  "$nats_bin" -js -sd "$dir/js" -a 127.0.0.1 -p "$nats_port" >"$dir/nats.log" 2>&1 &
-  nats_pid=$!
-  pids+=("$nats_pid")
-  wait_until nats-server listening 127.0.0.1 "$nats_port"
+  start_nats "$dir"
+  r_grpc=$(free_port); q_grpc=$(free_port)
   tern_env=(env -i PATH="$PATH" TERN_NATS_URL="nats://127.0.0.1:$nats_port" TERN_DATA_DIR="$dir/data"
     TERN_HOSTNAME=mx.origin.bench.test TERN_LOCAL_DOMAINS=origin.bench.test
     TERN_RESOLVER_GRPC_LISTEN="127.0.0.1:$r_grpc" TERN_DNS_NAMESERVERS="127.0.0.1:$ub_port"
@@ -102,8 +113,18 @@ start_tern() { # dir, sink port, smtp port, NAME=value...
     wait_until "$name ready" ready "$admin"
   done
 }
-stop_all() {
+# Stop the processes of the current run (`pids`); unbound keeps serving.
+stop_run() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   pids=()
+}
+# Stop everything: the current run's processes and unbound.
+stop_all() {
+  stop_run
+  if [ -n "${unbound_pid:-}" ]; then
+    kill "$unbound_pid" 2>/dev/null || true
+    wait "$unbound_pid" 2>/dev/null || true
+    unbound_pid=
+  fi
 }

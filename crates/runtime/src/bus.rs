@@ -36,10 +36,14 @@ pub const EVENTS_FILTER: &str = "tern.events.>";
 pub const QUEUE_BUCKET: &str = "tern-queue";
 /// Key-value bucket with the destinations on hold (read by queue and delivery).
 pub const HOLDS_BUCKET: &str = "tern-holds";
-/// Key-value bucket (memory storage) of delivery's connection slots per
+/// Key-value bucket (file storage) of delivery's connection slots per
 /// destination, shared by every delivery replica; entries expire, so a
 /// crashed replica's slots free themselves.
 pub const LIMITS_BUCKET: &str = "tern-delivery-limits";
+/// Key-value bucket (file storage) of delivery's per-destination message
+/// counters, one fixed window per site and period, shared by every delivery
+/// replica; a site's key expires when unused.
+pub const RATES_BUCKET: &str = "tern-delivery-rates";
 /// Key-value bucket (file storage, per-entry TTLs) of recent failed logins
 /// per account name and per client address, shared by every mailbox
 /// replica; an entry expires one failure window after its last failure.

@@ -109,6 +109,21 @@ async fn one_trace_per_message_over_otlp_with_parents_and_links() {
             .is_some_and(|s| s.name == "smtp.session")),
         "the transaction links to its SMTP session"
     );
+    let session = txn
+        .links
+        .iter()
+        .find_map(|l| by_id.get(&l.span_id).filter(|s| s.name == "smtp.session"))
+        .expect("the session span");
+    // OpenTelemetry semantic conventions for the connecting client.
+    assert_eq!(
+        attr(session, "client.address").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert!(
+        attr(session, "client.port").is_some_and(|p| p.parse::<u16>().is_ok_and(|p| p > 0)),
+        "the client's port as a number"
+    );
+    assert_eq!(attr(session, "listener").as_deref(), Some("smtp"));
     assert_eq!(attr(txn, "mail_from").as_deref(), Some("app@example.org"));
     let publish: Vec<_> = spans
         .iter()

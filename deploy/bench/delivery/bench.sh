@@ -49,38 +49,15 @@ latency="$target/release/examples/bench_latency"
 work=$(mktemp -d)
 chmod 755 "$work"
 pids=()
-stop_all() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  pids=()
-}
+# shellcheck source=deploy/bench/lib.sh
+. "$root/deploy/bench/lib.sh"
 cleanup() {
   "$root/deploy/bench/ingress/postfix-instance.sh" stop "$work/postfix" || true
   stop_all
-  [ -n "${unbound_pid:-}" ] && kill "$unbound_pid" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 300); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2; return 1
-}
-wait_ready() { # admin port
-  for _ in $(seq 1 300); do
-    curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return 0
-    sleep 0.1
-  done
-  echo "service on admin port $1 not ready" >&2; return 1
-}
-sink_user=()
-[ "$(id -u)" = 0 ] && sink_user=(-u nobody)
-# smtp-sink -c prints a running count; the last number is the total so far.
-sink_count() { tr '\r' '\n' <"$1" | grep -Eo '[0-9]+' | tail -1 || echo 0; }
 wait_sink() { # file, count, start time -> seconds
   local deadline=$((SECONDS + TIMEOUT))
   while [ "$(sink_count "$1")" -lt "$2" ]; do
@@ -90,30 +67,9 @@ wait_sink() { # file, count, start time -> seconds
   python3 -c "import time; print(f'{time.time()-$3:.2f}')"
 }
 
-# DNS: remote.bench.test MX -> 127.0.0.1, where smtp-sink listens.
-ub_port=$(free_port)
-cat >"$work/unbound.conf" <<CONF
-server:
-  interface: 127.0.0.1
-  port: $ub_port
-  do-ip6: no
-  do-daemonize: no
-  chroot: ""
-  username: ""
-  directory: "$work"
-  pidfile: "$work/unbound.pid"
-  use-syslog: no
-  logfile: "$work/unbound.log"
-  access-control: 127.0.0.0/8 allow
-  module-config: "iterator"
-  do-not-query-localhost: yes
-  local-zone: "bench.test." static
-  local-data: "bench.test. 3600 IN SOA ns.bench.test. hostmaster.bench.test. 1 3600 600 86400 3600"
-  local-data: "remote.bench.test. 3600 IN MX 10 mx.bench.test."
-  local-data: "mx.bench.test. 3600 IN A 127.0.0.1"
-CONF
-"$UNBOUND" -d -c "$work/unbound.conf" &
-unbound_pid=$!
+# DNS: remote.bench.test MX -> 127.0.0.1, where smtp-sink listens. One
+# unbound serves every run (stop_run leaves it).
+start_unbound "remote.bench.test. 3600 IN MX 10 mx.bench.test." "mx.bench.test. 3600 IN A 127.0.0.1"
 
 tck=$(getconf CLK_TCK)
 # Busy CPU ticks of the whole machine (user, nice, system, irq, softirq).
@@ -159,15 +115,12 @@ source_run() { # port -> start time
 tern_run() { # number of delivery processes
   local n=$1 dir="$work/tern$1"
   mkdir -p "$dir"
-  local nats_port sink_port smtp_port r_grpc
-  nats_port=$(free_port); sink_port=$(free_port); smtp_port=$(free_port); r_grpc=$(free_port)
+  local sink_port smtp_port r_grpc
   local -a names=() procs=()
-  "$nats_bin" -js -sd "$dir/js" -a 127.0.0.1 -p "$nats_port" >"$dir/nats.log" 2>&1 &
-  pids+=($!); names+=(nats); procs+=($!)
-  wait_port "$nats_port"
-  smtp-sink "${sink_user[@]}" -c "127.0.0.1:$sink_port" 1000 >"$dir/sink.out" 2>"$dir/sink.err" &
-  pids+=($!)
-  wait_port "$sink_port"
+  start_nats "$dir"
+  names+=(nats); procs+=("$nats_pid")
+  sink_port=$(free_port); smtp_port=$(free_port); r_grpc=$(free_port)
+  start_sink 127.0.0.1 "$sink_port" "$dir/sink.out"
   local common=(env -i PATH="$PATH" TERN_NATS_URL="nats://127.0.0.1:$nats_port" TERN_DATA_DIR="$dir/data"
     TERN_HOSTNAME=mx.origin.bench.test TERN_LOCAL_DOMAINS=origin.bench.test
     TERN_RESOLVER_GRPC_LISTEN="127.0.0.1:$r_grpc" TERN_DNS_NAMESERVERS="127.0.0.1:$ub_port"
@@ -175,23 +128,23 @@ tern_run() { # number of delivery processes
   local admin
   admin=$(free_port)
   "${common[@]}" TERN_RESOLVER_ADMIN_LISTEN="127.0.0.1:$admin" "$tern" resolver >"$dir/resolver.log" 2>&1 &
-  pids+=($!); names+=(resolver); procs+=($!); wait_ready "$admin"
+  pids+=($!); names+=(resolver); procs+=($!); wait_until resolver ready "$admin"
   admin=$(free_port)
   "${common[@]}" TERN_QUEUE_GRPC_LISTEN=127.0.0.1:0 TERN_QUEUE_ADMIN_LISTEN="127.0.0.1:$admin" "$tern" queue >"$dir/queue.log" 2>&1 &
-  pids+=($!); names+=(queue); procs+=($!); wait_ready "$admin"
+  pids+=($!); names+=(queue); procs+=($!); wait_until queue ready "$admin"
   for i in $(seq 1 "$n"); do
     admin=$(free_port)
     # shellcheck disable=SC2086 # DELIVERY_ENV is a list of NAME=value words
     "${common[@]}" TERN_DELIVERY_GRPC_LISTEN=127.0.0.1:0 TERN_DELIVERY_ADMIN_LISTEN="127.0.0.1:$admin" \
       $DELIVERY_ENV "$tern" delivery >"$dir/delivery$i.log" 2>&1 &
-    pids+=($!); names+=("delivery$i"); procs+=($!); wait_ready "$admin"
+    pids+=($!); names+=("delivery$i"); procs+=($!); wait_until "delivery$i" ready "$admin"
   done
   admin=$(free_port)
   "${common[@]}" TERN_SMTP_LISTEN="127.0.0.1:$smtp_port" TERN_SUBMISSION_LISTEN= TERN_SUBMISSIONS_LISTEN= \
     TERN_INGRESS_GRPC_LISTEN=127.0.0.1:0 TERN_INGRESS_ADMIN_LISTEN="127.0.0.1:$admin" \
     TERN_TRUSTED_NETWORKS=127.0.0.1/32 TERN_MAX_CONNECTIONS_PER_IP=20000 \
     "$tern" ingress >"$dir/ingress.log" 2>&1 &
-  pids+=($!); names+=(ingress); procs+=($!); wait_ready "$admin"
+  pids+=($!); names+=(ingress); procs+=($!); wait_until ingress ready "$admin"
   "$latency" --nats "nats://127.0.0.1:$nats_port" --count "$MESSAGES" --idle 60 >"$dir/latency.out" &
   local lat_pid=$!
   for _ in $(seq 1 100); do grep -q ready "$dir/latency.out" 2>/dev/null && break; sleep 0.05; done
@@ -211,17 +164,15 @@ tern_run() { # number of delivery processes
   line="   tern CPU: $all s, $(python3 -c "print(f'{$all*1000/$MESSAGES:.2f}')") ms/msg ="
   for i in "${!procs[@]}"; do line+=" ${names[$i]} $(proc_cpu "${procs[$i]}")"; done
   echo "$line; machine: $(cpu_per_msg "$busy0" "$busy1")"
-  stop_all
+  stop_run
 }
 
 postfix_run() {
   local dir="$work/postfix" pf_port sink_port
   pf_port=$(free_port); sink_port=$(free_port)
-  smtp-sink "${sink_user[@]}" -c "127.0.0.1:$sink_port" 1000 >"$work/pfsink.out" 2>"$work/pfsink.err" &
-  pids+=($!)
-  wait_port "$sink_port"
+  start_sink 127.0.0.1 "$sink_port" "$work/pfsink.out"
   "$root/deploy/bench/ingress/postfix-instance.sh" start "$dir" "$pf_port" "$sink_port"
-  wait_port "$pf_port"
+  wait_until "postfix smtpd" listening 127.0.0.1 "$pf_port"
   local start secs busy0 busy1
   busy0=$(cpu_busy)
   start=$(source_run "$pf_port")
@@ -234,7 +185,7 @@ postfix_run() {
   echo "   postfix CPU: $pf s, $(python3 -c "print(f'{$pf*1000/$MESSAGES:.2f}')") ms/msg; machine: $(cpu_per_msg "$busy0" "$busy1")"
   echo "$MESSAGES/$secs" >"$work/postfix.rate"
   "$root/deploy/bench/ingress/postfix-instance.sh" stop "$dir"
-  stop_all
+  stop_run
 }
 
 echo "smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE -> ... -> smtp-sink; $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"

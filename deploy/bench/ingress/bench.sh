@@ -34,27 +34,17 @@ smtp_source=$(command -v smtp-source || echo /usr/sbin/smtp-source)
 work=$(mktemp -d)
 chmod 755 "$work"  # Postfix runs as the postfix user and must reach its data dir
 pids=()
+# shellcheck source=deploy/bench/lib.sh
+. "$root/deploy/bench/lib.sh"
 cleanup() {
   "$here/postfix-instance.sh" stop "$work/postfix" || true
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  stop_all
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2; return 1
-}
-
-nats_port=$(free_port); nats_mon=$(free_port)
-"$nats_bin" -js -sd "$work/js" -a 127.0.0.1 -p "$nats_port" -m "$nats_mon" >"$work/nats.log" 2>&1 &
-pids+=($!)
-wait_port "$nats_port"
+nats_mon=$(free_port)
+start_nats "$work" -m "$nats_mon"
 
 tern_port=$(free_port); admin_port=$(free_port)
 env -i PATH="$PATH" \
@@ -69,18 +59,14 @@ env -i PATH="$PATH" \
   "$serve" >"$work/tern.out" 2>"$work/tern.log" &
 tern_pid=$!
 pids+=($tern_pid)
-for _ in $(seq 1 200); do
-  curl -sf "http://127.0.0.1:$admin_port/readyz" >/dev/null && break
-  sleep 0.1
-done
-curl -sf "http://127.0.0.1:$admin_port/readyz" >/dev/null || { echo "ingress not ready" >&2; cat "$work/tern.log" >&2; exit 1; }
+wait_until "ingress ready" ready "$admin_port" || { cat "$work/tern.log" >&2; exit 1; }
 
 pf_port=$(free_port)
 "$here/postfix-instance.sh" start "$work/postfix" "$pf_port"
-wait_port "$pf_port"
+wait_until "postfix smtpd" listening 127.0.0.1 "$pf_port"
 
 # smtp-source run; prints messages per second.
-rate() {
+source_rate() {
   local port=$1; shift
   local start end
   start=$(date +%s.%N)
@@ -95,8 +81,8 @@ spooled() { curl -s "http://127.0.0.1:$admin_port/metrics" | awk '$1=="tern_smtp
 echo "smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE, loopback, $(nproc) cores"
 printf '%-28s %10s %10s %8s\n' mode "tern msg/s" "postfix" ratio
 for mode in "" "-d"; do
-  t=$(rate "$tern_port" $mode)
-  p=$(rate "$pf_port" $mode)
+  t=$(source_rate "$tern_port" $mode)
+  p=$(source_rate "$pf_port" $mode)
   printf '%-28s %10s %10s %8s\n' "smtp-source ${mode:-(new conn/msg)}" "$t" "$p" \
     "$(python3 -c "print(f'{$t/$p:.2f}x')")"
 done

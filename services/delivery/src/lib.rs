@@ -155,9 +155,6 @@ pub const DELIVERY_FINAL_TIMEOUT: Key<Duration> = Key::new(
     "wait for the reply after the end of the message (RFC 5321 4.5.3.2: 10 min)",
 );
 
-/// How often the consumer lag gauges are refreshed.
-pub const LAG_INTERVAL: Duration = Duration::from_secs(5);
-
 /// `TERN_DELIVERY_ACK_WAIT`.
 pub const DELIVERY_ACK_WAIT: Key<Duration> = Key::new(
     "delivery_ack_wait",
@@ -458,7 +455,6 @@ async fn work(config: Config, shutdown: &Shutdown, ready: &admin::Readiness) -> 
         })?;
     let pool = pool::Pool::new(config.messages_per_connection, config.connection_idle);
     tokio::spawn(reap(pool.clone(), shutdown.clone()));
-    tokio::spawn(report_lag(consumer.clone(), shutdown.clone()));
     ready.set(true);
     tracing::info!(
         concurrency = config.concurrency,
@@ -504,27 +500,6 @@ async fn reap(pool: pool::Pool, shutdown: Shutdown) {
         tokio::select! {
             _ = tick.tick() => pool.reap(),
             _ = shutdown.wait() => return,
-        }
-    }
-}
-
-/// Publish the consumer lag for the autoscaler: jobs waiting for any
-/// delivery process (`num_pending`) and jobs handed out but not yet acked
-/// (`num_ack_pending`). Every replica reports the same consumer-wide value.
-async fn report_lag(mut consumer: PullConsumer, shutdown: Shutdown) {
-    let mut tick = tokio::time::interval(LAG_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.wait() => return,
-        }
-        match consumer.info().await {
-            Ok(info) => {
-                metrics::gauge!("tern_delivery_consumer_pending").set(info.num_pending as f64);
-                metrics::gauge!("tern_delivery_consumer_ack_pending")
-                    .set(info.num_ack_pending as f64);
-            }
-            Err(e) => tracing::debug!(error = %e, "reading the consumer lag failed"),
         }
     }
 }

@@ -36,8 +36,7 @@ use async_nats::jetstream::{self, kv};
 use tern_runtime::bus;
 use tern_runtime::config::{ConfigValue, parse_duration};
 
-/// The key-value bucket holding the per-window message counters.
-pub const RATES_BUCKET: &str = "tern-delivery-rates";
+pub use tern_runtime::bus::RATES_BUCKET;
 /// How long a site's counter is kept after its last use (longer than the
 /// longest period).
 pub const RATE_WINDOW_TTL: Duration = Duration::from_secs(2 * 3600);

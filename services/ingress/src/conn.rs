@@ -225,9 +225,12 @@ async fn connection(
         refuse(&tcp, &ctx.common.hostname, why.as_str());
         return;
     }
+    // OpenTelemetry semantic conventions: the connecting side, as the
+    // PROXY header reported it when the listener takes one.
     let span = tracing::info_span!(
         "smtp.session",
-        peer = %peer,
+        client.address = %peer.ip(),
+        client.port = peer.port(),
         listener = kind.name(),
         helo = field::Empty,
         tls = field::Empty,

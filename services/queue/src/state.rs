@@ -35,6 +35,10 @@ pub fn job_key(message_id: &str, destination: &str) -> String {
     )
 }
 
+/// How often [`State::create_or_read`] tries a key that exists but cannot
+/// be read back before giving up.
+const CREATE_TRIES: usize = 3;
+
 fn msg_key(message_id: &str) -> String {
     format!("msg.{}", bus::kv_token(message_id))
 }
@@ -62,17 +66,14 @@ impl State {
     /// redelivered spool message): then say how far it got, so routing
     /// neither resets its progress nor brings back jobs already final.
     pub async fn create_message(&self, id: &str, m: &MessageState) -> Result<Seen, StateError> {
-        let key = msg_key(id);
-        match self.kv.entry(&key).await.map_err(kv_err)? {
-            Some(e) if e.operation == kv::Operation::Put => return Ok(Seen::Routed),
+        match self
+            .create_or_read(&msg_key(id), Bytes::from(m.encode_to_vec()))
+            .await?
+        {
+            None => Ok(Seen::New),
+            Some(e) if e.operation == kv::Operation::Put => Ok(Seen::Routed),
             // A marker: every job of the message is final.
-            Some(_) => return Ok(Seen::Finished),
-            None => {}
-        }
-        match self.kv.create(&key, Bytes::from(m.encode_to_vec())).await {
-            Ok(_) => Ok(Seen::New),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(Seen::Routed),
-            Err(e) => Err(kv_err(e)),
+            Some(_) => Ok(Seen::Finished),
         }
     }
 
@@ -87,20 +88,49 @@ impl State {
             .as_ref()
             .ok_or_else(|| StateError::Corrupt { key: "job".into() })?;
         let key = job_key(&job.message_id, &job.destination);
-        match self.kv.entry(&key).await.map_err(kv_err)? {
+        match self
+            .create_or_read(&key, Bytes::from(s.encode_to_vec()))
+            .await?
+        {
+            None => Ok(true),
             Some(e) if e.operation == kv::Operation::Put => {
                 let stored = JobState::decode(e.value).map_err(|_| StateError::Corrupt { key })?;
-                return Ok(stored.job.is_some_and(|j| j.attempt == 0));
+                Ok(stored.job.is_some_and(|j| j.attempt == 0))
             }
-            Some(_) => return Ok(false),
-            None => {}
+            // A marker: the job is final.
+            Some(_) => Ok(false),
         }
-        match self.kv.create(&key, Bytes::from(s.encode_to_vec())).await {
-            Ok(_) => Ok(true),
-            // Created meanwhile by another replica routing the same envelope.
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(true),
-            Err(e) => Err(kv_err(e)),
+    }
+
+    /// Write `value` to `key` if the key holds nothing at all, not even the
+    /// marker a purge leaves: one round trip for a new key, and `None`. If
+    /// the key exists, nothing is written and its last entry (a value or a
+    /// marker) is returned.
+    ///
+    /// Not `kv::Store::create`: that writes over a delete or purge marker,
+    /// and a marker here means "final, do not route again".
+    async fn create_or_read(
+        &self,
+        key: &str,
+        value: Bytes,
+    ) -> Result<Option<kv::Entry>, StateError> {
+        // A conflict whose entry cannot be read back: the marker expired in
+        // between, or a direct get answered from a replica behind the
+        // leader. Try again a few times, then leave it to a redelivery.
+        for _ in 0..CREATE_TRIES {
+            // Revision 0: only if the key's subject has no message at all.
+            match self.kv.update(key, value.clone(), 0).await {
+                Ok(_) => return Ok(None),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                Err(e) => return Err(kv_err(e)),
+            }
+            if let Some(entry) = self.kv.entry(key).await.map_err(kv_err)? {
+                return Ok(Some(entry));
+            }
         }
+        Err(StateError::Kv(format!(
+            "{key}: exists but could not be read back"
+        )))
     }
 
     /// Store a job's state.
@@ -284,4 +314,103 @@ pub enum Seen {
     Routed,
     /// Every job is final already: nothing to do.
     Finished,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tern_proto::Job;
+    use tern_testkit::NatsServer;
+
+    async fn state() -> (NatsServer, State) {
+        let nats = NatsServer::start().await;
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = jetstream::new(client.clone());
+        bus::ensure_streams(&js, 1).await.unwrap();
+        let state = State::open(&js, client).await.unwrap();
+        (nats, state)
+    }
+
+    fn job_state(attempt: u32) -> JobState {
+        JobState {
+            job: Some(Job {
+                job_id: "m1/example.org".into(),
+                message_id: "m1".into(),
+                destination: "example.org".into(),
+                attempt,
+                ..Default::default()
+            }),
+            state: "ready".into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn routing_again_keeps_progress_and_never_revives_what_is_final() {
+        let (_nats, state) = state().await;
+        let m = MessageState {
+            remaining_jobs: 1,
+            ..Default::default()
+        };
+        assert_eq!(state.create_message("m1", &m).await.unwrap(), Seen::New);
+        assert_eq!(state.create_message("m1", &m).await.unwrap(), Seen::Routed);
+
+        // New, then again while never attempted: publish (de-duplicated).
+        assert!(state.create_job(&job_state(0)).await.unwrap());
+        assert!(state.create_job(&job_state(0)).await.unwrap());
+        // Attempted and rescheduled: the stored state stays.
+        state.put_job(&job_state(1)).await.unwrap();
+        assert!(!state.create_job(&job_state(0)).await.unwrap());
+        let stored = state.job("m1", "example.org").await.unwrap().unwrap();
+        assert_eq!(stored.job.unwrap().attempt, 1);
+
+        // Final: both keys are purged, their markers block a second routing.
+        assert!(
+            state
+                .finish_job("m1", "example.org")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            state.create_message("m1", &m).await.unwrap(),
+            Seen::Finished
+        );
+        assert!(!state.create_job(&job_state(0)).await.unwrap());
+        assert!(state.job("m1", "example.org").await.unwrap().is_none());
+        let marker = state.kv.entry(msg_key("m1")).await.unwrap().unwrap();
+        assert_eq!(marker.operation, kv::Operation::Purge);
+    }
+
+    /// Why `create_or_read` does not use the client's `create`: over a
+    /// purge marker it writes, which would bring a final job back.
+    #[tokio::test]
+    async fn the_client_create_writes_over_a_purge_marker() {
+        let (_nats, state) = state().await;
+        state
+            .kv
+            .put("probe", Bytes::from_static(b"1"))
+            .await
+            .unwrap();
+        state
+            .kv
+            .purge_with_ttl("probe", bus::QUEUE_MARKER_TTL)
+            .await
+            .unwrap();
+        assert!(
+            state
+                .create_or_read("probe", Bytes::from_static(b"2"))
+                .await
+                .unwrap()
+                .is_some_and(|e| e.operation == kv::Operation::Purge)
+        );
+        assert!(
+            state
+                .kv
+                .create("probe", Bytes::from_static(b"2"))
+                .await
+                .is_ok()
+        );
+    }
 }
