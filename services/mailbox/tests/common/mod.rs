@@ -350,13 +350,12 @@ impl Postgres {
         } else {
             None
         };
-        let port = tern_testkit::free_port();
         let data = dir.path().join("data");
-        let pg = Postgres {
+        let mut pg = Postgres {
             bin,
             data: data.clone(),
             run_as,
-            url: format!("postgres://tern@127.0.0.1:{port}/postgres"),
+            url: String::new(),
             _dir: dir,
         };
         let out = pg
@@ -378,23 +377,33 @@ impl Postgres {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let opts = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
-            pg._dir.path().display()
-        );
-        let out = pg
-            .command("pg_ctl")
-            .args(["-w", "-t", "30", "-o", &opts, "-l"])
-            .arg(pg._dir.path().join("log"))
-            .arg("-D")
-            .arg(&data)
-            .arg("start")
-            .output()
-            .unwrap();
-        if !out.status.success() {
-            let log = std::fs::read_to_string(pg._dir.path().join("log")).unwrap_or_default();
-            panic!(
-                "pg_ctl start: {}\n{log}",
+        // The free port can be taken by another test between the probe and
+        // the server's bind: then try another one.
+        let log = pg._dir.path().join("log");
+        for attempt in 1.. {
+            let port = tern_testkit::free_port();
+            let opts = format!(
+                "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+                pg._dir.path().display()
+            );
+            let _ = std::fs::remove_file(&log);
+            let out = pg
+                .command("pg_ctl")
+                .args(["-w", "-t", "30", "-o", &opts, "-l"])
+                .arg(&log)
+                .arg("-D")
+                .arg(&data)
+                .arg("start")
+                .output()
+                .unwrap();
+            if out.status.success() {
+                pg.url = format!("postgres://tern@127.0.0.1:{port}/postgres");
+                break;
+            }
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(
+                attempt < 5 && text.contains("already in use"),
+                "pg_ctl start: {}\n{text}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
