@@ -210,6 +210,9 @@ config:
   log_format: text
   # Retries within the rehearsal's time (production: minutes to hours).
   queue_retry_schedule: [5s, 10s, 20s]
+  # The rehearsal reads the mailbox with cleartext IMAP on loopback (the
+  # chart's default is false).
+  allow_plaintext_auth: loopback
 VALUES
 "$helm" template tern "$chart" -f "$work/values.yaml" >"$work/rendered.yaml"
 log "chart rendered ($(grep -c '^kind: Deployment' "$work/rendered.yaml") Deployments)"

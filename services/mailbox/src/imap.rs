@@ -433,7 +433,7 @@ fn normalize(name: &str) -> String {
 
 impl Session<'_> {
     fn login_ok(&self) -> bool {
-        self.tls || self.ctx.allow_plaintext_auth
+        self.tls || self.ctx.allow_plaintext_auth.allows(self.peer)
     }
 
     fn starttls_ok(&self) -> bool {

@@ -15,7 +15,7 @@ mod pop3;
 mod store;
 mod throttle;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use async_nats::jetstream;
 use tern_proto::accounts_server::AccountsServer;
 use tern_runtime::admin::{self, Readiness};
 use tern_runtime::bus::{self, BusError};
-use tern_runtime::config::{self, CommonConfig, ConfigError, Source, endpoints};
+use tern_runtime::config::{self, CommonConfig, ConfigError, ConfigValue, Source, endpoints};
 use tern_runtime::tls::{TlsConfig, TlsError};
 use tern_runtime::{Shutdown, grpc, shutdown};
 use tokio::net::TcpListener;
@@ -42,6 +42,8 @@ pub mod keys {
     use std::time::Duration;
 
     use tern_runtime::config::Key;
+
+    use super::PlaintextAuth;
 
     /// `TERN_IMAP_LISTEN`.
     pub const IMAP_LISTEN: Key<Option<SocketAddr>> = Key::new(
@@ -116,11 +118,54 @@ pub mod keys {
         "characters that start an address extension: user+tag@example.com is delivered to user@example.com when no account or alias has the full address; empty turns this off",
     );
     /// `TERN_ALLOW_PLAINTEXT_AUTH`.
-    pub const ALLOW_PLAINTEXT_AUTH: Key<bool> = Key::new(
+    pub const ALLOW_PLAINTEXT_AUTH: Key<PlaintextAuth> = Key::new(
         "allow_plaintext_auth",
-        "true",
-        "allow IMAP LOGIN and POP3 USER/PASS on the cleartext ports (TLS ports always allow them)",
+        "loopback",
+        "password logins (IMAP LOGIN, AUTHENTICATE PLAIN, POP3 USER/PASS, AUTH PLAIN) without TLS: true, false, or loopback (only from 127.0.0.0/8 and ::1); after STARTTLS/STLS and on the TLS ports they are always allowed",
     );
+}
+
+/// Where password logins are allowed on a connection without TLS
+/// (`TERN_ALLOW_PLAINTEXT_AUTH`). RFC 9051 §11.1 and RFC 2595 §2.1 ask
+/// that passwords not cross the network in the clear; like Dovecot's
+/// default, connections from the host itself count as safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaintextAuth {
+    /// Never without TLS.
+    Never,
+    /// Only from loopback addresses (127.0.0.0/8, ::1, and IPv4-mapped
+    /// 127.x). Behind a proxy or service-mesh sidecar that connects from
+    /// loopback this lets every client through; use `false` there.
+    Loopback,
+    /// Always (for trusted networks only).
+    Always,
+}
+
+impl PlaintextAuth {
+    /// Whether a client at `peer` may log in with a password without TLS.
+    pub fn allows(self, peer: IpAddr) -> bool {
+        match self {
+            PlaintextAuth::Never => false,
+            PlaintextAuth::Loopback => peer.to_canonical().is_loopback(),
+            PlaintextAuth::Always => true,
+        }
+    }
+}
+
+impl ConfigValue for PlaintextAuth {
+    const EXPECTED: &'static str = "true, false or loopback";
+    fn parse_value(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "loopback" => Some(PlaintextAuth::Loopback),
+            other => bool::parse_value(other).map(|allow| {
+                if allow {
+                    PlaintextAuth::Always
+                } else {
+                    PlaintextAuth::Never
+                }
+            }),
+        }
+    }
 }
 
 /// Everything the mailbox service is configured with.
@@ -142,11 +187,10 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// `sqlite://PATH` or `postgres://...`.
     pub database_url: String,
-    /// Allow password authentication on cleartext connections. Defaults to
-    /// true so the walking skeleton works without certificates; production
-    /// deployments should set it to false (cleartext ports then need
-    /// STARTTLS / STLS before a login).
-    pub allow_plaintext_auth: bool,
+    /// Where password logins are allowed without TLS (default: from
+    /// loopback only; elsewhere clients need STARTTLS / STLS or the TLS
+    /// ports first).
+    pub allow_plaintext_auth: PlaintextAuth,
     /// Certificate for the TLS listeners and STARTTLS / STLS.
     pub tls: TlsConfig,
     /// Largest message APPEND accepts.
@@ -581,5 +625,33 @@ mod tests {
         assert_eq!(ttl("3s").unwrap().pop3_lock_ttl, Duration::from_secs(3));
         let err = ttl("2500ms").unwrap_err().to_string();
         assert!(err.contains("TERN_POP3_LOCK_TTL"), "{err}");
+    }
+    #[test]
+    fn plaintext_logins_default_to_loopback_clients_only() {
+        let policy = |pairs: &[(&str, &str)]| {
+            Config::from_source(&Source::from_pairs(pairs.iter().copied()))
+                .map(|c| c.allow_plaintext_auth)
+        };
+        assert_eq!(policy(&[]).unwrap(), PlaintextAuth::Loopback);
+        for (v, want) in [
+            ("loopback", PlaintextAuth::Loopback),
+            ("true", PlaintextAuth::Always),
+            ("false", PlaintextAuth::Never),
+        ] {
+            assert_eq!(policy(&[("allow_plaintext_auth", v)]).unwrap(), want);
+        }
+        let err = policy(&[("allow_plaintext_auth", "sometimes")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TERN_ALLOW_PLAINTEXT_AUTH"), "{err}");
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for local in ["127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"] {
+            assert!(PlaintextAuth::Loopback.allows(ip(local)), "{local}");
+            assert!(!PlaintextAuth::Never.allows(ip(local)), "{local}");
+        }
+        for remote in ["192.0.2.7", "2001:db8::1", "::ffff:192.0.2.7", "0.0.0.0"] {
+            assert!(!PlaintextAuth::Loopback.allows(ip(remote)), "{remote}");
+            assert!(PlaintextAuth::Always.allows(ip(remote)), "{remote}");
+        }
     }
 }

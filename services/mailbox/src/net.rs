@@ -23,8 +23,8 @@ pub struct SessionCtx {
     pub store: Arc<Store>,
     /// Name in greetings.
     pub hostname: String,
-    /// May LOGIN / USER+PASS be used without TLS?
-    pub allow_plaintext_auth: bool,
+    /// Where LOGIN / USER+PASS may be used without TLS.
+    pub allow_plaintext_auth: crate::PlaintextAuth,
     /// Fires when the service shuts down; idle sessions then close.
     pub shutdown: Shutdown,
     /// TLS for STARTTLS / STLS (`None`: not offered).

@@ -311,7 +311,7 @@ pub async fn session(
     ctx: &SessionCtx,
 ) -> io::Result<()> {
     let mut io = BufWriter::new(stream);
-    let mut session = Session::new(tls || ctx.allow_plaintext_auth);
+    let mut session = Session::new(tls || ctx.allow_plaintext_auth.allows(peer));
     session.offer_stls(!tls && ctx.tls.is_some());
     let mut maildrop: Option<Maildrop> = None;
     let mut lines = LineBuffer::new(pop3::MAX_LINE);

@@ -919,7 +919,7 @@ async fn mutt_scenario(m: Mailbox) {
         .await;
     let home = tempfile::tempdir().unwrap();
     let imap = m.addr("imap");
-    // Cleartext IMAP (allow_plaintext_auth is on by default); mutt would
+    // Cleartext IMAP (allow_plaintext_auth allows loopback clients by default); mutt would
     // otherwise stop to ask about the self-signed certificate.
     let muttrc = home.path().join("muttrc");
     std::fs::write(
