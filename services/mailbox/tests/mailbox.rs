@@ -1466,33 +1466,19 @@ async fn quota_defers_delivery_and_refuses_append() {
 /// version of Tern left it); returns the first column of the first row as
 /// a number, or the rows affected.
 async fn sql(url: &str, statement: &'static str) -> i64 {
-    if url.starts_with("sqlite:") {
-        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
-        let n = if statement.starts_with("SELECT") {
-            sqlx::query_scalar(statement)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        } else {
-            let r = sqlx::query(statement).execute(&pool).await.unwrap();
-            i64::try_from(r.rows_affected()).unwrap()
-        };
-        pool.close().await;
-        n
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let n = if statement.starts_with("SELECT") {
+        sqlx::query_scalar(statement)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
     } else {
-        let pool = sqlx::PgPool::connect(url).await.unwrap();
-        let n = if statement.starts_with("SELECT") {
-            sqlx::query_scalar(statement)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        } else {
-            let r = sqlx::query(statement).execute(&pool).await.unwrap();
-            i64::try_from(r.rows_affected()).unwrap()
-        };
-        pool.close().await;
-        n
-    }
+        let r = sqlx::query(statement).execute(&pool).await.unwrap();
+        i64::try_from(r.rows_affected()).unwrap()
+    };
+    pool.close().await;
+    n
 }
 
 /// Messages stored before migration 0003 (their summary columns NULL)
