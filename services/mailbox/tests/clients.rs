@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{DEADLINE, Mailbox, Postgres, Raw, run, tool};
+use common::{DEADLINE, Mailbox, Raw, run, tool};
 use tern_proto::accounts_client::AccountsClient;
 use tern_proto::{
     AddAliasRequest, AuthenticateRequest, CheckRecipientRequest, DeleteAliasRequest,
@@ -32,6 +32,17 @@ fn body(subject: &str) -> Vec<u8> {
 /// Start the mailbox on SQLite in `dir`.
 async fn sqlite(dir: &Path, nats: &NatsServer, extra: &[(&str, &str)]) -> Mailbox {
     Mailbox::start(dir, &nats.url(), extra).await
+}
+
+/// Start NATS and the mailbox (with `extra` config) and run `scenario`
+/// on it; the scenario stops the mailbox.
+async fn with_mailbox<F>(extra: &[(&str, &str)], scenario: impl FnOnce(Mailbox) -> F)
+where
+    F: std::future::Future<Output = ()>,
+{
+    let nats = NatsServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    scenario(sqlite(dir.path(), &nats, extra).await).await;
 }
 
 // ---------------------------------------------------------------- aliases
@@ -710,22 +721,13 @@ async fn pop3_uidl(m: &Mailbox) -> Vec<String> {
     lines
 }
 
-#[tokio::test]
-async fn restart_keeps_uidvalidity_and_uids() {
-    restart_keeps_uids(&NatsServer::start().await, &[]).await;
-}
-
-#[tokio::test]
-async fn restart_keeps_uidvalidity_and_uids_on_postgres() {
-    let Some(pg) = tokio::task::spawn_blocking(Postgres::start).await.unwrap() else {
-        return;
-    };
-    restart_keeps_uids(
-        &NatsServer::start().await,
-        &[("database_url", pg.url.as_str())],
-    )
-    .await;
-}
+common::backend_tests!(
+    restart_keeps_uidvalidity_and_uids,
+    restart_keeps_uidvalidity_and_uids_on_postgres,
+    |db| {
+        restart_keeps_uids(&NatsServer::start().await, db).await;
+    }
+);
 
 // ------------------------------------------------------------- fetchmail
 
@@ -838,23 +840,13 @@ async fn fetchmail_scenario(m: Mailbox) {
     m.stop().await;
 }
 
-#[tokio::test]
-async fn fetchmail_retrieves_over_pop3_and_imap() {
-    let nats = NatsServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    fetchmail_scenario(sqlite(dir.path(), &nats, &[]).await).await;
-}
-
-#[tokio::test]
-async fn fetchmail_retrieves_over_pop3_and_imap_on_postgres() {
-    let Some(pg) = tokio::task::spawn_blocking(Postgres::start).await.unwrap() else {
-        return;
-    };
-    let nats = NatsServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let m = sqlite(dir.path(), &nats, &[("database_url", pg.url.as_str())]).await;
-    fetchmail_scenario(m).await;
-}
+common::backend_tests!(
+    fetchmail_retrieves_over_pop3_and_imap,
+    fetchmail_retrieves_over_pop3_and_imap_on_postgres,
+    |db| {
+        with_mailbox(db, fetchmail_scenario).await;
+    }
+);
 
 // ------------------------------------------------------------ mutt + tmux
 
@@ -998,20 +990,10 @@ async fn mutt_scenario(m: Mailbox) {
     m.stop().await;
 }
 
-#[tokio::test]
-async fn mutt_reads_and_deletes_over_imap() {
-    let nats = NatsServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    mutt_scenario(sqlite(dir.path(), &nats, &[]).await).await;
-}
-
-#[tokio::test]
-async fn mutt_reads_and_deletes_over_imap_on_postgres() {
-    let Some(pg) = tokio::task::spawn_blocking(Postgres::start).await.unwrap() else {
-        return;
-    };
-    let nats = NatsServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let m = sqlite(dir.path(), &nats, &[("database_url", pg.url.as_str())]).await;
-    mutt_scenario(m).await;
-}
+common::backend_tests!(
+    mutt_reads_and_deletes_over_imap,
+    mutt_reads_and_deletes_over_imap_on_postgres,
+    |db| {
+        with_mailbox(db, mutt_scenario).await;
+    }
+);

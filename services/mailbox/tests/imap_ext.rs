@@ -11,32 +11,21 @@ mod common;
 use std::net::SocketAddr;
 use std::process::Command;
 
-use common::{DEADLINE, Mailbox, Postgres, Raw, run};
+use common::{DEADLINE, Mailbox, Raw, run};
 use tern_testkit::NatsServer;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-/// `#[tokio::test]`s running `$scenario(&Mailbox)` on SQLite and on a
-/// throwaway PostgreSQL.
+/// `#[tokio::test]`s running `$scenario` on SQLite and on a throwaway
+/// PostgreSQL ([`common::backend_tests`]), with `$extra` config.
 /// `on_both_backends!(@run runner, ...)` starts them with `runner`
 /// instead of [`with_mailbox`].
 macro_rules! on_both_backends {
     (@run $with:ident, $sqlite:ident, $postgres:ident, $scenario:ident, $extra:expr) => {
-        #[tokio::test]
-        async fn $sqlite() {
-            $with($extra, $scenario).await;
-        }
-
-        #[tokio::test]
-        async fn $postgres() {
-            let Some(pg) = tokio::task::spawn_blocking(Postgres::start).await.unwrap() else {
-                return;
-            };
+        common::backend_tests!($sqlite, $postgres, |db| {
             let base: &[(&str, &str)] = $extra;
-            let mut extra = base.to_vec();
-            extra.push(("database_url", pg.url.as_str()));
-            $with(&extra, $scenario).await;
-        }
+            $with(&[base, db].concat(), $scenario).await;
+        });
     };
     ($sqlite:ident, $postgres:ident, $scenario:ident) => {
         on_both_backends!($sqlite, $postgres, $scenario, &[]);

@@ -191,6 +191,35 @@ pub async fn http_status(addr: SocketAddr, path: &str) -> Option<String> {
     out.split_whitespace().nth(1).map(str::to_string)
 }
 
+/// Two `#[tokio::test]`s running `$body` (a block): `$sqlite` with
+/// `$db` empty (the mailbox's default SQLite database) and `$postgres`
+/// with `$db` = `[("database_url", <a throwaway PostgreSQL>)]`, so every
+/// scenario runs on both backends.
+#[allow(unused_macros)]
+macro_rules! backend_tests {
+    ($sqlite:ident, $postgres:ident, |$db:ident| $body:block) => {
+        #[tokio::test]
+        async fn $sqlite() {
+            let $db: &[(&str, &str)] = &[];
+            $body
+        }
+
+        #[tokio::test]
+        async fn $postgres() {
+            let Some(pg) = tokio::task::spawn_blocking($crate::common::Postgres::start)
+                .await
+                .unwrap()
+            else {
+                return;
+            };
+            let $db: &[(&str, &str)] = &[("database_url", pg.url.as_str())];
+            $body
+        }
+    };
+}
+#[allow(unused_imports, unused_macros)]
+pub(crate) use backend_tests;
+
 /// A line-oriented raw client.
 pub struct Raw {
     r: BufReader<tokio::net::tcp::OwnedReadHalf>,
