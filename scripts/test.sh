@@ -13,7 +13,9 @@ export TEST_REQUIRE_POSTGRES=1
 export TEST_REQUIRE_FETCHMAIL=1 TEST_REQUIRE_MUTT=1 TEST_REQUIRE_TMUX=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked "$@"
+# --no-fail-fast: one failing test binary must not hide the others; cargo
+# still exits non-zero when any failed.
+cargo test --workspace --locked --no-fail-fast "$@"
 # Prometheus scrapes a running `tern up` and agrees with `tern queue stats`.
 export TERN_BIN="${CARGO_TARGET_DIR:-target}/debug/tern"
 deploy/observability/prometheus-check.sh "$TERN_BIN"
