@@ -73,22 +73,22 @@ impl Secret {
     /// The shortest secret accepted, in bytes.
     pub const MIN_LEN: usize = 32;
 
-    /// A secret from bytes (surrounding ASCII whitespace is not part of it).
+    /// A secret from bytes, all of them.
     pub fn from_bytes(bytes: &[u8]) -> Result<Secret, SecretError> {
         Self::checked(bytes, PathBuf::new())
     }
 
-    /// Read the secret file; a trailing newline is not part of the secret.
+    /// Read the secret file; whitespace around it (the newline an editor or
+    /// `kubectl create secret --from-file` leaves) is not part of the secret.
     pub fn load(path: &Path) -> Result<Secret, SecretError> {
         let bytes = std::fs::read(path).map_err(|source| SecretError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::checked(&bytes, path.to_path_buf())
+        Self::checked(bytes.trim_ascii(), path.to_path_buf())
     }
 
     fn checked(bytes: &[u8], path: PathBuf) -> Result<Secret, SecretError> {
-        let bytes = bytes.trim_ascii();
         if bytes.len() < Self::MIN_LEN {
             return Err(SecretError::TooShort {
                 path,

@@ -3,9 +3,7 @@
 //! at most 64 octets.
 
 use proptest::prelude::*;
-use tern_bounce::token::{
-    self, LocalPart, Secret, TokenError, UnsubscribeFields, VerpFields,
-};
+use tern_bounce::token::{self, LocalPart, Secret, TokenError, UnsubscribeFields, VerpFields};
 
 fn secret(seed: u8) -> Secret {
     Secret::from_bytes(&[seed.max(1); 40]).expect("40-byte secret")
@@ -13,7 +11,12 @@ fn secret(seed: u8) -> Secret {
 
 fn fields() -> impl Strategy<Value = VerpFields> {
     (any::<u32>(), any::<u32>(), any::<u128>(), any::<u32>()).prop_map(
-        |(tenant, campaign, message, recipient)| VerpFields { tenant, campaign, message, recipient },
+        |(tenant, campaign, message, recipient)| VerpFields {
+            tenant,
+            campaign,
+            message,
+            recipient,
+        },
     )
 }
 
@@ -91,9 +94,33 @@ proptest! {
 #[test]
 fn foreign_and_truncated_local_parts() {
     let s = secret(1);
-    assert_eq!(token::parse_local_part(&s, "alice@example.com"), Err(TokenError::NotOurs));
-    assert_eq!(token::parse_local_part(&s, "b-"), Err(TokenError::Malformed));
-    let lp = token::bounce_local_part(&s, &VerpFields { tenant: 1, campaign: 2, message: 3, recipient: 4 });
+    assert_eq!(
+        token::parse_local_part(&s, "alice@example.com"),
+        Err(TokenError::NotOurs)
+    );
+    assert_eq!(
+        token::parse_local_part(&s, "b-"),
+        Err(TokenError::Malformed)
+    );
+    let lp = token::bounce_local_part(
+        &s,
+        &VerpFields {
+            tenant: 1,
+            campaign: 2,
+            message: 3,
+            recipient: 4,
+        },
+    );
     assert!(token::parse_local_part(&s, &lp[..lp.len() - 1]).is_err());
-    assert!(token::unsubscribe_token(&s, &UnsubscribeFields { tenant: 1, list: 0, recipient: "x".repeat(300) }).is_none());
+    assert!(
+        token::unsubscribe_token(
+            &s,
+            &UnsubscribeFields {
+                tenant: 1,
+                list: 0,
+                recipient: "x".repeat(300)
+            }
+        )
+        .is_none()
+    );
 }
