@@ -44,6 +44,11 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Bounce handling.
+    Bounce {
+        #[command(subcommand)]
+        command: BounceCommand,
+    },
     /// Configuration.
     Config {
         #[command(subcommand)]
@@ -142,6 +147,19 @@ enum AliasCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum BounceCommand {
+    /// Print the class of an SMTP reply or DSN diagnostic, and the rule that decided it.
+    Classify {
+        /// Rules file to use instead of TERN_BOUNCE_RULES_FILE (or the built-in rules).
+        #[arg(long, value_name = "FILE")]
+        rules: Option<PathBuf>,
+        /// The reply, e.g. "550 5.1.1 The email account ... does not exist"; `-` reads it from stdin.
+        #[arg(required = true, num_args = 1..)]
+        reply: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum ConfigCommand {
     /// Validate the configuration and print the effective values.
     Check,
@@ -162,6 +180,9 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
             println!("config ok");
             Ok(())
         }
+        Command::Bounce {
+            command: BounceCommand::Classify { rules, reply },
+        } => bounce_classify(&cfg, rules, reply),
         Command::User { command } => user(&cfg, command).await,
         Command::Queue { command: Some(c) } => queue_admin(&cfg, c).await,
         Command::Up => {
@@ -192,6 +213,42 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// `tern bounce classify`: one line, the class first.
+fn bounce_classify(
+    cfg: &TernConfig,
+    rules: Option<PathBuf>,
+    reply: Vec<String>,
+) -> anyhow::Result<()> {
+    let loaded;
+    let rules = match rules {
+        Some(path) => {
+            loaded = tern_bounce::Rules::load(Some(&path))?;
+            &loaded
+        }
+        None => &cfg.bounce.rules,
+    };
+    let text = if reply == ["-"] {
+        std::io::read_to_string(std::io::stdin().lock()).context("read the reply from stdin")?
+    } else {
+        reply.join(" ")
+    };
+    let v = rules.classify(&tern_bounce::Observation::parse(&text));
+    let mut notes = vec![v.matched.to_string()];
+    notes.push(
+        if v.permanent {
+            "permanent"
+        } else {
+            "temporary"
+        }
+        .to_string(),
+    );
+    if v.suppresses() {
+        notes.push("suppresses the recipient".to_string());
+    }
+    println!("{} ({})", v.class, notes.join("; "));
+    Ok(())
 }
 
 fn read_password() -> anyhow::Result<String> {

@@ -12,6 +12,8 @@ pub struct TernConfig {
     pub delivery: tern_delivery::Config,
     pub mailbox: tern_mailbox::Config,
     pub managed_nats: ManagedNatsConfig,
+    /// Bounce classification rules and the cluster secret.
+    pub bounce: tern_bounce::BounceConfig,
     /// Mailbox gRPC URL for the `tern user` commands.
     pub mailbox_url: String,
     /// Queue gRPC URL for the `tern queue` commands.
@@ -47,6 +49,7 @@ impl TernConfig {
             delivery: tern_delivery::Config::from_source(src)?,
             mailbox: tern_mailbox::Config::from_source(src)?,
             managed_nats: ManagedNatsConfig::from_source(src)?,
+            bounce: tern_bounce::BounceConfig::from_source(src)?,
             mailbox_url: endpoints::url(src, &endpoints::MAILBOX_URL, &endpoints::MAILBOX_GRPC)?,
             queue_url: endpoints::url(src, &endpoints::QUEUE_URL, &endpoints::QUEUE_GRPC)?,
             log_json,
