@@ -38,13 +38,13 @@ impl BounceConfig {
         let rules_file = src.get(&RULES_FILE)?;
         let rules = Rules::load(rules_file.as_deref()).map_err(|e| ConfigError::File {
             path: rules_file.clone().unwrap_or_default(),
-            message: format!("TERN_BOUNCE_RULES_FILE: {e}"),
+            message: format!("TERN_BOUNCE_RULES_FILE: {}", e.detail()),
         })?;
         let secret = match src.get(&SECRET_FILE)? {
             None => None,
             Some(path) => Some(Secret::load(&path).map_err(|e| ConfigError::File {
                 path,
-                message: e.to_string(),
+                message: format!("TERN_SECRET_FILE: {}", e.detail()),
             })?),
         };
         Ok(BounceConfig { rules, secret })

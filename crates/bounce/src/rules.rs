@@ -85,6 +85,22 @@ pub enum RulesError {
     },
 }
 
+impl RulesError {
+    /// The error without the file's name, for callers that name it already.
+    pub fn detail(&self) -> String {
+        match self {
+            RulesError::Read { source, .. } => source.to_string(),
+            RulesError::Syntax { line, message, .. } => format!("line {line}: {message}"),
+            RulesError::Rule {
+                line,
+                name,
+                problem,
+                ..
+            } => format!("line {line}: rule {name:?}: {problem}"),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileDef {

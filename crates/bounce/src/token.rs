@@ -69,6 +69,20 @@ pub enum SecretError {
     },
 }
 
+impl SecretError {
+    /// The error without the file's name, for callers that name it already.
+    pub fn detail(&self) -> String {
+        match self {
+            SecretError::Read { source, .. } => format!("cannot read the cluster secret: {source}"),
+            SecretError::TooShort { len, .. } => format!(
+                "the cluster secret is {len} bytes, at least {} are needed \
+                 (for example `head -c 32 /dev/urandom | base64 > FILE`)",
+                Secret::MIN_LEN
+            ),
+        }
+    }
+}
+
 impl Secret {
     /// The shortest secret accepted, in bytes.
     pub const MIN_LEN: usize = 32;

@@ -125,7 +125,7 @@ fn operator_rules_file_replaces_the_built_in_rules() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("TERN_BOUNCE_RULES_FILE") && err.contains(":4:") && err.contains("regex"),
+        err.contains("TERN_BOUNCE_RULES_FILE") && err.contains("line 4:") && err.contains("regex"),
         "{err}"
     );
 
