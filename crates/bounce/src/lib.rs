@@ -16,6 +16,7 @@
 
 pub mod class;
 pub mod config;
+pub mod inbound;
 pub mod observation;
 pub mod report;
 pub mod rules;

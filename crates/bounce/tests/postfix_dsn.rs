@@ -38,11 +38,11 @@ fn refusal(local: &str) -> Option<&'static str> {
     })
 }
 
+/// Messages the peer accepted: (recipients, body).
+type Kept = Arc<Mutex<Vec<(Vec<String>, Vec<u8>)>>>;
+
 /// One SMTP session of the peer; messages for the bounce domain are kept.
-fn session(
-    stream: TcpStream,
-    kept: Arc<Mutex<Vec<(Vec<String>, Vec<u8>)>>>,
-) -> std::io::Result<()> {
+fn session(stream: TcpStream, kept: Kept) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut out = stream.try_clone()?;
     let mut lines = BufReader::new(stream);
@@ -155,7 +155,7 @@ fn postfix_dsn_is_parsed_matched_and_classified() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../deploy/bench/ingress/postfix-instance.sh"
     );
-    let kept = Arc::new(Mutex::new(Vec::new()));
+    let kept: Kept = Arc::new(Mutex::new(Vec::new()));
     let peer = TcpListener::bind("127.0.0.1:0").expect("peer");
     let peer_port = peer.local_addr().expect("addr").port();
     {

@@ -194,3 +194,78 @@ fn arf_from_python_email_is_matched_to_its_send() {
         Err(ReportError::NotAReport(_))
     ));
 }
+
+/// The secret and send tests/postfix_dsn.rs used when Postfix wrote the fixture.
+fn fixture_send() -> (Secret, VerpFields) {
+    let secret = Secret::from_bytes(b"a cluster secret of at least 32 bytes!").expect("secret");
+    let send = VerpFields {
+        tenant: 7,
+        campaign: 42,
+        message: 0x0190_0000_0000_0000_0000_0000_0000_0abc,
+        recipient: 3,
+    };
+    (secret, send)
+}
+
+#[test]
+fn triage_of_mail_to_the_bounce_domain() {
+    use tern_bounce::inbound::{Triage, Unmatched, triage};
+    let (secret, send) = fixture_send();
+    let rules = Rules::builtin();
+    let verp = token::bounce_address(&secret, &send, "bounces.test");
+    let Triage::Bounces {
+        send: got,
+        recipients,
+    } = triage(&secret, rules, &verp, POSTFIX_DSN)
+    else {
+        panic!("not bounces")
+    };
+    assert_eq!(got, send);
+    let gone = recipients
+        .iter()
+        .find(|r| r.recipient == "gone@remote.test")
+        .expect("gone");
+    assert!(
+        gone.suppress && gone.class == Class::InvalidRecipient,
+        "{gone:?}"
+    );
+    assert_eq!(gone.decided_by, "rule gmail-no-such-account");
+    assert!(
+        recipients.iter().filter(|r| r.suppress).count() == 1,
+        "{recipients:?}"
+    );
+    // Sent to a fixed address: matched through the report's own addresses.
+    assert!(matches!(
+        triage(&secret, rules, "fbl@bounces.test", POSTFIX_DSN),
+        Triage::Bounces { .. }
+    ));
+    // Another cluster's secret: nothing matches, nothing is acted on.
+    let other = Secret::from_bytes(&[1u8; 32]).expect("secret");
+    assert!(matches!(
+        triage(&other, rules, &verp, POSTFIX_DSN),
+        Triage::Unmatched(Unmatched::NoToken(_))
+    ));
+    // A valid return path, but an out-of-office reply: kept, not a bounce.
+    let ooo = b"From: bob@remote.test\r\nSubject: Out of office\r\n\r\nBack Monday.\r\n";
+    assert!(matches!(
+        triage(&secret, rules, &verp, ooo),
+        Triage::Unmatched(Unmatched::NotAReport(_))
+    ));
+    // The mailto: unsubscribe address.
+    let u = format!(
+        "{}@bounces.test",
+        token::unsubscribe_local_part(&secret, &send)
+    );
+    assert_eq!(triage(&secret, rules, &u, ooo), Triage::Unsubscribe(send));
+    // An ARF complaint.
+    let arf = python_arf(&verp, "gone@remote.test", "abuse");
+    let Triage::Feedback {
+        send: got,
+        feedback,
+    } = triage(&secret, rules, "fbl@bounces.test", &arf)
+    else {
+        panic!("not feedback")
+    };
+    assert_eq!(got, send);
+    assert!(feedback.feedback_type.is_complaint());
+}
