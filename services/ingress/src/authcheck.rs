@@ -12,13 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dkim::DkimError;
 use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use mail_auth::hickory_resolver::proto::rr::RData;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
-    AuthenticatedMessage, AuthenticationResults, DmarcResult, MessageAuthenticator, SpfResult,
+    AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcResult, Error,
+    MessageAuthenticator, SpfResult,
 };
 use tern_runtime::config::ConfigValue;
 use tern_smtp::{Reply, codes};
@@ -166,7 +168,8 @@ impl Checker {
                 action: self.spf_action(&spf_from),
             };
         };
-        let dkim = auth.verify_dkim(&msg).await;
+        let dkim_raw = auth.verify_dkim(&msg).await;
+        let dkim: Vec<DkimOutput<'_>> = dkim_raw.iter().map(permfail_is_fail).collect();
         let arc = auth.verify_arc(&msg).await;
         let from_domain = mail_from.rsplit_once('@').map_or(helo, |(_, d)| d);
         let dmarc = auth
@@ -258,6 +261,20 @@ impl Checker {
             }
             _ => None,
         })
+    }
+}
+
+/// mail-auth 0.13.3 reports a body hash mismatch and an expired signature
+/// as `neutral`; both are a failed verification (RFC 6376 §6.1.1, §6.1.3:
+/// PERMFAIL), which RFC 8601 §2.7.1 calls `fail` (as dkimpy and authheaders
+/// do). DMARC is unaffected: neither passes.
+fn permfail_is_fail<'a>(o: &'a DkimOutput<'_>) -> DkimOutput<'a> {
+    match (o.result(), o.signature()) {
+        (DkimResult::Neutral(e @ Error::Dkim(DkimError::FailedBodyHashMatch)), Some(sig))
+        | (DkimResult::Neutral(e @ Error::Dkim(DkimError::SignatureExpired)), Some(sig)) => {
+            DkimOutput::fail(e.clone()).with_signature(sig)
+        }
+        _ => o.clone(),
     }
 }
 
