@@ -173,10 +173,10 @@ fn tern_words(message: &str) -> (String, String, String) {
     let word = |method: &str, must: Option<&str>| -> String {
         for part in h.split(';') {
             let part = part.trim();
-            if let Some(rest) = part.strip_prefix(&format!("{method}=")) {
-                if must.is_none_or(|m| part.contains(m)) {
-                    return rest.split_whitespace().next().unwrap_or("").to_string();
-                }
+            if let Some(rest) = part.strip_prefix(&format!("{method}="))
+                && must.is_none_or(|m| part.contains(m))
+            {
+                return rest.split_whitespace().next().unwrap_or("").to_string();
             }
         }
         "none".to_string()
