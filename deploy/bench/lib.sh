@@ -62,9 +62,12 @@ server:
   module-config: "iterator"
   do-not-query-localhost: yes
   local-zone: "bench.test." static
+  # The DMARC tree walk also asks _dmarc.test: answer NXDOMAIN, do not recurse.
+  local-zone: "test." static
   local-data: "bench.test. 3600 IN SOA ns.bench.test. hostmaster.bench.test. 1 3600 600 86400 3600"
 CONF
-    for rr in "$@"; do echo "  local-data: \"$rr\""; done
+    # Single quotes outside, so TXT data can be double-quoted inside.
+    for rr in "$@"; do echo "  local-data: '$rr'"; done
   } >"$work/unbound.conf"
   "${UNBOUND:-/usr/sbin/unbound}" -d -c "$work/unbound.conf" &
   unbound_pid=$!

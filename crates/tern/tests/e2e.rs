@@ -29,9 +29,17 @@ fn assert_same_message(got: &[u8], sent: &[u8]) {
     );
     let prefix = String::from_utf8_lossy(&got[..got.len() - sent.len()]).to_string();
     for line in prefix.split("\r\n").filter(|l| !l.is_empty()) {
-        let trace_header = ["Received:", "Return-Path:", "Delivered-To:", " ", "\t"]
-            .iter()
-            .any(|h| line.starts_with(h));
+        // Authentication-Results: the MX's inbound checks (RFC 8601).
+        let trace_header = [
+            "Received:",
+            "Return-Path:",
+            "Delivered-To:",
+            "Authentication-Results:",
+            " ",
+            "\t",
+        ]
+        .iter()
+        .any(|h| line.starts_with(h));
         assert!(
             trace_header,
             "unexpected header added in front of the message: {line:?}"

@@ -49,6 +49,8 @@ pub(crate) struct Ctx {
     proxy: [bool; 3],
     pub(crate) connections: Arc<Connections>,
     pub(crate) auth_failures: AuthFailures,
+    /// SPF/DKIM/ARC/DMARC checks for the MX listener (`None`: switched off).
+    pub(crate) inbound: Option<crate::authcheck::SharedChecker>,
 }
 
 impl Ctx {
@@ -88,6 +90,7 @@ impl Ctx {
                 config.auth_failure_delay,
                 config.auth_failure_window,
             ),
+            inbound: None,
         }
     }
 }
@@ -268,13 +271,14 @@ async fn connection(
                     peer,
                     info.as_deref(),
                     &signals,
+                    kind,
                 )
                 .await
             }
             ListenerKind::Smtp | ListenerKind::Submission => {
                 config.starttls = true;
                 let mut session = Session::new(config, false);
-                match drive(&mut session, &mut tcp, &ctx, peer, None, &signals).await {
+                match drive(&mut session, &mut tcp, &ctx, peer, None, &signals, kind).await {
                     Ok(Next::StartTls) => {
                         let Some(mut tls) = handshake(&ctx, tcp).await else {
                             return;
@@ -289,6 +293,7 @@ async fn connection(
                             peer,
                             info.as_deref(),
                             &signals,
+                            kind,
                         )
                         .await
                     }
@@ -463,6 +468,7 @@ async fn drive<S>(
     peer: SocketAddr,
     tls: Option<&str>,
     signals: &Signals,
+    kind: ListenerKind,
 ) -> std::io::Result<Next>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -568,7 +574,7 @@ where
             Action::Deliver(message) => {
                 let span = txn.clone().unwrap_or_else(Span::current);
                 let outcome = ctx
-                    .accept_message(message, peer.ip(), tls)
+                    .accept_message(message, peer.ip(), tls, kind == ListenerKind::Smtp)
                     .instrument(span)
                     .await;
                 session.message_stored(outcome);

@@ -7,6 +7,9 @@
 //! (local mailboxes via the mailbox service's `Accounts` gRPC API, relaying
 //! only for trusted networks) and the spool publish. See `README.md`.
 
+mod authcheck;
+mod authdns;
+mod authres;
 mod conn;
 mod limits;
 mod received;
@@ -27,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
+pub use authcheck::{Action, InboundPolicy};
 pub use received::received_header;
 
 /// The configuration keys only ingress reads.
@@ -165,6 +169,30 @@ pub mod keys {
         "15m",
         "how long AUTH failures count against a client address",
     );
+    /// `TERN_INBOUND_CHECKS`.
+    pub const INBOUND_CHECKS: Key<bool> = Key::new(
+        "inbound_checks",
+        "true",
+        "check SPF, DKIM, ARC and DMARC of mail on the smtp (MX) listener and add Authentication-Results",
+    );
+    /// `TERN_INBOUND_DMARC_REJECT`.
+    pub const INBOUND_DMARC_REJECT: Key<crate::Action> = Key::new(
+        "inbound_dmarc_reject",
+        "reject",
+        "DMARC failure under p=reject: reject (550 5.7.1), junk or none",
+    );
+    /// `TERN_INBOUND_DMARC_QUARANTINE`.
+    pub const INBOUND_DMARC_QUARANTINE: Key<crate::Action> = Key::new(
+        "inbound_dmarc_quarantine",
+        "junk",
+        "DMARC failure under p=quarantine: junk (the \\Junk mailbox), reject or none",
+    );
+    /// `TERN_INBOUND_SPF_FAIL`.
+    pub const INBOUND_SPF_FAIL: Key<crate::Action> = Key::new(
+        "inbound_spf_fail",
+        "none",
+        "SPF fail of MAIL FROM alone (no DMARC verdict): none (header only), junk or reject",
+    );
     /// `TERN_TLS_RELOAD_INTERVAL`.
     pub const TLS_RELOAD_INTERVAL: Key<Duration> = Key::new(
         "tls_reload_interval",
@@ -192,6 +220,10 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// The mailbox service's gRPC URL (recipient checks).
     pub mailbox_url: String,
+    /// The resolver service's gRPC URL (DNS of the inbound checks).
+    pub resolver_url: String,
+    /// SPF/DKIM/ARC/DMARC checks on the MX listener and what failures do.
+    pub inbound: InboundPolicy,
     /// Client networks that may relay to non-local domains.
     pub trusted_networks: Vec<Cidr>,
     /// Largest accepted message body, in octets.
@@ -242,6 +274,13 @@ impl Config {
             grpc_listen: src.get(&endpoints::INGRESS_GRPC)?,
             admin_listen: src.get(&endpoints::INGRESS_ADMIN)?,
             mailbox_url: endpoints::url(src, &endpoints::MAILBOX_URL, &endpoints::MAILBOX_GRPC)?,
+            resolver_url: endpoints::url(src, &endpoints::RESOLVER_URL, &endpoints::RESOLVER_GRPC)?,
+            inbound: InboundPolicy {
+                enabled: src.get(&keys::INBOUND_CHECKS)?,
+                dmarc_reject: src.get(&keys::INBOUND_DMARC_REJECT)?,
+                dmarc_quarantine: src.get(&keys::INBOUND_DMARC_QUARANTINE)?,
+                spf_fail: src.get(&keys::INBOUND_SPF_FAIL)?,
+            },
             trusted_networks: src.get(&keys::TRUSTED_NETWORKS)?.0,
             max_message_size: src.get(&keys::MAX_MESSAGE_SIZE)?,
             max_recipients: src.get(&keys::MAX_RECIPIENTS)?,
@@ -297,6 +336,9 @@ pub enum Error {
     /// The admin HTTP server failed.
     #[error("admin HTTP server: {0}")]
     Admin(std::io::Error),
+    /// The inbound checks could not be set up.
+    #[error(transparent)]
+    Checker(#[from] authcheck::CheckerError),
     /// A server task ended unexpectedly (panicked or was cancelled).
     #[error("{0} task ended unexpectedly: {1}")]
     Task(&'static str, String),
@@ -483,7 +525,21 @@ impl Bound {
             grpc::channel(&config.mailbox_url)?,
             tern_runtime::telemetry::grpc_inject as conn::Interceptor,
         );
-        let ctx = Arc::new(conn::Ctx::new(&config, js, accounts, tls));
+        let mut ctx = conn::Ctx::new(&config, js, accounts, tls);
+        if config.inbound.enabled {
+            let resolver = tern_proto::resolver_client::ResolverClient::with_interceptor(
+                grpc::channel(&config.resolver_url)?,
+                tern_runtime::telemetry::grpc_inject as conn::Interceptor,
+            );
+            let checker = authcheck::Checker::start(
+                resolver,
+                config.common.hostname.clone(),
+                config.inbound.clone(),
+            )
+            .await?;
+            ctx.inbound = Some(Arc::new(checker));
+        }
+        let ctx = Arc::new(ctx);
         let tracker = TaskTracker::new();
         let mut accept_tasks: Vec<JoinHandle<()>> = Vec::new();
         for (kind, listener) in smtp {

@@ -122,19 +122,48 @@ impl Ctx {
         }
     }
 
-    /// Give the message an id, prepend `Received:`, store the body and
-    /// publish the envelope; `Queued` only once JetStream acknowledged it.
+    /// Give the message an id, check its authentication (MX listener only,
+    /// `mx`), prepend `Received:` (and `Authentication-Results:`), store the
+    /// body and publish the envelope; `Queued` only once JetStream
+    /// acknowledged it.
     pub(crate) async fn accept_message(
         &self,
         message: Message,
         client: IpAddr,
         tls: Option<&str>,
+        mx: bool,
     ) -> MessageOutcome {
         let id = ulid::Ulid::new().to_string();
         let span = Span::current();
         span.record("message_id", id.as_str());
         span.record("rcpt_count", message.rcpts.len());
-        match self.spool(&id, &message, client, tls).await {
+        let verdict = match &self.inbound {
+            Some(checker)
+                if crate::authcheck::applies(
+                    mx,
+                    message.auth_user.is_some(),
+                    self.trusted(client),
+                ) =>
+            {
+                let sender = message.mail_from.sender();
+                let v = checker
+                    .check(&message.body, client, &message.helo, &sender)
+                    .instrument(tracing::info_span!("inbound.check", message_id = %id))
+                    .await;
+                if v.action == crate::Action::Reject {
+                    tracing::info!(message_id = %id, mail_from = %sender, "rejected by authentication policy");
+                    return MessageOutcome::Failed(v.reject_reply(
+                        "Message rejected: the sender's domain does not authenticate it (DMARC/SPF policy)",
+                    ));
+                }
+                Some(v)
+            }
+            _ => None,
+        };
+        match self
+            .spool(&id, &message, client, tls, verdict.as_ref())
+            .await
+        {
             Ok(()) => {
                 tracing::info!(
                     message_id = %id,
@@ -160,13 +189,18 @@ impl Ctx {
         message: &Message,
         client: IpAddr,
         tls: Option<&str>,
+        verdict: Option<&crate::authcheck::Verdict>,
     ) -> Result<(), SpoolError> {
         let received_at = tern_runtime::now_unix_ms();
         let header =
             crate::received_header(message, client, &self.common.hostname, id, received_at, tls);
-        let mut full = BytesMut::with_capacity(header.len() + message.body.len());
+        // RFC 8601 §5: results claiming to be ours never come from outside.
+        let body = crate::authres::strip_own_results(&message.body, &self.common.hostname);
+        let results = verdict.map_or("", |v| v.header.as_str());
+        let mut full = BytesMut::with_capacity(header.len() + results.len() + body.len());
         full.extend_from_slice(header.as_bytes());
-        full.extend_from_slice(&message.body);
+        full.extend_from_slice(results.as_bytes());
+        full.extend_from_slice(&body);
         let size = full.len();
         let body_ref =
             tokio::time::timeout(STORE_DEADLINE, body::store(&self.js, id, full.freeze()))
@@ -198,6 +232,7 @@ impl Ctx {
             } as i32,
             smtputf8: message.mail_from.smtputf8,
             eight_bit: message.eight_bit(),
+            junk: verdict.is_some_and(|v| v.action == crate::Action::Junk),
         };
         self.publish(id, Bytes::from(envelope.encode_to_vec()))
             .await

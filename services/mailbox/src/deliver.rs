@@ -298,10 +298,17 @@ async fn deliver_one(
         }
     };
     let prefix = prefix(&job.mail_from, rcpt);
-    match store
-        .deliver(account.id, &job.message_id, &prefix, body, received)
-        .await
-    {
+    // The inbound checks' DMARC quarantine verdict (Job.junk) goes to \Junk.
+    let stored = if job.junk {
+        store
+            .deliver_junk(account.id, &job.message_id, &prefix, body, received)
+            .await
+    } else {
+        store
+            .deliver(account.id, &job.message_id, &prefix, body, received)
+            .await
+    };
+    match stored {
         Ok(Delivered::Stored(uid)) => {
             tracing::info!(rcpt = %address, account = %account.address, uid, "stored");
             result(rcpt, Outcome::Delivered, 250, "2.0.0", "message stored")

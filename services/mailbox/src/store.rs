@@ -1100,6 +1100,86 @@ impl Store {
         body: &[u8],
         internal_date_ms: i64,
     ) -> Result<Delivered, StoreError> {
+        self.deliver_into(
+            account_id,
+            INBOX,
+            message_id,
+            prefix,
+            body,
+            internal_date_ms,
+        )
+        .await
+    }
+
+    /// Like [`Store::deliver`], into the account's `\Junk` mailbox (RFC 6154)
+    /// instead: the first one by name, created as `Junk` if the user has
+    /// none (the inbound checks' DMARC `p=quarantine` verdict).
+    pub async fn deliver_junk(
+        &self,
+        account_id: i64,
+        message_id: &str,
+        prefix: &[u8],
+        body: &[u8],
+        internal_date_ms: i64,
+    ) -> Result<Delivered, StoreError> {
+        let name = self.junk_mailbox(account_id).await?;
+        self.deliver_into(
+            account_id,
+            &name,
+            message_id,
+            prefix,
+            body,
+            internal_date_ms,
+        )
+        .await
+    }
+
+    /// The name of the account's `\Junk` mailbox, creating `Junk` (or
+    /// marking an existing plain `Junk` as `\Junk`) when there is none.
+    async fn junk_mailbox(&self, account_id: i64) -> Result<String, StoreError> {
+        const JUNK: (&str, &str) = DEFAULT_FOLDERS[3];
+        let found: Option<String> = with_pool!(self, p => {
+            sqlx::query_scalar(
+                "SELECT name FROM mailboxes WHERE account_id = $1 AND special_use = $2 ORDER BY name LIMIT 1",
+            )
+            .bind(account_id)
+            .bind(JUNK.1)
+            .fetch_optional(p)
+            .await?
+        });
+        if let Some(name) = found {
+            return Ok(name);
+        }
+        let uidvalidity = u32::try_from(tern_runtime::now_unix_ms() / 1000)
+            .unwrap_or(1)
+            .max(1);
+        write_tx!(self, tx => {
+            sqlx::query(
+                "INSERT INTO mailboxes (id, account_id, name, uidvalidity, uidnext, recent_uid, special_use) \
+                 VALUES ($1, $2, $3, $4, 1, 0, $5) \
+                 ON CONFLICT (account_id, name) DO UPDATE SET special_use = $5",
+            )
+            .bind(new_id())
+            .bind(account_id)
+            .bind(JUNK.0)
+            .bind(i64::from(uidvalidity))
+            .bind(JUNK.1)
+            .execute(&mut *tx)
+            .await?;
+        });
+        self.changed(account_id);
+        Ok(JUNK.0.to_string())
+    }
+
+    async fn deliver_into(
+        &self,
+        account_id: i64,
+        mailbox: &str,
+        message_id: &str,
+        prefix: &[u8],
+        body: &[u8],
+        internal_date_ms: i64,
+    ) -> Result<Delivered, StoreError> {
         let hash = sha256_hex(body);
         let size =
             i64::try_from(prefix.len() + body.len()).map_err(|_| StoreError::Corrupt("size"))?;
@@ -1135,7 +1215,7 @@ impl Store {
                      WHERE account_id = $1 AND name = $2 RETURNING id, uidnext, highest_modseq",
                 )
                 .bind(account_id)
-                .bind(INBOX)
+                .bind(mailbox)
                 .fetch_one(&mut *tx)
                 .await?;
                 let uid = uidnext - 1;

@@ -69,6 +69,7 @@ pub fn fan_out(
                 eight_bit: env.eight_bit,
                 envid: env.envid.clone(),
                 ret: env.ret,
+                junk: env.junk,
             };
             Route { subject, job }
         })

@@ -209,7 +209,7 @@ impl DnsResolver {
         route
     }
 
-    /// A raw lookup of `record_type` (A, AAAA, MX, TXT, TLSA) for `name` (cached).
+    /// A raw lookup of `record_type` (A, AAAA, MX, TXT, TLSA, PTR) for `name` (cached).
     pub async fn lookup(
         &self,
         name: &str,
@@ -221,6 +221,8 @@ impl DnsResolver {
             "MX" => RecordType::MX,
             "TXT" => RecordType::TXT,
             "TLSA" => RecordType::TLSA,
+            // Reverse names (`1.2.0.192.in-addr.arpa`) for SPF `ptr` and `%{p}`.
+            "PTR" => RecordType::PTR,
             _ => return Err(LookupError::UnsupportedType(record_type.to_string())),
         };
         let fqdn = to_fqdn(name, true).ok_or_else(|| LookupError::InvalidName(name.to_string()))?;

@@ -96,8 +96,21 @@ impl Stack {
     /// Like [`Stack::start_without`], on `nats` (e.g. one started with TLS
     /// or users; `extra` then carries the matching `nats_*` keys).
     pub async fn start_on(nats: NatsServer, extra: &[(&str, &str)], external_queue: bool) -> Stack {
+        Stack::start_zones(nats, extra, external_queue, &[]).await
+    }
+
+    /// Like [`Stack::start_on`], with more zones (origin, zone text) served
+    /// by the DNS server next to `remote.test`.
+    pub async fn start_zones(
+        nats: NatsServer,
+        extra: &[(&str, &str)],
+        external_queue: bool,
+        zones: &[(&str, &str)],
+    ) -> Stack {
         TELEMETRY.get_or_init(memory);
-        let dns = DnsServer::start(&[("remote.test.", ZONE)]).await;
+        let mut all_zones = vec![("remote.test.", ZONE)];
+        all_zones.extend_from_slice(zones);
+        let dns = DnsServer::start(&all_zones).await;
         let sink = SmtpSink::start().await;
         let data = tempfile::tempdir().expect("temp data dir");
         let any = "127.0.0.1:0";
@@ -181,14 +194,17 @@ impl Stack {
         let resolver_url = find(&resolver.addrs(), "grpc");
         let mailbox_url = find(&mailbox.addrs(), "grpc");
         let delivery = tern_delivery::bind(
-            tern_delivery::Config::from_source(&source(&[("resolver_url", resolver_url)]))
+            tern_delivery::Config::from_source(&source(&[("resolver_url", resolver_url.clone())]))
                 .expect("delivery config"),
         )
         .await
         .expect("bind delivery");
         let ingress = tern_ingress::bind(
-            tern_ingress::Config::from_source(&source(&[("mailbox_url", mailbox_url)]))
-                .expect("ingress config"),
+            tern_ingress::Config::from_source(&source(&[
+                ("mailbox_url", mailbox_url),
+                ("resolver_url", resolver_url),
+            ]))
+            .expect("ingress config"),
         )
         .await
         .expect("bind ingress");

@@ -219,7 +219,14 @@ impl Ingress {
             ("hostname", "mx.test"),
             ("local_domains", "example.com,example.org"),
             ("shutdown_grace", "5s"),
+            // No resolver here: these tests check the bytes ingress spools;
+            // the inbound checks are tested end to end in
+            // crates/tern/tests/inbound_auth.rs.
+            ("inbound_checks", "false"),
         ];
+        for (k, _) in extra {
+            pairs.retain(|(pk, _)| pk != k);
+        }
         pairs.extend_from_slice(extra);
         let src = Source::from_pairs(pairs);
         let config = Config::from_source(&src).expect("config");
