@@ -697,7 +697,11 @@ pub struct Publish {
 impl Publish {
     /// `payload` for `subject`, de-duplicated by `msg_id`, carrying the
     /// trace context of the current span.
-    pub fn new(subject: impl Into<String>, payload: bytes::Bytes, msg_id: impl Into<String>) -> Self {
+    pub fn new(
+        subject: impl Into<String>,
+        payload: bytes::Bytes,
+        msg_id: impl Into<String>,
+    ) -> Self {
         let mut headers = async_nats::HeaderMap::new();
         crate::telemetry::inject_nats(&mut headers);
         Publish {

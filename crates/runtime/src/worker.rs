@@ -83,7 +83,9 @@ where
 {
     let handler = Arc::new(handler);
     let running = Arc::new(Semaphore::new(options.concurrency.max(1)));
-    let held = Arc::new(Semaphore::new(options.prefetch.max(options.concurrency).max(1)));
+    let held = Arc::new(Semaphore::new(
+        options.prefetch.max(options.concurrency).max(1),
+    ));
     let min_batch = (options.prefetch / 4).max(1);
     let abandon = Shutdown::new();
     let tracker = TaskTracker::new();

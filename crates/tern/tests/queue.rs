@@ -760,7 +760,10 @@ async fn cli(stack: &Stack, args: &[&str]) -> (bool, String) {
 }
 
 async fn on_hold(admin: &mut Admin, destination: &str) -> bool {
-    let s = admin.stats(tern_proto::StatsRequest {}).await.expect("stats");
+    let s = admin
+        .stats(tern_proto::StatsRequest {})
+        .await
+        .expect("stats");
     s.into_inner()
         .destinations
         .iter()
@@ -789,7 +792,10 @@ async fn every_queue_command_takes_the_destination_as_domain() {
     assert!(ok);
     // One destination, not two.
     let (ok, _) = cli(&stack, &["hold", "a.test", "--domain", "b.test"]).await;
-    assert!(!ok, "a positional destination and --domain together are refused");
+    assert!(
+        !ok,
+        "a positional destination and --domain together are refused"
+    );
     let (ok, _) = cli(&stack, &["retry", "--domain", "cli.test"]).await;
     assert!(ok, "retry --domain of a destination without jobs");
     assert!(!on_hold(&mut admin, "b.test").await);

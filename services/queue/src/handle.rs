@@ -13,8 +13,8 @@ use tracing::Instrument;
 use crate::Ctx;
 use crate::dsn::{self, Kind as DsnKind, Line};
 use crate::events::{self, kind};
-use crate::route::{Route, fan_out};
 use crate::retry::RetrySchedule;
+use crate::route::{Route, fan_out};
 use crate::state::{Seen, StateError};
 
 /// Why a spool envelope or a result could not be handled, and so whether
@@ -69,11 +69,10 @@ pub(crate) mod job_state {
 
 /// Route one envelope: record its state, publish its jobs, log `received`.
 pub(crate) async fn spool(ctx: &Ctx, msg: &jetstream::Message) -> Result<(), HandleError> {
-    let env =
-        Envelope::decode(msg.payload.clone()).map_err(|source| HandleError::Undecodable {
-            what: "envelope",
-            source,
-        })?;
+    let env = Envelope::decode(msg.payload.clone()).map_err(|source| HandleError::Undecodable {
+        what: "envelope",
+        source,
+    })?;
     let seq = msg
         .info()
         .map_err(|e| HandleError::Metadata(e.to_string()))?
@@ -170,12 +169,11 @@ pub(crate) async fn spool(ctx: &Ctx, msg: &jetstream::Message) -> Result<(), Han
 /// Apply one attempt's results: final recipients are logged (and bounced ones
 /// reported to the sender), deferred ones scheduled again or expired.
 pub(crate) async fn result(ctx: &Ctx, msg: &jetstream::Message) -> Result<(), HandleError> {
-    let res = JobResult::decode(msg.payload.clone()).map_err(|source| {
-        HandleError::Undecodable {
+    let res =
+        JobResult::decode(msg.payload.clone()).map_err(|source| HandleError::Undecodable {
             what: "result",
             source,
-        }
-    })?;
+        })?;
     let span = tracing::info_span!(
         "queue.result",
         otel.kind = "consumer",
@@ -301,7 +299,11 @@ pub(crate) fn plan(
     }
     let mut retry = None;
     if !deferred.is_empty() {
-        let next = now + policy.retry.delay_with(job.attempt, policy.jitter).as_millis() as i64;
+        let next = now
+            + policy
+                .retry
+                .delay_with(job.attempt, policy.jitter)
+                .as_millis() as i64;
         if next > job.expires_at_unix_ms {
             for (rcpt, r) in &deferred {
                 // RFC 3463 4.4.7: delivery time expired; the last reply says why.
@@ -418,7 +420,11 @@ async fn apply(
         let r = &e.result;
         tracing::info!(rcpt = %e.address, outcome = e.kind, code = r.code, reply = %r.reply, "result");
     }
-    let expired = plan.finals.iter().filter(|e| e.kind == kind::EXPIRED).count();
+    let expired = plan
+        .finals
+        .iter()
+        .filter(|e| e.kind == kind::EXPIRED)
+        .count();
     if expired > 0 {
         tracing::info!(rcpts = expired, "expired");
     }
@@ -564,12 +570,7 @@ fn line(rcpt: &Recipient, r: &RecipientResult, status: &str) -> Line {
 
 /// Put a DSN for `lines` on the spool, addressed to the job's sender. Never
 /// for the null sender (RFC 5321 §4.5.5: no bounce loops).
-async fn send_dsn(
-    ctx: &Ctx,
-    job: &Job,
-    lines: &[Line],
-    kind: DsnKind,
-) -> Result<(), HandleError> {
+async fn send_dsn(ctx: &Ctx, job: &Job, lines: &[Line], kind: DsnKind) -> Result<(), HandleError> {
     if lines.is_empty() || job.mail_from.is_empty() {
         return Ok(());
     }
@@ -693,7 +694,11 @@ mod plan_tests {
         let p = plan(&j, &JobState::default(), &results, 10 * MIN, &policy(None));
         assert_eq!(kinds(&p.finals), [("delivered", "a@example.net")]);
         let retry = p.retry.expect("a retry");
-        assert_eq!(retry.at_unix_ms, 12 * MIN, "first delay of the schedule: 2m");
+        assert_eq!(
+            retry.at_unix_ms,
+            12 * MIN,
+            "first delay of the schedule: 2m"
+        );
         assert_eq!(retry.job.attempt, 1);
         let rcpts: Vec<_> = retry.job.rcpts.iter().map(|r| r.address.as_str()).collect();
         assert_eq!(rcpts, ["b@example.net", "c@example.net"]);
@@ -701,7 +706,10 @@ mod plan_tests {
             kinds(&retry.events),
             [("deferred", "b@example.net"), ("deferred", "c@example.net")]
         );
-        assert_eq!(retry.events[1].result.reply, "no result reported for this recipient");
+        assert_eq!(
+            retry.events[1].result.reply,
+            "no result reported for this recipient"
+        );
         assert_eq!(retry.delay_dsn, None);
         assert!(p.dsn.is_empty());
     }

@@ -34,8 +34,7 @@ pub fn random_jitter() -> f64 {
     rand::random_range(0.9..=1.1)
 }
 
-impl RetrySchedule {
-}
+impl RetrySchedule {}
 
 impl ConfigValue for RetrySchedule {
     const EXPECTED: &'static str =
