@@ -682,22 +682,78 @@ pub async fn pull_consumer(
         .map_err(|e| setup_err(&what)(Box::new(e)))
 }
 
-/// Publish `payload` on `subject` with `msg_id` as the de-duplication id and
-/// the current trace context in the headers. Returns the ack future: the
-/// message is durable only once it resolves.
+/// One JetStream publish the way every Tern publish is made: a
+/// de-duplication id (`Nats-Msg-Id`, so a re-publish after a crash within
+/// [`DEDUP_WINDOW`] is dropped by the server) and the current trace context
+/// in the headers, plus any extra headers (message schedules, links).
+#[derive(Debug, Clone)]
+pub struct Publish {
+    subject: String,
+    payload: bytes::Bytes,
+    msg_id: String,
+    headers: async_nats::HeaderMap,
+}
+
+impl Publish {
+    /// `payload` for `subject`, de-duplicated by `msg_id`, carrying the
+    /// trace context of the current span.
+    pub fn new(
+        subject: impl Into<String>,
+        payload: bytes::Bytes,
+        msg_id: impl Into<String>,
+    ) -> Self {
+        let mut headers = async_nats::HeaderMap::new();
+        crate::telemetry::inject_nats(&mut headers);
+        Publish {
+            subject: subject.into(),
+            payload,
+            msg_id: msg_id.into(),
+            headers,
+        }
+    }
+
+    /// Add a header.
+    pub fn header(
+        mut self,
+        name: impl async_nats::header::IntoHeaderName,
+        value: impl async_nats::header::IntoHeaderValue,
+    ) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// Send it. Returns the ack future: the message is durable only once
+    /// it resolves.
+    pub async fn send(
+        self,
+        js: &jetstream::Context,
+    ) -> Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError> {
+        let msg = jetstream::message::PublishMessage::build()
+            .payload(self.payload)
+            .headers(self.headers)
+            .message_id(self.msg_id);
+        js.send_publish(self.subject, msg).await
+    }
+
+    /// Send it and wait until JetStream has stored it.
+    pub async fn durable(
+        self,
+        js: &jetstream::Context,
+    ) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+        self.send(js).await?.await
+    }
+}
+
+/// [`Publish`] `payload` on `subject` with `msg_id` as the de-duplication id
+/// and the current trace context in the headers. Returns the ack future:
+/// the message is durable only once it resolves.
 pub async fn publish(
     js: &jetstream::Context,
     subject: String,
     payload: bytes::Bytes,
     msg_id: &str,
 ) -> Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError> {
-    let mut headers = async_nats::HeaderMap::new();
-    crate::telemetry::inject_nats(&mut headers);
-    let msg = jetstream::message::PublishMessage::build()
-        .payload(payload)
-        .headers(headers)
-        .message_id(msg_id);
-    js.send_publish(subject, msg).await
+    Publish::new(subject, payload, msg_id).send(js).await
 }
 
 /// [`pull_consumer`], retried with backoff until it exists or shutdown

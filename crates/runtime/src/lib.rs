@@ -1,6 +1,7 @@
 //! The runtime every Tern service shares: typed configuration, telemetry with
 //! W3C trace propagation, the NATS JetStream bus, gRPC serving with health,
-//! the admin HTTP port, TLS, and graceful shutdown.
+//! the admin HTTP port, TLS, graceful shutdown, the one consumer loop
+//! (`worker`) and the skeleton every service runs in (`service`).
 
 pub mod admin;
 pub mod body;
@@ -11,9 +12,11 @@ pub mod grpc;
 pub mod holds;
 pub mod logfmt;
 pub mod managed_nats;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
+pub mod worker;
 
 pub use shutdown::Shutdown;
 

@@ -63,9 +63,15 @@ enum QueueCommand {
     /// One message: its pending jobs, recipients, attempts, last replies, next attempt.
     Show { message_id: String },
     /// Stop attempts for a destination (a domain, or "local"); jobs are kept.
-    Hold { destination: String },
+    Hold {
+        #[command(flatten)]
+        select: DestinationSelect,
+    },
     /// Resume a held destination: its jobs become ready now.
-    Release { destination: String },
+    Release {
+        #[command(flatten)]
+        select: DestinationSelect,
+    },
     /// List pending jobs: message id, destination, state, attempt, next attempt, recipients.
     Ls {
         /// Only jobs for this destination (a domain, or "local").
@@ -91,6 +97,25 @@ enum QueueCommand {
         #[arg(long)]
         bounce: bool,
     },
+}
+
+/// The destination `hold` and `release` act on: `--domain D`, the form
+/// every queue command uses; the bare `hold D` of earlier releases still works.
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+struct DestinationSelect {
+    /// The destination (a domain, or "local").
+    #[arg(long = "domain", value_name = "DESTINATION")]
+    destination: Option<String>,
+    /// The destination, as earlier releases took it (same as --domain).
+    #[arg(value_name = "DESTINATION", hide = true)]
+    legacy: Option<String>,
+}
+
+impl DestinationSelect {
+    fn destination(self) -> String {
+        self.destination.or(self.legacy).unwrap_or_default()
+    }
 }
 
 /// Which jobs `retry` and `delete` act on: one message, or one destination.
@@ -460,7 +485,8 @@ async fn queue_admin(cfg: &TernConfig, command: QueueCommand) -> anyhow::Result<
                 }
             }
         }
-        QueueCommand::Hold { destination } => {
+        QueueCommand::Hold { select } => {
+            let destination = select.destination();
             let req = tern_proto::DestinationRequest {
                 destination: destination.clone(),
             };
@@ -471,7 +497,8 @@ async fn queue_admin(cfg: &TernConfig, command: QueueCommand) -> anyhow::Result<
                 .with_context(ctx)?;
             println!("{destination} on hold");
         }
-        QueueCommand::Release { destination } => {
+        QueueCommand::Release { select } => {
+            let destination = select.destination();
             let req = tern_proto::DestinationRequest {
                 destination: destination.clone(),
             };

@@ -740,3 +740,64 @@ async fn a_nats_restart_mid_batch_loses_nothing() {
     .await;
     stack.stop().await;
 }
+
+/// `tern queue ARGS` against the stack's queue; its exit status and stdout.
+async fn cli(stack: &Stack, args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .arg("queue")
+        .args(args)
+        .env(
+            "TERN_QUEUE_URL",
+            format!("http://{}", stack.addr("queue grpc")),
+        )
+        .output()
+        .await
+        .expect("run tern");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+async fn on_hold(admin: &mut Admin, destination: &str) -> bool {
+    let s = admin
+        .stats(tern_proto::StatsRequest {})
+        .await
+        .expect("stats");
+    s.into_inner()
+        .destinations
+        .iter()
+        .any(|d| d.destination == destination && d.on_hold)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_queue_command_takes_the_destination_as_domain() {
+    let stack = Stack::start(&[]).await;
+    let mut admin = admin_client(stack.addr("queue grpc")).await;
+    let (ok, out) = cli(&stack, &["hold", "--domain", "cli.test"]).await;
+    assert!(ok, "hold --domain: {out}");
+    assert_eq!(out.trim(), "cli.test on hold");
+    tern_testkit::wait_for("hold visible", Duration::from_secs(10), || {
+        let mut admin = admin.clone();
+        async move { on_hold(&mut admin, "cli.test").await.then_some(()) }
+    })
+    .await;
+    let (ok, out) = cli(&stack, &["release", "--domain", "cli.test"]).await;
+    assert!(ok, "release --domain: {out}");
+    assert!(out.starts_with("cli.test released;"), "{out}");
+    // The form of earlier releases still works.
+    let (ok, out) = cli(&stack, &["hold", "old.test"]).await;
+    assert!(ok && out.trim() == "old.test on hold", "{out}");
+    let (ok, _) = cli(&stack, &["release", "old.test"]).await;
+    assert!(ok);
+    // One destination, not two.
+    let (ok, _) = cli(&stack, &["hold", "a.test", "--domain", "b.test"]).await;
+    assert!(
+        !ok,
+        "a positional destination and --domain together are refused"
+    );
+    let (ok, _) = cli(&stack, &["retry", "--domain", "cli.test"]).await;
+    assert!(ok, "retry --domain of a destination without jobs");
+    assert!(!on_hold(&mut admin, "b.test").await);
+    stack.stop().await;
+}

@@ -18,18 +18,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
-use futures::StreamExt;
+use async_nats::jetstream;
 use prost::Message as _;
 use tern_proto::resolver_client::ResolverClient;
 use tern_proto::{Job, JobResult, Outcome};
 use tern_runtime::config::{CommonConfig, ConfigError, Key, Source, endpoints};
 use tern_runtime::holds::Holds;
-use tern_runtime::{Shutdown, admin, body, bus, grpc, telemetry};
+use tern_runtime::worker::{self, Disposition};
+use tern_runtime::{Shutdown, admin, body, bus, grpc, service, telemetry};
 use tern_smtp::client::Timeouts;
-use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use attempt::{MAX_ADDRESSES, MAX_SESSIONS};
@@ -166,11 +163,6 @@ pub const DELIVERY_ACK_WAIT: Key<Duration> = Key::new(
 /// ack before redelivering a job; attempts that take longer keep it alive
 /// with progress acks every third of it.
 pub const ACK_WAIT: Duration = Duration::from_secs(60);
-/// How long one pull request waits for jobs before asking again.
-const FETCH_EXPIRES: Duration = Duration::from_secs(1);
-/// How long the puller waits to fill a bigger pull while jobs are still
-/// queued locally (so workers do not idle meanwhile).
-const BATCH_GATHER: Duration = Duration::from_millis(10);
 
 /// Delivery configuration.
 #[derive(Debug, Clone)]
@@ -280,27 +272,23 @@ fn timeouts(src: &Source) -> Result<Timeouts, ConfigError> {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A listener could not be bound.
-    #[error("bind {what} on {addr}: {source}")]
-    Bind {
-        /// Which listener.
-        what: &'static str,
-        /// The address.
-        addr: SocketAddr,
-        /// Cause.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] service::BindError),
+    /// The gRPC or admin server failed.
+    #[error(transparent)]
+    Serve(#[from] service::ServeError),
     /// Configuration problem found at start.
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// NATS setup failed.
     #[error(transparent)]
     Bus(#[from] bus::BusError),
-    /// The gRPC server failed or the resolver URL is malformed.
+    /// The resolver URL is malformed.
     #[error(transparent)]
     Grpc(#[from] grpc::GrpcError),
-    /// The admin HTTP server failed.
-    #[error("admin HTTP server: {0}")]
-    Admin(std::io::Error),
+    /// The body store could not be opened.
+    #[error(transparent)]
+    Body(#[from] body::BodyError),
     /// The TLS client configuration could not be built.
     #[error("TLS client configuration: {0}")]
     Tls(#[from] rustls::Error),
@@ -309,20 +297,18 @@ pub enum Error {
 /// Delivery with its listeners bound.
 pub struct Bound {
     config: Config,
-    grpc: TcpListener,
-    admin: TcpListener,
+    listeners: service::Listeners,
 }
 
 /// Bind delivery's listeners.
 pub async fn bind(config: Config) -> Result<Bound, Error> {
-    let bind = |what, addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Bind { what, addr, source })
-    };
     Ok(Bound {
-        grpc: bind("delivery gRPC", config.grpc_listen).await?,
-        admin: bind("delivery admin", config.admin_listen).await?,
+        listeners: service::Listeners::bind(
+            ["delivery grpc", "delivery admin"],
+            config.grpc_listen,
+            config.admin_listen,
+        )
+        .await?,
         config,
     })
 }
@@ -335,51 +321,18 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
 impl Bound {
     /// Addresses this service listens on.
     pub fn addrs(&self) -> Vec<(&'static str, SocketAddr)> {
-        [
-            ("delivery grpc", &self.grpc),
-            ("delivery admin", &self.admin),
-        ]
-        .into_iter()
-        .filter_map(|(n, l)| l.local_addr().ok().map(|a| (n, a)))
-        .collect()
+        self.listeners.addrs()
     }
 
     /// Work until shutdown: stop pulling jobs, let in-flight attempts finish
     /// within the shutdown grace, then stop serving health and admin.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), Error> {
-        let Bound {
-            config,
-            grpc,
-            admin,
-        } = self;
-        let ready = admin::Readiness::default();
-        let stop = Shutdown::new();
-        let admin_task = tokio::spawn(admin::serve(
-            admin,
-            ready.clone(),
-            shutdown.clone(),
-            stop.clone(),
-        ));
-        let (_reporter, health) = grpc::health();
-        let grpc_task = tokio::spawn(grpc::serve(
-            grpc,
-            tonic::service::Routes::new(health),
-            stop.clone(),
-        ));
-
-        let worked = work(config, &shutdown, &ready).await;
-
-        stop.trigger();
-        let admin_result = admin_task.await;
-        let grpc_result = grpc_task.await;
+        let mut running = self.listeners.start(&shutdown);
+        let _reporter = running.serve_health();
+        let worked = work(self.config, &shutdown, &running.ready).await;
+        let served = running.finish().await;
         worked?;
-        if let Ok(r) = grpc_result {
-            r?;
-        }
-        if let Ok(Err(e)) = admin_result {
-            return Err(Error::Admin(e));
-        }
-        Ok(())
+        Ok(served?)
     }
 }
 
@@ -403,14 +356,22 @@ async fn work(config: Config, shutdown: &Shutdown, ready: &admin::Readiness) -> 
         }
         return Err(e.into());
     }
-    let consumer = bus::pull_consumer(
+    // The stream leader may not be elected yet right after start-up:
+    // wait for it rather than exit.
+    let consumer = match bus::pull_consumer_until_ready(
         &js,
         bus::JOBS_STREAM,
         bus::consumers::DELIVERY,
         bus::REMOTE_JOBS_FILTER,
         config.ack_wait,
+        shutdown,
     )
-    .await?;
+    .await
+    {
+        Ok(c) => c,
+        Err(_) if shutdown.is_triggered() => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
     let holds = Holds::watch(&js, shutdown.clone()).await?;
     let needs_limiter = config.destination_concurrency > 0
         || config
@@ -445,14 +406,7 @@ async fn work(config: Config, shutdown: &Shutdown, ready: &admin::Readiness) -> 
     } else {
         None
     };
-    // A handle without the stream-info round trip, for the body of every job.
-    let spool = js
-        .get_stream_no_info(bus::SPOOL_STREAM)
-        .await
-        .map_err(|e| bus::BusError::Setup {
-            what: bus::SPOOL_STREAM.into(),
-            message: e.to_string(),
-        })?;
+    let bodies = body::BodyStore::open(&js).await?;
     let pool = pool::Pool::new(config.messages_per_connection, config.connection_idle);
     tokio::spawn(reap(pool.clone(), shutdown.clone()));
     ready.set(true);
@@ -462,23 +416,29 @@ async fn work(config: Config, shutdown: &Shutdown, ready: &admin::Readiness) -> 
         tls = %config.tls_policy,
         "delivery ready"
     );
-    let config_concurrency = config.concurrency;
+    let options = worker::Options::new(
+        config.concurrency,
+        config.ack_wait,
+        config.common.shutdown_grace,
+    );
     let ctx = Arc::new(Ctx {
         js,
         resolver,
         tls_config: tls::client_config()?,
         config,
         holds,
-        abandon: Shutdown::new(),
         closing: shutdown.clone(),
         pool,
         limiter,
         rates,
         routes: attempt::Routes::default(),
-        spool,
-        workers: Arc::new(Semaphore::new(config_concurrency)),
+        bodies,
     });
-    consume(consumer, ctx.clone(), shutdown).await;
+    let handler_ctx = ctx.clone();
+    worker::worker(consumer, options, shutdown, move |msg| {
+        handle(handler_ctx.clone(), msg)
+    })
+    .await;
     // Acks are plain publishes: make sure the last ones reach the server
     // before the connection goes away.
     // Bounded: with NATS gone, flush would wait for a reconnection forever.
@@ -510,8 +470,6 @@ struct Ctx {
     config: Config,
     /// Destinations on hold: their jobs are set aside, not attempted.
     holds: Holds,
-    /// Triggered when the drain deadline passes: in-flight attempts give up.
-    abandon: Shutdown,
     /// The service shutdown: sessions are closed instead of pooled.
     closing: Shutdown,
     /// rustls client configuration for STARTTLS.
@@ -524,143 +482,39 @@ struct Ctx {
     rates: Option<rate::RateLimiter>,
     /// Resolver answers reused for a few seconds.
     routes: attempt::Routes,
-    /// The spool stream, where most bodies are.
-    spool: jetstream::stream::Stream<()>,
-    /// One permit per running attempt (`concurrency`).
-    workers: Arc<Semaphore>,
-}
-
-/// Pull jobs, run each in its own task (at most `concurrency` attempts at
-/// once), and on shutdown stop pulling and drain.
-///
-/// The process holds up to twice `concurrency` jobs: the ones beyond the
-/// running attempts wait locally for a worker. That lets pulls be batched
-/// (one pull request for half the concurrency or more, rather than one per
-/// job as workers free up one by one) without workers idling while a pull
-/// is under way.
-async fn consume(consumer: PullConsumer, ctx: Arc<Ctx>, shutdown: &Shutdown) {
-    let taken = Arc::new(Semaphore::new(ctx.config.concurrency * 2));
-    let min_batch = (ctx.config.concurrency / 2).max(1);
-    let tracker = TaskTracker::new();
-    loop {
-        let first = tokio::select! {
-            p = taken.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = shutdown.wait() => break,
-        };
-        let mut held = vec![first];
-        while let Ok(p) = taken.clone().try_acquire_owned() {
-            held.push(p);
-        }
-        if held.len() < min_batch {
-            // Fewer free than `min_batch` means at least that many jobs are
-            // still queued here: waiting a moment for more costs no work.
-            let gather = tokio::time::sleep(BATCH_GATHER);
-            tokio::pin!(gather);
-            while held.len() < min_batch {
-                tokio::select! {
-                    p = taken.clone().acquire_owned() => match p {
-                        Ok(p) => held.push(p),
-                        Err(_) => break,
-                    },
-                    _ = &mut gather => break,
-                    _ = shutdown.wait() => break,
-                }
-            }
-        }
-        let batch = consumer
-            .batch()
-            .max_messages(held.len())
-            .expires(FETCH_EXPIRES)
-            .messages()
-            .await;
-        let mut batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "pulling jobs failed; retrying");
-                drop(held);
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                    _ = shutdown.wait() => break,
-                }
-            }
-        };
-        while let Some(msg) = batch.next().await {
-            let msg = match msg {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::debug!(error = %e, "pull request ended");
-                    continue;
-                }
-            };
-            match held.pop() {
-                Some(permit) if !shutdown.is_triggered() => {
-                    tracker.spawn(handle(ctx.clone(), msg, permit));
-                }
-                _ => {
-                    // Shutting down: hand the job straight back for another worker.
-                    let _ = msg.ack_with(AckKind::Nak(None)).await;
-                }
-            }
-        }
-    }
-    let grace = ctx.config.common.shutdown_grace;
-    tracing::info!(in_flight = tracker.len(), ?grace, "delivery draining");
-    if !tern_runtime::shutdown::drain(&tracker, grace).await {
-        ctx.abandon.trigger();
-        let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
-    }
+    /// Where the bodies are.
+    bodies: body::BodyStore,
 }
 
 /// The job's destination is on hold: move it to the held subject (where the
 /// queue's release finds it) without an attempt, then ack.
-async fn set_aside(ctx: &Ctx, job: &Job, msg: jetstream::Message) {
+async fn set_aside(ctx: &Ctx, job: &Job, msg: &jetstream::Message) -> Disposition {
     // The ready message's sequence makes the id unique per hold: a job held,
     // released and held again within the de-duplication window must not be
     // dropped as a duplicate (and then lost when this message is acked).
     let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
     let id = format!("{}/{}/held/{seq}", job.job_id, job.attempt);
-    let moved = match bus::publish(
-        &ctx.js,
-        bus::held_subject(&job.destination),
-        msg.payload.clone(),
-        &id,
-    )
-    .await
-    {
-        Ok(ack) => ack.await.is_ok(),
-        Err(_) => false,
-    };
+    let moved = bus::Publish::new(bus::held_subject(&job.destination), msg.payload.clone(), id)
+        .durable(&ctx.js)
+        .await
+        .is_ok();
     if moved {
         tracing::info!("destination on hold; job set aside");
-        let _ = msg.ack().await;
+        Disposition::Ack
     } else {
         // Could not move it: leave it for redelivery rather than lose it.
-        let _ = msg
-            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-            .await;
+        Disposition::Nak(Some(Duration::from_secs(1)))
     }
 }
 
-/// One job: wait for a worker, attempt, publish the result, then ack.
-/// Progress acks keep the job ours while the attempt runs.
-async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, _taken: OwnedSemaphorePermit) {
-    let _worker = tokio::select! {
-        w = ctx.workers.clone().acquire_owned() => w,
-        _ = ctx.closing.wait() => {
-            // Shutting down before it started: straight back for another process.
-            let _ = msg.ack_with(AckKind::Nak(None)).await;
-            return;
-        }
-    };
+/// One job: attempt, publish the result, then ack (the worker loop keeps
+/// the job ours with progress acks while the attempt runs).
+async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message) -> Disposition {
     let job = match Job::decode(msg.payload.clone()) {
         Ok(j) => j,
         Err(e) => {
             tracing::error!(error = %e, "undecodable job; terminating it");
-            let _ = msg.ack_with(AckKind::Term).await;
-            return;
+            return Disposition::Term;
         }
     };
     let span = tracing::info_span!(
@@ -677,69 +531,46 @@ async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, _taken: OwnedSemaphorePe
     );
     telemetry::link_nats_parent(&span, msg.headers.as_ref());
     if ctx.holds.is_held(&job.destination) {
-        set_aside(&ctx, &job, msg).instrument(span).await;
-        return;
+        return set_aside(&ctx, &job, &msg).instrument(span).await;
     }
-    let work = async {
-        let results = match run_attempt(&ctx, &job).await {
-            attempt::Attempted::Results(r) => r,
-            attempt::Attempted::Later(delay) => {
-                // The destination's message rate is used up: back to the
-                // stream until a window with room, not an attempt.
-                tracing::debug!(?delay, "message rate used up; job comes back later");
-                metrics::counter!("tern_delivery_rate_deferrals_total").increment(1);
-                let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
-                return;
-            }
-        };
-        let counts = count(&results);
-        tracing::Span::current()
-            .record("delivered", counts[0])
-            .record("deferred", counts[1])
-            .record("bounced", counts[2]);
-        for r in &results {
-            tracing::info!(rcpt = %r.address, outcome = outcome_label(r.outcome), code = r.code, enhanced = %r.enhanced, reply = %r.reply, "recipient result");
-        }
-        let result = JobResult {
-            job_id: job.job_id.clone(),
-            message_id: job.message_id.clone(),
-            destination: job.destination.clone(),
-            attempt: job.attempt,
-            results,
-        };
-        if publish_result(&ctx, &result).await {
-            for r in &result.results {
-                metrics::counter!("tern_delivery_attempts_total", "outcome" => outcome_label(r.outcome)).increment(1);
-            }
-            // A plain ack, not a double ack: waiting for the server to
-            // confirm costs a round trip per job, and an ack lost with the
-            // NATS connection means the job is attempted again after the ack
-            // wait, which at-least-once allows.
-            if let Err(e) = msg.ack().await {
-                tracing::warn!(error = %e, "ack of a finished job failed; it may be attempted again");
-            }
-        } else {
-            // No durable result: leave the job for another attempt.
-            let _ = msg
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                .await;
+    attempt_and_report(&ctx, &job).instrument(span).await
+}
+
+/// Attempt `job` and publish its result; the disposition of its message.
+async fn attempt_and_report(ctx: &Ctx, job: &Job) -> Disposition {
+    let results = match run_attempt(ctx, job).await {
+        attempt::Attempted::Results(r) => r,
+        attempt::Attempted::Later(delay) => {
+            // The destination's message rate is used up: back to the
+            // stream until a window with room, not an attempt.
+            tracing::debug!(?delay, "message rate used up; job comes back later");
+            metrics::counter!("tern_delivery_rate_deferrals_total").increment(1);
+            return Disposition::Nak(Some(delay));
         }
     };
-    let keepalive = async {
-        let mut tick = tokio::time::interval(ctx.config.ack_wait / 3);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let _ = msg.ack_with(AckKind::Progress).await;
-        }
+    let counts = count(&results);
+    tracing::Span::current()
+        .record("delivered", counts[0])
+        .record("deferred", counts[1])
+        .record("bounced", counts[2]);
+    for r in &results {
+        tracing::info!(rcpt = %r.address, outcome = outcome_label(r.outcome), code = r.code, enhanced = %r.enhanced, reply = %r.reply, "recipient result");
+    }
+    let result = JobResult {
+        job_id: job.job_id.clone(),
+        message_id: job.message_id.clone(),
+        destination: job.destination.clone(),
+        attempt: job.attempt,
+        results,
     };
-    tokio::select! {
-        _ = work.instrument(span.clone()) => {}
-        _ = keepalive => {}
-        _ = ctx.abandon.wait() => {
-            tracing::warn!(parent: &span, "attempt abandoned at the end of the shutdown grace");
-            let _ = msg.ack_with(AckKind::Nak(None)).await;
+    if publish_result(ctx, &result).await {
+        for r in &result.results {
+            metrics::counter!("tern_delivery_attempts_total", "outcome" => outcome_label(r.outcome)).increment(1);
         }
+        Disposition::Ack
+    } else {
+        // No durable result: leave the job for another attempt.
+        Disposition::Nak(Some(Duration::from_secs(5)))
     }
 }
 
@@ -762,28 +593,7 @@ async fn run_attempt(ctx: &Ctx, job: &Job) -> attempt::Attempted {
         closing: &ctx.closing,
     };
     let body_ref = job.body.clone().unwrap_or_default();
-    attempt::attempt(env, job, || load_body(ctx, body_ref)).await
-}
-
-/// The job's body: from the spool stream by sequence with one direct get on
-/// a handle kept for the process (`body::load` would first fetch the
-/// stream's info, a second round trip per message), else `body::load`.
-async fn load_body(ctx: &Ctx, r: tern_proto::BodyRef) -> Result<bytes::Bytes, body::BodyError> {
-    use tern_proto::body_ref::Location;
-    let Some(Location::SpoolSeq(seq)) = r.location else {
-        return body::load(&ctx.js, &r).await;
-    };
-    let msg = ctx
-        .spool
-        .direct_get(seq)
-        .await
-        .map_err(|e| body::BodyError::Spool(seq, e.to_string()))?;
-    let env = tern_proto::Envelope::decode(msg.payload)
-        .map_err(|e| body::BodyError::Spool(seq, e.to_string()))?;
-    match env.body.and_then(|b| b.location) {
-        Some(Location::Inline(b)) => Ok(b),
-        _ => Err(body::BodyError::Invalid),
-    }
+    attempt::attempt(env, job, || async move { ctx.bodies.load(&body_ref).await }).await
 }
 
 /// Publish the result with trace headers and wait for JetStream to store it,
@@ -794,12 +604,11 @@ async fn publish_result(ctx: &Ctx, result: &JobResult) -> bool {
     let payload: bytes::Bytes = result.encode_to_vec().into();
     let mut delay = Duration::from_millis(200);
     for n in 1..=5 {
-        let stored = match bus::publish(&ctx.js, subject.clone(), payload.clone(), &id).await {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
+        let stored = bus::Publish::new(subject.clone(), payload.clone(), id.clone())
+            .durable(&ctx.js)
+            .await;
         match stored {
-            Ok(()) => return true,
+            Ok(_) => return true,
             Err(e) => {
                 tracing::warn!(error = %e, try_no = n, "publishing the result failed");
                 tokio::time::sleep(delay).await;

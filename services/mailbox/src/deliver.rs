@@ -4,15 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind};
-use futures::StreamExt;
+use async_nats::jetstream;
 use prost::Message as _;
 use tern_proto::{Job, JobResult, Outcome, RecipientResult};
 use tern_runtime::admin::Readiness;
-use tern_runtime::body::{self, BodyError};
+use tern_runtime::body::{BodyError, BodyStore};
+use tern_runtime::worker::{self, Disposition};
 use tern_runtime::{Shutdown, bus, telemetry};
-use tokio::sync::Semaphore;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::accounts::normalize_address;
@@ -37,83 +35,48 @@ pub struct Deliverer {
     pub recipient_delimiter: String,
 }
 
-/// Pull and process local jobs until shutdown. Marks `ready` once the
-/// streams and the consumer exist.
-pub async fn run(d: Arc<Deliverer>, ready: Readiness, shutdown: Shutdown, tracker: TaskTracker) {
-    let limit = Arc::new(Semaphore::new(CONCURRENCY));
-    let mut delay = Duration::from_millis(200);
-    'outer: while !shutdown.is_triggered() {
-        if bus::ensure_streams_until_ready(&d.js, d.nats_replicas, &shutdown)
-            .await
-            .is_err()
-        {
-            break;
-        }
-        let consumer = match bus::pull_consumer(
-            &d.js,
-            bus::JOBS_STREAM,
-            bus::consumers::MAILBOX,
-            bus::LOCAL_JOBS_SUBJECT,
-            ACK_WAIT,
-        )
+/// Pull and process local jobs until shutdown, then drain them within
+/// `grace`. Marks `ready` once the streams and the consumer exist.
+pub async fn run(d: Arc<Deliverer>, ready: Readiness, shutdown: Shutdown, grace: Duration) {
+    if bus::ensure_streams_until_ready(&d.js, d.nats_replicas, &shutdown)
         .await
-        {
-            Ok(c) => c,
+        .is_err()
+    {
+        return;
+    }
+    let Ok(consumer) = bus::pull_consumer_until_ready(
+        &d.js,
+        bus::JOBS_STREAM,
+        bus::consumers::MAILBOX,
+        bus::LOCAL_JOBS_SUBJECT,
+        ACK_WAIT,
+        &shutdown,
+    )
+    .await
+    else {
+        return;
+    };
+    let bodies = loop {
+        match BodyStore::open(&d.js).await {
+            Ok(b) => break b,
             Err(e) => {
-                tracing::warn!(error = %e, "mailbox consumer not ready; retrying");
+                tracing::warn!(error = %e, "body store not ready; retrying");
                 tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.wait() => break,
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        let mut messages = match consumer
-            .stream()
-            .max_messages_per_batch(CONCURRENCY)
-            .messages()
-            .await
-        {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "pull local jobs; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.wait() => break,
-                }
-                continue;
-            }
-        };
-        ready.set(true);
-        delay = Duration::from_millis(200);
-        tracing::info!("consuming local jobs");
-        loop {
-            let next = tokio::select! {
-                _ = shutdown.wait() => break 'outer,
-                m = messages.next() => m,
-            };
-            match next {
-                Some(Ok(msg)) => {
-                    let Ok(permit) = limit.clone().acquire_owned().await else {
-                        break 'outer;
-                    };
-                    let d = d.clone();
-                    tracker.spawn(async move {
-                        handle(&d, msg).await;
-                        drop(permit);
-                    });
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "reading local jobs");
-                }
-                None => {
-                    tracing::warn!("local job stream ended; re-subscribing");
-                    continue 'outer;
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.wait() => return,
                 }
             }
         }
-    }
+    };
+    ready.set(true);
+    tracing::info!("consuming local jobs");
+    let options = worker::Options::new(CONCURRENCY, ACK_WAIT, grace);
+    worker::worker(consumer, options, &shutdown, move |msg| {
+        let d = d.clone();
+        let bodies = bodies.clone();
+        async move { handle(&d, &bodies, msg).await }
+    })
+    .await;
 }
 
 fn outcome_label(o: Outcome) -> &'static str {
@@ -157,7 +120,7 @@ pub fn prefix(mail_from: &str, rcpt: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn handle(d: &Deliverer, msg: jetstream::Message) {
+async fn handle(d: &Deliverer, bodies: &BodyStore, msg: jetstream::Message) -> Disposition {
     let span = tracing::info_span!(
         "mailbox.deliver",
         job_id = tracing::field::Empty,
@@ -171,8 +134,7 @@ async fn handle(d: &Deliverer, msg: jetstream::Message) {
             Ok(j) => j,
             Err(e) => {
                 tracing::error!(error = %e, "undecodable local job; dropping it");
-                let _ = msg.ack_with(AckKind::Term).await;
-                return;
+                return Disposition::Term;
             }
         };
         let span = tracing::Span::current();
@@ -181,7 +143,7 @@ async fn handle(d: &Deliverer, msg: jetstream::Message) {
         span.record("attempt", job.attempt);
         span.record("rcpts", job.rcpts.len());
 
-        let results = deliver_job(d, &job).await;
+        let results = deliver_job(d, bodies, &job).await;
         let jr = JobResult {
             job_id: job.job_id.clone(),
             message_id: job.message_id.clone(),
@@ -189,15 +151,12 @@ async fn handle(d: &Deliverer, msg: jetstream::Message) {
             attempt: job.attempt,
             results,
         };
+        // An ack lost after this means a redelivery; delivery is idempotent.
         match publish_result(&d.js, &jr).await {
-            Ok(()) => {
-                if let Err(e) = msg.ack().await {
-                    tracing::warn!(error = %e, "ack local job (it will be redelivered; delivery is idempotent)");
-                }
-            }
+            Ok(()) => Disposition::Ack,
             Err(e) => {
                 tracing::warn!(error = %e, "publish job result; job will be retried");
-                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
+                Disposition::Nak(Some(Duration::from_secs(5)))
             }
         }
     }
@@ -205,9 +164,9 @@ async fn handle(d: &Deliverer, msg: jetstream::Message) {
     .await
 }
 
-async fn deliver_job(d: &Deliverer, job: &Job) -> Vec<RecipientResult> {
+async fn deliver_job(d: &Deliverer, bodies: &BodyStore, job: &Job) -> Vec<RecipientResult> {
     let body_ref = job.body.clone().unwrap_or_default();
-    let body = body::load(&d.js, &body_ref).await;
+    let body = bodies.load(&body_ref).await;
     let received = if job.received_at_unix_ms > 0 {
         job.received_at_unix_ms
     } else {
@@ -347,29 +306,14 @@ async fn deliver_one(
     }
 }
 
-/// Errors publishing a result.
-#[derive(Debug, thiserror::Error)]
-enum PublishError {
-    /// The publish was not sent.
-    #[error("publish: {0}")]
-    Publish(#[from] async_nats::jetstream::context::PublishError),
-}
-
-async fn publish_result(js: &jetstream::Context, jr: &JobResult) -> Result<(), PublishError> {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(
-        async_nats::header::NATS_MESSAGE_ID,
-        format!("{}/{}", jr.job_id, jr.attempt).as_str(),
-    );
-    telemetry::inject_nats(&mut headers);
-    let ack = js
-        .publish_with_headers(
-            bus::results_subject(LOCAL),
-            headers,
-            jr.encode_to_vec().into(),
-        )
+async fn publish_result(
+    js: &jetstream::Context,
+    jr: &JobResult,
+) -> Result<(), async_nats::jetstream::context::PublishError> {
+    let id = format!("{}/{}", jr.job_id, jr.attempt);
+    bus::Publish::new(bus::results_subject(LOCAL), jr.encode_to_vec().into(), id)
+        .durable(js)
         .await?;
-    ack.await?;
     Ok(())
 }
 

@@ -580,7 +580,7 @@ async fn serve(
         deliverer,
         ready,
         shutdown.clone(),
-        tracker.clone(),
+        config.common.shutdown_grace,
     ));
 
     shutdown.wait().await;
@@ -591,10 +591,12 @@ async fn serve(
     for t in accept_tasks {
         let _ = t.await;
     }
-    let _ = deliver_task.await;
     let _ = notify_task.await;
     let grace = config.common.shutdown_grace;
+    // Sessions and deliveries drain side by side (the deliveries in the
+    // worker loop of `deliver::run`), each within the grace.
     shutdown::drain(&tracker, grace).await;
+    let _ = deliver_task.await;
     // The ended POP3 sessions' locks, released in the bucket.
     ctx.pop3_locks.close(2 * cluster::KV_TIMEOUT).await;
     let _ = cluster_task.await;

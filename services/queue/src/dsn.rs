@@ -44,7 +44,7 @@ pub fn wanted(rcpt: &Recipient, kind: Kind) -> bool {
 }
 
 /// One recipient line of a report.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Line {
     /// The recipient as the sender gave it.
     pub rcpt: Recipient,

@@ -1,7 +1,10 @@
 //! Lifecycle events on `tern.events.<kind>`: the log a bulk sender feeds into
 //! analytics and suppression lists (schema: docs/EVENTS.md).
 
-use async_nats::jetstream::{self, context::PublishAckFuture};
+use async_nats::jetstream::{
+    self,
+    context::{PublishAckFuture, PublishError},
+};
 use prost::Message as _;
 use tern_proto::{Event, Job, RecipientResult};
 use tern_runtime::{bus, now_unix_ms};
@@ -46,18 +49,17 @@ pub fn event(kind: &str, job: &Job, address: &str, result: Option<&RecipientResu
 
 /// Publish an event; the caller awaits the returned ack before acking its
 /// own input, so no state change goes unlogged.
-pub async fn publish(js: &jetstream::Context, e: &Event) -> Result<PublishAckFuture, String> {
+pub async fn publish(js: &jetstream::Context, e: &Event) -> Result<PublishAckFuture, PublishError> {
     // The id makes a re-published event (after a crash) a duplicate, not a second event.
     let id = format!(
         "{}/{}/{}/{}/{}",
         e.kind, e.message_id, e.destination, e.recipient, e.attempt
     );
-    bus::publish(
-        js,
+    bus::Publish::new(
         format!("tern.events.{}", e.kind),
         e.encode_to_vec().into(),
-        &id,
+        id,
     )
+    .send(js)
     .await
-    .map_err(|err| err.to_string())
 }

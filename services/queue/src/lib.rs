@@ -25,12 +25,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
-use futures::StreamExt;
 use tern_proto::queue_admin_server::QueueAdminServer;
 use tern_runtime::config::{CommonConfig, ConfigError, Key, Source, endpoints};
 use tern_runtime::holds::Holds;
-use tern_runtime::{Shutdown, admin as admin_http, bus, grpc};
-use tokio::net::TcpListener;
+use tern_runtime::worker::{self, Disposition};
+use tern_runtime::{Shutdown, body, bus, grpc, service};
 
 pub use dsn::Kind as DsnKind;
 pub use retry::RetrySchedule;
@@ -93,15 +92,14 @@ impl Config {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A listener could not be bound.
-    #[error("bind {what} on {addr}: {source}")]
-    Bind {
-        /// Which listener.
-        what: &'static str,
-        /// The address.
-        addr: SocketAddr,
-        /// Cause.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] service::BindError),
+    /// The gRPC or admin server failed.
+    #[error(transparent)]
+    Serve(#[from] service::ServeError),
+    /// The body store could not be opened.
+    #[error(transparent)]
+    Body(#[from] body::BodyError),
     /// Configuration problem found at start.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -111,28 +109,23 @@ pub enum Error {
     /// The queue state bucket could not be opened.
     #[error(transparent)]
     State(#[from] state::StateError),
-    /// The gRPC server failed.
-    #[error(transparent)]
-    Grpc(#[from] grpc::GrpcError),
 }
 
 /// The queue with its listeners bound.
 pub struct Bound {
     config: Config,
-    grpc: TcpListener,
-    admin: TcpListener,
+    listeners: service::Listeners,
 }
 
 /// Bind the queue's listeners.
 pub async fn bind(config: Config) -> Result<Bound, Error> {
-    let bind = |what, addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Bind { what, addr, source })
-    };
     Ok(Bound {
-        grpc: bind("queue grpc", config.grpc_listen).await?,
-        admin: bind("queue admin", config.admin_listen).await?,
+        listeners: service::Listeners::bind(
+            ["queue grpc", "queue admin"],
+            config.grpc_listen,
+            config.admin_listen,
+        )
+        .await?,
         config,
     })
 }
@@ -148,33 +141,20 @@ pub(crate) struct Ctx {
     pub config: Config,
     pub state: state::State,
     pub holds: Holds,
+    pub bodies: body::BodyStore,
 }
 
 impl Bound {
     /// Addresses this service listens on.
     pub fn addrs(&self) -> Vec<(&'static str, SocketAddr)> {
-        [("queue grpc", &self.grpc), ("queue admin", &self.admin)]
-            .into_iter()
-            .filter_map(|(n, l)| l.local_addr().ok().map(|a| (n, a)))
-            .collect()
+        self.listeners.addrs()
     }
 
     /// Run until shutdown, then finish the messages in hand within the grace period.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), Error> {
-        let Bound {
-            config,
-            grpc,
-            admin,
-        } = self;
-        let ready = admin_http::Readiness::default();
-        let stop = Shutdown::new();
-        let admin_task = tokio::spawn(admin_http::serve(
-            admin,
-            ready.clone(),
-            shutdown.clone(),
-            stop.clone(),
-        ));
-
+        let Bound { config, listeners } = self;
+        let mut running = listeners.start(&shutdown);
+        let stop = running.stopping();
         let (reporter, health) = grpc::health();
         // Start-up waits for NATS and JetStream; a shutdown during that wait
         // is a clean exit, not an error.
@@ -190,16 +170,16 @@ impl Bound {
             let ctx = Arc::new(Ctx {
                 state: state::State::open(&js, client).await?,
                 holds: Holds::watch(&js, stop.clone()).await?,
+                bodies: body::BodyStore::open(&js).await?,
                 js: js.clone(),
                 config,
             });
-            let ack_wait = Duration::from_secs(30);
             let spool = bus::pull_consumer_until_ready(
                 &js,
                 bus::SPOOL_STREAM,
                 bus::consumers::QUEUE_SPOOL,
                 bus::SPOOL_SUBJECT,
-                ack_wait,
+                ACK_WAIT,
                 &shutdown,
             )
             .await?;
@@ -208,7 +188,7 @@ impl Bound {
                 bus::RESULTS_STREAM,
                 bus::consumers::QUEUE_RESULTS,
                 bus::RESULTS_FILTER,
-                ack_wait,
+                ACK_WAIT,
                 &shutdown,
             )
             .await?;
@@ -218,19 +198,21 @@ impl Bound {
             Ok(v) => v,
             Err(e) if shutdown.is_triggered() => {
                 tracing::info!(error = %e, "stopped before the queue was ready");
-                stop.trigger();
-                let _ = admin_task.await;
+                running.finish().await?;
                 return Ok(());
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                let _ = running.finish().await;
+                return Err(e);
+            }
         };
         let routes = tonic::service::Routes::new(health)
             .add_service(QueueAdminServer::new(admin::Admin(ctx.clone())));
-        let grpc_task = tokio::spawn(grpc::serve(grpc, routes, stop.clone()));
+        running.serve_grpc(routes);
         reporter
             .set_serving::<QueueAdminServer<admin::Admin>>()
             .await;
-        ready.set(true);
+        running.ready.set(true);
         tracing::info!("queue ready");
 
         tokio::spawn(admin::export_gauges(
@@ -245,22 +227,20 @@ impl Bound {
             ctx.clone(),
             Kind::Results,
         ));
-        shutdown.wait().await;
-        // The consume loops stop pulling at shutdown and finish the batch in hand.
-        let grace = ctx.config.common.shutdown_grace;
-        let _ = tokio::time::timeout(grace, async {
-            let _ = spool_loop.await;
-            let _ = results_loop.await;
-        })
-        .await;
-        stop.trigger();
-        let _ = admin_task.await;
-        if let Ok(r) = grpc_task.await {
-            r?;
-        }
+        // The loops stop pulling at shutdown and finish the messages in
+        // hand within the grace.
+        let _ = spool_loop.await;
+        let _ = results_loop.await;
+        running.finish().await?;
         Ok(())
     }
 }
+
+/// The consumers' ack wait: a message not settled by then is redelivered.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+/// Messages each consumer holds at most (pulled in batches, handled one
+/// after the other).
+const PREFETCH: usize = 64;
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -268,45 +248,40 @@ enum Kind {
     Results,
 }
 
-/// Pull messages one batch at a time until shutdown; each is acked only after
-/// its work is durable, and left for redelivery otherwise.
+/// Handle one consumer's messages one after the other until shutdown; each
+/// is acked only after its work is durable, redelivered after a failure
+/// that may pass, and dropped (terminated, counted) when it cannot be read.
 async fn consume(consumer: PullConsumer, shutdown: Shutdown, ctx: Arc<Ctx>, kind: Kind) {
-    while !shutdown.is_triggered() {
-        let batch = consumer
-            .fetch()
-            .max_messages(64)
-            .expires(Duration::from_secs(1))
-            .messages()
-            .await;
-        let mut batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "fetch failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                    _ = shutdown.wait() => return,
-                }
-            }
-        };
-        while let Some(msg) = batch.next().await {
-            let Ok(msg) = msg else { continue };
+    let options = worker::Options {
+        prefetch: PREFETCH,
+        ..worker::Options::new(1, ACK_WAIT, ctx.config.common.shutdown_grace)
+    };
+    worker::worker(consumer, options, &shutdown, move |msg| {
+        let ctx = ctx.clone();
+        async move {
             let outcome = match kind {
                 Kind::Spool => handle::spool(&ctx, &msg).await,
                 Kind::Results => handle::result(&ctx, &msg).await,
             };
             match outcome {
-                Ok(()) => {
-                    if let Err(e) = msg.ack().await {
-                        tracing::warn!(error = %e, "ack failed; the message will be redelivered");
-                    }
-                }
+                Ok(()) => Disposition::Ack,
                 Err(e) => {
-                    tracing::warn!(error = %e, "handling failed; will be redelivered");
-                    let _ = msg
-                        .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(5))))
-                        .await;
+                    let disposition = e.disposition();
+                    if disposition == Disposition::Term {
+                        let input = match kind {
+                            Kind::Spool => "spool",
+                            Kind::Results => "results",
+                        };
+                        tracing::error!(error = %e, input, "cannot be handled; dropping it");
+                        metrics::counter!("tern_queue_dropped_total", "input" => input)
+                            .increment(1);
+                    } else {
+                        tracing::warn!(error = %e, "handling failed; will be redelivered");
+                    }
+                    disposition
                 }
             }
         }
-    }
+    })
+    .await;
 }

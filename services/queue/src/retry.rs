@@ -19,11 +19,22 @@ impl RetrySchedule {
     /// The delay with ±10% jitter, so jobs deferred together (a destination
     /// that was down) do not all come back in the same second.
     pub fn delay(&self, attempt: u32) -> Duration {
-        let base = self.base_delay(attempt);
-        let jitter = rand::random_range(0.9..=1.1);
-        base.mul_f64(jitter)
+        self.delay_with(attempt, random_jitter())
+    }
+
+    /// The delay scaled by `jitter` (from [`random_jitter`]): the pure part
+    /// of [`RetrySchedule::delay`].
+    pub fn delay_with(&self, attempt: u32, jitter: f64) -> Duration {
+        self.base_delay(attempt).mul_f64(jitter)
     }
 }
+
+/// A jitter factor between 0.9 and 1.1 (±10%).
+pub fn random_jitter() -> f64 {
+    rand::random_range(0.9..=1.1)
+}
+
+impl RetrySchedule {}
 
 impl ConfigValue for RetrySchedule {
     const EXPECTED: &'static str =
