@@ -309,6 +309,43 @@ impl DnsRecord {
     }
 }
 
+/// Whether DNS publishes a key, for `tern dkim list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// A TXT record at the key's name carries this public key.
+    Yes,
+    /// TXT records exist there, but none carries this key.
+    Different,
+    /// No TXT record at the key's name.
+    Missing,
+    /// The lookup failed (temporary DNS error), with the reason.
+    Unknown(String),
+}
+
+impl fmt::Display for Published {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Published::Yes => f.write_str("published"),
+            Published::Different => f.write_str("MISMATCH: DNS has a different key"),
+            Published::Missing => f.write_str("NOT PUBLISHED"),
+            Published::Unknown(why) => write!(f, "unknown (DNS lookup failed: {why})"),
+        }
+    }
+}
+
+impl DnsRecord {
+    /// Compare with the TXT records found at the key's name.
+    pub fn published_in(&self, txt: &[String]) -> Published {
+        if txt.iter().any(|t| self.matches(t)) {
+            Published::Yes
+        } else if txt.is_empty() {
+            Published::Missing
+        } else {
+            Published::Different
+        }
+    }
+}
+
 /// Generate a key: RSA of `bits` (2048 to 8192; 2048 is the common choice) or
 /// Ed25519. Returns the PKCS#8 PEM text.
 pub fn generate(algorithm: Algorithm, bits: usize) -> Result<String, DkimError> {

@@ -12,9 +12,9 @@ mod key;
 mod sign;
 mod store;
 
-pub use key::{Algorithm, DnsRecord, KeyName, SigningKey, generate, write_key};
+pub use key::{Algorithm, DnsRecord, KeyName, Published, SigningKey, generate, write_key};
 pub use sign::{FromDomainError, SIGNED_HEADERS, from_domain};
-pub use store::{KeySet, KeyStore};
+pub use store::{KeySet, KeyStore, keygen};
 
 use std::path::PathBuf;
 

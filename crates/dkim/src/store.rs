@@ -196,6 +196,37 @@ impl KeyStore {
     }
 }
 
+/// `tern dkim keygen`: generate a key for `domain`/`selector`, write it
+/// into `dir` (mode 0600, never overwriting) and return its path and the DNS
+/// record to publish. A selector already used by the other algorithm is
+/// refused: one selector is one DNS record.
+pub fn keygen(
+    dir: &Path,
+    domain: &str,
+    selector: &str,
+    algorithm: Algorithm,
+    bits: usize,
+) -> Result<(PathBuf, crate::DnsRecord), DkimError> {
+    let name = KeyName::new(domain, selector, algorithm)?;
+    for other in [Algorithm::Rsa, Algorithm::Ed25519] {
+        let taken = dir.join(
+            KeyName {
+                algorithm: other,
+                ..name.clone()
+            }
+            .file_name(),
+        );
+        if taken.exists() {
+            return Err(DkimError::Exists(taken));
+        }
+    }
+    let pem = crate::key::generate(algorithm, bits)?;
+    // Parse before writing: what is written is known to load.
+    let key = SigningKey::from_pem(&dir.join(name.file_name()), name.clone(), pem.as_bytes(), None)?;
+    let path = crate::key::write_key(dir, &name, &pem)?;
+    Ok((path, key.dns_record()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +280,22 @@ mod tests {
         add(dir.path(), "example.com", "s", Algorithm::Ed25519);
         let err = KeySet::load(dir.path(), &[], None).unwrap_err();
         assert!(matches!(err, DkimError::SelectorClash { .. }), "{err}");
+    }
+
+    #[test]
+    fn keygen_refuses_a_taken_selector_and_writes_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (path, rec) = keygen(dir.path(), "Example.com", "s1", Algorithm::Ed25519, 0).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(rec.name, "s1._domainkey.example.com.");
+        let err = keygen(dir.path(), "example.com", "s1", Algorithm::Rsa, 2048).unwrap_err();
+        assert!(err.to_string().contains(path.to_str().unwrap()), "{err}");
+        let set = KeySet::load(dir.path(), &["example.com".into()], None).unwrap();
+        assert!(set.keys().next().unwrap().dns_record() == rec);
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub(crate) struct Ctx {
     proxy: [bool; 3],
     pub(crate) connections: Arc<Connections>,
     pub(crate) auth_failures: AuthFailures,
+    pub(crate) dkim: crate::dkim::Dkim,
 }
 
 impl Ctx {
@@ -57,6 +58,7 @@ impl Ctx {
         js: async_nats::jetstream::Context,
         accounts: AccountsClient,
         tls: Arc<rustls::ServerConfig>,
+        dkim: crate::dkim::Dkim,
     ) -> Self {
         let mut session = SessionConfig::new(config.common.hostname.clone());
         session.max_message_size = config.max_message_size;
@@ -88,6 +90,7 @@ impl Ctx {
                 config.auth_failure_delay,
                 config.auth_failure_window,
             ),
+            dkim,
         }
     }
 }

@@ -39,7 +39,7 @@ fn temp_failure(text: &str) -> Reply {
 }
 
 impl Ctx {
-    fn trusted(&self, ip: IpAddr) -> bool {
+    pub(crate) fn trusted(&self, ip: IpAddr) -> bool {
         self.trusted.iter().any(|net| net.contains(ip))
     }
 
@@ -134,7 +134,11 @@ impl Ctx {
         let span = Span::current();
         span.record("message_id", id.as_str());
         span.record("rcpt_count", message.rcpts.len());
-        match self.spool(&id, &message, client, tls).await {
+        let dkim = match self.dkim_sign(&id, &message, client).await {
+            Ok(fields) => fields,
+            Err(reply) => return MessageOutcome::Failed(reply),
+        };
+        match self.spool(&id, &message, client, tls, dkim.as_deref()).await {
             Ok(()) => {
                 tracing::info!(
                     message_id = %id,
@@ -160,12 +164,15 @@ impl Ctx {
         message: &Message,
         client: IpAddr,
         tls: Option<&str>,
+        dkim: Option<&str>,
     ) -> Result<(), SpoolError> {
         let received_at = tern_runtime::now_unix_ms();
         let header =
             crate::received_header(message, client, &self.common.hostname, id, received_at, tls);
-        let mut full = BytesMut::with_capacity(header.len() + message.body.len());
+        let dkim = dkim.unwrap_or_default();
+        let mut full = BytesMut::with_capacity(header.len() + dkim.len() + message.body.len());
         full.extend_from_slice(header.as_bytes());
+        full.extend_from_slice(dkim.as_bytes());
         full.extend_from_slice(&message.body);
         let size = full.len();
         let body_ref =
