@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use tern_proto::accounts_client::AccountsClient;
 use tern_proto::queue_admin_client::QueueAdminClient;
+use tern_proto::resolver_client::ResolverClient;
 use tern_runtime::{Shutdown, config::Source, grpc, telemetry};
 
 use crate::config::TernConfig;
@@ -48,6 +49,11 @@ enum Command {
     Bounce {
         #[command(subcommand)]
         command: BounceCommand,
+    },
+    /// DKIM signing keys (in TERN_DKIM_KEYS_DIR).
+    Dkim {
+        #[command(subcommand)]
+        command: DkimCommand,
     },
     /// Configuration.
     Config {
@@ -185,6 +191,27 @@ enum BounceCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum DkimCommand {
+    /// Generate a signing key into the key directory and print the DNS record to publish.
+    Keygen {
+        /// The signing domain (d=), normally the From domain or its parent.
+        #[arg(long)]
+        domain: String,
+        /// The selector (s=); one per key, e.g. a date like s202612.
+        #[arg(long)]
+        selector: String,
+        /// rsa or ed25519 (RFC 8463).
+        #[arg(long, default_value = "rsa")]
+        algorithm: tern_dkim::Algorithm,
+        /// RSA key size.
+        #[arg(long, default_value_t = 2048)]
+        bits: usize,
+    },
+    /// List the keys and whether DNS publishes each one (asks the resolver service).
+    List,
+}
+
+#[derive(Subcommand, Debug)]
 enum ConfigCommand {
     /// Validate the configuration and print the effective values.
     Check,
@@ -209,6 +236,7 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
             command: BounceCommand::Classify { rules, reply },
         } => bounce_classify(&cfg, rules, reply),
         Command::User { command } => user(&cfg, command).await,
+        Command::Dkim { command } => dkim(&cfg, command).await,
         Command::Queue { command: Some(c) } => queue_admin(&cfg, c).await,
         Command::Up => {
             let _t = telemetry::init("tern", cfg.log_json, &cfg.log_filter)?;
@@ -573,6 +601,53 @@ async fn queue_admin(cfg: &TernConfig, command: QueueCommand) -> anyhow::Result<
                 .into_inner();
             let how = if bounce { ", senders notified" } else { "" };
             println!("{} jobs deleted{how}", r.jobs);
+        }
+    }
+    Ok(())
+}
+
+async fn dkim(cfg: &TernConfig, command: DkimCommand) -> anyhow::Result<()> {
+    let dir = &cfg.ingress.dkim.keys_dir;
+    match command {
+        DkimCommand::Keygen {
+            domain,
+            selector,
+            algorithm,
+            bits,
+        } => {
+            let (path, record) = tern_dkim::keygen(dir, &domain, &selector, algorithm, bits)?;
+            println!("wrote {}", path.display());
+            println!("publish in DNS:");
+            println!("{}", record.zone_line());
+        }
+        DkimCommand::List => {
+            let keys = tern_dkim::KeySet::load(dir, &[], None)?;
+            let mut client = ResolverClient::new(grpc::channel(&cfg.resolver_url)?);
+            let ctx = || format!("resolver at {} (is it running?)", cfg.resolver_url);
+            println!("{:<48} {:<8} dns", "key", "algorithm");
+            for key in keys.keys() {
+                let record = key.dns_record();
+                let r = client
+                    .lookup(tern_proto::LookupRequest {
+                        name: record.name.clone(),
+                        record_type: "TXT".into(),
+                    })
+                    .await
+                    .map_err(status_err)
+                    .with_context(ctx)?
+                    .into_inner();
+                use tern_proto::RouteStatus;
+                let dns = match RouteStatus::try_from(r.status) {
+                    Ok(RouteStatus::Ok) => record.published_in(&r.records),
+                    // NXDOMAIN: no record at all.
+                    Ok(RouteStatus::Permanent) => record.published_in(&[]),
+                    _ => tern_dkim::Published::Unknown(r.error),
+                };
+                println!("{:<48} {:<8} {dns}", record.name, key.name.algorithm);
+            }
+            if keys.is_empty() {
+                println!("(no keys in {})", dir.display());
+            }
         }
     }
     Ok(())

@@ -18,6 +18,8 @@ pub struct TernConfig {
     pub mailbox_url: String,
     /// Queue gRPC URL for the `tern queue` commands.
     pub queue_url: String,
+    /// Resolver gRPC URL for `tern dkim list`.
+    pub resolver_url: String,
     /// `log_format = json`.
     pub log_json: bool,
     /// `TERN_LOG`: the log filter.
@@ -52,6 +54,7 @@ impl TernConfig {
             bounce: tern_bounce::BounceConfig::from_source(src)?,
             mailbox_url: endpoints::url(src, &endpoints::MAILBOX_URL, &endpoints::MAILBOX_GRPC)?,
             queue_url: endpoints::url(src, &endpoints::QUEUE_URL, &endpoints::QUEUE_GRPC)?,
+            resolver_url: endpoints::url(src, &endpoints::RESOLVER_URL, &endpoints::RESOLVER_GRPC)?,
             log_json,
             log_filter: src.get(&keys::LOG)?,
             effective: Vec::new(),

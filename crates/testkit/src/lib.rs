@@ -8,8 +8,10 @@
 //! - [`DnsServer`]: an in-process authoritative DNS server (hickory-server)
 //!   serving zone text written in the test;
 //! - [`SmtpSink`]: an SMTP server that records every transaction it receives;
+//! - [`dkimpy_verify`]: PyPI's dkimpy as an independent DKIM verifier;
 //! - [`OtlpReceiver`]: an OTLP/gRPC trace receiver that keeps the spans it is sent.
 
+mod dkimpy;
 mod dns;
 mod jwt;
 mod nats;
@@ -17,6 +19,7 @@ mod otlp;
 mod pki;
 mod sink;
 
+pub use dkimpy::{DkimpyVerdict, dkimpy_verify, venv_python};
 pub use dns::DnsServer;
 pub use jwt::NatsJwtAuth;
 pub use nats::NatsServer;

@@ -51,6 +51,7 @@ pub(crate) struct Ctx {
     pub(crate) auth_failures: AuthFailures,
     /// SPF/DKIM/ARC/DMARC checks for the MX listener (`None`: switched off).
     pub(crate) inbound: Option<crate::authcheck::SharedChecker>,
+    pub(crate) dkim: crate::dkim::Dkim,
 }
 
 impl Ctx {
@@ -59,6 +60,7 @@ impl Ctx {
         js: async_nats::jetstream::Context,
         accounts: AccountsClient,
         tls: Arc<rustls::ServerConfig>,
+        dkim: crate::dkim::Dkim,
     ) -> Self {
         let mut session = SessionConfig::new(config.common.hostname.clone());
         session.max_message_size = config.max_message_size;
@@ -91,6 +93,7 @@ impl Ctx {
                 config.auth_failure_window,
             ),
             inbound: None,
+            dkim,
         }
     }
 }

@@ -11,6 +11,7 @@ mod authcheck;
 mod authdns;
 mod authres;
 mod conn;
+mod dkim;
 mod limits;
 mod received;
 mod spool;
@@ -31,6 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 pub use authcheck::{Action, InboundPolicy};
+pub use dkim::{DkimConfig, OnFailure, keys as dkim_keys};
 pub use received::received_header;
 
 /// The configuration keys only ingress reads.
@@ -260,6 +262,8 @@ pub struct Config {
     pub auth_failure_window: Duration,
     /// How often the certificate files are checked.
     pub tls_reload_interval: Duration,
+    /// Outbound DKIM signing.
+    pub dkim: DkimConfig,
 }
 
 impl Config {
@@ -304,6 +308,7 @@ impl Config {
             auth_failure_delay: src.get(&keys::AUTH_FAILURE_DELAY)?,
             auth_failure_window: src.get(&keys::AUTH_FAILURE_WINDOW)?,
             tls_reload_interval: src.get(&keys::TLS_RELOAD_INTERVAL)?,
+            dkim: DkimConfig::from_source(src, &CommonConfig::from_source(src)?.data_dir)?,
         })
     }
 }
@@ -333,6 +338,9 @@ pub enum Error {
     /// The gRPC server failed, or the mailbox URL is malformed.
     #[error(transparent)]
     Grpc(#[from] GrpcError),
+    /// A DKIM key could not be loaded, or a configured domain has none.
+    #[error(transparent)]
+    Dkim(#[from] tern_dkim::DkimError),
     /// The admin HTTP server failed.
     #[error("admin HTTP server: {0}")]
     Admin(std::io::Error),
@@ -387,6 +395,7 @@ pub struct Bound {
     admin: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     certs: Arc<tls::CertStore>,
+    dkim: dkim::Dkim,
 }
 
 /// Listen backlog. A burst of connections beyond the backlog makes the
@@ -418,6 +427,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         &config.common.hostname,
     )?;
     let tls = certs.server_config()?;
+    let dkim = config.dkim.open()?;
     let mut smtp = vec![(
         ListenerKind::Smtp,
         bind_one("smtp", config.smtp_listen).await?,
@@ -444,6 +454,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         admin,
         tls,
         certs,
+        dkim,
     })
 }
 
@@ -476,6 +487,7 @@ impl Bound {
             admin,
             tls,
             certs,
+            dkim,
         } = self;
         // `draining` starts the drain (on shutdown or when a server task
         // fails); `stop` ends the admin and gRPC servers once drained; `hard`
@@ -485,6 +497,7 @@ impl Bound {
         let hard = Shutdown::new();
 
         tokio::spawn(certs.watch(config.tls_reload_interval, stop.clone()));
+        tokio::spawn(dkim.clone().watch(stop.clone()));
         let ready = Readiness::default();
         let mut admin_task = tokio::spawn(admin::serve(
             admin,
@@ -525,7 +538,7 @@ impl Bound {
             grpc::channel(&config.mailbox_url)?,
             tern_runtime::telemetry::grpc_inject as conn::Interceptor,
         );
-        let mut ctx = conn::Ctx::new(&config, js, accounts, tls);
+        let mut ctx = conn::Ctx::new(&config, js, accounts, tls, dkim);
         if config.inbound.enabled {
             let resolver = tern_proto::resolver_client::ResolverClient::with_interceptor(
                 grpc::channel(&config.resolver_url)?,

@@ -39,7 +39,7 @@ fn temp_failure(text: &str) -> Reply {
 }
 
 impl Ctx {
-    fn trusted(&self, ip: IpAddr) -> bool {
+    pub(crate) fn trusted(&self, ip: IpAddr) -> bool {
         self.trusted.iter().any(|net| net.contains(ip))
     }
 
@@ -160,8 +160,13 @@ impl Ctx {
             }
             _ => None,
         };
+        // Signed after the checks: a rejected message costs no signature.
+        let dkim = match self.dkim_sign(&id, &message, client).await {
+            Ok(fields) => fields,
+            Err(reply) => return MessageOutcome::Failed(reply),
+        };
         match self
-            .spool(&id, &message, client, tls, verdict.as_ref())
+            .spool(&id, &message, client, tls, verdict.as_ref(), dkim.as_deref())
             .await
         {
             Ok(()) => {
@@ -190,6 +195,7 @@ impl Ctx {
         client: IpAddr,
         tls: Option<&str>,
         verdict: Option<&crate::authcheck::Verdict>,
+        dkim: Option<&str>,
     ) -> Result<(), SpoolError> {
         let received_at = tern_runtime::now_unix_ms();
         let header =
@@ -197,9 +203,12 @@ impl Ctx {
         // RFC 8601 §5: results claiming to be ours never come from outside.
         let body = crate::authres::strip_own_results(&message.body, &self.common.hostname);
         let results = verdict.map_or("", |v| v.header.as_str());
-        let mut full = BytesMut::with_capacity(header.len() + results.len() + body.len());
+        let dkim = dkim.unwrap_or_default();
+        let mut full =
+            BytesMut::with_capacity(header.len() + results.len() + dkim.len() + body.len());
         full.extend_from_slice(header.as_bytes());
         full.extend_from_slice(results.as_bytes());
+        full.extend_from_slice(dkim.as_bytes());
         full.extend_from_slice(&body);
         let size = full.len();
         let body_ref =

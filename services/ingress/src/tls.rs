@@ -132,14 +132,26 @@ impl CertStore {
 
     /// Check for changes every `interval` until `stop`.
     pub(crate) async fn watch(self: Arc<Self>, interval: Duration, stop: Shutdown) {
-        loop {
-            tokio::select! {
-                _ = stop.wait() => return,
-                _ = tokio::time::sleep(interval) => {}
-            }
-            let store = self.clone();
-            let _ = tokio::task::spawn_blocking(move || store.reload_if_changed()).await;
+        poll_every(interval, stop, move || {
+            self.reload_if_changed();
+        })
+        .await
+    }
+}
+
+/// Run `check` (file system work, so on the blocking pool) every `interval`
+/// until `stop`: the reload loop of the TLS files and the DKIM key directory.
+pub(crate) async fn poll_every<F>(interval: Duration, stop: Shutdown, check: F)
+where
+    F: Fn() + Clone + Send + 'static,
+{
+    loop {
+        tokio::select! {
+            _ = stop.wait() => return,
+            _ = tokio::time::sleep(interval) => {}
         }
+        let check = check.clone();
+        let _ = tokio::task::spawn_blocking(check).await;
     }
 }
 
