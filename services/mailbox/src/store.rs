@@ -313,10 +313,22 @@ fn mailbox_row(row: MailboxRow) -> Result<Mailbox, StoreError> {
     })
 }
 
-/// A fresh UIDVALIDITY: seconds now, so a re-created name never reuses one.
+/// A fresh UIDVALIDITY: seconds now, and above every one this process gave
+/// before, so a name deleted and re-created within the same second still
+/// gets a new one (RFC 3501 §2.3.1.1, RFC 9051 §2.3.1.1: a UID must never
+/// name two messages under one UIDVALIDITY).
 fn new_uidvalidity() -> i64 {
-    let now = tern_runtime::now_unix_ms();
-    i64::from(u32::try_from(now / 1000).unwrap_or(1).max(1))
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static LAST: AtomicU32 = AtomicU32::new(0);
+    let now = u32::try_from(tern_runtime::now_unix_ms() / 1000)
+        .unwrap_or(1)
+        .max(1);
+    let prev = LAST
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+            Some(now.max(last.saturating_add(1)))
+        })
+        .unwrap_or(now);
+    i64::from(now.max(prev.saturating_add(1)))
 }
 
 /// Lower-case hex SHA-256.
