@@ -108,7 +108,7 @@ run_tern() {
   local users=(--add-user imaptest@example.com:pass)
   for i in $(seq 1 "$CLIENTS"); do users+=(--add-user "stress$i@example.com:pass"); done
   # Loopback plaintext logins are allowed by default (allow_plaintext_auth = loopback).
-  env TERN_DATA_DIR="$work/tern-$label" TERN_NATS_URL="nats://127.0.0.1:$nats_port" \
+  env -u TERN_NATS_SERVER TERN_DATA_DIR="$work/tern-$label" TERN_NATS_URL="nats://127.0.0.1:$nats_port" \
     TERN_HOSTNAME=imaptest.test TERN_LOCAL_DOMAINS=example.com TERN_DATABASE_URL="$db" \
     TERN_IMAP_LISTEN="127.0.0.1:$imap_port" TERN_IMAPS_LISTEN= TERN_POP3_LISTEN= TERN_POP3S_LISTEN= \
     TERN_MAILBOX_GRPC_LISTEN="127.0.0.1:$(free_port)" TERN_MAILBOX_ADMIN_LISTEN="127.0.0.1:$(free_port)" \

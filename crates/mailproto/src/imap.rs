@@ -1868,6 +1868,10 @@ pub fn format_internal_date(unix_ms: i64) -> String {
 pub enum FetchItem<'a> {
     /// `FLAGS (...)`.
     Flags(&'a [String]),
+    /// `FLAGS (\Recent ...)`: the flags of a message that is `\Recent` in
+    /// this session (RFC 3501 §2.3.2: a system flag FETCH FLAGS shows,
+    /// though no client can set it).
+    RecentFlags(&'a [String]),
     /// `UID n`.
     Uid(u32),
     /// `RFC822.SIZE n`.
@@ -1917,6 +1921,12 @@ pub fn fetch_response(seq: u32, items: &[FetchItem<'_>]) -> Vec<u8> {
         match item {
             FetchItem::Flags(f) => {
                 out.extend_from_slice(format!("FLAGS {}", flag_list(f)).as_bytes())
+            }
+            FetchItem::RecentFlags(f) => {
+                let list = flag_list(f);
+                let rest = &list[1..];
+                let sep = if rest == ")" { "" } else { " " };
+                out.extend_from_slice(format!("FLAGS (\\Recent{sep}{rest}").as_bytes())
             }
             FetchItem::Uid(u) => out.extend_from_slice(format!("UID {u}").as_bytes()),
             FetchItem::Rfc822Size(n) => {
@@ -2518,6 +2528,22 @@ impl Cur<'_> {
             }
             b"MODSEQ" => {
                 self.sp()?;
+                // RFC 7162 §3.1.5: an optional entry name and type
+                // (`"/flags/\\seen" all`). Mod-sequences are kept per
+                // message, not per flag, so a message matches when its own
+                // is high enough: every entry's is at most the message's.
+                if self.peek() == Some(b'"') {
+                    self.quoted()?;
+                    self.sp()?;
+                    let kind = self.take_while(is_atom_char);
+                    if !["priv", "shared", "all"]
+                        .iter()
+                        .any(|k| kind.eq_ignore_ascii_case(k.as_bytes()))
+                    {
+                        return Err("MODSEQ entry type must be priv, shared or all".into());
+                    }
+                    self.sp()?;
+                }
                 Ok(SearchKey::ModSeq(self.number64()?))
             }
             _ => Err("unknown search key".into()),

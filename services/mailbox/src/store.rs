@@ -644,7 +644,9 @@ impl Store {
             .collect())
     }
 
-    /// Create a mailbox. `Exists` if the name is taken.
+    /// Create a mailbox, not subscribed (RFC 3501 §6.3.3 / RFC 9051 §6.3.4:
+    /// CREATE does not subscribe; the column's default of 1 is for rows
+    /// that predate subscriptions). `Exists` if the name is taken.
     pub async fn create_mailbox(
         &self,
         account_id: i64,
@@ -652,8 +654,8 @@ impl Store {
     ) -> Result<MailboxOp, StoreError> {
         let r = with_pool!(self, p => {
             sqlx::query(
-                "INSERT INTO mailboxes (id, account_id, name, uidvalidity, uidnext, recent_uid) \
-                 VALUES ($1, $2, $3, $4, 1, 0) ON CONFLICT (account_id, name) DO NOTHING",
+                "INSERT INTO mailboxes (id, account_id, name, uidvalidity, uidnext, recent_uid, subscribed) \
+                 VALUES ($1, $2, $3, $4, 1, 0, 0) ON CONFLICT (account_id, name) DO NOTHING",
             )
             .bind(new_id())
             .bind(account_id)

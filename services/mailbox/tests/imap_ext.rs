@@ -900,9 +900,18 @@ async fn qresync_scenario(addr: SocketAddr, pop3: SocketAddr) {
     b.ok("UID EXPUNGE 6").await;
     b.ok("UID STORE 7 +FLAGS.SILENT (\\Seen)").await;
     let r = a.ok("FETCH 2 (FLAGS)").await;
-    let seen = format!("* 2 FETCH (UID 7 FLAGS (\\Seen) MODSEQ ({}))\r\n", h + 14);
+    // UID 7 arrived while `a` had INBOX selected, so it is \Recent there
+    // (RFC 3501 §2.3.2), which FLAGS shows.
+    let seen = format!(
+        "* 2 FETCH (UID 7 FLAGS (\\Recent \\Seen) MODSEQ ({}))\r\n",
+        h + 14
+    );
     let held = format!("* OK [HIGHESTMODSEQ {}] expunges pending\r\n", h + 11);
-    expect_lines(&r, "* ", &[&seen, &held, "* 2 FETCH (FLAGS (\\Seen))\r\n"]);
+    expect_lines(
+        &r,
+        "* ",
+        &[&seen, &held, "* 2 FETCH (FLAGS (\\Recent \\Seen))\r\n"],
+    );
     let r = a.ok("NOOP").await;
     expect_lines(&r, "* ", &["* VANISHED 6\r\n"]);
     a.ok("LOGOUT").await;
@@ -1109,6 +1118,12 @@ From: sub@domain.org\r\nSubject: submsg\r\n\r\nHello world\r\n";
     // RFC 3501 §6.4.4: FROM/CC match the address, comments aside.
     let r = c.ok("SEARCH CC user-cc@domain.org").await;
     expect_lines(&r, "* SEARCH", &["* SEARCH 1\r\n"]);
+    // RFC 3501 §6.3.3: CREATE does not subscribe; §6.3.9: `%` stopping
+    // above a subscribed mailbox lists that level as \Noselect.
+    c.ok("CREATE box/sub/leaf").await;
+    c.ok("SUBSCRIBE box/sub/leaf").await;
+    let r = c.ok("LSUB \"\" box/%").await;
+    expect_lines(&r, "* LSUB", &["* LSUB (\\Noselect) \"/\" \"box/sub\"\r\n"]);
     c.ok("LOGOUT").await;
 }
 
