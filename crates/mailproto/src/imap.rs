@@ -13,8 +13,10 @@ use std::borrow::Cow;
 use crate::mime::split_header;
 
 /// Longest command line (one segment between literals), CRLF included.
-/// RFC 9051 asks servers to accept at least 8000 octets.
-pub const MAX_LINE: usize = 8192;
+/// RFC 9051 §4 asks servers to accept at least 8000 octets; an RFC 2971
+/// ID with its 30 fields of 1024 octets is about 32 KiB on one line, so
+/// the limit is 64 KiB (Dovecot's `imap_max_line_length` default).
+pub const MAX_LINE: usize = 64 * 1024;
 /// Largest literal accepted inside a command.
 pub const MAX_LITERAL: usize = 64 * 1024;
 /// Largest whole command (all lines and literals).
@@ -630,7 +632,9 @@ impl SearchKey {
             SearchKey::Old => !m.recent,
             SearchKey::Header(name, value) => {
                 let (h, _) = split_header(content);
-                crate::mime::any_field(h, name, |v| crate::text::header_contains(v, value))
+                crate::mime::any_field(h, name, |v| {
+                    crate::text::header_contains(v, value) || address_contains(name, v, value)
+                })
             }
             SearchKey::Body(t) => crate::mime::body_contains(content, t),
             SearchKey::Text(t) => crate::mime::text_contains(content, t),
@@ -653,6 +657,28 @@ impl SearchKey {
             SearchKey::ModSeq(n) => m.modseq >= *n,
         }
     }
+}
+
+/// SEARCH FROM/TO/CC/BCC also match the parsed addresses (RFC 3501
+/// §6.4.4: "contains the specified string in the ... structure"), so
+/// `<user (comment)@ domain.org>` is found by `user@domain.org`.
+fn address_contains(name: &str, v: &[u8], needle: &str) -> bool {
+    if !["from", "to", "cc", "bcc"]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n))
+    {
+        return false;
+    }
+    crate::mime::parse_address_list(v).iter().any(|a| {
+        let (Some(local), Some(host)) = (&a.mailbox, &a.host) else {
+            return false;
+        };
+        let text = match &a.name {
+            Some(n) => format!("{n} <{local}@{host}>"),
+            None => format!("{local}@{host}"),
+        };
+        crate::text::header_contains(text.as_bytes(), needle)
+    })
 }
 
 fn cmp_day(cmp: DateCmp, have: i64, want: i64) -> bool {
@@ -1842,6 +1868,10 @@ pub fn format_internal_date(unix_ms: i64) -> String {
 pub enum FetchItem<'a> {
     /// `FLAGS (...)`.
     Flags(&'a [String]),
+    /// `FLAGS (\Recent ...)`: the flags of a message that is `\Recent` in
+    /// this session (RFC 3501 §2.3.2: a system flag FETCH FLAGS shows,
+    /// though no client can set it).
+    RecentFlags(&'a [String]),
     /// `UID n`.
     Uid(u32),
     /// `RFC822.SIZE n`.
@@ -1891,6 +1921,12 @@ pub fn fetch_response(seq: u32, items: &[FetchItem<'_>]) -> Vec<u8> {
         match item {
             FetchItem::Flags(f) => {
                 out.extend_from_slice(format!("FLAGS {}", flag_list(f)).as_bytes())
+            }
+            FetchItem::RecentFlags(f) => {
+                let list = flag_list(f);
+                let rest = &list[1..];
+                let sep = if rest == ")" { "" } else { " " };
+                out.extend_from_slice(format!("FLAGS (\\Recent{sep}{rest}").as_bytes())
             }
             FetchItem::Uid(u) => out.extend_from_slice(format!("UID {u}").as_bytes()),
             FetchItem::Rfc822Size(n) => {
@@ -2492,6 +2528,22 @@ impl Cur<'_> {
             }
             b"MODSEQ" => {
                 self.sp()?;
+                // RFC 7162 §3.1.5: an optional entry name and type
+                // (`"/flags/\\seen" all`). Mod-sequences are kept per
+                // message, not per flag, so a message matches when its own
+                // is high enough: every entry's is at most the message's.
+                if self.peek() == Some(b'"') {
+                    self.quoted()?;
+                    self.sp()?;
+                    let kind = self.take_while(is_atom_char);
+                    if !["priv", "shared", "all"]
+                        .iter()
+                        .any(|k| kind.eq_ignore_ascii_case(k.as_bytes()))
+                    {
+                        return Err("MODSEQ entry type must be priv, shared or all".into());
+                    }
+                    self.sp()?;
+                }
                 Ok(SearchKey::ModSeq(self.number64()?))
             }
             _ => Err("unknown search key".into()),

@@ -332,25 +332,29 @@ fn split_multipart<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<&'a [u8]> {
 }
 
 impl<'a> Part<'a> {
-    /// The part at `path` (1-based, RFC 3501 §6.4.5). Part 1 of a
-    /// non-multipart is the part itself; the parts of an enclosed message
-    /// are numbered from the message.
+    /// The part at `path` (1-based, RFC 3501 §6.4.5, RFC 9051 §6.4.5).
+    /// Part 1 of a non-multipart is the part itself (for a top-level
+    /// `message/rfc822`, its whole enclosed message); the parts below a
+    /// `message/rfc822` part are numbered from the message it encloses.
     pub fn find(&self, path: &[u32]) -> Option<&Part<'a>> {
         let Some((&first, rest)) = path.split_first() else {
             return Some(self);
         };
-        let container = match &self.message {
-            Some(m) => m.as_ref(),
-            None => self,
-        };
-        let child = if container.ctype.kind == "multipart" {
-            container.children.get((first as usize).checked_sub(1)?)?
+        let child = if self.ctype.kind == "multipart" {
+            self.children.get((first as usize).checked_sub(1)?)?
         } else if first == 1 {
-            container
+            self
         } else {
             return None;
         };
-        child.find(rest)
+        if rest.is_empty() {
+            return Some(child);
+        }
+        match &child.message {
+            Some(m) => m.find(rest),
+            None if child.ctype.kind == "multipart" => child.find(rest),
+            None => None,
+        }
     }
 }
 
@@ -383,95 +387,233 @@ pub fn string(out: &mut String, v: &[u8]) {
 
 /// An address list field as an IMAP list of addresses, or NIL.
 fn address_list(out: &mut String, v: Option<&[u8]>) {
-    let addrs = v.map(parse_addresses).unwrap_or_default();
+    let addrs = v.map(parse_address_list).unwrap_or_default();
     if addrs.is_empty() {
         out.push_str("NIL");
         return;
     }
     out.push('(');
-    for (name, mailbox, host) in addrs {
+    for a in addrs {
         out.push('(');
-        nstring(out, name.as_deref().map(str::as_bytes));
-        out.push_str(" NIL ");
-        nstring(out, mailbox.as_deref().map(str::as_bytes));
+        nstring(out, a.name.as_deref().map(str::as_bytes));
         out.push(' ');
-        nstring(out, host.as_deref().map(str::as_bytes));
+        nstring(out, a.route.as_deref().map(str::as_bytes));
+        out.push(' ');
+        nstring(out, a.mailbox.as_deref().map(str::as_bytes));
+        out.push(' ');
+        nstring(out, a.host.as_deref().map(str::as_bytes));
         out.push(')');
     }
     out.push(')');
 }
 
-type Addr = (Option<String>, Option<String>, Option<String>);
+/// One element of an ENVELOPE address list (RFC 3501 §7.4.2): an address,
+/// or a group marker. A group starts with `mailbox` = the group's name and
+/// `host` NIL, and ends with all four NIL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvelopeAddress {
+    /// The display name; a comment stands in when there is no phrase
+    /// (`user@domain (Real Name)`), as Dovecot does.
+    pub name: Option<String>,
+    /// The obsolete source route (`@a,@b`, RFC 5322 §4.4).
+    pub route: Option<String>,
+    /// The local part, or the group name of a group start.
+    pub mailbox: Option<String>,
+    /// The domain; NIL for group markers.
+    pub host: Option<String>,
+}
 
-/// Parse an RFC 5322 address list leniently into (display name, local part,
-/// domain). Groups are flattened (their members listed, without markers).
-pub fn parse_addresses(v: &[u8]) -> Vec<Addr> {
-    let s = String::from_utf8_lossy(v);
-    let mut items = Vec::new();
-    let (mut cur, mut quoted, mut angle, mut paren) = (String::new(), false, false, 0u32);
-    for c in s.chars() {
-        match c {
-            '"' if paren == 0 => quoted = !quoted,
-            '<' if !quoted && paren == 0 => angle = true,
-            '>' if !quoted && paren == 0 => angle = false,
-            '(' if !quoted => paren += 1,
-            ')' if !quoted => paren = paren.saturating_sub(1),
-            _ => {}
-        }
-        if (c == ',' || c == ';') && !quoted && !angle && paren == 0 {
-            items.push(std::mem::take(&mut cur));
-            continue;
-        }
-        if c == ':' && !quoted && !angle && paren == 0 {
-            // A group name: drop it.
-            cur.clear();
-            continue;
-        }
-        cur.push(c);
-    }
-    items.push(cur);
+/// A token of an address list: the specials that structure it, words
+/// (atoms and quoted strings, unquoted) and comments (their text).
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Special(char),
+    Word(String),
+    Quoted(String),
+    Comment(String),
+}
+
+fn tokenize_addresses(s: &str) -> Vec<Tok> {
     let mut out = Vec::new();
-    for it in items.into_iter().take(100) {
-        let it = strip_comments(&it);
-        let it = it.trim();
-        if it.is_empty() {
-            continue;
-        }
-        let (name, spec) = match (it.rfind('<'), it.rfind('>')) {
-            (Some(a), Some(b)) if a < b => {
-                let name = it[..a].trim().trim_matches('"').trim();
-                (
-                    (!name.is_empty()).then(|| name.to_string()),
-                    it[a + 1..b].trim().to_string(),
-                )
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        match c {
+            ' ' | '\t' | '\r' | '\n' => {}
+            '"' => {
+                let mut w = String::new();
+                while let Some(c) = it.next() {
+                    match c {
+                        '"' => break,
+                        '\\' => w.extend(it.next()),
+                        '\r' | '\n' => {}
+                        c => w.push(c),
+                    }
+                }
+                out.push(Tok::Quoted(w));
             }
-            _ => (None, it.to_string()),
-        };
-        let (local, host) = match spec.rsplit_once('@') {
-            Some((l, h)) => (l.trim_matches('"').to_string(), Some(h.to_string())),
-            None => (spec.clone(), None),
-        };
-        out.push((name, Some(local), host));
+            '(' => {
+                let (mut depth, mut w) = (1u32, String::new());
+                while let Some(c) = it.next() {
+                    match c {
+                        '(' => depth += 1,
+                        ')' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        '\\' => {
+                            w.extend(it.next());
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    w.push(c);
+                }
+                out.push(Tok::Comment(w.trim().to_string()));
+            }
+            '<' | '>' | '@' | ',' | ';' | ':' | '.' | '[' | ']' => out.push(Tok::Special(c)),
+            c => {
+                let mut w = String::from(c);
+                while let Some(&n) = it.peek() {
+                    if " \t\r\n\"(<>@,;:.[]".contains(n) {
+                        break;
+                    }
+                    w.push(n);
+                    it.next();
+                }
+                out.push(Tok::Word(w));
+            }
+        }
     }
     out
 }
 
-fn strip_comments(s: &str) -> String {
-    let mut out = String::new();
-    let (mut depth, mut quoted) = (0u32, false);
-    for c in s.chars() {
-        match c {
-            '"' if depth == 0 => {
-                quoted = !quoted;
-                out.push(c);
-            }
-            '(' if !quoted => depth += 1,
-            ')' if !quoted && depth > 0 => depth -= 1,
-            _ if depth == 0 => out.push(c),
+/// Parse an RFC 5322 §3.4 address list, groups included, leniently (what
+/// does not parse is kept as best it can, never an error). At most 100
+/// addresses.
+pub fn parse_address_list(v: &[u8]) -> Vec<EnvelopeAddress> {
+    let s = String::from_utf8_lossy(v);
+    let toks = tokenize_addresses(&s);
+    let mut out = Vec::new();
+    let mut in_group = false;
+    // Split at top-level ',' and ';', and at a group's ':'.
+    let mut cur: Vec<Tok> = Vec::new();
+    let mut angle = false;
+    for t in toks {
+        match &t {
+            Tok::Special('<') => angle = true,
+            Tok::Special('>') => angle = false,
             _ => {}
+        }
+        match t {
+            Tok::Special(':') if !angle && !in_group && !cur.is_empty() => {
+                // A group: its name is the phrase before ':'.
+                let name = phrase(&cur);
+                cur.clear();
+                in_group = true;
+                out.push(EnvelopeAddress {
+                    mailbox: Some(name),
+                    ..Default::default()
+                });
+            }
+            Tok::Special(',') if !angle => {
+                out.extend(mailbox(&cur));
+                cur.clear();
+            }
+            Tok::Special(';') if !angle => {
+                out.extend(mailbox(&cur));
+                cur.clear();
+                if in_group {
+                    in_group = false;
+                    out.push(EnvelopeAddress::default());
+                }
+            }
+            t => cur.push(t),
+        }
+        if out.len() >= 100 {
+            return out;
+        }
+    }
+    out.extend(mailbox(&cur));
+    if in_group {
+        out.push(EnvelopeAddress::default());
+    }
+    out
+}
+
+/// The words of a phrase, joined by single spaces (comments dropped).
+fn phrase(toks: &[Tok]) -> String {
+    let mut out = String::new();
+    for t in toks {
+        let w = match t {
+            Tok::Word(w) | Tok::Quoted(w) => w.as_str(),
+            Tok::Special('.') => {
+                out.push('.');
+                continue;
+            }
+            _ => continue,
+        };
+        if !out.is_empty() && !out.ends_with('.') {
+            out.push(' ');
+        }
+        out.push_str(w);
+    }
+    out
+}
+
+/// The text of a token run with no spaces (a local part, a domain, a route).
+fn joined(toks: &[Tok]) -> String {
+    let mut out = String::new();
+    for t in toks {
+        match t {
+            Tok::Word(w) | Tok::Quoted(w) => out.push_str(w),
+            Tok::Special(c) => out.push(*c),
+            Tok::Comment(_) => {}
         }
     }
     out
+}
+
+/// One mailbox (`name-addr` or `addr-spec`), or None for an empty item.
+fn mailbox(toks: &[Tok]) -> Option<EnvelopeAddress> {
+    if toks.iter().all(|t| matches!(t, Tok::Comment(_))) {
+        return None;
+    }
+    let comment = toks.iter().rev().find_map(|t| match t {
+        Tok::Comment(c) if !c.is_empty() => Some(c.clone()),
+        _ => None,
+    });
+    let open = toks.iter().position(|t| *t == Tok::Special('<'));
+    let (name, spec) = match open {
+        Some(a) => {
+            let close = toks[a..]
+                .iter()
+                .position(|t| *t == Tok::Special('>'))
+                .map_or(toks.len(), |i| a + i);
+            let name = phrase(&toks[..a]);
+            ((!name.is_empty()).then_some(name), &toks[a + 1..close])
+        }
+        None => (comment, toks),
+    };
+    // An obsolete route: `@a,@b:` before the addr-spec (RFC 5322 §4.4).
+    let (route, spec) = match spec.iter().position(|t| *t == Tok::Special(':')) {
+        Some(i) if spec.first() == Some(&Tok::Special('@')) => {
+            (Some(joined(&spec[..i])), &spec[i + 1..])
+        }
+        _ => (None, spec),
+    };
+    let at = spec.iter().rposition(|t| *t == Tok::Special('@'));
+    let (local, host) = match at {
+        Some(i) => (joined(&spec[..i]), Some(joined(&spec[i + 1..]))),
+        None => (joined(spec), None),
+    };
+    Some(EnvelopeAddress {
+        name,
+        route,
+        mailbox: Some(local),
+        host,
+    })
 }
 
 /// The ENVELOPE of a message header (RFC 3501 §7.4.2).
@@ -938,6 +1080,49 @@ Content-Type: multipart/mixed; boundary=\"XX\"\r\n\r\npreamble\r\n--XX\r\n\
 Content-Type: text/plain; charset=utf-8\r\n\r\nhello\r\n--XX\r\n\
 Content-Type: application/pdf; name=a.pdf\r\nContent-Disposition: attachment; filename=a.pdf\r\n\
 Content-Transfer-Encoding: base64\r\n\r\nAAAA\r\n--XX--\r\n";
+
+    /// RFC 3501 §7.4.2 (RFC 9051 §7.5.2): a group is a start marker (NIL
+    /// host, the group's name as mailbox), its members, and an all-NIL end
+    /// marker; a comment stands in for a missing display name; an obsolete
+    /// route goes in the second field.
+    #[test]
+    fn envelope_addresses_keep_names_groups_and_routes() {
+        let env = envelope(
+            b"From: user@domain (Real Name)\r\nTo: group: g1@d1.org, g2@d2.org;, group2: g3@d3.org;\r\n\
+Cc: group:;, group2: (foo) ;\r\nBcc: <@route:user@domain>\r\n\r\n",
+        );
+        assert_eq!(
+            env,
+            "(NIL NIL ((\"Real Name\" NIL \"user\" \"domain\")) ((\"Real Name\" NIL \"user\" \"domain\")) \
+((\"Real Name\" NIL \"user\" \"domain\")) ((NIL NIL \"group\" NIL)(NIL NIL \"g1\" \"d1.org\")\
+(NIL NIL \"g2\" \"d2.org\")(NIL NIL NIL NIL)(NIL NIL \"group2\" NIL)(NIL NIL \"g3\" \"d3.org\")\
+(NIL NIL NIL NIL)) ((NIL NIL \"group\" NIL)(NIL NIL NIL NIL)(NIL NIL \"group2\" NIL)(NIL NIL NIL NIL)) \
+((NIL \"@route\" \"user\" \"domain\")) NIL NIL)"
+        );
+        let a = parse_address_list(b"\"Last, First\" <a@b.c>, plain <x (c) @ (d) y.z>");
+        assert_eq!(a[0].name.as_deref(), Some("Last, First"));
+        assert_eq!(
+            (a[1].mailbox.as_deref(), a[1].host.as_deref()),
+            (Some("x"), Some("y.z"))
+        );
+    }
+
+    /// RFC 3501 §6.4.5 (RFC 9051 §6.4.5): part 1 of a top-level
+    /// message/rfc822 is the whole enclosed message, and the parts below it
+    /// are numbered from that message.
+    #[test]
+    fn parts_of_an_enclosed_message() {
+        let msg = b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\nHello world\r\n";
+        let p = parse(msg);
+        let one = p.find(&[1]).unwrap();
+        assert_eq!(one.body, b"Subject: inner\r\n\r\nHello world\r\n");
+        assert_eq!(
+            one.message.as_ref().unwrap().header,
+            b"Subject: inner\r\n\r\n"
+        );
+        assert_eq!(p.find(&[1, 1]).unwrap().body, b"Hello world\r\n");
+        assert!(p.find(&[2]).is_none());
+    }
 
     #[test]
     fn envelope_and_structure() {

@@ -877,7 +877,11 @@ impl Session<'_> {
                         .await?;
                     return Ok(Flow::Continue);
                 }
-                self.condstore |= attrs.contains(&FetchAttr::ModSeq);
+                self.enable_condstore(
+                    attrs.contains(&FetchAttr::ModSeq) || changed_since.is_some(),
+                    io,
+                )
+                .await?;
                 if vanished && let Some(n) = changed_since {
                     self.vanished_earlier(&set, n, io).await?;
                 }
@@ -897,7 +901,7 @@ impl Session<'_> {
                 unchanged_since,
             } => {
                 expunge_ok = false;
-                self.condstore |= unchanged_since.is_some();
+                self.enable_condstore(unchanged_since.is_some(), io).await?;
                 let op = StoreOp {
                     mode,
                     silent,
@@ -920,7 +924,7 @@ impl Session<'_> {
             }
             CommandKind::Search { uid, key, ret } => {
                 expunge_ok = false;
-                self.condstore |= has_modseq(&key);
+                self.enable_condstore(has_modseq(&key), io).await?;
                 if !self.search(tag, uid, &key, ret.as_deref(), io).await? {
                     return Ok(Flow::Continue);
                 }
@@ -1217,12 +1221,27 @@ impl Session<'_> {
 
     /// Announce changes made by others since the view was last synced.
     /// Storage errors are logged and skipped (the next command retries).
+    /// A CONDSTORE-enabling command (`on`) turns CONDSTORE on; the first one
+    /// with a mailbox selected announces its HIGHESTMODSEQ (RFC 7162 §3.1).
+    async fn enable_condstore(&mut self, on: bool, io: &mut Conn) -> io::Result<()> {
+        if !on || self.condstore {
+            return Ok(());
+        }
+        self.condstore = true;
+        if let Some(sel) = &self.selected {
+            let line = format!("OK [HIGHESTMODSEQ {}] Highest", sel.modseq);
+            io.write_all(&imap::untagged(&line)).await?;
+        }
+        Ok(())
+    }
+
     async fn refresh(&mut self, io: &mut Conn, expunge_ok: bool) -> io::Result<()> {
         let store = &self.ctx.store;
         let rev2 = self.rev2;
         let Some(sel) = self.selected.as_mut() else {
             return Ok(());
         };
+        let recent_above = if rev2 { u32::MAX } else { sel.recent_above };
         let mb = match store.mailbox_by_id(sel.mailbox.id).await {
             Ok(Some(mb)) => mb,
             Ok(None) => return Ok(()),
@@ -1278,7 +1297,7 @@ impl Session<'_> {
             {
                 m.flags = n.flags.clone();
                 m.modseq = n.modseq;
-                let mut items = vec![FetchItem::Uid(m.uid), FetchItem::Flags(&m.flags)];
+                let mut items = vec![FetchItem::Uid(m.uid), flags_item(m, recent_above)];
                 if self.condstore {
                     items.push(FetchItem::ModSeq(m.modseq));
                 }
@@ -1425,9 +1444,11 @@ impl Session<'_> {
         }
         let ctx = self.ctx;
         let account = self.account.as_ref().map(|a| a.id).unwrap_or_default();
+        let rev2 = self.rev2;
         let Some(sel) = self.selected.as_mut() else {
             return Ok(false);
         };
+        let recent_above = if rev2 { u32::MAX } else { sel.recent_above };
         // ENVELOPE, BODY, BODYSTRUCTURE and header sections come from the
         // summary stored at delivery; only other content items read bodies.
         let want_summary = attrs.iter().any(from_summary);
@@ -1575,7 +1596,7 @@ impl Session<'_> {
                         continue;
                     }
                     items.push(match a {
-                        FetchAttr::Flags => FetchItem::Flags(&m.flags),
+                        FetchAttr::Flags => flags_item(m, recent_above),
                         FetchAttr::Uid => FetchItem::Uid(m.uid),
                         FetchAttr::InternalDate => FetchItem::InternalDate(m.internal_date_ms),
                         FetchAttr::Rfc822Size => FetchItem::Rfc822Size(m.size),
@@ -1603,7 +1624,7 @@ impl Session<'_> {
                     });
                 }
                 if seen_now.contains(&i) && !attrs.contains(&FetchAttr::Flags) {
-                    items.push(FetchItem::Flags(&m.flags));
+                    items.push(flags_item(m, recent_above));
                 }
                 out.extend(imap::fetch_response(seq, &items));
             }
@@ -1634,9 +1655,11 @@ impl Session<'_> {
         };
         let account = self.account.as_ref().map(|a| a.id).unwrap_or_default();
         let store = &self.ctx.store;
+        let rev2 = self.rev2;
         let Some(sel) = self.selected.as_mut() else {
             return Ok(false);
         };
+        let recent_above = if rev2 { u32::MAX } else { sel.recent_above };
         if sel.readonly {
             io.write_all(&imap::tagged(
                 tag,
@@ -1708,7 +1731,7 @@ impl Session<'_> {
             }
             if !silent {
                 let m = &sel.msgs[i];
-                let mut items = vec![FetchItem::Flags(&m.flags)];
+                let mut items = vec![flags_item(m, recent_above)];
                 if uid {
                     items.insert(0, FetchItem::Uid(m.uid));
                 }
@@ -1950,9 +1973,24 @@ impl Session<'_> {
         }
         // RFC 7162 §3.1.5: a SEARCH with MODSEQ reports the highest
         // mod-sequence of the matches.
-        let highest = has_modseq(key)
-            .then(|| hit_modseq.iter().copied().max())
-            .flatten();
+        // With MIN and/or MAX but neither ALL nor COUNT, it is that of the
+        // messages returned (RFC 7162 §3.2 of ESEARCH's MODSEQ, RFC 4731).
+        let asked = |w: &str| ret.is_some_and(|r| r.iter().any(|i| i == w));
+        let only_ends = !asked("ALL") && !asked("COUNT") && (asked("MIN") || asked("MAX"));
+        let highest = if !has_modseq(key) {
+            None
+        } else if only_ends {
+            let mut ends = Vec::new();
+            if asked("MIN") {
+                ends.extend(hit_modseq.first());
+            }
+            if asked("MAX") {
+                ends.extend(hit_modseq.last());
+            }
+            ends.into_iter().copied().max()
+        } else {
+            hit_modseq.iter().copied().max()
+        };
         // IMAP4rev2 always answers with ESEARCH, ALL when nothing else is
         // asked (RFC 9051 §6.4.4).
         let ret = ret.or(self.rev2.then_some(&[][..]));
@@ -2128,10 +2166,43 @@ impl Session<'_> {
                 }
             }
         }
+        if lsub {
+            for parent in lsub_parents(&boxes, &full) {
+                out.extend(imap::untagged(&format!(
+                    "LSUB (\\Noselect) \"/\" {}",
+                    imap::quote_mailbox(&self.name_out(&parent))
+                )));
+            }
+        }
         io.write_all(&out).await?;
         io.write_all(&imap::tagged(tag, Status::Ok, &format!("{word} completed")))
             .await
     }
+}
+
+/// RFC 3501 §6.3.9: when `%` stops LSUB above a subscribed mailbox, the
+/// level it stops at is listed with `\Noselect` (if not itself
+/// subscribed), so `LSUB "" foo/%` shows `foo/bar` for a subscribed
+/// `foo/bar/baz`. Each name once, in order.
+fn lsub_parents(boxes: &[MailboxInfo], patterns: &[String]) -> Vec<String> {
+    let subscribed = |n: &str| boxes.iter().any(|b| b.subscribed && b.name == n);
+    let mut out: Vec<String> = Vec::new();
+    for b in boxes.iter().filter(|b| b.subscribed) {
+        let mut end = 0;
+        while let Some(i) = b.name[end..].find(DELIMITER) {
+            end += i;
+            let parent = &b.name[..end];
+            if !subscribed(parent)
+                && patterns.iter().any(|p| imap::list_matches(p, parent))
+                && !out.iter().any(|o| o == parent)
+            {
+                out.push(parent.to_string());
+            }
+            end += DELIMITER.len_utf8();
+        }
+    }
+    out.sort();
+    out
 }
 
 /// The parts of a STORE command.
@@ -2269,5 +2340,16 @@ mod tests {
         assert_eq!(out, b"* VANISHED 1,5\r\n");
         assert!(msgs.is_empty());
         assert!(remove_expunged(&mut msgs, &[], true).is_empty());
+    }
+}
+
+/// The FLAGS item of `m`, with `\Recent` when its UID is above
+/// `recent_above` (`u32::MAX` under IMAP4rev2, which has no `\Recent`:
+/// RFC 9051 Appendix E).
+fn flags_item(m: &MessageMeta, recent_above: u32) -> FetchItem<'_> {
+    if m.uid > recent_above {
+        FetchItem::RecentFlags(&m.flags)
+    } else {
+        FetchItem::Flags(&m.flags)
     }
 }

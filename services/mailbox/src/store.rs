@@ -313,10 +313,22 @@ fn mailbox_row(row: MailboxRow) -> Result<Mailbox, StoreError> {
     })
 }
 
-/// A fresh UIDVALIDITY: seconds now, so a re-created name never reuses one.
+/// A fresh UIDVALIDITY: seconds now, and above every one this process gave
+/// before, so a name deleted and re-created within the same second still
+/// gets a new one (RFC 3501 §2.3.1.1, RFC 9051 §2.3.1.1: a UID must never
+/// name two messages under one UIDVALIDITY).
 fn new_uidvalidity() -> i64 {
-    let now = tern_runtime::now_unix_ms();
-    i64::from(u32::try_from(now / 1000).unwrap_or(1).max(1))
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static LAST: AtomicU32 = AtomicU32::new(0);
+    let now = u32::try_from(tern_runtime::now_unix_ms() / 1000)
+        .unwrap_or(1)
+        .max(1);
+    let prev = LAST
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+            Some(now.max(last.saturating_add(1)))
+        })
+        .unwrap_or(now);
+    i64::from(now.max(prev.saturating_add(1)))
 }
 
 /// Lower-case hex SHA-256.
@@ -632,7 +644,9 @@ impl Store {
             .collect())
     }
 
-    /// Create a mailbox. `Exists` if the name is taken.
+    /// Create a mailbox, not subscribed (RFC 3501 §6.3.3 / RFC 9051 §6.3.4:
+    /// CREATE does not subscribe; the column's default of 1 is for rows
+    /// that predate subscriptions). `Exists` if the name is taken.
     pub async fn create_mailbox(
         &self,
         account_id: i64,
@@ -640,8 +654,8 @@ impl Store {
     ) -> Result<MailboxOp, StoreError> {
         let r = with_pool!(self, p => {
             sqlx::query(
-                "INSERT INTO mailboxes (id, account_id, name, uidvalidity, uidnext, recent_uid) \
-                 VALUES ($1, $2, $3, $4, 1, 0) ON CONFLICT (account_id, name) DO NOTHING",
+                "INSERT INTO mailboxes (id, account_id, name, uidvalidity, uidnext, recent_uid, subscribed) \
+                 VALUES ($1, $2, $3, $4, 1, 0, 0) ON CONFLICT (account_id, name) DO NOTHING",
             )
             .bind(new_id())
             .bind(account_id)

@@ -900,9 +900,18 @@ async fn qresync_scenario(addr: SocketAddr, pop3: SocketAddr) {
     b.ok("UID EXPUNGE 6").await;
     b.ok("UID STORE 7 +FLAGS.SILENT (\\Seen)").await;
     let r = a.ok("FETCH 2 (FLAGS)").await;
-    let seen = format!("* 2 FETCH (UID 7 FLAGS (\\Seen) MODSEQ ({}))\r\n", h + 14);
+    // UID 7 arrived while `a` had INBOX selected, so it is \Recent there
+    // (RFC 3501 §2.3.2), which FLAGS shows.
+    let seen = format!(
+        "* 2 FETCH (UID 7 FLAGS (\\Recent \\Seen) MODSEQ ({}))\r\n",
+        h + 14
+    );
     let held = format!("* OK [HIGHESTMODSEQ {}] expunges pending\r\n", h + 11);
-    expect_lines(&r, "* ", &[&seen, &held, "* 2 FETCH (FLAGS (\\Seen))\r\n"]);
+    expect_lines(
+        &r,
+        "* ",
+        &[&seen, &held, "* 2 FETCH (FLAGS (\\Recent \\Seen))\r\n"],
+    );
     let r = a.ok("NOOP").await;
     expect_lines(&r, "* ", &["* VANISHED 6\r\n"]);
     a.ok("LOGOUT").await;
@@ -1056,3 +1065,70 @@ async fn with_base64_mail_delivered<F>(
 {
     with_delivered(extra, &[BASE64_MAIL], scenario).await;
 }
+
+/// What Dovecot's imaptest (`deploy/compliance/imaptest.sh`) found, one
+/// assertion per fix.
+async fn imaptest_findings_scenario(addr: SocketAddr) {
+    let mut c = Client::login(addr).await;
+    // RFC 2971 §3.3: 30 field-value pairs of up to 1024 octets each fit
+    // one command line (RFC 9051 §4: lines are not limited to 8000).
+    let pairs: Vec<String> = (0..30)
+        .map(|i| format!("\"k{i}\" \"{}\"", "v".repeat(1024)))
+        .collect();
+    let r = c.ok(&format!("ID ({})", pairs.join(" "))).await;
+    expect(&r, b"* ID ");
+    // RFC 3501 §2.3.1.1 / RFC 9051 §2.3.1.1: a re-created name gets a new
+    // UIDVALIDITY, even within the same second.
+    c.ok("CREATE again").await;
+    let first = c.ok("STATUS again (UIDVALIDITY)").await;
+    c.ok("DELETE again").await;
+    c.ok("CREATE again").await;
+    let second = c.ok("STATUS again (UIDVALIDITY)").await;
+    assert_ne!(
+        status_value(&first, "UIDVALIDITY"),
+        status_value(&second, "UIDVALIDITY")
+    );
+    let msg = "From: user@domain (Real Name)\r\nTo: group: g1@d1.org, g2@d2.org;\r\n\
+Cc: <user-cc (comment)@ (comment) domain.org>\r\nContent-Type: message/rfc822\r\n\r\n\
+From: sub@domain.org\r\nSubject: submsg\r\n\r\nHello world\r\n";
+    c.ok(&format!("APPEND INBOX {{{}+}}\r\n{msg}", msg.len()))
+        .await;
+    c.ok("SELECT INBOX").await;
+    // RFC 3501 §7.4.2 / RFC 9051 §7.5.2: a comment names an address that
+    // has no phrase; groups keep their start and end markers.
+    let r = c.ok("FETCH 1 ENVELOPE").await;
+    expect(
+        &r,
+        b"((\"Real Name\" NIL \"user\" \"domain\")) ((\"Real Name\" NIL \"user\" \"domain\")) \
+((\"Real Name\" NIL \"user\" \"domain\")) ((NIL NIL \"group\" NIL)(NIL NIL \"g1\" \"d1.org\")\
+(NIL NIL \"g2\" \"d2.org\")(NIL NIL NIL NIL)) ((NIL NIL \"user-cc\" \"domain.org\"))",
+    );
+    // RFC 3501 §6.4.5 / RFC 9051 §6.4.5: part 1 of a message/rfc822
+    // message is the enclosed message; 1.HEADER is its header.
+    let r = c
+        .ok("FETCH 1 (BODY.PEEK[1.HEADER] BODY.PEEK[1.TEXT])")
+        .await;
+    expect(
+        &r,
+        b"BODY[1.HEADER] {41}\r\nFrom: sub@domain.org\r\nSubject: submsg\r\n\r\n",
+    );
+    expect(&r, b"BODY[1.TEXT] {13}\r\nHello world\r\n");
+    let r = c.ok("FETCH 1 BODY.PEEK[1]").await;
+    expect(&r, b"BODY[1] {54}\r\nFrom: sub@domain.org\r\n");
+    // RFC 3501 §6.4.4: FROM/CC match the address, comments aside.
+    let r = c.ok("SEARCH CC user-cc@domain.org").await;
+    expect_lines(&r, "* SEARCH", &["* SEARCH 1\r\n"]);
+    // RFC 3501 §6.3.3: CREATE does not subscribe; §6.3.9: `%` stopping
+    // above a subscribed mailbox lists that level as \Noselect.
+    c.ok("CREATE box/sub/leaf").await;
+    c.ok("SUBSCRIBE box/sub/leaf").await;
+    let r = c.ok("LSUB \"\" box/%").await;
+    expect_lines(&r, "* LSUB", &["* LSUB (\\Noselect) \"/\" \"box/sub\"\r\n"]);
+    c.ok("LOGOUT").await;
+}
+
+on_both_backends!(
+    imaptest_findings,
+    imaptest_findings_on_postgres,
+    imaptest_findings_scenario
+);
