@@ -166,7 +166,14 @@ impl Ctx {
             Err(reply) => return MessageOutcome::Failed(reply),
         };
         match self
-            .spool(&id, &message, client, tls, verdict.as_ref(), dkim.as_deref())
+            .spool(
+                &id,
+                &message,
+                client,
+                tls,
+                verdict.as_ref(),
+                dkim.as_deref(),
+            )
             .await
         {
             Ok(()) => {
