@@ -2277,6 +2277,17 @@ fn has_flag(flags: &[String], f: &str) -> bool {
     flags.iter().any(|x| x.eq_ignore_ascii_case(f))
 }
 
+/// The FLAGS item of `m`, with `\Recent` when its UID is above
+/// `recent_above` (`u32::MAX` under IMAP4rev2, which has no `\Recent`:
+/// RFC 9051 Appendix E).
+fn flags_item(m: &MessageMeta, recent_above: u32) -> FetchItem<'_> {
+    if m.uid > recent_above {
+        FetchItem::RecentFlags(&m.flags)
+    } else {
+        FetchItem::Flags(&m.flags)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2340,16 +2351,5 @@ mod tests {
         assert_eq!(out, b"* VANISHED 1,5\r\n");
         assert!(msgs.is_empty());
         assert!(remove_expunged(&mut msgs, &[], true).is_empty());
-    }
-}
-
-/// The FLAGS item of `m`, with `\Recent` when its UID is above
-/// `recent_above` (`u32::MAX` under IMAP4rev2, which has no `\Recent`:
-/// RFC 9051 Appendix E).
-fn flags_item(m: &MessageMeta, recent_above: u32) -> FetchItem<'_> {
-    if m.uid > recent_above {
-        FetchItem::RecentFlags(&m.flags)
-    } else {
-        FetchItem::Flags(&m.flags)
     }
 }
