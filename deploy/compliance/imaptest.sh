@@ -82,7 +82,7 @@ run_suite() {
   timeout "$TIMEOUT" "$imaptest" host=127.0.0.1 port="$port" user="$user" pass="$pass" \
     test="$tests" >"$logs/$label.scripted" 2>&1 || true
   timeout "$TIMEOUT" "$imaptest" host=127.0.0.1 port="$port" user="$stress_user" pass="$pass" \
-    mbox="$work/stress.mbox" clients="$CLIENTS" secs="$SECS" >"$logs/$label.stress" 2>&1 || true
+    users="$CLIENTS" mbox="$work/stress.mbox" clients="$CLIENTS" secs="$SECS" >"$logs/$label.stress" 2>&1 || true
   python3 - "$label" "$logs/$label.scripted" "$logs/$label.stress" >>"$results" <<'PY'
 import re, sys
 label, scripted, stress = sys.argv[1:]
