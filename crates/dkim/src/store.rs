@@ -222,7 +222,12 @@ pub fn keygen(
     }
     let pem = crate::key::generate(algorithm, bits)?;
     // Parse before writing: what is written is known to load.
-    let key = SigningKey::from_pem(&dir.join(name.file_name()), name.clone(), pem.as_bytes(), None)?;
+    let key = SigningKey::from_pem(
+        &dir.join(name.file_name()),
+        name.clone(),
+        pem.as_bytes(),
+        None,
+    )?;
     let path = crate::key::write_key(dir, &name, &pem)?;
     Ok((path, key.dns_record()))
 }

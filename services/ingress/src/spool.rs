@@ -138,7 +138,10 @@ impl Ctx {
             Ok(fields) => fields,
             Err(reply) => return MessageOutcome::Failed(reply),
         };
-        match self.spool(&id, &message, client, tls, dkim.as_deref()).await {
+        match self
+            .spool(&id, &message, client, tls, dkim.as_deref())
+            .await
+        {
             Ok(()) => {
                 tracing::info!(
                     message_id = %id,

@@ -103,7 +103,9 @@ async fn submit(addr: std::net::SocketAddr, from: &str, body: &[u8]) -> (u16, St
 async fn relay(addr: std::net::SocketAddr, body: &[u8]) -> (u16, String) {
     let mut c = Smtp::connect(addr).await;
     c.cmd("EHLO app.test").await;
-    let r = c.transaction("app@example.com", &["bob@remote.test"], body).await;
+    let r = c
+        .transaction("app@example.com", &["bob@remote.test"], body)
+        .await;
     c.cmd("QUIT").await;
     r
 }
@@ -132,14 +134,28 @@ async fn authenticated_submission_is_dual_signed_and_dkimpy_verifies_both() {
     )
     .await;
 
-    let msg = stored(&nats, &submit(ingress.addr("submission"), "alice@example.com", WIRE).await).await;
+    let msg = stored(
+        &nats,
+        &submit(ingress.addr("submission"), "alice@example.com", WIRE).await,
+    )
+    .await;
     let text = String::from_utf8_lossy(&msg);
-    assert!(text.contains("c=relaxed/relaxed") && (text.contains(" x=") || text.contains("\tx=")), "{text}");
+    assert!(
+        text.contains("c=relaxed/relaxed") && (text.contains(" x=") || text.contains("\tx=")),
+        "{text}"
+    );
     let mut got = verify(&dns, msg.clone()).await;
     got.sort_by(|a, b| a.algorithm.cmp(&b.algorithm));
     let summary: Vec<(&str, &str, &str, bool)> = got
         .iter()
-        .map(|v| (v.algorithm.as_str(), v.domain.as_str(), v.selector.as_str(), v.pass))
+        .map(|v| {
+            (
+                v.algorithm.as_str(),
+                v.domain.as_str(),
+                v.selector.as_str(),
+                v.pass,
+            )
+        })
         .collect();
     assert_eq!(
         summary,
@@ -149,7 +165,10 @@ async fn authenticated_submission_is_dual_signed_and_dkimpy_verifies_both() {
         ]
     );
     // The body as the client meant it (dot-unstuffed) is what was signed.
-    assert!(text.contains("\r\n.a line that starts with a dot\r\n..\r\n"), "{text}");
+    assert!(
+        text.contains("\r\n.a line that starts with a dot\r\n..\r\n"),
+        "{text}"
+    );
 
     // From, Subject, Date and To are oversigned: one more instance added
     // after signing breaks both signatures.
@@ -157,15 +176,29 @@ async fn authenticated_submission_is_dual_signed_and_dkimpy_verifies_both() {
     forged.extend_from_slice(&msg);
     assert!(verify(&dns, forged).await.iter().all(|v| !v.pass));
     // So does a changed body.
-    let tampered = String::from_utf8_lossy(&msg).replace("Köln", "Bonn").into_bytes();
+    let tampered = String::from_utf8_lossy(&msg)
+        .replace("Köln", "Bonn")
+        .into_bytes();
     assert!(verify(&dns, tampered).await.iter().all(|v| !v.pass));
 
     // A From subdomain is signed with its parent's keys (DMARC relaxed alignment).
     let sub = String::from_utf8_lossy(WIRE).replace("alice@example.com", "news@mail.example.com");
-    let msg = stored(&nats, &submit(ingress.addr("submission"), "alice@example.com", sub.as_bytes()).await).await;
+    let msg = stored(
+        &nats,
+        &submit(
+            ingress.addr("submission"),
+            "alice@example.com",
+            sub.as_bytes(),
+        )
+        .await,
+    )
+    .await;
     let got = verify(&dns, msg).await;
     assert_eq!(got.len(), 2);
-    assert!(got.iter().all(|v| v.pass && v.domain == "example.com"), "{got:?}");
+    assert!(
+        got.iter().all(|v| v.pass && v.domain == "example.com"),
+        "{got:?}"
+    );
     ingress.stop().await;
 }
 
@@ -180,7 +213,9 @@ async fn unauthenticated_untrusted_mail_and_from_domains_without_keys_are_not_si
     // Inbound MX mail claiming our domain in From: stored unsigned.
     let mut c = Smtp::connect(ingress.addr("smtp")).await;
     c.cmd("EHLO stranger.test").await;
-    let r = c.transaction("alice@example.com", &["bob@example.org"], WIRE).await;
+    let r = c
+        .transaction("alice@example.com", &["bob@example.org"], WIRE)
+        .await;
     c.cmd("QUIT").await;
     assert_eq!(signatures(&stored(&nats, &r).await), 0);
     ingress.stop().await;
@@ -216,9 +251,13 @@ async fn an_unsignable_message_is_deferred_or_sent_unsigned_as_configured() {
         let (code, text) = relay(ingress.addr("smtp"), body).await;
         assert_eq!((code, &text[..9]), (451, "451 4.7.0"), "{text}");
     }
-    let metrics = http_get(ingress.addr("ingress admin"), "/metrics").await.unwrap();
+    let metrics = http_get(ingress.addr("ingress admin"), "/metrics")
+        .await
+        .unwrap();
     assert!(
-        metrics.contains("tern_ingress_dkim_sign_failures_total{reason=\"no_from\",action=\"defer\"} 1"),
+        metrics.contains(
+            "tern_ingress_dkim_sign_failures_total{reason=\"no_from\",action=\"defer\"} 1"
+        ),
         "{metrics}"
     );
     ingress.stop().await;
@@ -251,7 +290,10 @@ async fn a_key_added_while_running_signs_from_then_on_and_a_missing_key_stops_st
         ],
     )
     .await;
-    assert_eq!(signatures(&stored(&nats, &relay(ingress.addr("smtp"), WIRE).await).await), 1);
+    assert_eq!(
+        signatures(&stored(&nats, &relay(ingress.addr("smtp"), WIRE).await).await),
+        1
+    );
     zone += &keys(keydir.path(), "example.com", &[("e1", Algorithm::Ed25519)]);
     let addr = ingress.addr("smtp");
     let msg = wait_for("the new key to sign", Duration::from_secs(10), || {
@@ -277,5 +319,8 @@ async fn a_key_added_while_running_signs_from_then_on_and_a_missing_key_stops_st
     ]);
     let config = tern_ingress::Config::from_source(&src).unwrap();
     let err = tern_ingress::bind(config).await.err().unwrap().to_string();
-    assert!(err.contains("SELECTOR._domainkey.example.net.rsa.pem"), "{err}");
+    assert!(
+        err.contains("SELECTOR._domainkey.example.net.rsa.pem"),
+        "{err}"
+    );
 }
