@@ -643,7 +643,11 @@ async fn dkim(cfg: &TernConfig, command: DkimCommand) -> anyhow::Result<()> {
                     Ok(RouteStatus::Permanent) => record.published_in(&[]),
                     _ => tern_dkim::Published::Unknown(r.error),
                 };
-                println!("{:<48} {:<8} {dns}", record.name, key.name.algorithm);
+                println!(
+                    "{:<48} {:<8} {dns}",
+                    record.name,
+                    key.name.algorithm.as_str()
+                );
             }
             if keys.is_empty() {
                 println!("(no keys in {})", dir.display());

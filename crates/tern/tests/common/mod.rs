@@ -70,7 +70,7 @@ pub struct Stack {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-const ZONE: &str = "\
+pub const ZONE: &str = "\
 $ORIGIN remote.test.
 $TTL 60
 @    IN SOA ns.remote.test. admin.remote.test. 1 3600 600 86400 60
