@@ -50,15 +50,9 @@ cleanup() {
   find "$work" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +
 }
 trap cleanup EXIT
+# shellcheck source=../bench/mailbox/dovecot.sh
+. "$root/deploy/bench/mailbox/dovecot.sh"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 300); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2; return 1
-}
 
 # The stress mbox: the first 50 messages of the suite's mboxes.
 python3 - "$tests" "$work/stress.mbox" <<'PY'
@@ -124,45 +118,10 @@ run_tern() {
 
 run_dovecot() {
   local d="$work/dovecot" port; port=$(free_port)
-  mkdir -p "$d/run" "$d/mail"
-  chown dovecot:dovecot "$d/mail"
+  mkdir -p "$d"
   { echo "imaptest:{PLAIN}pass"; for i in $(seq 1 "$CLIENTS"); do echo "stress$i:{PLAIN}pass"; done; } > "$d/passwd"
-  cat > "$d/dovecot.conf" <<CONF
-protocols = imap
-listen = 127.0.0.1
-base_dir = $d/run
-state_dir = $d/run
-log_path = $logs/dovecot.log
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-first_valid_uid = 100
-mail_location = maildir:$d/mail/%u
-passdb {
-  driver = passwd-file
-  args = $d/passwd
-}
-userdb {
-  driver = static
-  args = uid=dovecot gid=dovecot home=$d/mail/%u
-}
-service imap-login {
-  inet_listener imap {
-    address = 127.0.0.1
-    port = $port
-  }
-  inet_listener imaps {
-    port = 0
-  }
-}
-protocol imap {
-  mail_max_userip_connections = 100
-}
-CONF
-  dovecot -F -c "$d/dovecot.conf" 2>"$logs/dovecot.stderr" &
-  local pid=$!
-  pids+=("$pid")
-  wait_port "$port"
+  start_dovecot "$d" "$port" "$logs/dovecot.log"
+  local pid=$dovecot_pid
   run_suite dovecot "$port" imaptest 'stress%d' pass
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }

@@ -49,15 +49,9 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+# shellcheck source=dovecot.sh
+. "$here/dovecot.sh"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 300); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2; return 1
-}
 client() { timeout "$TIMEOUT" python3 "$here/client.py" "$@"; }
 
 # NATS (the mailbox needs it for jobs and change notifications).
@@ -94,53 +88,10 @@ run_tern() {
 
 run_dovecot() {
   local d="$work/dovecot" port; port=$(free_port)
-  mkdir -p "$d/run" "$d/mail"
-  chown dovecot:dovecot "$d/mail"
+  mkdir -p "$d"
   echo "bench:{PLAIN}bench" > "$d/passwd"
-  cat > "$d/dovecot.conf" <<CONF
-protocols = imap
-listen = 127.0.0.1
-base_dir = $d/run
-state_dir = $d/run
-log_path = $d/log
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-first_valid_uid = 100
-mail_location = maildir:$d/mail/%u
-passdb {
-  driver = passwd-file
-  args = $d/passwd
-}
-userdb {
-  driver = static
-  args = uid=dovecot gid=dovecot home=$d/mail/%u
-}
-service imap-login {
-  inet_listener imap {
-    address = 127.0.0.1
-    port = $port
-  }
-  inet_listener imaps {
-    port = 0
-  }
-}
-protocol imap {
-  mail_max_userip_connections = 100
-}
-service stats {
-  unix_listener stats-reader {
-    mode = 0666
-  }
-  unix_listener stats-writer {
-    mode = 0666
-  }
-}
-CONF
-  dovecot -F -c "$d/dovecot.conf" 2>"$d/stderr" &
-  local pid=$!
-  pids+=("$pid")
-  wait_port "$port"
+  start_dovecot "$d" "$port" "$d/log"
+  local pid=$dovecot_pid
   echo "loading $COUNT messages into dovecot" >&2
   client load 127.0.0.1 "$port" bench bench "$COUNT" 1
   for c in $CLIENTS; do
