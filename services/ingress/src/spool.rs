@@ -249,6 +249,9 @@ impl Ctx {
             smtputf8: message.mail_from.smtputf8,
             eight_bit: message.eight_bit(),
             junk: verdict.is_some_and(|v| v.action == crate::Action::Junk),
+            // tenant, campaign, batch_id (injection API) and require_tls
+            // are not set by a plain SMTP transaction.
+            ..Default::default()
         };
         self.publish(id, Bytes::from(envelope.encode_to_vec()))
             .await

@@ -44,6 +44,11 @@ pub fn event(kind: &str, job: &Job, address: &str, result: Option<&RecipientResu
         at_unix_ms: now_unix_ms(),
         received_at_unix_ms: job.received_at_unix_ms,
         next_attempt_unix_ms: 0,
+        // Set by the caller from the bounce rules for bounced and deferred events.
+        bounce_class: String::new(),
+        tenant: job.tenant.clone(),
+        campaign: job.campaign.clone(),
+        batch_id: job.batch_id.clone(),
     }
 }
 

@@ -70,6 +70,10 @@ pub fn fan_out(
                 envid: env.envid.clone(),
                 ret: env.ret,
                 junk: env.junk,
+                tenant: env.tenant.clone(),
+                campaign: env.campaign.clone(),
+                batch_id: env.batch_id.clone(),
+                require_tls: env.require_tls,
             };
             Route { subject, job }
         })
