@@ -45,7 +45,7 @@ pub mod keys {
     pub const DKIM_ON_FAILURE: Key<OnFailure> = Key::new(
         "dkim_on_failure",
         "defer",
-        "a message that should be signed but cannot be: defer (451 4.7.0 at end of DATA) or send (unsigned, logged and counted)",
+        "a message that should be signed but cannot be: defer (451 4.7.0 at end of DATA; 550 5.6.0 when its From header names no single domain) or send (unsigned, logged and counted)",
     );
     /// `TERN_DKIM_RELOAD_INTERVAL`.
     pub const DKIM_RELOAD_INTERVAL: Key<Duration> = Key::new(
@@ -167,6 +167,13 @@ impl SignFailure {
             SignFailure::Task(_) => "task",
         }
     }
+
+    /// A From header that does not name one domain is the message's fault:
+    /// RFC 5322 §3.6 requires exactly one From field, and the client's retry
+    /// would send the same bytes, so the refusal is permanent.
+    fn is_permanent(&self) -> bool {
+        matches!(self, SignFailure::From(_))
+    }
 }
 
 /// Sign with the keys of `message`'s From domain: `Ok(None)` when it has none.
@@ -269,6 +276,11 @@ impl Ctx {
         );
         match self.dkim.on_failure {
             OnFailure::Send => Ok(None),
+            OnFailure::Defer if e.is_permanent() => Err(Reply::new(
+                550,
+                codes::BAD_CONTENT,
+                format!("Message cannot be DKIM-signed: {e}"),
+            )),
             OnFailure::Defer => Err(Reply::new(
                 451,
                 codes::TEMP_SECURITY,

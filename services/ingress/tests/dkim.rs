@@ -236,7 +236,7 @@ async fn unauthenticated_untrusted_mail_and_from_domains_without_keys_are_not_si
 }
 
 #[tokio::test]
-async fn an_unsignable_message_is_deferred_or_sent_unsigned_as_configured() {
+async fn an_unsignable_message_is_refused_or_sent_unsigned_as_configured() {
     let keydir = tempfile::tempdir().unwrap();
     keys(keydir.path(), "example.com", &[("e1", Algorithm::Ed25519)]);
     let nats = NatsServer::start().await;
@@ -249,7 +249,8 @@ async fn an_unsignable_message_is_deferred_or_sent_unsigned_as_configured() {
     let ingress = Ingress::start(&nats.url(), &mailbox, &[("dkim_keys_dir", dir), trusted]).await;
     for body in [&no_from[..], &two_froms[..]] {
         let (code, text) = relay(ingress.addr("smtp"), body).await;
-        assert_eq!((code, &text[..9]), (451, "451 4.7.0"), "{text}");
+        // No single From domain is the message's own fault: permanent.
+        assert_eq!((code, &text[..9]), (550, "550 5.6.0"), "{text}");
     }
     let metrics = http_get(ingress.addr("ingress admin"), "/metrics")
         .await
