@@ -622,3 +622,71 @@ async fn bad_input_gets_its_status_and_tenants_cannot_see_each_other() {
     // Nothing of any refused request was accepted: one batch, scheduled for 2099.
     assert!(w.sink.dumps().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_expansion_resumes_at_its_cursor() {
+    use prost::Message as _;
+    let w = world(&[]).await;
+    let nats = w.stack.nats.url();
+    tenant_with_key(&nats, "shop", "shop.test");
+    let js = async_nats::jetstream::new(async_nats::connect(&nats).await.unwrap());
+    // What a replica leaves behind when it dies after saving the cursor at
+    // 40 of 100: the record says 40 spooled, the spec is still unacked.
+    let batch = "01KBZ0000000000000000000AA";
+    let recipients: Vec<_> = (0..100)
+        .map(|i| serde_json::json!({"email": format!("r{i}@remote.test"), "name": format!("R{i}"), "vars": {}}))
+        .collect();
+    let spec = serde_json::json!({
+        "batch_id": batch, "tenant": "shop", "tenant_id": 1, "campaign": "", "campaign_id": 0,
+        "send_at_unix_ms": null,
+        "template": {"from": "news@shop.test", "reply_to": null, "subject": "s", "text": "hi {{ name }}",
+                     "html": null, "headers": {}, "raw": null, "attachments": []},
+        "vars": {}, "recipients": recipients, "unsubscribe": false,
+        "bounce_domain": "bounces.shop.test", "public_url": "https://shop.example"
+    });
+    let record = serde_json::json!({
+        "batch_id": batch, "tenant": "shop", "campaign": "", "state": "expanding", "total": 100,
+        "spooled": 40, "rejected": 0, "failed": 0, "created_unix_ms": 0, "send_at_unix_ms": null
+    });
+    // The API's setup made the stream and bucket at start; wait for them.
+    let kv = wait_for("the batch bucket", WAIT, || {
+        let js = js.clone();
+        async move { js.get_key_value("tern-inject-batches").await.ok() }
+    })
+    .await;
+    kv.create(batch, record.to_string().into()).await.unwrap();
+    let body_ref = tern_proto::BodyRef {
+        location: Some(tern_proto::body_ref::Location::Inline(
+            spec.to_string().into(),
+        )),
+        size: 0,
+    };
+    js.publish("tern.inject.batches", body_ref.encode_to_vec().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let dumps = wait_for("the 60 remaining messages", WAIT, || {
+        let d = w.sink.dumps();
+        async move { (d.len() >= 60).then_some(d) }
+    })
+    .await;
+    let mut got: Vec<usize> = dumps
+        .iter()
+        .map(|d| {
+            let rcpt = sink_arg(d, "Rcpt").trim_matches(['<', '>']).to_string();
+            rcpt[1..].split('@').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, (40..100).collect::<Vec<_>>());
+    let rec = wait_for("the record to say spooled", WAIT, || {
+        let kv = kv.clone();
+        async move {
+            let v: serde_json::Value = serde_json::from_slice(&kv.get(batch).await.ok()??).ok()?;
+            (v["state"] == "spooled").then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(rec["spooled"], 100);
+}
