@@ -63,6 +63,7 @@ impl Up {
             "SMTP_LISTEN",
             "SUBMISSION_LISTEN",
             "SUBMISSIONS_LISTEN",
+            "API_LISTEN",
             "IMAP_LISTEN",
             "IMAPS_LISTEN",
             "POP3_LISTEN",
