@@ -80,6 +80,27 @@ impl PostfixSink {
     }
 }
 
+/// At least `n` dumps, once the queue is idle: every job was delivered, so
+/// smtp-sink has finished writing each file (it answers the final dot after
+/// writing), and nothing is left to arrive.
+async fn settled_dumps(sink: &PostfixSink, nats: &str, n: usize, what: &str) -> Vec<String> {
+    let js = async_nats::jetstream::new(async_nats::connect(nats).await.unwrap());
+    wait_for(what, WAIT, || {
+        let js = js.clone();
+        let d = sink.dumps();
+        async move {
+            for stream in ["TERN_JOBS", "TERN_RESULTS", "TERN_INJECT"] {
+                let mut s = js.get_stream(stream).await.ok()?;
+                if s.info().await.ok()?.state.messages != 0 {
+                    return None;
+                }
+            }
+            (d.len() >= n).then_some(d)
+        }
+    })
+    .await
+}
+
 /// The value of smtp-sink's `X-NAME-Args:` line of a dump.
 fn sink_arg<'a>(dump: &'a str, name: &str) -> &'a str {
     let prefix = format!("X-{name}-Args: ");
@@ -258,7 +279,7 @@ struct World {
     stack: Stack,
     sink: PostfixSink,
     secret: tern_bounce::token::Secret,
-    _keys: tempfile::TempDir,
+    _keys: (tempfile::TempDir, tempfile::TempDir),
 }
 
 async fn world(extra: &[(&str, &str)]) -> World {
@@ -266,7 +287,9 @@ async fn world(extra: &[(&str, &str)]) -> World {
     let keys = tempfile::tempdir().unwrap();
     let keys_dir = keys.path().to_str().unwrap().to_string();
     let zone = dkim_zone(&keys_dir);
-    let secret_file = keys.path().join("secret");
+    // Not in the DKIM key directory: it would be an unknown file there.
+    let secrets = tempfile::tempdir().unwrap();
+    let secret_file = secrets.path().join("secret");
     std::fs::write(&secret_file, "0123456789abcdef0123456789abcdef-test").unwrap();
     let port = sink.port.to_string();
     let secret_path = secret_file.to_str().unwrap().to_string();
@@ -290,7 +313,7 @@ async fn world(extra: &[(&str, &str)]) -> World {
         stack,
         sink,
         secret,
-        _keys: keys,
+        _keys: (keys, secrets),
     }
 }
 
@@ -329,11 +352,7 @@ async fn a_thousand_recipient_batch_arrives_rendered_verp_signed_and_once() {
     assert_eq!(answer["rejected"], serde_json::json!([]));
     let batch_id = answer["batch_id"].as_str().unwrap().to_string();
 
-    let dumps = wait_for("1,000 messages at smtp-sink", WAIT, || {
-        let d = w.sink.dumps();
-        async move { (d.len() >= n).then_some(d) }
-    })
-    .await;
+    let dumps = settled_dumps(&w.sink, &nats, n, "1,000 messages at smtp-sink").await;
     assert_eq!(dumps.len(), n);
     let mut seen_rcpts = std::collections::HashSet::new();
     let mut seen_paths = std::collections::HashSet::new();
@@ -422,15 +441,8 @@ async fn a_thousand_recipient_batch_arrives_rendered_verp_signed_and_once() {
     // added nothing.
     let marker = serde_json::json!({"from": "news@shop.test", "text": "marker", "recipients": [{"email": "marker@remote.test"}]});
     assert_eq!(client.post(&key, &marker).await.0, 202);
-    let dumps = wait_for("the marker at smtp-sink", WAIT, || {
-        let d = w.sink.dumps();
-        async move {
-            d.iter()
-                .any(|d| d.contains("marker@remote.test"))
-                .then_some(d)
-        }
-    })
-    .await;
+    let dumps = settled_dumps(&w.sink, &nats, n + 1, "the marker at smtp-sink").await;
+    assert!(dumps.iter().any(|d| d.contains("marker@remote.test")));
     assert_eq!(dumps.len(), n + 1);
 }
 
@@ -479,15 +491,8 @@ async fn a_scheduled_batch_cancelled_before_send_at_sends_nothing() {
     .await;
     let marker = serde_json::json!({"from": "news@shop.test", "text": "marker", "recipients": [{"email": "marker@remote.test"}]});
     assert_eq!(client.post(&key, &marker).await.0, 202);
-    let dumps = wait_for("the marker at smtp-sink", WAIT, || {
-        let d = w.sink.dumps();
-        async move {
-            d.iter()
-                .any(|d| d.contains("marker@remote.test"))
-                .then_some(d)
-        }
-    })
-    .await;
+    let dumps = settled_dumps(&w.sink, &nats, 1, "the marker at smtp-sink").await;
+    assert!(dumps[0].contains("marker@remote.test"), "{dumps:?}");
     assert_eq!(dumps.len(), 1, "{dumps:?}");
     let (_, rec) = client
         .call("GET", &format!("/v1/batches/{id}"), &key, None, None)
@@ -666,11 +671,7 @@ async fn an_interrupted_expansion_resumes_at_its_cursor() {
         .unwrap()
         .await
         .unwrap();
-    let dumps = wait_for("the 60 remaining messages", WAIT, || {
-        let d = w.sink.dumps();
-        async move { (d.len() >= 60).then_some(d) }
-    })
-    .await;
+    let dumps = settled_dumps(&w.sink, &nats, 60, "the 60 remaining messages").await;
     let mut got: Vec<usize> = dumps
         .iter()
         .map(|d| {
