@@ -107,7 +107,7 @@ start_tern() { # dir, sink port, smtp port, NAME=value...
     local -a own=()
     case $name in
     delivery) own=(TERN_DELIVERY_GRPC_LISTEN=127.0.0.1:0) ;;
-    ingress) own=(TERN_SMTP_LISTEN="127.0.0.1:$smtp_port" TERN_SUBMISSION_LISTEN= TERN_SUBMISSIONS_LISTEN=
+    ingress) own=(TERN_SMTP_LISTEN="127.0.0.1:$smtp_port" TERN_SUBMISSION_LISTEN= TERN_SUBMISSIONS_LISTEN= TERN_API_LISTEN=
       TERN_INGRESS_GRPC_LISTEN=127.0.0.1:0 TERN_TRUSTED_NETWORKS=127.0.0.1/32 TERN_MAX_CONNECTIONS_PER_IP=20000) ;;
     esac
     "${tern_env[@]}" "$key=127.0.0.1:$admin" "${own[@]}" "$tern" "$name" >"$dir/$name.log" 2>&1 &

@@ -55,6 +55,16 @@ enum Command {
         #[command(subcommand)]
         command: DkimCommand,
     },
+    /// Tenants of the injection API and their sending domains (NATS KV).
+    Tenant {
+        #[command(subcommand)]
+        command: crate::tenant::TenantCommand,
+    },
+    /// API keys of the injection API.
+    Apikey {
+        #[command(subcommand)]
+        command: crate::tenant::ApiKeyCommand,
+    },
     /// Configuration.
     Config {
         #[command(subcommand)]
@@ -237,6 +247,8 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
         } => bounce_classify(&cfg, rules, reply),
         Command::User { command } => user(&cfg, command).await,
         Command::Dkim { command } => dkim(&cfg, command).await,
+        Command::Tenant { command } => crate::tenant::tenant(&cfg, command).await,
+        Command::Apikey { command } => crate::tenant::apikey(&cfg, command).await,
         Command::Queue { command: Some(c) } => queue_admin(&cfg, c).await,
         Command::Up => {
             let _t = telemetry::init("tern", cfg.log_json, &cfg.log_filter)?;

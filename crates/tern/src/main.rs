@@ -3,6 +3,7 @@
 
 mod cli;
 mod config;
+mod tenant;
 mod up;
 
 use clap::Parser;

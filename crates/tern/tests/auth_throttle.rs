@@ -88,6 +88,7 @@ async fn smtp_auth_failures_throttle_the_account_at_the_mailbox() {
         ("smtp_listen", "127.0.0.1:0"),
         ("submission_listen", "127.0.0.1:0"),
         ("submissions_listen", "127.0.0.1:0"),
+        ("api_listen", "127.0.0.1:0"),
         ("ingress_grpc_listen", "127.0.0.1:0"),
         ("ingress_admin_listen", "127.0.0.1:0"),
         ("mailbox_url", mailbox_url.as_str()),

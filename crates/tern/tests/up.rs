@@ -63,6 +63,7 @@ impl Up {
             "SMTP_LISTEN",
             "SUBMISSION_LISTEN",
             "SUBMISSIONS_LISTEN",
+            "API_LISTEN",
             "IMAP_LISTEN",
             "IMAPS_LISTEN",
             "POP3_LISTEN",
@@ -162,10 +163,10 @@ impl Drop for Up {
 #[test]
 fn tern_up_answers_on_every_port_and_exits_zero_on_sigterm() {
     let mut up = Up::start(&[], false);
-    // nats + 7 mail listeners + 5 gRPC + 5 admin
+    // nats + 7 mail listeners + the injection API + 5 gRPC + 5 admin
     assert_eq!(
         up.addrs.len(),
-        18,
+        19,
         "listening addresses printed: {:?}",
         up.addrs
     );

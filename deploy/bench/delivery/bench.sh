@@ -140,7 +140,7 @@ tern_run() { # number of delivery processes
     pids+=($!); names+=("delivery$i"); procs+=($!); wait_until "delivery$i" ready "$admin"
   done
   admin=$(free_port)
-  "${common[@]}" TERN_SMTP_LISTEN="127.0.0.1:$smtp_port" TERN_SUBMISSION_LISTEN= TERN_SUBMISSIONS_LISTEN= \
+  "${common[@]}" TERN_SMTP_LISTEN="127.0.0.1:$smtp_port" TERN_SUBMISSION_LISTEN= TERN_SUBMISSIONS_LISTEN= TERN_API_LISTEN= \
     TERN_INGRESS_GRPC_LISTEN=127.0.0.1:0 TERN_INGRESS_ADMIN_LISTEN="127.0.0.1:$admin" \
     TERN_TRUSTED_NETWORKS=127.0.0.1/32 TERN_MAX_CONNECTIONS_PER_IP=20000 \
     "$tern" ingress >"$dir/ingress.log" 2>&1 &

@@ -65,7 +65,7 @@ echo bench-password | "${base[@]}" "$tern" user add rcpt@bench.test >/dev/null
 start_ingress() { # true|false
   smtp_port=$(free_port); admin_port=$(free_port)
   "${base[@]}" TERN_INBOUND_CHECKS="$1" \
-    TERN_SMTP_LISTEN="127.0.0.1:$smtp_port" TERN_SUBMISSION_LISTEN= TERN_SUBMISSIONS_LISTEN= \
+    TERN_SMTP_LISTEN="127.0.0.1:$smtp_port" TERN_SUBMISSION_LISTEN= TERN_SUBMISSIONS_LISTEN= TERN_API_LISTEN= \
     TERN_INGRESS_GRPC_LISTEN=127.0.0.1:0 TERN_INGRESS_ADMIN_LISTEN="127.0.0.1:$admin_port" \
     TERN_MAX_CONNECTIONS_PER_IP=20000 \
     "$tern" ingress >"$work/ingress-$1.log" 2>&1 &

@@ -23,7 +23,7 @@ Container ports of each service. The containers listen on unprivileged ports
 map the well-known ports onto them.
 */}}
 {{- define "tern.ports" -}}
-ingress: {smtp: 2525, submission: 2587, submissions: 2465, grpc: 50051, admin: 9081}
+ingress: {smtp: 2525, submission: 2587, submissions: 2465, api: 2580, grpc: 50051, admin: 9081}
 queue: {grpc: 50052, admin: 9082}
 resolver: {grpc: 50053, admin: 9083}
 delivery: {grpc: 50054, admin: 9084}

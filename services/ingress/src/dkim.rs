@@ -147,7 +147,7 @@ const INLINE_SIGN_MAX: usize = 64 * 1024;
 
 /// Why a message that should be signed was not.
 #[derive(Debug, thiserror::Error)]
-enum SignFailure {
+pub(crate) enum SignFailure {
     /// The From domain could not be determined.
     #[error(transparent)]
     From(#[from] FromDomainError),
@@ -192,6 +192,35 @@ fn sign(keys: &KeySet, message: &[u8]) -> Result<Option<String>, SignFailure> {
 }
 
 impl Dkim {
+    /// Sign a message made by the injection API (its sender is an
+    /// authenticated tenant): the `DKIM-Signature` fields, `Ok(None)` when
+    /// the From domain has no key, or why it failed; with
+    /// `dkim_on_failure=send` a failure is `Ok(None)` (counted, logged).
+    pub(crate) async fn sign_injected(
+        &self,
+        message: bytes::Bytes,
+    ) -> Result<Option<String>, SignFailure> {
+        let keys = self.store.current();
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        let result = if message.len() <= INLINE_SIGN_MAX {
+            sign(&keys, &message)
+        } else {
+            tokio::task::spawn_blocking(move || sign(&keys, &message))
+                .await
+                .unwrap_or_else(|e| Err(SignFailure::Task(e.to_string())))
+        };
+        match result {
+            Err(e) if self.on_failure == OnFailure::Send => {
+                metrics::counter!("tern_ingress_dkim_sign_failures_total", "reason" => e.reason(), "action" => "send").increment(1);
+                tracing::warn!(error = %e, "injected message could not be DKIM-signed; sending unsigned");
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
     /// Watch the key directory until `stop`, swapping in changed keys.
     pub(crate) async fn watch(self, stop: Shutdown) {
         let store = self.store.clone();

@@ -12,6 +12,7 @@ mod authdns;
 mod authres;
 mod conn;
 mod dkim;
+mod inject;
 mod limits;
 mod received;
 mod spool;
@@ -33,6 +34,7 @@ use tokio_util::task::TaskTracker;
 
 pub use authcheck::{Action, InboundPolicy};
 pub use dkim::{DkimConfig, OnFailure, keys as dkim_keys};
+pub use inject::{ApiConfig, keys as api_keys};
 pub use received::received_header;
 
 /// The configuration keys only ingress reads.
@@ -264,6 +266,8 @@ pub struct Config {
     pub tls_reload_interval: Duration,
     /// Outbound DKIM signing.
     pub dkim: DkimConfig,
+    /// The injection API (issue 16).
+    pub api: ApiConfig,
 }
 
 impl Config {
@@ -309,6 +313,7 @@ impl Config {
             auth_failure_window: src.get(&keys::AUTH_FAILURE_WINDOW)?,
             tls_reload_interval: src.get(&keys::TLS_RELOAD_INTERVAL)?,
             dkim: DkimConfig::from_source(src, &CommonConfig::from_source(src)?.data_dir)?,
+            api: ApiConfig::from_source(src, &CommonConfig::from_source(src)?)?,
         })
     }
 }
@@ -396,6 +401,7 @@ pub struct Bound {
     tls: Arc<rustls::ServerConfig>,
     certs: Arc<tls::CertStore>,
     dkim: dkim::Dkim,
+    api: Option<TcpListener>,
 }
 
 /// Listen backlog. A burst of connections beyond the backlog makes the
@@ -446,6 +452,10 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     }
     let grpc = bind_one("ingress grpc", config.grpc_listen).await?;
     let admin = bind_one("ingress admin", config.admin_listen).await?;
+    let api = match config.api.listen {
+        Some(addr) => Some(bind_one("api", addr).await?),
+        None => None,
+    };
     Ok(Bound {
         config,
         nats_url,
@@ -455,6 +465,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         tls,
         certs,
         dkim,
+        api,
     })
 }
 
@@ -467,7 +478,10 @@ impl Bound {
             .iter()
             .filter_map(|(kind, l)| l.local_addr().ok().map(|a| (kind.name(), a)))
             .collect();
-        for (name, l) in [("ingress grpc", &self.grpc), ("ingress admin", &self.admin)] {
+        for (name, l) in [("ingress grpc", &self.grpc), ("ingress admin", &self.admin)]
+            .into_iter()
+            .chain(self.api.iter().map(|l| ("api", l)))
+        {
             if let Ok(a) = l.local_addr() {
                 out.push((name, a));
             }
@@ -488,6 +502,7 @@ impl Bound {
             tls,
             certs,
             dkim,
+            api,
         } = self;
         // `draining` starts the drain (on shutdown or when a server task
         // fails); `stop` ends the admin and gRPC servers once drained; `hard`
@@ -538,6 +553,14 @@ impl Bound {
             grpc::channel(&config.mailbox_url)?,
             tern_runtime::telemetry::grpc_inject as conn::Interceptor,
         );
+        let api_task = tokio::spawn(inject::start(
+            config.api.clone(),
+            config.common.clone(),
+            api,
+            js.clone(),
+            dkim.clone(),
+            stop.clone(),
+        ));
         let mut ctx = conn::Ctx::new(&config, js, accounts, tls, dkim);
         if config.inbound.enabled {
             let resolver = tern_proto::resolver_client::ResolverClient::with_interceptor(
@@ -611,6 +634,9 @@ impl Bound {
             let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
         }
         stop.trigger();
+        if let Ok(Err(e)) = api_task.await {
+            tracing::warn!(error = %e, "injection API stopped with an error");
+        }
         if !grpc_done {
             let _ = grpc_task.await;
         }

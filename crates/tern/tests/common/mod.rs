@@ -144,6 +144,7 @@ impl Stack {
             "resolver_admin_listen",
             "delivery_admin_listen",
             "mailbox_admin_listen",
+            "api_listen",
         ] {
             pairs.push((key.into(), any.into()));
         }

@@ -211,6 +211,7 @@ impl Ingress {
             ("smtp_listen", "127.0.0.1:0"),
             ("submission_listen", "127.0.0.1:0"),
             ("submissions_listen", "127.0.0.1:0"),
+            ("api_listen", "127.0.0.1:0"),
             ("ingress_grpc_listen", "127.0.0.1:0"),
             ("ingress_admin_listen", "127.0.0.1:0"),
             ("mailbox_url", mailbox),

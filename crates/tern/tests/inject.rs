@@ -1,0 +1,693 @@
+//! The injection API end to end (issue 16): tenants and keys made with the
+//! `tern` binary, Python's `urllib` as the HTTP client, the whole stack
+//! in-process, and Postfix's `smtp-sink` as the receiving MX.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Stack, python};
+use tern_testkit::{NatsServer, dkimpy_verify, wait_for};
+
+const SMTP_SINK: &str = "/usr/sbin/smtp-sink";
+const WAIT: Duration = Duration::from_secs(120);
+
+/// Postfix's smtp-sink on 127.0.0.1 (`-d`: one file per transaction).
+struct PostfixSink {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Drop for PostfixSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl PostfixSink {
+    async fn start() -> PostfixSink {
+        assert!(
+            Path::new(SMTP_SINK).exists(),
+            "{SMTP_SINK} is required (Debian package postfix; scripts/deps.sh --test installs it)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        // smtp-sink drops privileges to -u before writing its dumps.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        let port = tern_testkit::free_port();
+        let mut d = dir.path().to_str().unwrap().to_string();
+        d.push('/');
+        let mut cmd = Command::new(SMTP_SINK);
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout.starts_with(b"0"))
+            .unwrap_or(false);
+        if root {
+            cmd.args(["-u", "nobody"]);
+        }
+        let child = cmd
+            .args(["-d", &d, &format!("127.0.0.1:{port}"), "256"])
+            .spawn()
+            .unwrap();
+        wait_for("smtp-sink listening", WAIT, || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        PostfixSink { child, dir, port }
+    }
+
+    fn dumps(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.path())
+            .map(|rd| {
+                rd.filter_map(|e| std::fs::read(e.ok()?.path()).ok())
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// At least `n` dumps, once the queue is idle: every job was delivered, so
+/// smtp-sink has finished writing each file (it answers the final dot after
+/// writing), and nothing is left to arrive.
+async fn settled_dumps(sink: &PostfixSink, nats: &str, n: usize, what: &str) -> Vec<String> {
+    let js = async_nats::jetstream::new(async_nats::connect(nats).await.unwrap());
+    wait_for(what, WAIT, || {
+        let js = js.clone();
+        let d = sink.dumps();
+        async move {
+            for stream in ["TERN_JOBS", "TERN_RESULTS", "TERN_INJECT"] {
+                let mut s = js.get_stream(stream).await.ok()?;
+                if s.info().await.ok()?.state.messages != 0 {
+                    return None;
+                }
+            }
+            (d.len() >= n).then_some(d)
+        }
+    })
+    .await
+}
+
+/// The value of smtp-sink's `X-NAME-Args:` line of a dump.
+fn sink_arg<'a>(dump: &'a str, name: &str) -> &'a str {
+    let prefix = format!("X-{name}-Args: ");
+    dump.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in {dump}"))
+        .trim()
+}
+
+/// The message of a dump, without smtp-sink's own `X-…-Args` / `X-Client-…` lines.
+fn sink_message(dump: &str) -> String {
+    dump.replace("\r\n", "\n")
+        .lines()
+        .skip_while(|l| {
+            ["X-Client-", "X-Helo-", "X-Mail-", "X-Rcpt-"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
+        + "\r\n"
+}
+
+/// `tern ARGS` against the stack's NATS; stdout.
+fn tern(nats: &str, args: &[&str]) -> String {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tern"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TERN_") {
+            c.env_remove(k);
+        }
+    }
+    let out = c.args(args).env("TERN_NATS_URL", nats).output().unwrap();
+    assert!(
+        out.status.success(),
+        "tern {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Add a tenant and return an API key (the last line of `apikey create`).
+fn tenant_with_key(nats: &str, name: &str, domain: &str) -> String {
+    let added = tern(nats, &["tenant", "add", name, "--domain", domain]);
+    assert!(added.contains(&format!("tenant {name} added")), "{added}");
+    let out = tern(nats, &["apikey", "create", "--tenant", name]);
+    out.lines().last().unwrap().to_string()
+}
+
+/// One HTTP request with Python's urllib: (status, JSON body).
+const CLIENT: &str = r#"
+import json, sys, urllib.request, urllib.error
+method, url, key, body_file, idem = sys.argv[1:6]
+data = open(body_file, 'rb').read() if body_file != '-' else None
+req = urllib.request.Request(url, data=data, method=method)
+if key != '-':
+    req.add_header('Authorization', 'Bearer ' + key)
+if idem != '-':
+    req.add_header('Idempotency-Key', idem)
+req.add_header('Content-Type', 'application/json')
+try:
+    with urllib.request.urlopen(req, timeout=60) as r:
+        status, body = r.status, r.read()
+except urllib.error.HTTPError as e:
+    status, body = e.code, e.read()
+print(status)
+print(body.decode())
+"#;
+
+struct Client {
+    base: String,
+    dir: tempfile::TempDir,
+}
+
+impl Client {
+    fn new(stack: &Stack) -> Client {
+        Client {
+            base: format!("http://{}", stack.addr("api")),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: &str,
+        body: Option<&[u8]>,
+        idem: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let file = match body {
+            Some(b) => {
+                let p = self.dir.path().join(format!("{}.json", ulid_like()));
+                std::fs::write(&p, b).unwrap();
+                p.to_str().unwrap().to_string()
+            }
+            None => "-".into(),
+        };
+        let out = python(
+            CLIENT,
+            &[
+                method.into(),
+                format!("{}{path}", self.base),
+                key.into(),
+                file,
+                idem.unwrap_or("-").into(),
+            ],
+        )
+        .await;
+        let out = String::from_utf8(out).unwrap();
+        let (status, body) = out.split_once('\n').unwrap();
+        let json = serde_json::from_str(body.trim()).unwrap_or(serde_json::Value::Null);
+        (status.trim().parse().unwrap(), json)
+    }
+
+    async fn post(&self, key: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.call(
+            "POST",
+            "/v1/messages",
+            key,
+            Some(body.to_string().as_bytes()),
+            None,
+        )
+        .await
+    }
+}
+
+fn ulid_like() -> String {
+    format!(
+        "{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+/// A DKIM key for `shop.test` made with `tern dkim keygen`, and its zone.
+fn dkim_zone(dir: &str) -> String {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tern"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TERN_") {
+            c.env_remove(k);
+        }
+    }
+    let out = c
+        .args([
+            "dkim",
+            "keygen",
+            "--domain",
+            "shop.test",
+            "--selector",
+            "e1",
+            "--algorithm",
+            "ed25519",
+        ])
+        .env("TERN_DKIM_KEYS_DIR", dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = String::from_utf8(out.stdout).unwrap();
+    let record = out
+        .lines()
+        .find(|l| l.contains("._domainkey.") && l.contains(" IN TXT "))
+        .unwrap()
+        .to_string();
+    format!(
+        "$ORIGIN shop.test.\n$TTL 60\n@ IN SOA ns.shop.test. admin.shop.test. 1 3600 600 86400 60\n@ IN NS ns.shop.test.\nns IN A 127.0.0.1\n{record}\n"
+    )
+}
+
+struct World {
+    stack: Stack,
+    sink: PostfixSink,
+    secret: tern_bounce::token::Secret,
+    _keys: (tempfile::TempDir, tempfile::TempDir),
+}
+
+async fn world(extra: &[(&str, &str)]) -> World {
+    let sink = PostfixSink::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let keys_dir = keys.path().to_str().unwrap().to_string();
+    let zone = dkim_zone(&keys_dir);
+    // Not in the DKIM key directory: it would be an unknown file there.
+    let secrets = tempfile::tempdir().unwrap();
+    let secret_file = secrets.path().join("secret");
+    std::fs::write(&secret_file, "0123456789abcdef0123456789abcdef-test").unwrap();
+    let port = sink.port.to_string();
+    let secret_path = secret_file.to_str().unwrap().to_string();
+    let mut pairs: Vec<(&str, &str)> = vec![
+        ("remote_smtp_port", &port),
+        ("dkim_keys_dir", &keys_dir),
+        ("secret_file", &secret_path),
+        ("bounce_domain", "bounces.shop.test"),
+        ("public_url", "https://shop.example/"),
+    ];
+    pairs.extend_from_slice(extra);
+    let stack = Stack::start_zones(
+        NatsServer::start().await,
+        &pairs,
+        false,
+        &[("shop.test.", &zone)],
+    )
+    .await;
+    let secret = tern_bounce::token::Secret::load(&secret_file).unwrap();
+    World {
+        stack,
+        sink,
+        secret,
+        _keys: (keys, secrets),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_recipient_batch_arrives_rendered_verp_signed_and_once() {
+    let w = world(&[]).await;
+    let nats = w.stack.nats.url();
+    let key = tenant_with_key(&nats, "shop", "shop.test");
+    let client = Client::new(&w.stack);
+    let n = 1000;
+    let recipients: Vec<_> = (0..n)
+        .map(|i| serde_json::json!({"email": format!("u{i}@remote.test"), "name": format!("User {i}"), "vars": {"code": format!("C{i}")}}))
+        .collect();
+    let body = serde_json::json!({
+        "from": "Shop <news@shop.test>",
+        "subject": "Hello {{ name }}",
+        "text": "Dear {{ name }}, your code is {{ code }} ({{ greeting }}).",
+        "html": "<p>Dear {{ name }} &amp; {{ code }}</p>",
+        "vars": {"greeting": "see you"},
+        "campaign": "spring",
+        "unsubscribe": true,
+        "recipients": recipients,
+    });
+    let bytes = body.to_string();
+    let (status, answer) = client
+        .call(
+            "POST",
+            "/v1/messages",
+            &key,
+            Some(bytes.as_bytes()),
+            Some("spring-1"),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["accepted"], n);
+    assert_eq!(answer["rejected"], serde_json::json!([]));
+    let batch_id = answer["batch_id"].as_str().unwrap().to_string();
+
+    let dumps = settled_dumps(&w.sink, &nats, n, "1,000 messages at smtp-sink").await;
+    assert_eq!(dumps.len(), n);
+    let mut seen_rcpts = std::collections::HashSet::new();
+    let mut seen_paths = std::collections::HashSet::new();
+    for d in &dumps {
+        let rcpt = sink_arg(d, "Rcpt").trim_matches(['<', '>']).to_string();
+        let i: usize = rcpt
+            .strip_prefix('u')
+            .unwrap()
+            .split('@')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            d.contains(&format!("Subject: Hello User {i}\n"))
+                || d.contains(&format!("Subject: Hello User {i}\r\n")),
+            "{d}"
+        );
+        assert!(
+            d.contains(&format!("Dear User {i}, your code is C{i} (see you).")),
+            "{d}"
+        );
+        let mail_from = sink_arg(d, "Mail")
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_matches(['<', '>'])
+            .to_string();
+        assert!(mail_from.ends_with("@bounces.shop.test"), "{mail_from}");
+        match tern_bounce::token::parse_local_part(&w.secret, &mail_from).unwrap() {
+            tern_bounce::token::LocalPart::Bounce(f) => {
+                assert_eq!(f.tenant, 1);
+                assert_eq!(f.recipient as usize, i, "VERP index of {rcpt}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            d.contains("List-Unsubscribe: <https://shop.example/u/"),
+            "{d}"
+        );
+        assert!(d.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
+        assert!(d.contains("Message-ID: <"));
+        assert!(seen_rcpts.insert(rcpt));
+        assert!(seen_paths.insert(mail_from));
+    }
+    // dkimpy verifies the signatures as the receiver would.
+    for d in dumps.iter().take(3) {
+        let verdicts = dkimpy_verify(w.stack.dns.addr(), sink_message(d).as_bytes());
+        assert!(
+            verdicts.iter().any(|v| v.domain == "shop.test" && v.pass),
+            "{verdicts:?}\n{d}"
+        );
+    }
+    let (status, rec) = client
+        .call("GET", &format!("/v1/batches/{batch_id}"), &key, None, None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(rec["state"], "spooled");
+    assert_eq!(rec["spooled"], n);
+
+    // The same call again: the first answer, nothing new.
+    let (status, again) = client
+        .call(
+            "POST",
+            "/v1/messages",
+            &key,
+            Some(bytes.as_bytes()),
+            Some("spring-1"),
+        )
+        .await;
+    assert_eq!((status, &again), (202, &answer));
+    // The same key with another body: refused.
+    let other = body.to_string().replace("Hello", "Hi");
+    let (status, err) = client
+        .call(
+            "POST",
+            "/v1/messages",
+            &key,
+            Some(other.as_bytes()),
+            Some("spring-1"),
+        )
+        .await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["error"]["field"], "Idempotency-Key");
+    // A marker message sent after the replay arrives alone: the replay
+    // added nothing.
+    let marker = serde_json::json!({"from": "news@shop.test", "text": "marker", "recipients": [{"email": "marker@remote.test"}]});
+    assert_eq!(client.post(&key, &marker).await.0, 202);
+    let dumps = settled_dumps(&w.sink, &nats, n + 1, "the marker at smtp-sink").await;
+    assert!(dumps.iter().any(|d| d.contains("marker@remote.test")));
+    assert_eq!(dumps.len(), n + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_batch_cancelled_before_send_at_sends_nothing() {
+    let w = world(&[]).await;
+    let nats = w.stack.nats.url();
+    let key = tenant_with_key(&nats, "shop", "shop.test");
+    let client = Client::new(&w.stack);
+    // Far enough ahead for a loaded machine to cancel in time.
+    let send_at_ms = tern_runtime::now_unix_ms() + 15_000;
+    let send_at = tern_runtime::date::rfc3339(send_at_ms);
+    let body = serde_json::json!({"from": "news@shop.test", "text": "later", "send_at": send_at,
+        "recipients": [{"email": "later@remote.test"}, {"email": "later2@remote.test"}]});
+    let (status, answer) = client.post(&key, &body).await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["batch_id"].as_str().unwrap().to_string();
+    let (status, rec) = client
+        .call("GET", &format!("/v1/batches/{id}"), &key, None, None)
+        .await;
+    assert_eq!((status, rec["state"].as_str()), (200, Some("scheduled")));
+    let (status, rec) = client
+        .call("DELETE", &format!("/v1/batches/{id}"), &key, None, None)
+        .await;
+    assert_eq!(
+        (status, rec["state"].as_str()),
+        (200, Some("cancelled")),
+        "{rec}"
+    );
+    // Past send_at the worker has seen the batch again and dropped it: the
+    // batch stream is empty.
+    let client_nats = async_nats::connect(&nats).await.unwrap();
+    let js = async_nats::jetstream::new(client_nats);
+    wait_for(
+        "the cancelled batch to leave the batch stream",
+        WAIT,
+        || {
+            let js = js.clone();
+            async move {
+                let mut s = js.get_stream("TERN_INJECT").await.ok()?;
+                let info = s.info().await.ok()?;
+                (tern_runtime::now_unix_ms() > send_at_ms && info.state.messages == 0).then_some(())
+            }
+        },
+    )
+    .await;
+    let marker = serde_json::json!({"from": "news@shop.test", "text": "marker", "recipients": [{"email": "marker@remote.test"}]});
+    assert_eq!(client.post(&key, &marker).await.0, 202);
+    let dumps = settled_dumps(&w.sink, &nats, 1, "the marker at smtp-sink").await;
+    assert!(dumps[0].contains("marker@remote.test"), "{dumps:?}");
+    assert_eq!(dumps.len(), 1, "{dumps:?}");
+    let (_, rec) = client
+        .call("GET", &format!("/v1/batches/{id}"), &key, None, None)
+        .await;
+    assert_eq!(rec["state"], "cancelled");
+    assert_eq!(rec["spooled"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_its_status_and_tenants_cannot_see_each_other() {
+    let w = world(&[("api_max_body", "1048576")]).await;
+    let nats = w.stack.nats.url();
+    let key = tenant_with_key(&nats, "shop", "shop.test");
+    let other_key = tenant_with_key(&nats, "other", "other.test");
+    let client = Client::new(&w.stack);
+    let ok = serde_json::json!({"from": "news@shop.test", "text": "hi {{ name }}", "recipients": [{"email": "a@remote.test", "name": "A"}], "send_at": "2099-01-01T00:00:00Z"});
+
+    // 401: no key, a wrong key, a revoked key.
+    assert_eq!(client.post("-", &ok).await.0, 401);
+    let (status, err) = client.post("tern_nonsense", &ok).await;
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (401, Some("Authorization"))
+    );
+    let revoked = tenant_with_key(&nats, "gone", "gone.test");
+    let id = revoked.split('_').nth(1).unwrap().to_string();
+    tern(&nats, &["apikey", "revoke", &id]);
+    assert_eq!(client.post(&revoked, &ok).await.0, 401);
+
+    // 400 naming the field.
+    let cases = [
+        (
+            serde_json::json!({"text": "x", "recipients": [{"email": "a@remote.test"}]}),
+            "from",
+        ),
+        (
+            serde_json::json!({"from": "news@shop.test", "recipients": [{"email": "a@remote.test"}]}),
+            "text",
+        ),
+        (
+            serde_json::json!({"from": "news@shop.test", "text": "x"}),
+            "recipients",
+        ),
+        (
+            serde_json::json!({"from": "news@shop.test", "text": "{% if %}", "recipients": [{"email": "a@remote.test"}]}),
+            "text",
+        ),
+        (
+            serde_json::json!({"from": "news@shop.test", "text": "{{ missing }}", "recipients": [{"email": "a@remote.test"}]}),
+            "text",
+        ),
+        (
+            serde_json::json!({"from": "news@shop.test", "text": "x", "send_at": "soon", "recipients": [{"email": "a@remote.test"}]}),
+            "send_at",
+        ),
+        (
+            serde_json::json!({"from": "news@shop.test", "text": "x", "headers": {"Subject": "x"}, "recipients": [{"email": "a@remote.test"}]}),
+            "headers.Subject",
+        ),
+    ];
+    for (body, field) in cases {
+        let (status, err) = client.post(&key, &body).await;
+        assert_eq!(
+            (status, err["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{body}: {err}"
+        );
+    }
+    let (status, err) = client
+        .call("POST", "/v1/messages", &key, Some(b"{not json"), None)
+        .await;
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (400, Some("body"))
+    );
+    // 403: a domain the tenant does not own (nor does a lookalike count).
+    for from in ["news@other.test", "news@evilshop.test"] {
+        let body = serde_json::json!({"from": from, "text": "x", "recipients": [{"email": "a@remote.test"}]});
+        let (status, err) = client.post(&key, &body).await;
+        assert_eq!(
+            (status, err["error"]["field"].as_str()),
+            (403, Some("from")),
+            "{err}"
+        );
+    }
+    // 422: more than 10,000 recipients.
+    let many: Vec<_> = (0..10_001)
+        .map(|i| serde_json::json!({"email": format!("u{i}@remote.test")}))
+        .collect();
+    let body = serde_json::json!({"from": "news@shop.test", "text": "x", "recipients": many});
+    let (status, err) = client.post(&key, &body).await;
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (422, Some("recipients")),
+        "{err}"
+    );
+    // 413: over the body limit.
+    let big = vec![b' '; 1_100_000];
+    let (status, _) = client
+        .call("POST", "/v1/messages", &key, Some(&big), None)
+        .await;
+    assert_eq!(status, 413);
+
+    // Two tenants: neither sees nor cancels the other's batch.
+    let (status, answer) = client.post(&key, &ok).await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["batch_id"].as_str().unwrap();
+    let path = format!("/v1/batches/{id}");
+    assert_eq!(
+        client.call("GET", &path, &other_key, None, None).await.0,
+        404
+    );
+    assert_eq!(
+        client.call("DELETE", &path, &other_key, None, None).await.0,
+        404
+    );
+    let (status, rec) = client.call("GET", &path, &key, None, None).await;
+    assert_eq!((status, rec["state"].as_str()), (200, Some("scheduled")));
+    assert_eq!(
+        client
+            .call(
+                "GET",
+                "/v1/batches/01ARZ3NDEKTSV4RRFFQ69G5FAV",
+                &key,
+                None,
+                None
+            )
+            .await
+            .0,
+        404
+    );
+    // Nothing of any refused request was accepted: one batch, scheduled for 2099.
+    assert!(w.sink.dumps().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_expansion_resumes_at_its_cursor() {
+    use prost::Message as _;
+    let w = world(&[]).await;
+    let nats = w.stack.nats.url();
+    tenant_with_key(&nats, "shop", "shop.test");
+    let js = async_nats::jetstream::new(async_nats::connect(&nats).await.unwrap());
+    // What a replica leaves behind when it dies after saving the cursor at
+    // 40 of 100: the record says 40 spooled, the spec is still unacked.
+    let batch = "01KBZ0000000000000000000AA";
+    let recipients: Vec<_> = (0..100)
+        .map(|i| serde_json::json!({"email": format!("r{i}@remote.test"), "name": format!("R{i}"), "vars": {}}))
+        .collect();
+    let spec = serde_json::json!({
+        "batch_id": batch, "tenant": "shop", "tenant_id": 1, "campaign": "", "campaign_id": 0,
+        "send_at_unix_ms": null,
+        "template": {"from": "news@shop.test", "reply_to": null, "subject": "s", "text": "hi {{ name }}",
+                     "html": null, "headers": {}, "raw": null, "attachments": []},
+        "vars": {}, "recipients": recipients, "unsubscribe": false,
+        "bounce_domain": "bounces.shop.test", "public_url": "https://shop.example"
+    });
+    let record = serde_json::json!({
+        "batch_id": batch, "tenant": "shop", "campaign": "", "state": "expanding", "total": 100,
+        "spooled": 40, "rejected": 0, "failed": 0, "created_unix_ms": 0, "send_at_unix_ms": null
+    });
+    // The API's setup made the stream and bucket at start; wait for them.
+    let kv = wait_for("the batch bucket", WAIT, || {
+        let js = js.clone();
+        async move { js.get_key_value("tern-inject-batches").await.ok() }
+    })
+    .await;
+    kv.create(batch, record.to_string().into()).await.unwrap();
+    let body_ref = tern_proto::BodyRef {
+        location: Some(tern_proto::body_ref::Location::Inline(
+            spec.to_string().into(),
+        )),
+        size: 0,
+    };
+    js.publish("tern.inject.batches", body_ref.encode_to_vec().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let dumps = settled_dumps(&w.sink, &nats, 60, "the 60 remaining messages").await;
+    let mut got: Vec<usize> = dumps
+        .iter()
+        .map(|d| {
+            let rcpt = sink_arg(d, "Rcpt").trim_matches(['<', '>']).to_string();
+            rcpt[1..].split('@').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, (40..100).collect::<Vec<_>>());
+    let rec = wait_for("the record to say spooled", WAIT, || {
+        let kv = kv.clone();
+        async move {
+            let v: serde_json::Value = serde_json::from_slice(&kv.get(batch).await.ok()??).ok()?;
+            (v["state"] == "spooled").then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(rec["spooled"], 100);
+}
