@@ -49,6 +49,10 @@ sink       IN MX  10 mx.sink
 mx.sink    IN A   127.0.0.8
 pfmx       IN MX  10 mx.pfmx
 mx.pfmx    IN A   127.0.0.10
+ws1        IN MX  10 mx1.hosted
+ws2        IN MX  10 mx2.hosted
+mx1.hosted IN A   127.0.0.11
+mx2.hosted IN A   127.0.0.12
 "#;
 
 pub const WAIT: Duration = Duration::from_secs(20);
