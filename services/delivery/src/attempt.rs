@@ -17,6 +17,7 @@ use tern_runtime::Shutdown;
 use tern_smtp::client::{ClientError, Reply, Stage, Timeouts};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::automation::{Automation, Verdict};
 use crate::egress::Egress;
 use crate::limit::{Lease, Limiter};
 use crate::pool::{Conn, Handover, Io, Pool, Session, Taken};
@@ -90,6 +91,9 @@ pub(crate) enum Attempted {
     /// goes back to the stream to come again after this long; it is not an
     /// attempt and nothing is reported.
     Later(Duration),
+    /// Not attempted: a shaping action suspends sending to the provider
+    /// from this source. Back to the stream like [`Attempted::Later`].
+    Suspended(Duration),
 }
 
 /// What an attempt needs besides the job.
@@ -112,6 +116,8 @@ pub(crate) struct Env<'a> {
     pub rates: Option<&'a RateLimiter>,
     /// Limits per domain, provider and egress source.
     pub shaping: &'a Shaping,
+    /// Shaping actions in force, cluster-wide.
+    pub automation: &'a Automation,
     /// Resolver answers reused for a few seconds.
     pub routes: &'a Routes,
     /// Longest wait for a free connection slot before deferring.
@@ -202,11 +208,32 @@ where
         site,
         &env.egress.name,
     );
+    let lowered = match env.automation.verdict(&plan.pair) {
+        Verdict::Go => None,
+        Verdict::Rate(r) => Some(r),
+        Verdict::Suspended(wait) => return Attempted::Suspended(wait),
+        Verdict::Bounce(a) => {
+            return Attempted::Results(all(
+                job,
+                Outcome::Bounced,
+                &Failure {
+                    code: 0,
+                    enhanced: "5.7.1".into(),
+                    reply: format!(
+                        "bounced by shaping rule {} in force for {} (after: {})",
+                        a.rule, a.target, a.reply
+                    ),
+                    remote_host: String::new(),
+                },
+            ));
+        }
+    };
     if let Some(rates) = env.rates {
-        let limit = plan
-            .limits
-            .rate
-            .map_or_else(|| rates.limit_for(&job.destination), |r| r.0);
+        let limit = lowered.unwrap_or_else(|| {
+            plan.limits
+                .rate
+                .map_or_else(|| rates.limit_for(&job.destination), |r| r.0)
+        });
         if let Err(wait) = rates.take(&plan.key, limit).await {
             return Attempted::Later(wait);
         }
@@ -227,7 +254,13 @@ where
             ));
         }
     };
-    relay(&env, job, &route.hosts, site, &plan, &body).await
+    let attempted = relay(&env, job, &route.hosts, site, &plan, &body).await;
+    if let Attempted::Results(results) = &attempted {
+        env.automation
+            .observe(&rules, &plan, &env.egress.name, results)
+            .await;
+    }
+    attempted
 }
 
 /// The route for `domain`: from the short-lived local cache, else from the

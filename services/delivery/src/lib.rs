@@ -8,6 +8,7 @@
 //! is attempted again rather than lost.
 
 mod attempt;
+pub mod automation;
 pub mod egress;
 mod limit;
 mod pool;
@@ -426,19 +427,18 @@ async fn work(config: Config, shutdown: &Shutdown, ready: &admin::Readiness) -> 
     } else {
         None
     };
-    let rates = if shaped || rate::RateLimiter::needed(config.rate_limit, &config.rate_limits) {
-        Some(
-            rate::RateLimiter::new(
-                &js,
-                config.common.nats_replicas,
-                config.rate_limit,
-                config.rate_limits.clone(),
-            )
-            .await?,
+    // Always there: shaping actions may lower any destination's rate.
+    let rates = Some(
+        rate::RateLimiter::new(
+            &js,
+            config.common.nats_replicas,
+            config.rate_limit,
+            config.rate_limits.clone(),
         )
-    } else {
-        None
-    };
+        .await?,
+    );
+    let automation =
+        automation::Automation::start(&js, config.common.nats_replicas, shutdown.clone()).await?;
     let bodies = body::BodyStore::open(&js).await?;
     let pool = pool::Pool::new(config.messages_per_connection, config.connection_idle);
     tokio::spawn(reap(pool.clone(), shutdown.clone()));
@@ -465,6 +465,7 @@ async fn work(config: Config, shutdown: &Shutdown, ready: &admin::Readiness) -> 
         limiter,
         rates,
         shaping,
+        automation,
         routes: attempt::Routes::default(),
         bodies,
     });
@@ -516,6 +517,8 @@ struct Ctx {
     rates: Option<rate::RateLimiter>,
     /// Limits per domain, provider and source (reloaded).
     shaping: shaping::Shaping,
+    /// Shaping actions in force across the cluster.
+    automation: automation::Automation,
     /// Resolver answers reused for a few seconds.
     routes: attempt::Routes,
     /// Where the bodies are.
@@ -583,6 +586,14 @@ async fn attempt_and_report(ctx: &Ctx, job: &Job) -> Disposition {
             metrics::counter!("tern_delivery_rate_deferrals_total").increment(1);
             return Disposition::Nak(Some(delay));
         }
+        attempt::Attempted::Suspended(delay) => {
+            tracing::debug!(
+                ?delay,
+                "a shaping action suspends this provider; job comes back later"
+            );
+            metrics::counter!("tern_shaping_suspended_total").increment(1);
+            return Disposition::Nak(Some(delay));
+        }
     };
     let counts = count(&results);
     tracing::Span::current()
@@ -625,6 +636,7 @@ async fn run_attempt(ctx: &Ctx, job: &Job) -> attempt::Attempted {
         limiter: ctx.limiter.as_ref(),
         rates: ctx.rates.as_ref(),
         shaping: &ctx.shaping,
+        automation: &ctx.automation,
         routes: &ctx.routes,
         limit_wait: ctx.config.limit_wait,
         closing: &ctx.closing,

@@ -307,6 +307,8 @@ pub struct Plan {
     pub key: String,
     /// The (egress source, provider-or-site) pair automation acts on.
     pub pair: String,
+    /// `provider-<name>`, or the site when no provider matched.
+    pub target: String,
     /// Limits from the file; `None` = the delivery keys decide.
     pub limits: Limits,
 }
@@ -497,6 +499,7 @@ impl Rules {
             None => site.to_string(),
         };
         let pair = bus::kv_token(&format!("{source}|{base}"));
+        let target = base.clone();
         let key = match self.sources.get(&norm(source)) {
             Some(s) => {
                 limits.overlay(s);
@@ -509,6 +512,7 @@ impl Rules {
             provider: provider.map(|p| p.name.clone()),
             key,
             pair,
+            target,
             limits,
         }
     }

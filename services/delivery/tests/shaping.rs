@@ -3,6 +3,8 @@
 //! picked up without a restart. Real peers: Python SMTP servers on two
 //! loopback addresses, nats-server, the resolver over the in-process DNS.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -49,10 +49,20 @@ sink       IN MX  10 mx.sink
 mx.sink    IN A   127.0.0.8
 pfmx       IN MX  10 mx.pfmx
 mx.pfmx    IN A   127.0.0.10
+gws        IN MX  10 aspmx.l.google.com.
 ws1        IN MX  10 mx1.hosted
 ws2        IN MX  10 mx2.hosted
 mx1.hosted IN A   127.0.0.11
 mx2.hosted IN A   127.0.0.12
+"#;
+
+/// The one Google MX name the tests need, on loopback: so the shipped
+/// `google` provider (`.google.com`) matches a Workspace-style domain.
+pub const GOOGLE_ZONE: &str = r#"
+$ORIGIN google.com.
+$TTL 300
+@          IN SOA ns.google.com. hostmaster.google.com. 1 3600 600 86400 60
+aspmx.l    IN A   127.0.0.13
 "#;
 
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -167,7 +177,7 @@ impl Harness {
         with_delivery: bool,
     ) -> Harness {
         let nats = NatsServer::start().await;
-        let dns = DnsServer::start(&[("test.", ZONE)]).await;
+        let dns = DnsServer::start(&[("test.", ZONE), ("google.com.", GOOGLE_ZONE)]).await;
         let sink = SmtpSink::start().await;
 
         let ns = dns.addr().to_string();

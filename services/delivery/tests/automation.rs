@@ -1,0 +1,210 @@
+//! Shaping automation against a real SMTP peer: a Python server on
+//! loopback, reached as Google's MX (`aspmx.l.google.com` in the test DNS),
+//! answers MAIL with Gmail's `421 4.7.28` rate-limit text. Delivery
+//! suspends the (source, provider) pair for every process (NATS KV): the
+//! peer sees no connection while it is in force, `tern shaping status`'s
+//! function lists it, it ends by itself and the held mail goes out; a
+//! second action is lifted early with `clear`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::*;
+use prost::Message as _;
+use tern_delivery::automation;
+use tern_proto::{Event, Outcome};
+use tern_runtime::{Shutdown, bus};
+use tern_testkit::wait_for;
+
+/// Gmail's reply when it rate-limits a sending IP (multi-line, 421 closes).
+const GMAIL_421: &str = "421-4.7.28 [127.0.0.1] Our system has detected an unusual rate of\r\n\
+421-4.7.28 unsolicited mail originating from your IP address. To protect our\r\n\
+421 4.7.28 users from spam, mail from your IP address has been rate limited. - gsmtp\r\n";
+
+const RULES: &str = r#"
+[[automation]]
+name = "gmail-421-test"
+provider = "google"
+code = 421
+match = '4\.7\.28'
+action = "suspend"
+duration = "4s"
+"#;
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// The shaping events stored so far, oldest first (their `reply` says
+/// started/ended/cleared).
+async fn shaping_events(h: &Harness) -> Vec<String> {
+    let stream = h.js.get_stream(bus::EVENTS_STREAM).await.unwrap();
+    let info = stream.get_info().await.unwrap();
+    let mut out = Vec::new();
+    for seq in info.state.first_sequence..=info.state.last_sequence {
+        if let Ok(m) = stream.get_raw_message(seq).await
+            && m.subject.as_str() == automation::EVENTS_SUBJECT
+        {
+            let e = Event::decode(m.payload).unwrap();
+            assert_eq!(e.kind, "shaping");
+            out.push(e.reply);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn gmail_421_suspends_the_provider_everywhere_until_it_ends_or_is_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shaping.toml");
+    std::fs::write(&file, RULES).unwrap();
+    let throttle = dir.path().join("throttle");
+    std::fs::write(&throttle, GMAIL_421).unwrap();
+    let path = file.to_str().unwrap().to_string();
+    let config = [
+        ("shaping_file", path.as_str()),
+        ("delivery_concurrency", "4"),
+    ];
+    let h = Harness::start_extra(&config).await;
+    // A second delivery process: the suspension must hold for it too.
+    let second = Shutdown::new();
+    let d2 = h.base.spawn(&config, second.clone()).await;
+    let peer = PyPeer::start(
+        "127.0.0.13",
+        &h.base.port,
+        false,
+        &["--throttle-file", throttle.to_str().unwrap()],
+    );
+
+    // 1. The throttling reply: deferred, and the action is in force.
+    h.publish(&job("g0", "gws.test", &["a@gws.test"], BODY))
+        .await;
+    let results = wait_for("the throttled attempt's result", WAIT, || async {
+        let r = h.results("gws.test").await;
+        (!r.is_empty()).then_some(r)
+    })
+    .await;
+    let r = &results[0].results[0];
+    assert_eq!(r.outcome, Outcome::Deferred as i32);
+    assert_eq!((r.code, r.enhanced.as_str()), (421, "4.7.28"));
+    let active = wait_for("the suspension in the bucket", WAIT, || async {
+        let s = automation::status(&h.js).await.unwrap();
+        (!s.is_empty()).then_some(s)
+    })
+    .await;
+    assert_eq!(active.len(), 1);
+    let a = &active[0];
+    assert_eq!(
+        (
+            a.pair.as_str(),
+            a.target.as_str(),
+            a.rule.as_str(),
+            a.action.as_str()
+        ),
+        (
+            "default_provider-google",
+            "provider-google",
+            "gmail-421-test",
+            "suspend"
+        )
+    );
+    assert!(a.reply.contains("unusual rate"), "{}", a.reply);
+
+    // 2. The peer would take mail now, but nothing is sent while the
+    // suspension holds, by either process.
+    std::fs::remove_file(&throttle).unwrap();
+    let conns_before = peer.connections().len();
+    for i in 1..=4 {
+        h.publish(&job(&format!("g{i}"), "gws.test", &["b@gws.test"], BODY))
+            .await;
+    }
+    let ends_at = a.until_ms as f64 / 1000.0;
+    wait_for("the suspension to end by itself", WAIT, || async {
+        // Checked on every poll: no connection while it is in force.
+        if unix_now() < ends_at - 0.2 {
+            assert_eq!(
+                peer.connections().len(),
+                conns_before,
+                "a connection to the suspended provider"
+            );
+        }
+        automation::status(&h.js)
+            .await
+            .unwrap()
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    wait_for(
+        "the held mail delivered after the suspension",
+        WAIT,
+        || async { (peer.messages().len() >= 4).then_some(()) },
+    )
+    .await;
+    for m in peer.messages() {
+        assert!(
+            m.at >= ends_at - 0.2,
+            "sent at {} while suspended until {ends_at}",
+            m.at
+        );
+    }
+    let events = wait_for("started and ended events", WAIT, || async {
+        let e = shaping_events(&h).await;
+        (e.len() >= 2).then_some(e)
+    })
+    .await;
+    assert!(
+        events[0].starts_with("started: suspend for provider-google"),
+        "{events:?}"
+    );
+    assert!(events[1].starts_with("ended: suspend"), "{events:?}");
+    // Exactly one end reported, though two processes saw it expire.
+    assert_eq!(events.iter().filter(|e| e.starts_with("ended")).count(), 1);
+
+    // 3. Throttled again: a new action, lifted early by `clear`.
+    std::fs::write(&throttle, GMAIL_421).unwrap();
+    h.publish(&job("g5", "gws.test", &["c@gws.test"], BODY))
+        .await;
+    wait_for("the second suspension", WAIT, || async {
+        (!automation::status(&h.js).await.unwrap().is_empty()).then_some(())
+    })
+    .await;
+    std::fs::remove_file(&throttle).unwrap();
+    let cleared = automation::clear(&h.js, Some("provider-google"))
+        .await
+        .unwrap();
+    assert_eq!(cleared.len(), 1);
+    assert!(automation::status(&h.js).await.unwrap().is_empty());
+    let cleared_at = unix_now();
+    h.publish(&job("g6", "gws.test", &["d@gws.test"], BODY))
+        .await;
+    wait_for("mail flowing again after clear", WAIT, || async {
+        (peer.messages().iter().any(|m| m.rcpts == ["d@gws.test"])).then_some(())
+    })
+    .await;
+    let d = peer
+        .messages()
+        .into_iter()
+        .find(|m| m.rcpts == ["d@gws.test"])
+        .unwrap();
+    // Well before the 4 s the action would have lasted.
+    assert!(
+        d.at - cleared_at < 3.0,
+        "sent {:.1}s after clear",
+        d.at - cleared_at
+    );
+    assert!(
+        shaping_events(&h)
+            .await
+            .iter()
+            .any(|e| e.starts_with("cleared: suspend"))
+    );
+    second.trigger();
+    d2.await.unwrap().unwrap();
+}
