@@ -208,3 +208,147 @@ async fn gmail_421_suspends_the_provider_everywhere_until_it_ends_or_is_cleared(
     second.trigger();
     d2.await.unwrap().unwrap();
 }
+
+/// KV operations seen on the wire per bucket: writes are publishes to
+/// `$KV.<bucket>.<key>`, reads direct gets on
+/// `$JS.API.DIRECT.GET.KV_<bucket>` (a core subscriber sees both).
+#[derive(Default, Debug)]
+struct KvOps {
+    by_bucket: std::collections::BTreeMap<String, u64>,
+}
+
+async fn count_kv_ops(
+    nats_url: &str,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<KvOps> {
+    use futures::StreamExt;
+    let client = async_nats::connect(nats_url).await.unwrap();
+    let mut writes = client.subscribe("$KV.>").await.unwrap();
+    let mut reads = client.subscribe("$JS.API.DIRECT.GET.>").await.unwrap();
+    client.flush().await.unwrap();
+    tokio::spawn(async move {
+        let mut ops = KvOps::default();
+        let mut stop = stop;
+        loop {
+            let subject = tokio::select! {
+                Some(m) = writes.next() => m.subject.to_string(),
+                Some(m) = reads.next() => m.subject.to_string(),
+                _ = &mut stop => return ops,
+            };
+            let bucket = subject
+                .strip_prefix("$KV.")
+                .or_else(|| subject.strip_prefix("$JS.API.DIRECT.GET.KV_"))
+                .and_then(|s| s.split('.').next())
+                .unwrap_or("?")
+                .to_string();
+            *ops.by_bucket.entry(bucket).or_default() += 1;
+        }
+    })
+}
+
+/// The cost of the cluster-wide state per message, measured on the wire:
+/// a healthy run to a shaped provider (connection limit and message rate
+/// in KV, automation rules loaded), then replies that match a threshold
+/// rule. Printed for the README; the automation check itself must cost
+/// nothing per message.
+#[tokio::test]
+async fn kv_operations_per_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shaping.toml");
+    std::fs::write(
+        &file,
+        r#"
+[provider.google]
+connection_limit = 4
+rate = "1000/s"
+
+[[automation]]
+name = "count-only"
+provider = "google"
+code = 421
+match = '4\.7\.28'
+action = "suspend"
+duration = "1m"
+trigger = "1000 in 5m"
+"#,
+    )
+    .unwrap();
+    let throttle = dir.path().join("throttle");
+    let path = file.to_str().unwrap().to_string();
+    let h = Harness::start_extra(&[
+        ("shaping_file", path.as_str()),
+        ("delivery_concurrency", "4"),
+    ])
+    .await;
+    let peer = PyPeer::start(
+        "127.0.0.13",
+        &h.base.port,
+        false,
+        &["--throttle-file", throttle.to_str().unwrap()],
+    );
+    // Warm-up: buckets created, first connection opened.
+    h.publish(&job("w0", "gws.test", &["w@gws.test"], BODY))
+        .await;
+    wait_for("warm-up delivered", WAIT, || async {
+        (!peer.messages().is_empty()).then_some(())
+    })
+    .await;
+
+    let n = 60u64;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let counter = count_kv_ops(&h.base.nats_url, rx).await;
+    for i in 0..n {
+        h.publish(&job(&format!("k{i}"), "gws.test", &["k@gws.test"], BODY))
+            .await;
+    }
+    wait_for("healthy run delivered", WAIT * 2, || async {
+        (peer.messages().len() as u64 > n).then_some(())
+    })
+    .await;
+    tx.send(()).unwrap();
+    let healthy = counter.await.unwrap();
+
+    std::fs::write(&throttle, GMAIL_421).unwrap();
+    let m = 20u64;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let counter = count_kv_ops(&h.base.nats_url, rx).await;
+    for i in 0..m {
+        h.publish(&job(&format!("t{i}"), "gws.test", &["t@gws.test"], BODY))
+            .await;
+    }
+    wait_for("throttled results", WAIT * 2, || async {
+        (peer.events_named("throttled") as u64 >= m).then_some(())
+    })
+    .await;
+    h.wait_results("gws.test", (1 + n + m) as usize).await;
+    tx.send(()).unwrap();
+    let throttled = counter.await.unwrap();
+
+    let per = |ops: &KvOps, bucket: &str, k: u64| {
+        *ops.by_bucket.get(bucket).unwrap_or(&0) as f64 / k as f64
+    };
+    println!("healthy, {n} messages: {:?}", healthy.by_bucket);
+    println!(
+        "per message: shaping {:.3}, rates {:.3}, limits {:.3}",
+        per(&healthy, "tern-shaping", n),
+        per(&healthy, "tern-delivery-rates", n),
+        per(&healthy, "tern-delivery-limits", n)
+    );
+    println!("throttled, {m} matching replies: {:?}", throttled.by_bucket);
+    println!(
+        "per matching reply: shaping {:.3}",
+        per(&throttled, "tern-shaping", m)
+    );
+    assert_eq!(
+        per(&healthy, "tern-shaping", n),
+        0.0,
+        "checking for actions in force must not cost a KV operation per message"
+    );
+    // A matching reply costs a read and a write of its threshold count,
+    // plus a round for each of the 4 workers it raced with.
+    let per_reply = per(&throttled, "tern-shaping", m);
+    assert!(
+        (2.0..=8.0).contains(&per_reply),
+        "{per_reply} KV ops per matching reply"
+    );
+}

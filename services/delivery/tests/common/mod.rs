@@ -481,6 +481,11 @@ impl PyPeer {
             .collect()
     }
 
+    /// How many events of kind `name` (`throttled`, `connect`, ...) the peer logged.
+    pub fn events_named(&self, name: &str) -> usize {
+        self.events().iter().filter(|e| e["event"] == name).count()
+    }
+
     /// Connections that ended with QUIT.
     pub fn quits(&self) -> usize {
         self.events()
@@ -554,6 +559,16 @@ impl Harness {
     }
 
     /// Every result stored so far for `destination`.
+    /// Wait until at least `n` results for `destination` are stored.
+    pub async fn wait_results(&self, destination: &str, n: usize) {
+        wait_for(
+            &format!("{n} results for {destination}"),
+            WAIT * 2,
+            || async { (self.results(destination).await.len() >= n).then_some(()) },
+        )
+        .await;
+    }
+
     pub async fn results(&self, destination: &str) -> Vec<JobResult> {
         let stream = self.js.get_stream(bus::RESULTS_STREAM).await.unwrap();
         let mut out = Vec::new();
