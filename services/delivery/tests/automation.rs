@@ -339,6 +339,8 @@ trigger = "1000 in 5m"
         "per matching reply: shaping {:.3}",
         per(&throttled, "tern-shaping", m)
     );
+    // 20 of a "1000 in 5m" threshold: counted, nothing in force.
+    assert!(automation::status(&h.js).await.unwrap().is_empty());
     assert_eq!(
         per(&healthy, "tern-shaping", n),
         0.0,
@@ -350,5 +352,69 @@ trigger = "1000 in 5m"
     assert!(
         (2.0..=8.0).contains(&per_reply),
         "{per_reply} KV ops per matching reply"
+    );
+}
+
+/// A threshold rule (`3 in 5m`) with the bounce action: the first two
+/// matching replies only count; the third sets it off, and the next
+/// message is bounced without a connection, naming the rule.
+#[tokio::test]
+async fn a_threshold_rule_bounces_after_the_third_matching_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shaping.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[automation]]
+name = "three-strikes"
+provider = "google"
+code = 421
+match = 'unusual rate'
+action = "bounce"
+duration = "1m"
+trigger = "3 in 5m"
+"#,
+    )
+    .unwrap();
+    let throttle = dir.path().join("throttle");
+    std::fs::write(&throttle, GMAIL_421).unwrap();
+    let path = file.to_str().unwrap().to_string();
+    let h = Harness::start_extra(&[
+        ("shaping_file", path.as_str()),
+        ("delivery_concurrency", "1"),
+    ])
+    .await;
+    let peer = PyPeer::start(
+        "127.0.0.13",
+        &h.base.port,
+        false,
+        &["--throttle-file", throttle.to_str().unwrap()],
+    );
+    for i in 0..3 {
+        h.publish(&job(&format!("b{i}"), "gws.test", &["x@gws.test"], BODY))
+            .await;
+        h.wait_results("gws.test", i + 1).await;
+        let in_force = automation::status(&h.js).await.unwrap();
+        assert_eq!(
+            in_force.is_empty(),
+            i < 2,
+            "after reply {}: {in_force:?}",
+            i + 1
+        );
+    }
+    let conns = peer.connections().len();
+    h.publish(&job("b3", "gws.test", &["y@gws.test"], BODY))
+        .await;
+    h.wait_results("gws.test", 4).await;
+    let results = h.results("gws.test").await;
+    let last = results.iter().find(|r| r.job_id.starts_with("b3")).unwrap();
+    let r = &last.results[0];
+    assert_eq!(r.outcome, Outcome::Bounced as i32);
+    assert_eq!(r.enhanced, "5.7.1");
+    assert!(r.reply.contains("three-strikes"), "{}", r.reply);
+    assert_eq!(
+        peer.connections().len(),
+        conns,
+        "no connection for a bounced message"
     );
 }
