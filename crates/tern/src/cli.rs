@@ -70,6 +70,22 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Delivery shaping actions in force (kept in NATS, for every delivery process).
+    Shaping {
+        #[command(subcommand)]
+        command: ShapingCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ShapingCommand {
+    /// List the automation actions in force: pair, action, rule, time left, the reply.
+    Status,
+    /// Lift actions now: all, or those of one pair, egress source or provider (provider-<name>).
+    Clear {
+        /// A pair (as `status` prints it), a source pool or a target; all when absent.
+        which: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -250,6 +266,7 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
         Command::Tenant { command } => crate::tenant::tenant(&cfg, command).await,
         Command::Apikey { command } => crate::tenant::apikey(&cfg, command).await,
         Command::Queue { command: Some(c) } => queue_admin(&cfg, c).await,
+        Command::Shaping { command } => shaping_admin(&cfg, command).await,
         Command::Up => {
             let _t = telemetry::init("tern", cfg.log_json, &cfg.log_filter)?;
             crate::up::up(cfg).await
@@ -465,6 +482,39 @@ fn parse_quota(s: &str) -> anyhow::Result<u64> {
     n.checked_mul(1 << shift)
         .filter(|v| i64::try_from(*v).is_ok())
         .with_context(|| format!("quota {s:?} is too large"))
+}
+
+/// `tern shaping status|clear`: straight to the shaping bucket in NATS.
+async fn shaping_admin(cfg: &TernConfig, command: ShapingCommand) -> anyhow::Result<()> {
+    let js = tern_delivery::automation::connect(&cfg.delivery.common)
+        .await
+        .context("connect to NATS")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    let (actions, verb) = match command {
+        ShapingCommand::Status => (tern_delivery::automation::status(&js).await?, "in force"),
+        ShapingCommand::Clear { which } => (
+            tern_delivery::automation::clear(&js, which.as_deref()).await?,
+            "cleared",
+        ),
+    };
+    for a in &actions {
+        let what = match a.rate() {
+            Some(r) if a.action == "rate" => format!("rate {r}"),
+            _ => a.action.clone(),
+        };
+        println!(
+            "{}\t{what}\trule={}\tleft={}s\treply={}",
+            a.pair,
+            a.rule,
+            a.until_ms.saturating_sub(now).div_ceil(1000),
+            a.reply
+        );
+    }
+    println!("{} action(s) {verb}", actions.len());
+    Ok(())
 }
 
 async fn queue_admin(cfg: &TernConfig, command: QueueCommand) -> anyhow::Result<()> {

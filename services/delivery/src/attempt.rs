@@ -17,10 +17,12 @@ use tern_runtime::Shutdown;
 use tern_smtp::client::{ClientError, Reply, Stage, Timeouts};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::automation::{Automation, Verdict};
 use crate::egress::Egress;
 use crate::limit::{Lease, Limiter};
 use crate::pool::{Conn, Handover, Io, Pool, Session, Taken};
 use crate::rate::RateLimiter;
+use crate::shaping::{Plan, Shaping};
 use crate::tls::{TlsPolicies, TlsPolicy};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -89,6 +91,9 @@ pub(crate) enum Attempted {
     /// goes back to the stream to come again after this long; it is not an
     /// attempt and nothing is reported.
     Later(Duration),
+    /// Not attempted: a shaping action suspends sending to the provider
+    /// from this source. Back to the stream like [`Attempted::Later`].
+    Suspended(Duration),
 }
 
 /// What an attempt needs besides the job.
@@ -109,6 +114,10 @@ pub(crate) struct Env<'a> {
     pub limiter: Option<&'a Limiter>,
     /// Cluster-wide message rate limits, if any are configured.
     pub rates: Option<&'a RateLimiter>,
+    /// Limits per domain, provider and egress source.
+    pub shaping: &'a Shaping,
+    /// Shaping actions in force, cluster-wide.
+    pub automation: &'a Automation,
     /// Resolver answers reused for a few seconds.
     pub routes: &'a Routes,
     /// Longest wait for a free connection slot before deferring.
@@ -192,9 +201,40 @@ where
     } else {
         route.site.as_str()
     };
+    let rules = env.shaping.rules();
+    let plan = rules.plan(
+        &job.destination,
+        route.hosts.iter().map(|h| h.name.as_str()),
+        site,
+        &env.egress.name,
+    );
+    let lowered = match env.automation.verdict(&plan.pair) {
+        Verdict::Go => None,
+        Verdict::Rate(r) => Some(r),
+        Verdict::Suspended(wait) => return Attempted::Suspended(wait),
+        Verdict::Bounce(a) => {
+            return Attempted::Results(all(
+                job,
+                Outcome::Bounced,
+                &Failure {
+                    code: 0,
+                    enhanced: "5.7.1".into(),
+                    reply: format!(
+                        "bounced by shaping rule {} in force for {} (after: {})",
+                        a.rule, a.target, a.reply
+                    ),
+                    remote_host: String::new(),
+                },
+            ));
+        }
+    };
     if let Some(rates) = env.rates {
-        let limit = rates.limit_for(&job.destination);
-        if let Err(wait) = rates.take(site, limit).await {
+        let limit = lowered.unwrap_or_else(|| {
+            plan.limits
+                .rate
+                .map_or_else(|| rates.limit_for(&job.destination), |r| r.0)
+        });
+        if let Err(wait) = rates.take(&plan.key, limit).await {
             return Attempted::Later(wait);
         }
     }
@@ -214,7 +254,13 @@ where
             ));
         }
     };
-    Attempted::Results(relay(&env, job, &route.hosts, site, &body).await)
+    let attempted = relay(&env, job, &route.hosts, site, &plan, &body).await;
+    if let Attempted::Results(results) = &attempted {
+        env.automation
+            .observe(&rules, &plan, &env.egress.name, results)
+            .await;
+    }
+    attempted
 }
 
 /// The route for `domain`: from the short-lived local cache, else from the
@@ -236,24 +282,32 @@ async fn resolve(env: &Env<'_>, domain: &str) -> Result<ResolveRouteResponse, to
 
 /// Try a pooled session for `key`, then fresh connections to the hosts in
 /// order: the next address on a connection failure, the next host when a
-/// session cannot take the message.
+/// session cannot take the message. Connection slots and connection rate
+/// are counted under the shaping plan's key.
 async fn relay(
     env: &Env<'_>,
     job: &Job,
     hosts: &[MxHost],
     site: &str,
+    plan: &Plan,
     body: &[u8],
-) -> Vec<RecipientResult> {
-    let policy = env.tls.for_destination(&job.destination, env.tls_default);
+) -> Attempted {
+    let policy = plan.limits.tls.map_or_else(
+        || env.tls.for_destination(&job.destination, env.tls_default),
+        |t| t.0,
+    );
     // Sessions are shared only between jobs with the same egress identity and
     // TLS policy, so a `required` job never rides a plaintext session.
     let key = format!("{}|{}|{}", env.egress.name, policy, site);
     // A stale pooled session's slot carries the new connection.
     let mut lease = match try_pooled(env, &key, job, body).await {
-        Pooled::Done(results) => return results,
+        Pooled::Done(results) => return Attempted::Results(results),
         Pooled::None(lease) => lease.map(|l| *l),
     };
-    let limit = env.limiter.map_or(0, |l| l.limit_for(&job.destination));
+    let limit = plan
+        .limits
+        .connection_limit
+        .unwrap_or_else(|| env.limiter.map_or(0, |l| l.limit_for(&job.destination)));
     let mut last = Failure {
         code: 0,
         enhanced: "4.4.4".into(),
@@ -278,11 +332,21 @@ async fn relay(
                 && let Some(limiter) = env.limiter
                 && limit > 0
             {
-                match wait_for_slot(env, limiter, &key, site, limit, job, body).await {
+                match wait_for_slot(env, limiter, &key, &plan.key, limit, job, body).await {
                     Slot::Lease(l) => lease = Some(*l),
-                    Slot::Delivered(results) => return results,
-                    Slot::Failed(f) => return all(job, Outcome::Deferred, &f),
+                    Slot::Delivered(results) => return Attempted::Results(results),
+                    Slot::Failed(f) => return Attempted::Results(all(job, Outcome::Deferred, &f)),
                 }
+            }
+            if let Err(wait) = connection_token(env, plan).await {
+                // No new connection now: not an attempt; the slot goes to
+                // a waiting job or back to the cluster.
+                if let Some(l) = lease.take()
+                    && let Some(l) = env.pool.give_slot(&key, l)
+                {
+                    l.release().await;
+                }
+                return Attempted::Later(wait);
             }
             let addr = SocketAddr::new(ip, env.port);
             let mut policy_here = policy;
@@ -335,12 +399,13 @@ async fn relay(
                 };
                 span.record("tls", s.tls);
                 s.lease = lease.take();
+                s.max_messages = plan.limits.messages_per_connection.map(|n| n.max(1));
                 metrics::counter!("tern_delivery_connections_total", "tls" => if s.tls { "yes" } else { "no" }).increment(1);
                 match transact(s, job, body).instrument(span.clone()).await {
                     TransEnd::Done(results, session) => {
                         span.record("result", "done");
                         finish(env, key, session);
-                        return results;
+                        return Attempted::Results(results);
                     }
                     TransEnd::Next(f, mut session) => {
                         span.record("result", "next host");
@@ -359,7 +424,16 @@ async fn relay(
     {
         l.release().await;
     }
-    all(job, Outcome::Deferred, &last)
+    Attempted::Results(all(job, Outcome::Deferred, &last))
+}
+
+/// A token of the plan's connection rate (`Ok` when it has none), counted
+/// under `<key>.conn` in the rates bucket.
+async fn connection_token(env: &Env<'_>, plan: &Plan) -> Result<(), Duration> {
+    match (env.rates, plan.limits.connection_rate) {
+        (Some(rates), Some(rate)) => rates.take(&format!("{}.conn", plan.key), rate.0).await,
+        _ => Ok(()),
+    }
 }
 
 /// What the pooled sessions for a key did with a job.
@@ -649,6 +723,7 @@ async fn open(
         host: host.to_string(),
         tls,
         messages: 0,
+        max_messages: None,
         idle_since: std::time::Instant::now(),
         lease: None,
         reusable: false,

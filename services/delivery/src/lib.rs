@@ -8,13 +8,16 @@
 //! is attempted again rather than lost.
 
 mod attempt;
+pub mod automation;
 pub mod egress;
 mod limit;
 mod pool;
 pub mod rate;
+pub mod shaping;
 pub mod tls;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,6 +117,12 @@ pub const DELIVERY_RATE_LIMITS: Key<RateLimits> = Key::new(
     "",
     "per-destination message rates: domain=rate,... (rate like 100/s, or none)",
 );
+/// `TERN_SHAPING_FILE`.
+pub const SHAPING_FILE: Key<Option<PathBuf>> = Key::new(
+    "shaping_file",
+    "",
+    "TOML file of limits per domain, provider and egress source, and automation rules (reloaded when it changes; empty = shipped defaults only)",
+);
 /// `TERN_DELIVERY_POOL`.
 pub const DELIVERY_POOL: Key<String> = Key::new(
     "delivery_pool",
@@ -197,6 +206,11 @@ pub struct Config {
     pub destination_concurrency: usize,
     /// Per-destination overrides of `destination_concurrency`.
     pub destination_concurrency_limits: Limits,
+    /// The shaping file, watched for changes while delivery runs.
+    pub shaping_file: Option<PathBuf>,
+    /// The shaping rules (from the file, checked at start, or the shipped
+    /// defaults).
+    pub shaping: shaping::Rules,
     /// Longest wait for a connection slot.
     pub limit_wait: Duration,
     /// Messages per time to one site across all processes.
@@ -221,6 +235,7 @@ impl Config {
             });
         }
         let common = CommonConfig::from_source(src)?;
+        let shaping_file = src.get(&SHAPING_FILE)?;
         Ok(Config {
             grpc_listen: src.get(&endpoints::DELIVERY_GRPC)?,
             admin_listen: src.get(&endpoints::DELIVERY_ADMIN)?,
@@ -247,8 +262,21 @@ impl Config {
                     .unwrap_or_else(|| common.hostname.clone()),
             },
             ack_wait: src.get(&DELIVERY_ACK_WAIT)?,
+            shaping: shaping_rules(shaping_file.as_deref())?,
+            shaping_file,
             common,
         })
+    }
+}
+
+/// The shaping rules from `path` (checked in full), or the shipped defaults.
+fn shaping_rules(path: Option<&std::path::Path>) -> Result<shaping::Rules, ConfigError> {
+    match path {
+        None => Ok(shaping::Rules::defaults()),
+        Some(p) => shaping::Rules::load(p).map_err(|e| ConfigError::File {
+            path: p.to_path_buf(),
+            message: format!("TERN_SHAPING_FILE: {e}"),
+        }),
     }
 }
 
@@ -373,7 +401,13 @@ async fn work(config: Config, shutdown: &Shutdown, ready: &admin::Readiness) -> 
         Err(e) => return Err(e.into()),
     };
     let holds = Holds::watch(&js, shutdown.clone()).await?;
-    let needs_limiter = config.destination_concurrency > 0
+    let shaping = match &config.shaping_file {
+        Some(p) => shaping::Shaping::watch(p.clone(), config.shaping.clone(), shutdown.clone()),
+        None => shaping::Shaping::fixed(config.shaping.clone()),
+    };
+    let shaped = config.shaping_file.is_some();
+    let needs_limiter = shaped
+        || config.destination_concurrency > 0
         || config
             .destination_concurrency_limits
             .0
@@ -393,19 +427,18 @@ async fn work(config: Config, shutdown: &Shutdown, ready: &admin::Readiness) -> 
     } else {
         None
     };
-    let rates = if rate::RateLimiter::needed(config.rate_limit, &config.rate_limits) {
-        Some(
-            rate::RateLimiter::new(
-                &js,
-                config.common.nats_replicas,
-                config.rate_limit,
-                config.rate_limits.clone(),
-            )
-            .await?,
+    // Always there: shaping actions may lower any destination's rate.
+    let rates = Some(
+        rate::RateLimiter::new(
+            &js,
+            config.common.nats_replicas,
+            config.rate_limit,
+            config.rate_limits.clone(),
         )
-    } else {
-        None
-    };
+        .await?,
+    );
+    let automation =
+        automation::Automation::start(&js, config.common.nats_replicas, shutdown.clone()).await?;
     let bodies = body::BodyStore::open(&js).await?;
     let pool = pool::Pool::new(config.messages_per_connection, config.connection_idle);
     tokio::spawn(reap(pool.clone(), shutdown.clone()));
@@ -431,6 +464,8 @@ async fn work(config: Config, shutdown: &Shutdown, ready: &admin::Readiness) -> 
         pool,
         limiter,
         rates,
+        shaping,
+        automation,
         routes: attempt::Routes::default(),
         bodies,
     });
@@ -480,6 +515,10 @@ struct Ctx {
     limiter: Option<limit::Limiter>,
     /// Cluster-wide per-site message rates.
     rates: Option<rate::RateLimiter>,
+    /// Limits per domain, provider and source (reloaded).
+    shaping: shaping::Shaping,
+    /// Shaping actions in force across the cluster.
+    automation: automation::Automation,
     /// Resolver answers reused for a few seconds.
     routes: attempt::Routes,
     /// Where the bodies are.
@@ -547,6 +586,14 @@ async fn attempt_and_report(ctx: &Ctx, job: &Job) -> Disposition {
             metrics::counter!("tern_delivery_rate_deferrals_total").increment(1);
             return Disposition::Nak(Some(delay));
         }
+        attempt::Attempted::Suspended(delay) => {
+            tracing::debug!(
+                ?delay,
+                "a shaping action suspends this provider; job comes back later"
+            );
+            metrics::counter!("tern_shaping_suspended_total").increment(1);
+            return Disposition::Nak(Some(delay));
+        }
     };
     let counts = count(&results);
     tracing::Span::current()
@@ -588,6 +635,8 @@ async fn run_attempt(ctx: &Ctx, job: &Job) -> attempt::Attempted {
         pool: &ctx.pool,
         limiter: ctx.limiter.as_ref(),
         rates: ctx.rates.as_ref(),
+        shaping: &ctx.shaping,
+        automation: &ctx.automation,
         routes: &ctx.routes,
         limit_wait: ctx.config.limit_wait,
         closing: &ctx.closing,

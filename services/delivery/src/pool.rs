@@ -41,6 +41,9 @@ pub(crate) struct Session {
     pub tls: bool,
     /// Transactions already run on it.
     pub messages: usize,
+    /// Its own transaction limit (from the shaping plan), instead of the
+    /// pool's.
+    pub max_messages: Option<usize>,
     /// When it last finished a transaction.
     pub idle_since: Instant,
     /// Its slot in the cluster-wide per-site concurrency limit, if limited.
@@ -174,7 +177,7 @@ impl Pool {
     pub fn put(&self, key: String, mut s: Session) {
         s.idle_since = Instant::now();
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if s.messages >= self.max_messages || self.max_idle.is_zero() {
+        if s.messages >= s.max_messages.unwrap_or(self.max_messages) || self.max_idle.is_zero() {
             drop(inner);
             self.close_then_hand_slot(key, s);
             return;

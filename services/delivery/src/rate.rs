@@ -178,15 +178,6 @@ impl RateLimiter {
         })
     }
 
-    /// Whether any destination is rate limited at all.
-    pub fn needed(default: RateLimit, per_destination: &RateLimits) -> bool {
-        default != RateLimit::Unlimited
-            || per_destination
-                .0
-                .values()
-                .any(|r| *r != RateLimit::Unlimited)
-    }
-
     /// The rate limit for a destination domain.
     pub fn limit_for(&self, destination: &str) -> RateLimit {
         self.per_destination

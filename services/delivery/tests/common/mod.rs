@@ -49,6 +49,20 @@ sink       IN MX  10 mx.sink
 mx.sink    IN A   127.0.0.8
 pfmx       IN MX  10 mx.pfmx
 mx.pfmx    IN A   127.0.0.10
+gws        IN MX  10 aspmx.l.google.com.
+ws1        IN MX  10 mx1.hosted
+ws2        IN MX  10 mx2.hosted
+mx1.hosted IN A   127.0.0.11
+mx2.hosted IN A   127.0.0.12
+"#;
+
+/// The one Google MX name the tests need, on loopback: so the shipped
+/// `google` provider (`.google.com`) matches a Workspace-style domain.
+pub const GOOGLE_ZONE: &str = r#"
+$ORIGIN google.com.
+$TTL 300
+@          IN SOA ns.google.com. hostmaster.google.com. 1 3600 600 86400 60
+aspmx.l    IN A   127.0.0.13
 "#;
 
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -163,7 +177,7 @@ impl Harness {
         with_delivery: bool,
     ) -> Harness {
         let nats = NatsServer::start().await;
-        let dns = DnsServer::start(&[("test.", ZONE)]).await;
+        let dns = DnsServer::start(&[("test.", ZONE), ("google.com.", GOOGLE_ZONE)]).await;
         let sink = SmtpSink::start().await;
 
         let ns = dns.addr().to_string();
@@ -467,6 +481,11 @@ impl PyPeer {
             .collect()
     }
 
+    /// How many events of kind `name` (`throttled`, `connect`, ...) the peer logged.
+    pub fn events_named(&self, name: &str) -> usize {
+        self.events().iter().filter(|e| e["event"] == name).count()
+    }
+
     /// Connections that ended with QUIT.
     pub fn quits(&self) -> usize {
         self.events()
@@ -540,6 +559,16 @@ impl Harness {
     }
 
     /// Every result stored so far for `destination`.
+    /// Wait until at least `n` results for `destination` are stored.
+    pub async fn wait_results(&self, destination: &str, n: usize) {
+        wait_for(
+            &format!("{n} results for {destination}"),
+            WAIT * 2,
+            || async { (self.results(destination).await.len() >= n).then_some(()) },
+        )
+        .await;
+    }
+
     pub async fn results(&self, destination: &str) -> Vec<JobResult> {
         let stream = self.js.get_stream(bus::RESULTS_STREAM).await.unwrap();
         let mut out = Vec::new();

@@ -12,10 +12,13 @@ appended as one JSON line to --log:
    "ehlo_count": n, "mail_from": .., "mail_params": [..], "rcpts": [..],
    "pipelined": bool, "bdat": bool, "data_hex": ..}
 Recipients whose local part starts with "reject" get 550 5.1.1, "defer"
-get 451 4.3.0.
+get 451 4.3.0. While the file given with --throttle-file exists, MAIL is
+answered with its contents (a provider's throttling reply, CRLF lines) and
+a 421 reply closes the connection; logged as {"event": "throttled"}.
 """
 import argparse
 import json
+import os
 import socket
 import ssl
 import threading
@@ -119,6 +122,13 @@ class Conn:
                 self.sock = ctx.wrap_socket(self.sock, server_side=True)
                 self.tls = self.sock.version()
                 tx = None
+            elif verb == "MAIL" and a.throttle_file and os.path.exists(a.throttle_file):
+                with open(a.throttle_file, "rb") as f:
+                    reply = f.read()
+                log(a.log, {"event": "throttled", "conn": self.n, "at": time.time()})
+                self.send(reply)
+                if reply.startswith(b"421"):
+                    return False
             elif verb == "MAIL":
                 parts = text[10:].split(">", 1)
                 tx = {
@@ -239,6 +249,7 @@ def main():
     p.add_argument("--chunking", action="store_true")
     p.add_argument("--size", type=int, default=0)
     p.add_argument("--hold-data", type=float, default=0)
+    p.add_argument("--throttle-file")
     args = p.parse_args()
     family = socket.AF_INET6 if ":" in args.listen else socket.AF_INET
     srv = socket.socket(family, socket.SOCK_STREAM)
