@@ -3,6 +3,7 @@
 
 mod cli;
 mod config;
+mod suppress;
 mod up;
 
 use clap::Parser;
