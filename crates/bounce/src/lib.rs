@@ -17,6 +17,7 @@
 pub mod class;
 pub mod config;
 pub mod csv;
+pub mod feedback;
 pub mod inbound;
 pub mod observation;
 pub mod report;

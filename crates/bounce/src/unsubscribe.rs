@@ -27,6 +27,12 @@ pub trait Names: Send + Sync + 'static {
     fn tenant(&self, id: u32) -> Option<String>;
     /// The list's or campaign's name; never asked for id 0 (whole tenant).
     fn list(&self, tenant: u32, id: u32) -> Option<String>;
+    /// The address of recipient `index` of message `message` (a ULID), for
+    /// a `mailto:` unsubscribe or a redacted complaint; `None` when unknown.
+    fn recipient(&self, message: u128, index: u32) -> Option<String> {
+        let _ = (message, index);
+        None
+    }
 }
 
 /// What the endpoint needs.
