@@ -95,9 +95,11 @@ const CASES: &[(&str, &str, &str, &str)] = &[
         "bounced",
         "policy_block",
     ),
+    // 450, not Gmail's usual 421: a 421 closes the session (RFC 5321 §3.8),
+    // so every later recipient would share it.
     (
         "rate",
-        "421 4.7.28 Our system has detected an unusual rate of unsolicited mail",
+        "450 4.7.28 Our system has detected an unusual rate of unsolicited mail",
         "deferred",
         "rate_limited",
     ),
