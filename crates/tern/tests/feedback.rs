@@ -156,18 +156,59 @@ async fn every_reply_class_reaches_the_event_the_metric_and_the_dsn() {
         "no recipient was accepted"
     );
 
-    // The metric's class label, bounded to the ten class names.
+    // The metric's class label, bounded to the ten class names. The
+    // recorder is process-wide and the other tests here bounce too, so the
+    // class is one only this test produces.
     let admin = stack.addr("queue admin");
-    let series = "tern_queue_results_total{outcome=\"bounced\",class=\"policy_block\"} 1";
+    let series = "tern_queue_results_total{outcome=\"bounced\",class=\"message_too_large\"} ";
     tern_testkit::wait_for(
         "the class label on /metrics",
         Duration::from_secs(20),
         || async move {
             let (_, body) = common::http_get(admin, "/metrics").await?;
-            body.lines().any(|l| l == series).then_some(())
+            body.lines()
+                .filter_map(|l| l.strip_prefix(series)?.parse::<f64>().ok())
+                .find(|&v| v >= 1.0)
         },
     )
     .await;
+
+    // The failure DSN in the sender's mailbox names each recipient's class.
+    const IMAP: &str = r#"
+import imaplib, sys
+m = imaplib.IMAP4(sys.argv[1], int(sys.argv[2]))
+m.login('alice@localhost', 'wonderland')
+typ, data = m.select('INBOX')
+for i in range(1, int(data[0]) + 1):
+    typ, d = m.fetch(str(i), '(BODY.PEEK[])')
+    sys.stdout.buffer.write(d[0][1])
+m.logout()
+"#;
+    let imap = stack.addr("imap");
+    let args = [imap.ip().to_string(), imap.port().to_string()];
+    let dsn = tern_testkit::wait_for("the DSN over IMAP", Duration::from_secs(30), || {
+        let args = args.clone();
+        async move {
+            let out = String::from_utf8_lossy(&common::python(IMAP, &args).await).to_string();
+            out.contains("X-Tern-Bounce-Class").then_some(out)
+        }
+    })
+    .await;
+    for (local, _, kind, class) in CASES {
+        if *kind == "bounced" {
+            let block = format!("Final-Recipient: rfc822; {local}@remote.test");
+            let at = dsn
+                .find(&block)
+                .unwrap_or_else(|| panic!("{local} in the DSN: {dsn}"));
+            let rest = &dsn[at..];
+            let end = rest.find("\r\n\r\n").unwrap_or(rest.len());
+            assert!(
+                rest[..end].contains(&format!("X-Tern-Bounce-Class: {class}")),
+                "{local}: {}",
+                &rest[..end]
+            );
+        }
+    }
     stack.stop().await;
 }
 
@@ -354,6 +395,37 @@ async fn the_cli_manages_lists_and_the_system_list_stops_plain_smtp_mail() {
         sink[0].rcpts,
         ["fine@remote.test"],
         "the suppressed one never reaches the MX"
+    );
+
+    // A message whose every recipient is suppressed: an event, no job, no attempt.
+    let reply = smtp_send(
+        stack.addr("smtp"),
+        "alice@localhost",
+        &["BLOCKED@remote.test"],
+        MSG,
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    tern_testkit::wait_for(
+        "the second suppressed event",
+        Duration::from_secs(30),
+        || {
+            let js = js.clone();
+            async move {
+                let n = events(&js)
+                    .await
+                    .iter()
+                    .filter(|e| e.kind == "suppressed")
+                    .count();
+                (n == 2).then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        stack.sink.messages().len(),
+        1,
+        "still only the first message reached the MX"
     );
 
     assert_eq!(
