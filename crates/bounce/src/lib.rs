@@ -16,13 +16,18 @@
 
 pub mod class;
 pub mod config;
+pub mod csv;
+pub mod feedback;
 pub mod inbound;
 pub mod observation;
 pub mod report;
 pub mod rules;
+pub mod suppress;
 pub mod token;
+pub mod unsubscribe;
 
 pub use class::Class;
 pub use config::BounceConfig;
 pub use observation::Observation;
 pub use rules::{DEFAULT_RULES, Matched, Rules, RulesError, Verdict};
+pub use suppress::{Entry, Reason, SuppressError, Suppressions};

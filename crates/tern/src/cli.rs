@@ -50,6 +50,11 @@ enum Command {
         #[command(subcommand)]
         command: BounceCommand,
     },
+    /// Suppression lists (per tenant; the system list when --tenant is empty).
+    Suppress {
+        #[command(subcommand)]
+        command: crate::suppress::SuppressCommand,
+    },
     /// DKIM signing keys (in TERN_DKIM_KEYS_DIR).
     Dkim {
         #[command(subcommand)]
@@ -262,6 +267,7 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
             command: BounceCommand::Classify { rules, reply },
         } => bounce_classify(&cfg, rules, reply),
         Command::User { command } => user(&cfg, command).await,
+        Command::Suppress { command } => crate::suppress::run(&cfg, command).await,
         Command::Dkim { command } => dkim(&cfg, command).await,
         Command::Tenant { command } => crate::tenant::tenant(&cfg, command).await,
         Command::Apikey { command } => crate::tenant::apikey(&cfg, command).await,

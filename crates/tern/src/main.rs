@@ -3,6 +3,7 @@
 
 mod cli;
 mod config;
+mod suppress;
 mod tenant;
 mod up;
 

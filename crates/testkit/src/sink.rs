@@ -3,7 +3,8 @@
 //! It is deliberately simple and separate from Tern's own SMTP code, so it
 //! checks Tern from the outside: EHLO/HELO, MAIL, RCPT, DATA (dot-unstuffed),
 //! RSET, NOOP, QUIT. Recipients whose local part starts with `reject` get
-//! `550 5.1.1`, those starting with `defer` get `451 4.3.0`.
+//! `550 5.1.1`, those starting with `defer` get `451 4.3.0`; [`SmtpSink::answer`]
+//! sets any other reply for recipients with a given local-part prefix.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -28,8 +29,12 @@ pub struct SinkMessage {
 pub struct SmtpSink {
     addr: SocketAddr,
     messages: Arc<Mutex<Vec<SinkMessage>>>,
+    replies: Replies,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// Recipient prefix → the RCPT reply (full lines, CRLF-terminated).
+type Replies = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
 impl SmtpSink {
     /// Listen on 127.0.0.1 with an ephemeral port.
@@ -39,16 +44,27 @@ impl SmtpSink {
             .expect("bind SMTP sink");
         let addr = listener.local_addr().expect("sink address");
         let messages = Arc::new(Mutex::new(Vec::new()));
-        let m = messages.clone();
+        let replies: Replies = Arc::default();
+        let (m, r) = (messages.clone(), replies.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(session(stream, m.clone()));
+                tokio::spawn(session(stream, m.clone(), r.clone()));
             }
         });
         SmtpSink {
             addr,
             messages,
+            replies,
             task,
+        }
+    }
+
+    /// Answer RCPT for recipients starting with `prefix` with `reply`
+    /// (one or more lines, e.g. `"550-5.1.1 a\r\n550 5.1.1 b"`; CRLF added).
+    /// A 2xx reply accepts the recipient.
+    pub fn answer(&self, prefix: &str, reply: &str) {
+        if let Ok(mut r) = self.replies.lock() {
+            r.push((prefix.to_string(), format!("{reply}\r\n").into_bytes()));
         }
     }
 
@@ -78,7 +94,7 @@ fn path_of(arg: &str) -> String {
     arg[start..end].to_string()
 }
 
-async fn session(stream: TcpStream, store: Arc<Mutex<Vec<SinkMessage>>>) {
+async fn session(stream: TcpStream, store: Arc<Mutex<Vec<SinkMessage>>>, replies: Replies) {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     let mut cur = SinkMessage {
@@ -102,6 +118,7 @@ async fn session(stream: TcpStream, store: Arc<Mutex<Vec<SinkMessage>>>) {
         }
         let text = String::from_utf8_lossy(&line).trim_end().to_string();
         let verb = text.split(' ').next().unwrap_or("").to_ascii_uppercase();
+        let custom: Vec<u8>;
         let reply: &[u8] = match verb.as_str() {
             "EHLO" | "HELO" => {
                 cur.helo = text[4..].trim().to_string();
@@ -118,7 +135,18 @@ async fn session(stream: TcpStream, store: Arc<Mutex<Vec<SinkMessage>>>) {
             }
             "RCPT" => {
                 let rcpt = path_of(&text);
-                if rcpt.starts_with("reject") {
+                let set = replies.lock().ok().and_then(|r| {
+                    r.iter()
+                        .find(|(p, _)| rcpt.starts_with(p.as_str()))
+                        .map(|(_, v)| v.clone())
+                });
+                if let Some(v) = set {
+                    if v.starts_with(b"2") {
+                        cur.rcpts.push(rcpt);
+                    }
+                    custom = v;
+                    &custom
+                } else if rcpt.starts_with("reject") {
                     b"550 5.1.1 No such user\r\n"
                 } else if rcpt.starts_with("defer") {
                     b"451 4.3.0 Try again later\r\n"

@@ -56,6 +56,8 @@ pub struct Line {
     pub diagnostic: String,
     /// The host that answered, if any.
     pub remote_mta: String,
+    /// The bounce class (`tern_bounce::Class::name`), when classified.
+    pub class: Option<&'static str>,
 }
 
 /// Render the report for `job`'s sender. `original` is the message as
@@ -148,6 +150,11 @@ pub fn render(
                 one_line(&l.diagnostic)
             ));
         }
+        if let Some(class) = l.class {
+            // An extension field (RFC 3464 §7: X- prefix), for senders that
+            // act on the class without re-parsing the diagnostic.
+            out.push_str(&format!("X-Tern-Bounce-Class: {class}\r\n"));
+        }
         if kind == Kind::Delay {
             out.push_str(&format!(
                 "Will-Retry-Until: {}\r\n",
@@ -219,6 +226,7 @@ mod tests {
             code: 550,
             diagnostic: "5.1.1 No such user\r\nInjected: header".into(),
             remote_mta: "mx.remote.test".into(),
+            class: Some("invalid_recipient"),
         }
     }
 
@@ -247,6 +255,7 @@ mod tests {
             "Status: 5.1.1",
             "Remote-MTA: dns; mx.remote.test",
             "Diagnostic-Code: smtp; 550 5.1.1 No such user  Injected: header",
+            "X-Tern-Bounce-Class: invalid_recipient",
             "Content-Type: text/rfc822-headers",
             "Auto-Submitted: auto-replied",
         ] {

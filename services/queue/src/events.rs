@@ -25,6 +25,8 @@ pub mod kind {
     pub const HELD: &str = "held";
     /// Removed from the queue by an operator (`tern queue delete`).
     pub const DELETED: &str = "deleted";
+    /// Not delivered: the recipient is on a suppression list.
+    pub const SUPPRESSED: &str = "suppressed";
 }
 
 /// An event for one recipient of `job`.

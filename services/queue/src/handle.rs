@@ -42,6 +42,9 @@ pub(crate) enum HandleError {
     /// A body could not be loaded or stored (for a DSN): try again.
     #[error(transparent)]
     Body(#[from] body::BodyError),
+    /// A hard bounce could not be added to the suppression list: try again.
+    #[error(transparent)]
+    Suppress(#[from] tern_bounce::SuppressError),
 }
 
 impl HandleError {
@@ -90,10 +93,17 @@ pub(crate) async fn spool(ctx: &Ctx, msg: &jetstream::Message) -> Result<(), Han
     async {
         let expires = env.received_at_unix_ms + ctx.config.max_age.as_millis() as i64;
         let routes = fan_out(&env, seq, expires, |d| ctx.config.common.is_local_domain(d));
+        let (routes, suppressed) = crate::suppress::split(routes, &ctx.suppress);
         let object = match env.body.as_ref().and_then(|b| b.location.as_ref()) {
             Some(Location::Object(name)) => name.clone(),
             _ => String::new(),
         };
+        publish_suppressed(ctx, &suppressed).await?;
+        if routes.is_empty() && !suppressed.is_empty() {
+            tracing::info!(rcpts = suppressed.len(), "every recipient suppressed");
+            ctx.bodies.delete(seq, &object).await;
+            return Ok(());
+        }
         let seen = ctx
             .state
             .create_message(
@@ -166,6 +176,23 @@ pub(crate) async fn spool(ctx: &Ctx, msg: &jetstream::Message) -> Result<(), Han
     .await
 }
 
+/// A `suppressed` event per recipient taken out at fan-out, acked before
+/// the envelope is.
+async fn publish_suppressed(ctx: &Ctx, suppressed: &[(Job, String)]) -> Result<(), HandleError> {
+    let mut acks = Vec::new();
+    for (job, address) in suppressed {
+        let e = events::event(kind::SUPPRESSED, job, address, None);
+        acks.push(events::publish(&ctx.js, &e).await?);
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    if !suppressed.is_empty() {
+        metrics::counter!("tern_queue_suppressed_total").increment(suppressed.len() as u64);
+    }
+    Ok(())
+}
+
 /// Apply one attempt's results: final recipients are logged (and bounced ones
 /// reported to the sender), deferred ones scheduled again or expired.
 pub(crate) async fn result(ctx: &Ctx, msg: &jetstream::Message) -> Result<(), HandleError> {
@@ -214,6 +241,11 @@ pub(crate) struct PlannedEvent {
     pub address: String,
     /// The result it reports.
     pub result: RecipientResult,
+    /// Its bounce class, for bounced, deferred and expired recipients
+    /// (set by `classify::classify`).
+    pub class: Option<tern_bounce::Class>,
+    /// A permanent hard bounce: the recipient goes on the suppression list.
+    pub suppresses: bool,
 }
 
 /// The deferred recipients' next attempt.
@@ -284,6 +316,8 @@ pub(crate) fn plan(
             kind,
             address: r.address.clone(),
             result: r.clone(),
+            class: None,
+            suppresses: false,
         });
     }
     for rcpt in &job.rcpts {
@@ -312,6 +346,8 @@ pub(crate) fn plan(
                     kind: kind::EXPIRED,
                     address: rcpt.address.clone(),
                     result: r.clone(),
+                    class: None,
+                    suppresses: false,
                 });
             }
         } else {
@@ -365,6 +401,8 @@ fn plan_retry(
                 kind: kind::DEFERRED,
                 address: rcpt.address.clone(),
                 result: r.clone(),
+                class: None,
+                suppresses: false,
             })
             .collect(),
     }
@@ -377,9 +415,14 @@ async fn publish_planned(
     e: &PlannedEvent,
     next_attempt_unix_ms: i64,
 ) -> Result<jetstream::context::PublishAckFuture, HandleError> {
-    metrics::counter!("tern_queue_results_total", "outcome" => e.kind).increment(1);
+    let class = e.class.map_or("none", tern_bounce::Class::name);
+    metrics::counter!("tern_queue_results_total", "outcome" => e.kind, "class" => class)
+        .increment(1);
     let mut event = events::event(e.kind, job, &e.address, Some(&e.result));
     event.next_attempt_unix_ms = next_attempt_unix_ms;
+    if let Some(c) = e.class {
+        event.bounce_class = c.name().to_string();
+    }
     Ok(events::publish(&ctx.js, &event).await?)
 }
 
@@ -409,7 +452,8 @@ async fn apply(
         jitter: crate::retry::random_jitter(),
         delay_dsn_after: ctx.config.delay_dsn_after,
     };
-    let plan = plan(&job, &st, &res.results, now_unix_ms(), &policy);
+    let mut plan = plan(&job, &st, &res.results, now_unix_ms(), &policy);
+    crate::classify::classify(&ctx.config.bounce.rules, &mut plan);
     for r in &plan.record {
         st.results.retain(|x| x.address != r.address);
         st.results.push(r.clone());
@@ -419,6 +463,11 @@ async fn apply(
         acks.push(publish_planned(ctx, &job, e, 0).await?);
         let r = &e.result;
         tracing::info!(rcpt = %e.address, outcome = e.kind, code = r.code, reply = %r.reply, "result");
+        if e.suppresses
+            && let Some(entry) = crate::suppress::hard_bounce(&job, &e.address, now_unix_ms())
+        {
+            ctx.suppress.add(&entry).await?;
+        }
     }
     let expired = plan
         .finals
@@ -538,7 +587,7 @@ pub(crate) async fn forget_deleted(
         for ack in acks {
             ack.await?;
         }
-        metrics::counter!("tern_queue_results_total", "outcome" => "deleted")
+        metrics::counter!("tern_queue_results_total", "outcome" => "deleted", "class" => "none")
             .increment(job.rcpts.len() as u64);
         if let Some(m) = ctx
             .state
@@ -565,6 +614,7 @@ fn line(rcpt: &Recipient, r: &RecipientResult, status: &str) -> Line {
         code: r.code,
         diagnostic: r.reply.clone(),
         remote_mta: r.remote_host.clone(),
+        class: None,
     }
 }
 

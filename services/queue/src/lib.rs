@@ -13,12 +13,14 @@
 //! replicas are interchangeable.
 
 mod admin;
+mod classify;
 mod dsn;
 mod events;
 mod handle;
 mod retry;
 mod route;
 mod state;
+mod suppress;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,6 +74,8 @@ pub struct Config {
     pub retry: RetrySchedule,
     /// When to send a delay DSN, if at all.
     pub delay_dsn_after: Option<Duration>,
+    /// Bounce classification rules (and the cluster secret).
+    pub bounce: tern_bounce::BounceConfig,
 }
 
 impl Config {
@@ -84,6 +88,7 @@ impl Config {
             max_age: src.get(&MAX_AGE)?,
             retry: src.get(&RETRY_SCHEDULE)?,
             delay_dsn_after: src.get(&DELAY_DSN_AFTER)?,
+            bounce: tern_bounce::BounceConfig::from_source(src)?,
         })
     }
 }
@@ -109,6 +114,9 @@ pub enum Error {
     /// The queue state bucket could not be opened.
     #[error(transparent)]
     State(#[from] state::StateError),
+    /// The suppression lists could not be loaded.
+    #[error(transparent)]
+    Suppress(#[from] tern_bounce::SuppressError),
 }
 
 /// The queue with its listeners bound.
@@ -142,6 +150,7 @@ pub(crate) struct Ctx {
     pub state: state::State,
     pub holds: Holds,
     pub bodies: body::BodyStore,
+    pub suppress: tern_bounce::Suppressions,
 }
 
 impl Bound {
@@ -171,6 +180,12 @@ impl Bound {
                 state: state::State::open(&js, client).await?,
                 holds: Holds::watch(&js, stop.clone()).await?,
                 bodies: body::BodyStore::open(&js).await?,
+                suppress: tern_bounce::Suppressions::open(
+                    &js,
+                    config.common.nats_replicas,
+                    stop.clone(),
+                )
+                .await?,
                 js: js.clone(),
                 config,
             });
