@@ -35,6 +35,7 @@ pub mod counts;
 pub mod key;
 pub mod metrics;
 mod read;
+pub mod webhook;
 
 pub use aggregate::{Aggregator, BATCH};
 pub use counts::{BatchCounts, Bounced, Stats};
