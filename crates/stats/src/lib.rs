@@ -32,6 +32,7 @@
 
 mod aggregate;
 pub mod counts;
+pub mod hooks;
 pub mod key;
 pub mod metrics;
 mod read;
