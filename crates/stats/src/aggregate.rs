@@ -15,9 +15,11 @@ use crate::metrics::Labels;
 use crate::read::{open_bucket, read_entry};
 use crate::{CONSUMER, Config, Error};
 
-/// Events pulled and written as one batch at most; also the consumer's
-/// `max_ack_pending`, so at most one batch is in flight across replicas.
+/// Events pulled and written as one batch at most.
 pub const BATCH: usize = 1000;
+/// The consumer's `max_ack_pending`: bounds the unacked events across
+/// replicas, and so the applied list an entry keeps.
+const MAX_ACK_PENDING: i64 = 4 * BATCH as i64;
 /// How long a pull waits to fill a batch.
 const PULL_EXPIRES: Duration = Duration::from_millis(500);
 /// Ack wait of the consumer: a batch not acked by then is redelivered.
@@ -58,7 +60,7 @@ impl Aggregator {
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: ACK_WAIT,
                     max_deliver: -1,
-                    max_ack_pending: BATCH as i64,
+                    max_ack_pending: MAX_ACK_PENDING,
                     ..Default::default()
                 },
             )
@@ -135,9 +137,21 @@ impl Aggregator {
                 }
             }
         }
+        // Everything at or below the ack floor was counted everywhere.
+        let ack_floor = match self.consumer.get_info().await {
+            Ok(info) => info.ack_floor.stream_sequence,
+            Err(e) => {
+                tracing::warn!(error = %e, "consumer info failed; batch redelivered");
+                self.give_back(keep).await;
+                return;
+            }
+        };
         let plan = counts::plan(&events);
         // Owned futures, not a closure over borrows: keeps `run` Send.
-        let writes: Vec<_> = plan.iter().map(|(k, incs)| self.write(k, incs)).collect();
+        let writes: Vec<_> = plan
+            .iter()
+            .map(|(k, incs)| self.write(k, incs, ack_floor))
+            .collect();
         let results: Vec<Result<Vec<u64>, Error>> = futures::stream::iter(writes)
             .buffer_unordered(WRITE_CONCURRENCY)
             .collect()
@@ -148,9 +162,7 @@ impl Aggregator {
                 Ok(seqs) => applied.extend(seqs),
                 Err(e) => {
                     tracing::warn!(error = %e, "writing counters failed; batch redelivered");
-                    for m in keep {
-                        let _ = m.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
-                    }
+                    self.give_back(keep).await;
                     return;
                 }
             }
@@ -169,8 +181,20 @@ impl Aggregator {
         ::metrics::counter!("tern_stats_events_total").increment(events.len() as u64);
     }
 
+    /// Nak a batch for redelivery (whatever of it was written is skipped then).
+    async fn give_back(&self, msgs: Vec<jetstream::Message>) {
+        for m in msgs {
+            let _ = m.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
+        }
+    }
+
     /// Apply `incs` to `key` with compare-and-set; the sequences applied.
-    async fn write(&self, key: &str, incs: &[Increment]) -> Result<Vec<u64>, Error> {
+    async fn write(
+        &self,
+        key: &str,
+        incs: &[Increment],
+        ack_floor: u64,
+    ) -> Result<Vec<u64>, Error> {
         let store = |message: String| Error::Store {
             key: key.to_string(),
             message,
@@ -178,9 +202,9 @@ impl Aggregator {
         for _ in 0..CAS_TRIES {
             let current = read_entry(&self.kv, key).await?;
             let (entry, revision) = current.unwrap_or_default();
-            let floor = entry.hwm;
-            let (next, n) = counts::apply(entry, incs);
-            let seqs: Vec<u64> = incs.iter().map(|i| i.seq).filter(|s| *s > floor).collect();
+            let seen = |s: u64| s <= entry.floor || entry.applied.contains(&s);
+            let seqs: Vec<u64> = incs.iter().map(|i| i.seq).filter(|s| !seen(*s)).collect();
+            let (next, n) = counts::apply(entry, incs, ack_floor);
             if n == 0 {
                 return Ok(seqs);
             }

@@ -12,12 +12,16 @@ use crate::key;
 /// The class a bounce or deferral without one from the bounce rules is counted under.
 pub const UNCLASSIFIED: &str = "unclassified";
 
-/// One stored counter entry: counts by field and the highest stream
-/// sequence already applied to it.
+/// One stored counter entry: counts by field, and which events are in it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
-    /// Highest `TERN_EVENTS` stream sequence counted into this entry.
-    pub hwm: u64,
+    /// The aggregator consumer's ack floor when this entry was last
+    /// written: every event at or below it was acked, so it was counted
+    /// into every key it belongs to before (acks follow the writes).
+    pub floor: u64,
+    /// Stream sequences above `floor` counted into this entry (events not
+    /// known to be acked yet: they may come again).
+    pub applied: Vec<u64>,
     /// Counts by field: an event kind (`delivered`), or `bounced:<class>`.
     pub counts: BTreeMap<String, u64>,
 }
@@ -72,20 +76,26 @@ pub fn plan(events: &[(u64, Event)]) -> BTreeMap<String, Vec<Increment>> {
     out
 }
 
-/// `entry` with `increments` applied, skipping those at or below its
-/// high-water mark (already counted before a crash or a lost ack), and the
-/// number applied. Correct because events reach the aggregator in stream
-/// order and each key is written once per batch (see the crate docs).
-pub fn apply(mut entry: Entry, increments: &[Increment]) -> (Entry, usize) {
-    let floor = entry.hwm;
+/// `entry` with `increments` applied, skipping those counted before (at
+/// or below its floor, or in its applied list: a redelivery after a crash
+/// or a lost ack, in any order), with its floor raised to `ack_floor`; and
+/// the number applied.
+pub fn apply(mut entry: Entry, increments: &[Increment], ack_floor: u64) -> (Entry, usize) {
     let mut applied = 0;
-    for inc in increments.iter().filter(|i| i.seq > floor) {
+    for inc in increments {
+        if inc.seq <= entry.floor || entry.applied.contains(&inc.seq) {
+            continue;
+        }
         for f in &inc.fields {
             *entry.counts.entry(f.clone()).or_default() += 1;
         }
-        entry.hwm = entry.hwm.max(inc.seq);
+        entry.applied.push(inc.seq);
         applied += 1;
     }
+    entry.floor = entry.floor.max(ack_floor);
+    let floor = entry.floor;
+    entry.applied.retain(|s| *s > floor);
+    entry.applied.sort_unstable();
     (entry, applied)
 }
 
@@ -222,15 +232,33 @@ mod tests {
         ];
         let p = plan(&batch);
         let ck = key::campaign_key("t", "c", 3);
-        let (e, n) = apply(Entry::default(), &p[&ck]);
-        assert_eq!((n, e.hwm), (3, 3));
+        let (e, n) = apply(Entry::default(), &p[&ck], 0);
+        assert_eq!((n, &e.applied[..]), (3, &[1, 2, 3][..]));
         assert_eq!(e.counts["bounced:hard"], 1);
         // The same batch again (crash after the write, before the ack).
-        let (again, n) = apply(e.clone(), &p[&ck]);
-        assert_eq!((again, n), (e, 0));
-        let (b, _) = apply(Entry::default(), &p[&key::batch_key("t", "b1")]);
+        let (again, n) = apply(e.clone(), &p[&ck], 0);
+        assert_eq!((again, n), (e.clone(), 0));
+        // Acked since: the list shrinks, and a replay (consumer reset) still counts nothing.
+        let (acked, _) = apply(e.clone(), &[], 3);
+        assert!(acked.applied.is_empty());
+        assert_eq!(apply(acked.clone(), &p[&ck], 0), (acked, 0));
+        let (b, _) = apply(Entry::default(), &p[&key::batch_key("t", "b1")], 0);
         let counts = BatchCounts::from_counts("b1", &b.counts);
         assert_eq!((counts.accepted, counts.bounced, counts.pending), (1, 1, 0));
+    }
+
+    #[test]
+    fn an_older_event_arriving_after_a_newer_one_still_counts() {
+        let inc = |seq| Increment {
+            seq,
+            fields: vec!["delivered".into()],
+        };
+        // Seq 9 (another replica's batch) was written before seq 5 came back.
+        let (e, _) = apply(Entry::default(), &[inc(9)], 4);
+        let (e, n) = apply(e, &[inc(5)], 4);
+        assert_eq!((n, e.counts["delivered"]), (1, 2));
+        let (e, n) = apply(e, &[inc(5), inc(9)], 4);
+        assert_eq!((n, e.counts["delivered"]), (0, 2));
     }
 
     #[test]
@@ -257,6 +285,7 @@ mod tests {
                     fields: fields(&ev("complained", "t", "c", "", "")),
                 },
             ],
+            0,
         );
         s.add(&e.counts);
         s.add(&e.counts);

@@ -15,13 +15,14 @@
 //!
 //! Writes are batched: up to [`BATCH`] events are pulled, grouped by key,
 //! and each key is written once per batch with a compare-and-set on its
-//! revision, then the events are acked. Each entry stores the highest
-//! stream sequence counted into it; an event at or below it is skipped.
-//! The consumer allows no more than one batch unacknowledged
-//! (`max_ack_pending` = [`BATCH`]), so events arrive in stream order even
-//! across replicas and restarts, and a batch redelivered after a crash
-//! between its writes and its acks is counted only into the keys it had not
-//! reached: **exactly once per event** into the KV counters, as long as the
+//! revision, then the events are acked. Each entry keeps the consumer's
+//! ack floor as of its last write (every event at or below it was acked,
+//! and acks follow the writes, so it is counted everywhere) and the stream
+//! sequences above that floor counted into it; an event in either is
+//! skipped. So a batch redelivered after a crash between its writes and its
+//! acks, in any order and to any replica, counts only into the keys it had
+//! not reached, and a consumer reset (the stream replayed) counts nothing
+//! twice: **exactly once per event** into the KV counters, as long as the
 //! event is still in `TERN_EVENTS` (7 days). Events re-published by the
 //! queue are dropped by their `Nats-Msg-Id` within the dedup window
 //! (2 min); a re-publish later than that counts again. The Prometheus
