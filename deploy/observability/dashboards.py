@@ -49,6 +49,15 @@ DASHBOARDS = {
         ("Upstream latency p99", p99("tern_dns_upstream_seconds"), "s"),
         ("Upstream queries waiting", "sum(tern_dns_upstream_queued)", "short"),
     ]),
+    "tern-campaigns": ("Campaigns", [
+        ("Accepted by campaign /s", 'sum by (tenant, campaign) (rate(tern_campaign_events_total{kind="received"}' + RATE + "))", "ops"),
+        ("Delivered by campaign /s", 'sum by (tenant, campaign) (rate(tern_campaign_events_total{kind="delivered"}' + RATE + "))", "ops"),
+        ("Bounce share by campaign", 'sum by (tenant, campaign) (rate(tern_campaign_events_total{kind="bounced"}' + RATE + ')) / sum by (tenant, campaign) (rate(tern_campaign_events_total{kind=~"delivered|bounced"}' + RATE + "))", "percentunit"),
+        ("Bounces by class /s", "sum by (tenant, class) (rate(tern_campaign_bounces_total" + RATE + "))", "ops"),
+        ("Deferrals by campaign /s", 'sum by (tenant, campaign) (rate(tern_campaign_events_total{kind="deferred"}' + RATE + "))", "ops"),
+        ("Complaints, unsubscriptions and suppressions /s", 'sum by (tenant, kind) (rate(tern_campaign_events_total{kind=~"complained|unsubscribed|suppressed"}' + RATE + "))", "ops"),
+        ("Events waiting for the aggregator", 'max(tern_jetstream_consumer_pending{consumer="stats"})', "short"),
+    ]),
     "tern-mailbox": ("Tern / Mailbox", [
         ("Sessions by protocol /s", "sum by (protocol) (rate(tern_mailbox_sessions_total" + RATE + "))", "ops"),
         ("Local deliveries by outcome /s", "sum by (outcome) (rate(tern_mailbox_deliveries_total" + RATE + "))", "ops"),

@@ -271,6 +271,7 @@ pub(crate) async fn export_gauges(
             (bus::RESULTS_STREAM, bus::consumers::QUEUE_RESULTS),
             (bus::JOBS_STREAM, bus::consumers::DELIVERY),
             (bus::JOBS_STREAM, bus::consumers::MAILBOX),
+            (bus::EVENTS_STREAM, tern_stats::CONSUMER),
         ] {
             if let Ok(stream) = ctx.js.get_stream(stream_name).await
                 && let Ok(mut c) = stream.get_consumer::<consumer::pull::Config>(durable).await

@@ -76,6 +76,8 @@ pub struct Config {
     pub delay_dsn_after: Option<Duration>,
     /// Bounce classification rules (and the cluster secret).
     pub bounce: tern_bounce::BounceConfig,
+    /// The campaign statistics aggregator run beside the queue (crates/stats).
+    pub stats: tern_stats::Config,
 }
 
 impl Config {
@@ -89,6 +91,7 @@ impl Config {
             retry: src.get(&RETRY_SCHEDULE)?,
             delay_dsn_after: src.get(&DELAY_DSN_AFTER)?,
             bounce: tern_bounce::BounceConfig::from_source(src)?,
+            stats: tern_stats::Config::from_source(src)?,
         })
     }
 }
@@ -117,6 +120,9 @@ pub enum Error {
     /// The suppression lists could not be loaded.
     #[error(transparent)]
     Suppress(#[from] tern_bounce::SuppressError),
+    /// The statistics bucket or consumer could not be opened.
+    #[error(transparent)]
+    Stats(#[from] tern_stats::Error),
 }
 
 /// The queue with its listeners bound.
@@ -207,9 +213,17 @@ impl Bound {
                 &shutdown,
             )
             .await?;
-            Ok::<_, Error>((ctx, spool, results))
+            // Events feed campaign statistics on their own consumer, so a
+            // slow stats bucket never holds up spool or results.
+            let stats = tern_stats::Aggregator::open(
+                &js,
+                ctx.config.common.nats_replicas,
+                &ctx.config.stats,
+            )
+            .await?;
+            Ok::<_, Error>((ctx, spool, results, stats))
         };
-        let (ctx, spool, results) = match init.await {
+        let (ctx, spool, results, stats) = match init.await {
             Ok(v) => v,
             Err(e) if shutdown.is_triggered() => {
                 tracing::info!(error = %e, "stopped before the queue was ready");
@@ -242,9 +256,12 @@ impl Bound {
             ctx.clone(),
             Kind::Results,
         ));
+        let stats_stop = shutdown.clone();
+        let stats_loop = tokio::spawn(async move { stats.run(&stats_stop).await });
         // The loops stop pulling at shutdown and finish the messages in
         // hand within the grace.
         let _ = spool_loop.await;
+        let _ = stats_loop.await;
         let _ = results_loop.await;
         running.finish().await?;
         Ok(())
