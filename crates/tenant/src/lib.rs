@@ -197,6 +197,28 @@ fn now_unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Names for the numeric ids in VERP and unsubscribe tokens
+/// ([`Registry::names`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Names {
+    /// Tenant names by id.
+    pub tenants: std::collections::HashMap<u32, String>,
+    /// Campaign tags by (tenant id, campaign id).
+    pub campaigns: std::collections::HashMap<(u32, u32), String>,
+}
+
+/// The campaign tag a `campaign.` key spells in hex.
+fn unhex(tag: &str) -> Option<String> {
+    if tag.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..tag.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(tag.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
 /// The registry: a handle on the bucket. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -463,6 +485,36 @@ impl Registry {
             Err(TenantError::NoSuchTenant(_)) => Err(TenantError::BadKey),
             other => other,
         }
+    }
+
+    /// Every id the tokens carry with its name: tenants by id, campaigns by
+    /// (tenant id, campaign id). For the unsubscribe endpoint and late-bounce
+    /// matching, which turn a token's ids back into list names.
+    pub async fn names(&self) -> Result<Names, TenantError> {
+        let mut names = Names::default();
+        for t in self.list_tenants().await? {
+            names.tenants.insert(t.id, t.name);
+        }
+        for key in self.keys_with_prefix("campaign.").await? {
+            let Some((tenant, tag)) = key["campaign.".len()..].split_once('.') else {
+                continue;
+            };
+            let (Ok(tenant), Some(name)) = (tenant.parse::<u32>(), unhex(tag)) else {
+                continue;
+            };
+            let Some(v) = self
+                .kv
+                .get(&key)
+                .await
+                .map_err(|e| store_err("campaign names")(Box::new(e)))?
+            else {
+                continue;
+            };
+            if let Some(id) = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()) {
+                names.campaigns.insert((tenant, id), name);
+            }
+        }
+        Ok(names)
     }
 
     /// The numeric id of `campaign` for the tenant with id `tenant`, given

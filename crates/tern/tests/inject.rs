@@ -691,3 +691,79 @@ async fn an_interrupted_expansion_resumes_at_its_cursor() {
     .await;
     assert_eq!(rec["spooled"], 100);
 }
+
+/// The injection API with the feedback loop and the statistics mounted:
+/// a listed address is reported `suppressed` and not sent, the one-click
+/// unsubscribe link works on the API listener (curl, RFC 8058 §3.2), the
+/// next batch of that campaign suppresses the unsubscribed recipient, and
+/// the campaign's and the batch's counters show the deliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suppressed_unsubscribed_and_counted_through_the_api() {
+    let w = world(&[]).await;
+    let nats = w.stack.nats.url();
+    let key = tenant_with_key(&nats, "shop", "shop.test");
+    let client = Client::new(&w.stack);
+    tern(
+        &nats,
+        &["suppress", "add", "--tenant", "shop", "listed@remote.test"],
+    );
+    let body = serde_json::json!({"from": "news@shop.test", "subject": "Spring", "text": "hello",
+        "campaign": "spring", "unsubscribe": true,
+        "recipients": [{"email": "a@remote.test"}, {"email": "b@remote.test"}, {"email": "listed@remote.test"}]});
+    let (status, answer) = client.post(&key, &body).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["accepted"], 2, "{answer}");
+    assert_eq!(
+        answer["suppressed"],
+        serde_json::json!(["listed@remote.test"])
+    );
+    let batch = answer["batch_id"].as_str().unwrap().to_string();
+    let dumps = settled_dumps(&w.sink, &nats, 2, "the two unsuppressed messages").await;
+    assert!(!dumps.iter().any(|d| d.contains("listed@remote.test")));
+    let a = dumps.iter().find(|d| d.contains("a@remote.test")).unwrap();
+    let message = sink_message(a);
+    let token = message
+        .split("https://shop.example/u/")
+        .nth(1)
+        .and_then(|rest| rest.split('>').next())
+        .expect("a List-Unsubscribe link")
+        .to_string();
+    let url = format!("http://{}/u/{token}", w.stack.addr("api"));
+    let curl = |body: &'static str, url: String| async move {
+        let out = tokio::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-d", body, &url])
+            .output()
+            .await
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let mut tampered = url.clone();
+    tampered.insert(tampered.len() - 3, 'x');
+    assert_eq!(curl("List-Unsubscribe=One-Click", tampered).await, "404");
+    assert_eq!(curl("List-Unsubscribe=One-Click", url).await, "200");
+
+    let again = serde_json::json!({"from": "news@shop.test", "text": "again", "campaign": "spring",
+        "recipients": [{"email": "a@remote.test"}, {"email": "b@remote.test"}]});
+    let (status, answer) = client.post(&key, &again).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["suppressed"], serde_json::json!(["a@remote.test"]));
+    assert_eq!(answer["accepted"], 1);
+
+    let stats = wait_for("the campaign's deliveries counted", WAIT, || async {
+        let (status, s) = client
+            .call("GET", "/v1/stats?campaign=spring", &key, None, None)
+            .await;
+        (status == 200 && s["delivered"] == 3).then_some(s)
+    })
+    .await;
+    assert_eq!(stats["campaign"], "spring", "{stats}");
+    let (status, rec) = client
+        .call("GET", &format!("/v1/batches/{batch}"), &key, None, None)
+        .await;
+    assert_eq!(status, 200, "{rec}");
+    assert_eq!(rec["recipients"]["delivered"], 2, "{rec}");
+    let (status, err) = client
+        .call("GET", "/v1/stats?campaign=spring&from=yesterday", &key, None, None)
+        .await;
+    assert_eq!((status, &err["error"]["field"]), (400, &serde_json::json!("from")));
+}

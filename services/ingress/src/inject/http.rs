@@ -28,6 +28,12 @@ pub(crate) struct Api {
     pub(crate) batches: kv::Store,
     pub(crate) idem: kv::Store,
     pub(crate) js: jetstream::Context,
+    /// Suppression lists, checked at injection (issue 17).
+    pub(crate) suppressions: tern_bounce::Suppressions,
+    /// Campaign and batch counters (crates/stats).
+    pub(crate) stats: tern_stats::StatsReader,
+    /// The `/u/TOKEN` routes, when the cluster has a secret to check tokens.
+    pub(crate) unsubscribe: Option<Router>,
 }
 
 /// An error answer: `{"error": {"field", "message"}}`.
@@ -39,7 +45,7 @@ pub(crate) struct ApiFailure {
 }
 
 impl ApiFailure {
-    fn new(status: StatusCode, field: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, field: &str, message: impl Into<String>) -> Self {
         ApiFailure {
             status,
             field: field.to_string(),
@@ -47,7 +53,7 @@ impl ApiFailure {
         }
     }
 
-    fn unavailable(e: impl std::fmt::Display) -> Self {
+    pub(crate) fn unavailable(e: impl std::fmt::Display) -> Self {
         tracing::warn!(error = %e, "injection API: storage failed");
         ApiFailure::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -75,16 +81,21 @@ impl IntoResponse for ApiFailure {
     }
 }
 
-fn json_response(status: StatusCode, body: String) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// Serve until `shutdown`.
 pub(crate) async fn serve(listener: TcpListener, api: Api, shutdown: Shutdown) {
-    let app = Router::new()
+    let unsubscribe = api.unsubscribe.clone();
+    let mut app = Router::new()
         .route("/v1/messages", post(post_messages))
         .route("/v1/batches/{id}", get(get_batch).delete(delete_batch))
+        .route("/v1/stats", get(super::feedback::get_stats))
         .with_state(api);
+    if let Some(u) = unsubscribe {
+        app = app.merge(u);
+    }
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "injection API listening");
     }
@@ -97,7 +108,7 @@ pub(crate) async fn serve(listener: TcpListener, api: Api, shutdown: Shutdown) {
     }
 }
 
-async fn authenticate(api: &Api, headers: &HeaderMap) -> Result<Tenant, ApiFailure> {
+pub(crate) async fn authenticate(api: &Api, headers: &HeaderMap) -> Result<Tenant, ApiFailure> {
     let bad = || {
         ApiFailure::new(
             StatusCode::UNAUTHORIZED,
@@ -325,6 +336,23 @@ async fn make_durable(
 ) -> Result<String, ApiFailure> {
     let Accepted { mut spec, rejected } = checked;
     spec.batch_id = batch_id.clone();
+    // Suppressed here and again at fan-out, where an entry added while the
+    // batch waits still wins.
+    let suppressed: Vec<String> = {
+        let emails: Vec<&str> = spec.recipients.iter().map(|r| r.email.as_str()).collect();
+        let hits = api.suppressions.check(&tenant.name, &spec.campaign, &emails);
+        let mut out = Vec::new();
+        let mut kept = Vec::with_capacity(spec.recipients.len());
+        for (r, hit) in std::mem::take(&mut spec.recipients).into_iter().zip(hits) {
+            if hit {
+                out.push(r.email);
+            } else {
+                kept.push(r);
+            }
+        }
+        spec.recipients = kept;
+        out
+    };
     spec.campaign_id = api
         .tenants
         .campaign_id(tenant.id, &spec.campaign)
@@ -335,7 +363,12 @@ async fn make_durable(
         batch_id: batch_id.clone(),
         tenant: tenant.name.clone(),
         campaign: spec.campaign.clone(),
-        state: State::Scheduled,
+        // Nothing left to send: the batch is done as soon as it exists.
+        state: if spec.recipients.is_empty() {
+            State::Spooled
+        } else {
+            State::Scheduled
+        },
         total: spec.recipients.len() as u64,
         spooled: 0,
         rejected: rejected.len() as u64,
@@ -349,7 +382,9 @@ async fn make_durable(
     if created.is_none() && !resumed {
         return Err(ApiFailure::unavailable("batch id collision"));
     }
-    if let Err(e) = batch::publish(&api.js, &spec).await {
+    if !spec.recipients.is_empty()
+        && let Err(e) = batch::publish(&api.js, &spec).await
+    {
         if created.is_some() {
             let _ = api.batches.purge(&batch_id).await;
         }
@@ -365,7 +400,7 @@ async fn make_durable(
     Ok(json!({
         "batch_id": batch_id,
         "accepted": record.total,
-        "suppressed": [],
+        "suppressed": suppressed,
         "rejected": rejected,
     })
     .to_string())
@@ -395,13 +430,26 @@ async fn get_batch(
 ) -> Response {
     let result = async {
         let tenant = authenticate(&api, &headers).await?;
-        own_batch(&api, &tenant, &id).await
+        Ok::<_, ApiFailure>((own_batch(&api, &tenant, &id).await?, tenant.name))
     }
     .await;
-    match result {
-        Ok((r, _)) => json_response(StatusCode::OK, record_json(&r)),
-        Err(f) => f.into_response(),
+    let (r, tenant) = match result {
+        Ok(((r, _), tenant)) => (r, tenant),
+        Err(f) => return f.into_response(),
+    };
+    // What happened to the spooled recipients, from the events.
+    let counts = match api.stats.batch_counts(&tenant, &id).await {
+        Ok(c) => c,
+        Err(e) => return ApiFailure::unavailable(e).into_response(),
+    };
+    let mut body = serde_json::to_value(&r).unwrap_or_default();
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert(
+            "recipients".into(),
+            serde_json::to_value(counts).unwrap_or_default(),
+        );
     }
+    json_response(StatusCode::OK, body.to_string())
 }
 
 async fn delete_batch(

@@ -5,6 +5,7 @@
 //! replica expands it into per-recipient messages on the spool.
 
 mod batch;
+mod feedback;
 mod http;
 mod idempotency;
 mod render;
@@ -114,6 +115,12 @@ pub enum ApiError {
     /// The body store could not be opened.
     #[error(transparent)]
     Body(#[from] tern_runtime::body::BodyError),
+    /// The suppression lists could not be loaded.
+    #[error(transparent)]
+    Suppress(#[from] tern_bounce::SuppressError),
+    /// The statistics bucket could not be opened.
+    #[error(transparent)]
+    Stats(#[from] tern_stats::Error),
 }
 
 /// Start the API server (when `listener` is given) and the batch worker;
@@ -160,6 +167,36 @@ pub(crate) async fn start(
         common.shutdown_grace,
     ));
     if let Some(listener) = listener {
+        let (suppressions, stats) = loop {
+            let setup = async {
+                let s = tern_bounce::Suppressions::open(&js, replicas, shutdown.clone()).await?;
+                let r = tern_stats::StatsReader::open(&js, replicas).await?;
+                Ok::<_, ApiError>((s, r))
+            };
+            match setup.await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "injection API lists not ready; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                        _ = shutdown.wait() => return Ok(()),
+                    }
+                }
+            }
+        };
+        let unsubscribe = match &config.secret {
+            None => None,
+            Some(secret) => {
+                let names = feedback::TokenNames::follow(tenants.clone(), shutdown.clone()).await;
+                Some(tern_bounce::unsubscribe::router(Arc::new(
+                    tern_bounce::unsubscribe::UnsubscribeState {
+                        secret: secret.clone(),
+                        lists: suppressions.clone(),
+                        names: Arc::new(names),
+                    },
+                )))
+            }
+        };
         let public_url = config.public_url.clone().unwrap_or_else(|| {
             listener
                 .local_addr()
@@ -175,6 +212,9 @@ pub(crate) async fn start(
             batches,
             idem,
             js,
+            suppressions,
+            stats,
+            unsubscribe,
         };
         http::serve(listener, state, shutdown).await;
     }
