@@ -302,10 +302,10 @@ impl Cur<'_> {
             b"BINARY.SIZE" => FetchAttr::BinarySize {
                 path: self.section_binary()?,
             },
-            b"" => return Err("expected a FETCH attribute".into()),
+            b"" => return Err(ParseErrorKind::Expected("a FETCH attribute")),
             other => {
                 let name = String::from_utf8_lossy(other);
-                return Err(format!("FETCH {name} is not supported"));
+                return Err(ParseErrorKind::UnsupportedFetch(name.into_owned()));
             }
         };
         Ok(attr)
@@ -320,7 +320,7 @@ impl Cur<'_> {
         self.expect(b'.', "'.' in partial")?;
         let count = self.number()?;
         if count == 0 {
-            return Err("partial count must be non-zero".into());
+            return Err(ParseErrorKind::ZeroPartial);
         }
         self.expect(b'>', "'>'")?;
         Ok(Some((origin, count)))
@@ -336,10 +336,10 @@ impl Cur<'_> {
         loop {
             let n = self.number()?;
             if n == 0 {
-                return Err("invalid part number".into());
+                return Err(ParseErrorKind::Invalid("part number"));
             }
             if path.len() >= 32 {
-                return Err("section nested too deeply".into());
+                return Err(ParseErrorKind::TooDeep("section"));
             }
             path.push(n);
             if !self.eat(b'.') {
@@ -379,9 +379,9 @@ impl Cur<'_> {
                 .ok()
                 .and_then(|x| x.parse().ok())
                 .filter(|&n| n > 0)
-                .ok_or("invalid part number")?;
+                .ok_or(ParseErrorKind::Invalid("part number"))?;
             if path.len() >= 32 {
-                return Err("section nested too deeply".into());
+                return Err(ParseErrorKind::TooDeep("section"));
             }
             path.push(n);
             if end == rest.len() {
@@ -390,7 +390,7 @@ impl Cur<'_> {
             }
             rest = &rest[end + 1..];
             if rest.is_empty() {
-                return Err("invalid section".into());
+                return Err(ParseErrorKind::Invalid("section"));
             }
         }
         if !path.is_empty() {
@@ -404,7 +404,7 @@ impl Cur<'_> {
                     let fields = self.header_list()?;
                     PartSpec::HeaderFields { fields, not }
                 }
-                _ => return Err("invalid section".into()),
+                _ => return Err(ParseErrorKind::Invalid("section")),
             };
             self.expect(b']', "']'")?;
             return Ok(Section::Part { path, spec });
@@ -420,7 +420,7 @@ impl Cur<'_> {
             }
             other => {
                 let name = String::from_utf8_lossy(other);
-                return Err(format!("section [{name}] is not supported"));
+                return Err(ParseErrorKind::UnsupportedSection(name.into_owned()));
             }
         };
         self.expect(b']', "']'")?;
@@ -447,7 +447,7 @@ pub(super) fn fetch_args(c: &mut Cur<'_>, uid: bool) -> PResult<CommandKind> {
                     changed_since = Some(c.number64()?);
                 }
                 b"VANISHED" if !vanished => vanished = true,
-                _ => return Err("unknown FETCH modifier".into()),
+                _ => return Err(ParseErrorKind::Unknown("FETCH modifier")),
             }
             if !c.eat(b' ') {
                 break;
@@ -456,7 +456,7 @@ pub(super) fn fetch_args(c: &mut Cur<'_>, uid: bool) -> PResult<CommandKind> {
         c.expect(b')', "')'")?;
         // RFC 7162 §3.2.6: VANISHED only with UID FETCH and CHANGEDSINCE.
         if vanished && (!uid || changed_since.is_none()) {
-            return Err("VANISHED needs UID FETCH and CHANGEDSINCE".into());
+            return Err(ParseErrorKind::VanishedWithoutChangedSince);
         }
         // RFC 7162 §3.1.4.1: CHANGEDSINCE implies MODSEQ.
         if changed_since.is_some() && !attrs.contains(&FetchAttr::ModSeq) {

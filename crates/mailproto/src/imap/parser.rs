@@ -8,7 +8,7 @@ pub(super) struct Cur<'a> {
     pub(super) i: usize,
 }
 
-pub(super) type PResult<T> = Result<T, String>;
+pub(super) type PResult<T> = Result<T, ParseErrorKind>;
 
 impl<'a> Cur<'a> {
     pub(super) fn peek(&self) -> Option<u8> {
@@ -24,11 +24,11 @@ impl<'a> Cur<'a> {
         }
     }
 
-    pub(super) fn expect(&mut self, b: u8, what: &str) -> PResult<()> {
+    pub(super) fn expect(&mut self, b: u8, what: &'static str) -> PResult<()> {
         if self.eat(b) {
             Ok(())
         } else {
-            Err(format!("expected {what}"))
+            Err(ParseErrorKind::Expected(what))
         }
     }
 
@@ -49,19 +49,19 @@ impl<'a> Cur<'a> {
         if rest.is_empty() || rest == b"\r\n" || rest == b"\n" {
             Ok(())
         } else {
-            Err("unexpected characters at end of command".into())
+            Err(ParseErrorKind::TrailingInput)
         }
     }
 
     pub(super) fn number(&mut self) -> PResult<u32> {
         let d = self.take_while(|b| b.is_ascii_digit());
         if d.is_empty() || d.len() > 10 {
-            return Err("expected a number".into());
+            return Err(ParseErrorKind::Expected("a number"));
         }
         std::str::from_utf8(d)
             .ok()
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| "number out of range".into())
+            .ok_or(ParseErrorKind::NumberOutOfRange)
     }
 
     pub(super) fn quoted(&mut self) -> PResult<Vec<u8>> {
@@ -69,7 +69,7 @@ impl<'a> Cur<'a> {
         let mut out = Vec::new();
         loop {
             match self.peek() {
-                None | Some(b'\r' | b'\n' | 0) => return Err("unterminated quoted string".into()),
+                None | Some(b'\r' | b'\n' | 0) => return Err(ParseErrorKind::UnterminatedQuoted),
                 Some(b'"') => {
                     self.i += 1;
                     return Ok(out);
@@ -81,7 +81,7 @@ impl<'a> Cur<'a> {
                             out.push(c);
                             self.i += 1;
                         }
-                        _ => return Err("invalid escape in quoted string".into()),
+                        _ => return Err(ParseErrorKind::InvalidEscape),
                     }
                 }
                 Some(c) => {
@@ -103,7 +103,7 @@ impl<'a> Cur<'a> {
             .i
             .checked_add(n)
             .filter(|e| *e <= self.s.len())
-            .ok_or("literal data missing")?;
+            .ok_or(ParseErrorKind::MissingLiteral)?;
         let data = self.s[self.i..end].to_vec();
         self.i = end;
         Ok(data)
@@ -116,7 +116,7 @@ impl<'a> Cur<'a> {
             _ => {
                 let a = self.take_while(is_astring_char);
                 if a.is_empty() {
-                    Err("expected a string".into())
+                    Err(ParseErrorKind::Expected("a string"))
                 } else {
                     Ok(a.to_vec())
                 }
@@ -124,8 +124,8 @@ impl<'a> Cur<'a> {
         }
     }
 
-    pub(super) fn astring_utf8(&mut self, what: &str) -> PResult<String> {
-        String::from_utf8(self.astring()?).map_err(|_| format!("{what} is not valid UTF-8"))
+    pub(super) fn astring_utf8(&mut self, what: &'static str) -> PResult<String> {
+        String::from_utf8(self.astring()?).map_err(|_| ParseErrorKind::NotUtf8(what))
     }
 }
 
@@ -135,19 +135,18 @@ pub fn parse_command(input: &[u8]) -> Result<Command, ParseError> {
     let Some(tag_s) = tag.clone() else {
         return Err(ParseError {
             tag: None,
-            message: "missing or invalid tag".into(),
+            kind: ParseErrorKind::MissingTag,
         });
     };
-    let bad = |message: String| ParseError {
+    let bad = |kind: ParseErrorKind| ParseError {
         tag: tag.clone(),
-        message,
+        kind,
     };
     let mut c = Cur {
         s: input,
         i: tag_s.len(),
     };
-    c.sp()
-        .map_err(|_| bad("expected a command after the tag".into()))?;
+    c.sp().map_err(|_| bad(ParseErrorKind::MissingCommand))?;
     let kind = parse_kind(&mut c).map_err(bad)?;
     Ok(Command { tag: tag_s, kind })
 }
@@ -195,14 +194,14 @@ pub(super) fn parse_kind(c: &mut Cur<'_>) -> PResult<CommandKind> {
             c.sp()?;
             let mech = c.take_while(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
             if mech.is_empty() {
-                return Err("expected a SASL mechanism".into());
+                return Err(ParseErrorKind::Expected("a SASL mechanism"));
             }
             let mechanism = String::from_utf8_lossy(mech).to_ascii_uppercase();
             let initial = if c.eat(b' ') {
                 let r =
                     c.take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
                 if r.is_empty() {
-                    return Err("invalid initial response".into());
+                    return Err(ParseErrorKind::Invalid("initial response"));
                 }
                 Some(String::from_utf8_lossy(r).into_owned())
             } else {
@@ -215,12 +214,12 @@ pub(super) fn parse_kind(c: &mut Cur<'_>) -> PResult<CommandKind> {
             while c.eat(b' ') {
                 let a = c.take_while(is_atom_char);
                 if a.is_empty() || caps.len() >= 32 {
-                    return Err("expected a capability".into());
+                    return Err(ParseErrorKind::Expected("a capability"));
                 }
                 caps.push(String::from_utf8_lossy(a).to_ascii_uppercase());
             }
             if caps.is_empty() {
-                return Err("ENABLE needs a capability".into());
+                return Err(ParseErrorKind::EnableWithoutCapability);
             }
             CommandKind::Enable(caps)
         }
@@ -235,7 +234,7 @@ pub(super) fn parse_kind(c: &mut Cur<'_>) -> PResult<CommandKind> {
                     c.nstring()?;
                     n += 1;
                     if n > 60 {
-                        return Err("too many ID fields".into());
+                        return Err(ParseErrorKind::TooMany("ID fields"));
                     }
                 }
             } else {
@@ -281,7 +280,7 @@ pub(super) fn parse_kind(c: &mut Cur<'_>) -> PResult<CommandKind> {
             let mut date_ms = None;
             if c.peek() == Some(b'"') {
                 let d = c.quoted()?;
-                date_ms = Some(parse_date_time(&d).ok_or("invalid date-time")?);
+                date_ms = Some(parse_date_time(&d).ok_or(ParseErrorKind::Invalid("date-time"))?);
                 c.sp()?;
             }
             // RFC 3516 BINARY's literal8 `~{n}` is accepted like a literal.
@@ -331,18 +330,17 @@ pub(super) fn parse_kind(c: &mut Cur<'_>) -> PResult<CommandKind> {
                     }
                 }
                 other => {
-                    return Err(format!(
-                        "UID {} is not supported",
-                        String::from_utf8_lossy(other)
+                    return Err(ParseErrorKind::UnknownUidCommand(
+                        String::from_utf8_lossy(other).into_owned(),
                     ));
                 }
             }
         }
-        b"" => return Err("expected a command".into()),
+        b"" => return Err(ParseErrorKind::Expected("a command")),
         other => {
             let mut n = String::from_utf8_lossy(other).into_owned();
             n.truncate(40);
-            return Err(format!("unknown or unsupported command {n}"));
+            return Err(ParseErrorKind::UnknownCommand(n.to_string()));
         }
     };
     c.end()?;
@@ -362,7 +360,7 @@ pub(super) fn list_args(c: &mut Cur<'_>, lsub: bool) -> PResult<CommandKind> {
                 b"SUBSCRIBED" => subscribed_only = true,
                 b"SPECIAL-USE" => special_only = true,
                 b"REMOTE" | b"RECURSIVEMATCH" => {}
-                _ => return Err("unknown LIST selection option".into()),
+                _ => return Err(ParseErrorKind::Unknown("LIST selection option")),
             }
         }
         c.sp()?;
@@ -374,7 +372,7 @@ pub(super) fn list_args(c: &mut Cur<'_>, lsub: bool) -> PResult<CommandKind> {
         loop {
             patterns.push(c.list_mailbox()?);
             if patterns.len() > 16 {
-                return Err("too many patterns".into());
+                return Err(ParseErrorKind::TooMany("patterns"));
             }
             if !c.eat(b' ') {
                 break;
@@ -392,7 +390,7 @@ pub(super) fn list_args(c: &mut Cur<'_>, lsub: bool) -> PResult<CommandKind> {
             .take_while(|b| b.is_ascii_alphabetic())
             .to_ascii_uppercase();
         if w != b"RETURN" {
-            return Err("expected RETURN".into());
+            return Err(ParseErrorKind::Expected("RETURN"));
         }
         c.sp()?;
         c.expect(b'(', "'('")?;
@@ -405,7 +403,7 @@ pub(super) fn list_args(c: &mut Cur<'_>, lsub: bool) -> PResult<CommandKind> {
                     c.sp()?;
                     status = c.status_items()?;
                 }
-                _ => return Err("unknown LIST return option".into()),
+                _ => return Err(ParseErrorKind::Unknown("LIST return option")),
             }
         }
     }
@@ -429,7 +427,7 @@ pub(super) fn store_args(c: &mut Cur<'_>, uid: bool) -> PResult<CommandKind> {
             .take_while(|b| b.is_ascii_alphabetic())
             .to_ascii_uppercase();
         if w != b"UNCHANGEDSINCE" {
-            return Err("unknown STORE modifier".into());
+            return Err(ParseErrorKind::Unknown("STORE modifier"));
         }
         c.sp()?;
         unchanged_since = Some(c.number64()?);
@@ -449,7 +447,7 @@ pub(super) fn store_args(c: &mut Cur<'_>, uid: bool) -> PResult<CommandKind> {
     let silent = match w.as_slice() {
         b"FLAGS" => false,
         b"FLAGS.SILENT" => true,
-        _ => return Err("expected FLAGS, +FLAGS or -FLAGS".into()),
+        _ => return Err(ParseErrorKind::Expected("FLAGS, +FLAGS or -FLAGS")),
     };
     c.sp()?;
     let flags = if c.peek() == Some(b'(') {
@@ -459,7 +457,7 @@ pub(super) fn store_args(c: &mut Cur<'_>, uid: bool) -> PResult<CommandKind> {
         while c.eat(b' ') {
             v.push(c.flag()?);
             if v.len() > 64 {
-                return Err("too many flags".into());
+                return Err(ParseErrorKind::TooMany("flags"));
             }
         }
         v
@@ -491,12 +489,12 @@ impl Cur<'_> {
     pub(super) fn number64(&mut self) -> PResult<u64> {
         let d = self.take_while(|b| b.is_ascii_digit());
         if d.is_empty() || d.len() > 19 {
-            return Err("expected a number".into());
+            return Err(ParseErrorKind::Expected("a number"));
         }
         std::str::from_utf8(d)
             .ok()
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| "number out of range".into())
+            .ok_or(ParseErrorKind::NumberOutOfRange)
     }
 
     /// SELECT/EXAMINE parameters after the SP: `(CONDSTORE)`,
@@ -514,7 +512,7 @@ impl Cur<'_> {
                     self.sp()?;
                     qresync = Some(self.qresync()?);
                 }
-                _ => return Err("unknown SELECT parameter".into()),
+                _ => return Err(ParseErrorKind::Unknown("SELECT parameter")),
             }
             if !self.eat(b' ') {
                 break;
@@ -533,7 +531,7 @@ impl Cur<'_> {
         self.sp()?;
         let modseq = self.number64()?;
         if uidvalidity == 0 || modseq == 0 || modseq > i64::MAX as u64 {
-            return Err("invalid QRESYNC parameter".into());
+            return Err(ParseErrorKind::Invalid("QRESYNC parameter"));
         }
         let mut known_uids = None;
         let mut seq_match = None;
@@ -573,12 +571,12 @@ impl Cur<'_> {
     /// A sequence set of explicit numbers only (no `*`, no `$`).
     pub(super) fn known_set(&mut self) -> PResult<SequenceSet> {
         let raw = self.take_while(|b| b.is_ascii_digit() || matches!(b, b':' | b','));
-        SequenceSet::parse(raw).ok_or_else(|| "invalid UID set".into())
+        SequenceSet::parse(raw).ok_or(ParseErrorKind::Invalid("UID set"))
     }
 
     pub(super) fn sequence_set(&mut self) -> PResult<SequenceSet> {
         let raw = self.take_while(|b| b.is_ascii_digit() || matches!(b, b':' | b',' | b'*' | b'$'));
-        SequenceSet::parse(raw).ok_or_else(|| "invalid sequence set".into())
+        SequenceSet::parse(raw).ok_or(ParseErrorKind::Invalid("sequence set"))
     }
 
     pub(super) fn nil(&mut self) -> PResult<()> {
@@ -586,7 +584,7 @@ impl Cur<'_> {
         if w.eq_ignore_ascii_case(b"NIL") {
             Ok(())
         } else {
-            Err("expected NIL".into())
+            Err(ParseErrorKind::Expected("NIL"))
         }
     }
 
@@ -602,7 +600,7 @@ impl Cur<'_> {
     pub(super) fn mailbox(&mut self) -> PResult<String> {
         let m = self.mailbox_raw()?;
         if m.is_empty() {
-            return Err("empty mailbox name".into());
+            return Err(ParseErrorKind::EmptyMailbox);
         }
         Ok(m)
     }
@@ -610,7 +608,7 @@ impl Cur<'_> {
     pub(super) fn mailbox_raw(&mut self) -> PResult<String> {
         let m = self.astring_utf8("mailbox name")?;
         if m.len() > 1024 || m.chars().any(char::is_control) {
-            return Err("invalid mailbox name".into());
+            return Err(ParseErrorKind::Invalid("mailbox name"));
         }
         Ok(if m.eq_ignore_ascii_case("INBOX") {
             "INBOX".into()
@@ -625,7 +623,7 @@ impl Cur<'_> {
             _ => {
                 let a = self.take_while(|b| is_astring_char(b) || b == b'%' || b == b'*');
                 if a.is_empty() {
-                    return Err("expected a mailbox pattern".into());
+                    return Err(ParseErrorKind::Expected("a mailbox pattern"));
                 }
                 Ok(String::from_utf8_lossy(a).into_owned())
             }
@@ -648,7 +646,7 @@ impl Cur<'_> {
                 b"SIZE" => StatusItem::Size,
                 b"HIGHESTMODSEQ" => StatusItem::HighestModSeq,
                 b"DELETED" => StatusItem::Deleted,
-                _ => return Err("unknown STATUS item".into()),
+                _ => return Err(ParseErrorKind::Unknown("STATUS item")),
             });
             if items.len() > 16 || !self.eat(b' ') {
                 break;
@@ -662,10 +660,10 @@ impl Cur<'_> {
         let back = self.eat(b'\\');
         let a = self.take_while(is_atom_char);
         if back && a == b"*" {
-            return Err("\\* is not a flag".into());
+            return Err(ParseErrorKind::StarFlag);
         }
         if a.is_empty() || a.len() > 128 {
-            return Err("expected a flag".into());
+            return Err(ParseErrorKind::Expected("a flag"));
         }
         let a = String::from_utf8_lossy(a);
         if back {
@@ -674,10 +672,8 @@ impl Cur<'_> {
                 .find(|f| f[1..].eq_ignore_ascii_case(&a))
             {
                 Some(f) => Ok((*f).to_string()),
-                None if a.eq_ignore_ascii_case("Recent") => {
-                    Err("\\Recent cannot be changed".into())
-                }
-                None => Err(format!("unknown system flag \\{a}")),
+                None if a.eq_ignore_ascii_case("Recent") => Err(ParseErrorKind::RecentFlag),
+                None => Err(ParseErrorKind::UnknownSystemFlag(a.to_string())),
             }
         } else {
             Ok(a.into_owned())
@@ -693,7 +689,7 @@ impl Cur<'_> {
         loop {
             flags.push(self.flag()?);
             if flags.len() > 64 {
-                return Err("too many flags".into());
+                return Err(ParseErrorKind::TooMany("flags"));
             }
             if !self.eat(b' ') {
                 break;

@@ -211,7 +211,7 @@ pub(super) fn search_args(c: &mut Cur<'_>, uid: bool) -> PResult<CommandKind> {
                 b"MIN" | b"MAX" | b"COUNT" | b"ALL" | b"SAVE" => {
                     items.push(String::from_utf8_lossy(&w).into_owned())
                 }
-                _ => return Err("unknown SEARCH return option".into()),
+                _ => return Err(ParseErrorKind::Unknown("SEARCH return option")),
             }
         }
         c.sp()?;
@@ -228,7 +228,7 @@ pub(super) fn search_args(c: &mut Cur<'_>, uid: bool) -> PResult<CommandKind> {
         let cs = c.astring()?;
         let cs = String::from_utf8_lossy(&cs).to_ascii_uppercase();
         if cs != "UTF-8" && cs != "US-ASCII" {
-            return Err("[BADCHARSET (UTF-8 US-ASCII)] unsupported charset".into());
+            return Err(ParseErrorKind::BadCharset);
         }
         c.sp()?;
     } else {
@@ -237,7 +237,7 @@ pub(super) fn search_args(c: &mut Cur<'_>, uid: bool) -> PResult<CommandKind> {
     let mut keys = vec![c.search_key(0)?];
     while c.eat(b' ') {
         if keys.len() >= 256 {
-            return Err("too many search keys".into());
+            return Err(ParseErrorKind::TooMany("search keys"));
         }
         keys.push(c.search_key(0)?);
     }
@@ -259,7 +259,7 @@ impl Cur<'_> {
         if quoted {
             self.expect(b'"', "'\"'")?;
         }
-        parse_date(d).ok_or_else(|| "invalid date".into())
+        parse_date(d).ok_or(ParseErrorKind::Invalid("date"))
     }
 
     pub(super) fn search_text(&mut self) -> PResult<String> {
@@ -268,13 +268,13 @@ impl Cur<'_> {
 
     pub(super) fn search_key(&mut self, depth: usize) -> PResult<SearchKey> {
         if depth > MAX_SEARCH_DEPTH {
-            return Err("search criteria nested too deeply".into());
+            return Err(ParseErrorKind::TooDeep("search criteria"));
         }
         if self.eat(b'(') {
             let mut keys = vec![self.search_key(depth + 1)?];
             while self.eat(b' ') {
                 if keys.len() >= 256 {
-                    return Err("too many search keys".into());
+                    return Err(ParseErrorKind::TooMany("search keys"));
                 }
                 keys.push(self.search_key(depth + 1)?);
             }
@@ -391,13 +391,13 @@ impl Cur<'_> {
                         .iter()
                         .any(|k| kind.eq_ignore_ascii_case(k.as_bytes()))
                     {
-                        return Err("MODSEQ entry type must be priv, shared or all".into());
+                        return Err(ParseErrorKind::ModSeqEntryType);
                     }
                     self.sp()?;
                 }
                 Ok(SearchKey::ModSeq(self.number64()?))
             }
-            _ => Err("unknown search key".into()),
+            _ => Err(ParseErrorKind::Unknown("search key")),
         }
     }
 }
