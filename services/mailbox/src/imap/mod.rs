@@ -17,17 +17,20 @@ use std::time::Duration;
 
 use tern_mailproto::imap::{
     self, Command, CommandKind, FetchAttr, FetchItem, Frame, Framer, QResync, SearchKey, SearchMsg,
-    Section, SeqNum, SequenceSet, State, Status, StatusItem, StoreMode,
+    Section, SequenceSet, State, Status, StatusItem, StoreMode,
 };
 use tern_mailproto::utf7;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::sync::broadcast;
 
+mod view;
+
+use view::{Selected, compact_set, earlier_set, remove_expunged};
+
 use crate::accounts;
 use crate::net::{Io, SessionCtx};
 use crate::store::{
-    Account, Added, DELIMITER, INBOX, Mailbox, MailboxInfo, MailboxOp, MessageMeta, Parts,
-    StoreError,
+    Account, Added, DELIMITER, INBOX, MailboxInfo, MailboxOp, MessageMeta, Parts, StoreError,
 };
 
 /// Autologout after this long without a command (RFC 9051 asks for at least 30 minutes).
@@ -50,25 +53,6 @@ enum Flow {
     SaslContinue(String),
     /// IDLE began: wait for DONE.
     Idle(String),
-}
-
-struct Selected {
-    mailbox: Mailbox,
-    name: String,
-    readonly: bool,
-    msgs: Vec<MessageMeta>,
-    /// Messages with a UID above this are `\Recent` in this session.
-    recent_above: u32,
-    /// HIGHESTMODSEQ this view reflects.
-    modseq: u64,
-    /// Expunges seen but not yet announced (not allowed at the time).
-    pending_expunge: bool,
-    /// While expunges are held back, the HIGHESTMODSEQ from before them,
-    /// sent to QRESYNC clients after MODSEQ data (RFC 7162 §3.2).
-    held_modseq: u64,
-    /// UIDs (ascending) of the result `SEARCH RETURN (SAVE)` saved, which
-    /// `$` names (RFC 5182); empty until one is saved.
-    saved: Vec<u32>,
 }
 
 struct Session<'a> {
@@ -297,129 +281,6 @@ fn bad(tag: Option<&str>, text: &str) -> Vec<u8> {
         Some(t) => imap::tagged(t, Status::Bad, text),
         None => imap::untagged(&format!("BAD {text}")),
     }
-}
-
-/// A compact sequence set (`1:3,7`) for COPYUID / ESEARCH / VANISHED.
-fn compact_set(nums: &[u32]) -> String {
-    let mut ranges: Vec<(u32, u32)> = Vec::new();
-    for &n in nums {
-        match ranges.last_mut() {
-            Some((_, end)) if n == end.wrapping_add(1) => *end = n,
-            _ => ranges.push((n, n)),
-        }
-    }
-    format_ranges(&ranges)
-}
-
-/// `1:3,7` from `[(1, 3), (7, 7)]`.
-fn format_ranges(ranges: &[(u32, u32)]) -> String {
-    let mut out = String::new();
-    for &(start, end) in ranges {
-        if !out.is_empty() {
-            out.push(',');
-        }
-        if start == end {
-            out.push_str(&start.to_string());
-        } else {
-            out.push_str(&format!("{start}:{end}"));
-        }
-    }
-    out
-}
-
-/// The UIDs of `known` (all when `None`) from 1 to `last` that are not
-/// in `present` (ascending), as a compact set: what is reported as
-/// `VANISHED (EARLIER)` when the mailbox no longer remembers every expunge
-/// since the client's mod-sequence. RFC 7162 §3.2.5.2 allows UIDs the
-/// client never saw (it ignores them), so this over-approximates safely.
-/// Works on ranges, so `1:4294967295` costs no more than `1:5`.
-fn missing_uids(known: Option<&SequenceSet>, last: u32, present: &[u32]) -> String {
-    let value = |s: SeqNum| match s {
-        SeqNum::Value(v) => v,
-        SeqNum::Star => last,
-    };
-    let mut wanted: Vec<(u32, u32)> = match known {
-        Some(k) => k
-            .ranges()
-            .iter()
-            .map(|&(a, b)| (value(a).min(value(b)), value(a).max(value(b)).min(last)))
-            .filter(|(a, b)| a <= b)
-            .collect(),
-        None if last > 0 => vec![(1, last)],
-        None => Vec::new(),
-    };
-    wanted.sort_unstable();
-    let mut merged: Vec<(u32, u32)> = Vec::new();
-    for (a, b) in wanted {
-        match merged.last_mut() {
-            Some((_, end)) if a <= end.saturating_add(1) => *end = (*end).max(b),
-            _ => merged.push((a, b)),
-        }
-    }
-    let mut out = Vec::new();
-    for (a, b) in merged {
-        // u64, so the UID after u32::MAX does not wrap.
-        let mut from = u64::from(a);
-        let start = present.partition_point(|&u| u < a);
-        for &u in present[start..].iter().take_while(|&&u| u <= b) {
-            if u64::from(u) > from {
-                out.push((u32::try_from(from).unwrap_or(u), u - 1));
-            }
-            from = u64::from(u) + 1;
-        }
-        if let Ok(from) = u32::try_from(from)
-            && from <= b
-        {
-            out.push((from, b));
-        }
-    }
-    format_ranges(&out)
-}
-
-/// The `VANISHED (EARLIER)` set (RFC 7162 §3.2.5.1, §3.2.6): the UIDs
-/// `recorded` as expunged since the client's mod-sequence (`None` when not
-/// all are remembered: then every UID that is gone, see [`missing_uids`]),
-/// limited to `within` (`*` is `last`) and to UIDs no longer in `view`.
-/// One still in the view (its expunge not announced yet) is left for the
-/// plain VANISHED that announces it, so the client's count stays right.
-fn earlier_set(
-    recorded: Option<Vec<u32>>,
-    within: Option<&SequenceSet>,
-    last: u32,
-    view: &[MessageMeta],
-) -> String {
-    let present: Vec<u32> = view.iter().map(|m| m.uid).collect();
-    match recorded {
-        Some(uids) => {
-            let uids: Vec<u32> = uids
-                .into_iter()
-                .filter(|&u| {
-                    within.is_none_or(|k| k.contains(u, last)) && present.binary_search(&u).is_err()
-                })
-                .collect();
-            compact_set(&uids)
-        }
-        None => missing_uids(within, last, &present),
-    }
-}
-
-/// Remove the messages at `idx` (ascending) from the view and announce
-/// them: `* n EXPUNGE` each, highest first, or one `* VANISHED uids` once
-/// QRESYNC is enabled (RFC 7162 §3.2.10).
-fn remove_expunged(msgs: &mut Vec<MessageMeta>, idx: &[usize], qresync: bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut uids = Vec::with_capacity(idx.len());
-    for &i in idx.iter().rev() {
-        uids.push(msgs.remove(i).uid);
-        if !qresync {
-            out.extend(imap::untagged(&format!("{} EXPUNGE", i + 1)));
-        }
-    }
-    if qresync && !uids.is_empty() {
-        uids.reverse();
-        out.extend(imap::untagged(&format!("VANISHED {}", compact_set(&uids))));
-    }
-    out
 }
 
 fn normalize(name: &str) -> String {
@@ -1114,31 +975,8 @@ impl Session<'_> {
             .last()
             .map_or(mb.uidnext, |m| mb.uidnext.max(m.uid.saturating_add(1)));
         let mut out = Vec::new();
-        let mut flags: Vec<String> = imap::SYSTEM_FLAGS.iter().map(|s| s.to_string()).collect();
-        for m in &msgs {
-            for f in &m.flags {
-                if flags.len() < 200 && !flags.contains(f) {
-                    flags.push(f.clone());
-                }
-            }
-        }
-        out.extend(imap::untagged(&format!(
-            "FLAGS {}",
-            imap::flag_list(&flags)
-        )));
-        let permanent = if readonly {
-            "()".to_string()
-        } else {
-            let mut p = imap::SYSTEM_FLAGS
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>();
-            p.push("\\*".into());
-            imap::flag_list(&p)
-        };
-        out.extend(imap::untagged(&format!(
-            "OK [PERMANENTFLAGS {permanent}] flags permitted"
-        )));
+        let defined = view::defined_flags(&msgs);
+        out.extend(view::flags_responses(&defined, readonly));
         out.extend(imap::untagged(&format!("{} EXISTS", msgs.len())));
         if rev2 {
             // RFC 9051 §6.3.2: a LIST response with accurate attributes;
@@ -1214,6 +1052,7 @@ impl Session<'_> {
             pending_expunge: false,
             held_modseq: 0,
             saved: Vec::new(),
+            defined,
         });
         self.state = State::Selected;
         io.write_all(&out).await
@@ -1297,6 +1136,7 @@ impl Session<'_> {
             {
                 m.flags = n.flags.clone();
                 m.modseq = n.modseq;
+                out.extend(view::announce(&mut sel.defined, sel.readonly, &m.flags));
                 let mut items = vec![FetchItem::Uid(m.uid), flags_item(m, recent_above)];
                 if self.condstore {
                     items.push(FetchItem::ModSeq(m.modseq));
@@ -1565,6 +1405,13 @@ impl Session<'_> {
             let mut out = Vec::new();
             for &i in batch {
                 let seq = u32::try_from(i + 1).unwrap_or(u32::MAX);
+                if attrs.contains(&FetchAttr::Flags) || seen_now.contains(&i) {
+                    out.extend(view::announce(
+                        &mut sel.defined,
+                        sel.readonly,
+                        &sel.msgs[i].flags,
+                    ));
+                }
                 let m = &sel.msgs[i];
                 // A message missing here was expunged by another session: nothing to show.
                 let summary = match summaries.get(&m.id) {
@@ -1730,6 +1577,11 @@ impl Session<'_> {
                 sel.msgs[i].modseq = ms;
             }
             if !silent {
+                out.extend(view::announce(
+                    &mut sel.defined,
+                    sel.readonly,
+                    &sel.msgs[i].flags,
+                ));
                 let m = &sel.msgs[i];
                 let mut items = vec![flags_item(m, recent_above)];
                 if uid {
@@ -2285,71 +2137,5 @@ fn flags_item(m: &MessageMeta, recent_above: u32) -> FetchItem<'_> {
         FetchItem::RecentFlags(&m.flags)
     } else {
         FetchItem::Flags(&m.flags)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn set(s: &str) -> Option<SequenceSet> {
-        SequenceSet::parse(s.as_bytes())
-    }
-
-    #[test]
-    fn missing_uids_are_computed_on_ranges() {
-        assert_eq!(missing_uids(None, 0, &[]), "");
-        assert_eq!(missing_uids(None, 9, &[2, 3, 7]), "1,4:6,8:9");
-        assert_eq!(missing_uids(None, 3, &[1, 2, 3]), "");
-        // Known UIDs limit the report, `*` is the last UID, ranges merge
-        // and may be given backwards.
-        assert_eq!(
-            missing_uids(set("5:3,8:*,1").as_ref(), 10, &[4, 9]),
-            "1,3,5,8,10"
-        );
-        assert_eq!(missing_uids(set("1:3,2:6").as_ref(), 9, &[6]), "1:5");
-        // Huge ranges cost nothing, and the top UID does not wrap.
-        assert_eq!(
-            missing_uids(set("1:4294967295").as_ref(), u32::MAX, &[1, u32::MAX]),
-            "2:4294967294"
-        );
-        assert_eq!(missing_uids(set("7:9").as_ref(), 5, &[]), "");
-    }
-
-    fn meta(uid: u32) -> MessageMeta {
-        MessageMeta {
-            id: i64::from(uid),
-            uid,
-            flags: Vec::new(),
-            size: 0,
-            internal_date_ms: 0,
-            modseq: 1,
-        }
-    }
-
-    #[test]
-    fn earlier_set_leaves_out_what_the_view_still_has() {
-        let view: Vec<MessageMeta> = [2, 6].into_iter().map(meta).collect();
-        // Recorded expunges, limited to the set; 6 is still in the view
-        // (its expunge not announced yet).
-        assert_eq!(
-            earlier_set(Some(vec![1, 3, 4, 6, 9]), set("3:*").as_ref(), 9, &view),
-            "3:4,9"
-        );
-        assert_eq!(earlier_set(Some(vec![1, 3]), None, 9, &view), "1,3");
-        // Forgotten: everything up to `last` the view does not have.
-        assert_eq!(earlier_set(None, None, 7, &view), "1,3:5,7");
-    }
-
-    #[test]
-    fn expunges_are_announced_as_expunge_or_vanished() {
-        let mut msgs: Vec<MessageMeta> = [1, 2, 3, 5, 8].into_iter().map(meta).collect();
-        let out = remove_expunged(&mut msgs, &[1, 2, 4], false);
-        assert_eq!(out, b"* 5 EXPUNGE\r\n* 3 EXPUNGE\r\n* 2 EXPUNGE\r\n");
-        assert_eq!(msgs.iter().map(|m| m.uid).collect::<Vec<_>>(), [1, 5]);
-        let out = remove_expunged(&mut msgs, &[0, 1], true);
-        assert_eq!(out, b"* VANISHED 1,5\r\n");
-        assert!(msgs.is_empty());
-        assert!(remove_expunged(&mut msgs, &[], true).is_empty());
     }
 }
