@@ -128,6 +128,13 @@ pub enum CommandKind {
         subscribed_only: bool,
         /// Only mailboxes with a special use (the SPECIAL-USE selection option).
         special_only: bool,
+        /// RECURSIVEMATCH (RFC 5258 §3.1): a parent matching a pattern is
+        /// also listed, with CHILDINFO, when a descendant the patterns do
+        /// not match meets the selection. Only with another selection option.
+        recursive_match: bool,
+        /// `RETURN (SUBSCRIBED)` (RFC 5258 §4): `\Subscribed` on each
+        /// subscribed mailbox listed.
+        return_subscribed: bool,
         /// LSUB (responses are `* LSUB`).
         lsub: bool,
         /// `RETURN (STATUS (...))` items (RFC 5819).

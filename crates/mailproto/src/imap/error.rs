@@ -104,6 +104,9 @@ pub enum ParseErrorKind {
     /// ENABLE with no capability.
     #[error("ENABLE needs a capability")]
     EnableWithoutCapability,
+    /// LIST with RECURSIVEMATCH as its only selection option (RFC 5258 §3).
+    #[error("RECURSIVEMATCH needs another selection option")]
+    RecursiveMatchAlone,
     /// A mailbox name of zero length.
     #[error("empty mailbox name")]
     EmptyMailbox,

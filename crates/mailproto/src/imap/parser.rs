@@ -351,6 +351,8 @@ pub(super) fn list_args(c: &mut Cur<'_>, lsub: bool) -> PResult<CommandKind> {
     c.sp()?;
     let mut subscribed_only = lsub;
     let mut special_only = false;
+    let mut recursive_match = false;
+    let mut return_subscribed = false;
     // RFC 5258 selection options.
     if !lsub && c.eat(b'(') {
         while !c.eat(b')') {
@@ -359,9 +361,14 @@ pub(super) fn list_args(c: &mut Cur<'_>, lsub: bool) -> PResult<CommandKind> {
             match w.as_slice() {
                 b"SUBSCRIBED" => subscribed_only = true,
                 b"SPECIAL-USE" => special_only = true,
-                b"REMOTE" | b"RECURSIVEMATCH" => {}
+                b"RECURSIVEMATCH" => recursive_match = true,
+                b"REMOTE" => {}
                 _ => return Err(ParseErrorKind::Unknown("LIST selection option")),
             }
+        }
+        // RFC 5258 §3: RECURSIVEMATCH alone (or with REMOTE only) is BAD.
+        if recursive_match && !subscribed_only && !special_only {
+            return Err(ParseErrorKind::RecursiveMatchAlone);
         }
         c.sp()?;
     }
@@ -383,8 +390,8 @@ pub(super) fn list_args(c: &mut Cur<'_>, lsub: bool) -> PResult<CommandKind> {
         patterns.push(c.list_mailbox()?);
     }
     let mut status = Vec::new();
-    // RFC 5258 return options; SPECIAL-USE and SUBSCRIBED data are always
-    // returned, CHILDREN is always returned, STATUS (RFC 5819) is honoured.
+    // RFC 5258 return options; SPECIAL-USE and CHILDREN data are always
+    // returned; SUBSCRIBED and STATUS (RFC 5819) when asked for.
     if !lsub && c.eat(b' ') {
         let w = c
             .take_while(|b| b.is_ascii_alphabetic())
@@ -398,7 +405,8 @@ pub(super) fn list_args(c: &mut Cur<'_>, lsub: bool) -> PResult<CommandKind> {
             c.eat(b' ');
             let w = c.take_while(is_atom_char).to_ascii_uppercase();
             match w.as_slice() {
-                b"SUBSCRIBED" | b"CHILDREN" | b"SPECIAL-USE" => {}
+                b"SUBSCRIBED" => return_subscribed = true,
+                b"CHILDREN" | b"SPECIAL-USE" => {}
                 b"STATUS" => {
                     c.sp()?;
                     status = c.status_items()?;
@@ -412,6 +420,8 @@ pub(super) fn list_args(c: &mut Cur<'_>, lsub: bool) -> PResult<CommandKind> {
         patterns,
         subscribed_only,
         special_only,
+        recursive_match,
+        return_subscribed,
         lsub,
         status,
     })
@@ -919,10 +929,26 @@ mod tests {
                 patterns: vec!["*".into()],
                 subscribed_only: false,
                 special_only: false,
+                recursive_match: false,
+                return_subscribed: false,
                 lsub: false,
                 status: vec![]
             }
         );
+        let CommandKind::List {
+            subscribed_only,
+            recursive_match,
+            return_subscribed,
+            ..
+        } = p(b"a LIST (SUBSCRIBED RECURSIVEMATCH) \"\" % RETURN (CHILDREN SUBSCRIBED)")
+        else {
+            panic!()
+        };
+        assert!(subscribed_only && recursive_match && return_subscribed);
+        assert_refused(&[
+            &b"a LIST (RECURSIVEMATCH) \"\" \"\"\r\n"[..],
+            b"a LIST (RECURSIVEMATCH REMOTE) \"\" \"\"\r\n",
+        ]);
         let CommandKind::List {
             special_only,
             status,

@@ -23,15 +23,14 @@ use tern_mailproto::utf7;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::sync::broadcast;
 
+mod list;
 mod view;
 
 use view::{Selected, compact_set, earlier_set, remove_expunged};
 
 use crate::accounts;
 use crate::net::{Io, SessionCtx};
-use crate::store::{
-    Account, Added, DELIMITER, INBOX, MailboxInfo, MailboxOp, MessageMeta, Parts, StoreError,
-};
+use crate::store::{Account, Added, DELIMITER, INBOX, MailboxOp, MessageMeta, Parts, StoreError};
 
 /// Autologout after this long without a command (RFC 9051 asks for at least 30 minutes).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -625,20 +624,20 @@ impl Session<'_> {
                 patterns,
                 subscribed_only,
                 special_only,
+                recursive_match,
+                return_subscribed,
                 lsub,
                 status,
             } => {
-                self.list(
-                    tag,
-                    &reference,
-                    &patterns,
-                    subscribed_only,
-                    special_only,
+                let sel = list::Selection {
+                    subscribed: subscribed_only,
+                    special: special_only,
+                    recursive: recursive_match,
+                    return_subscribed,
                     lsub,
-                    &status,
-                    io,
-                )
-                .await?;
+                };
+                self.list(tag, &reference, &patterns, sel, &status, io)
+                    .await?;
             }
             CommandKind::Status { mailbox, items } => {
                 let name = self.name_in(&mailbox);
@@ -984,7 +983,7 @@ impl Session<'_> {
             if let Some(b) = boxes.iter().find(|b| b.name == name) {
                 out.extend(imap::untagged(&format!(
                     "LIST ({}) \"/\" {}",
-                    list_attributes(&boxes, b).join(" "),
+                    list::list_attributes(&boxes, b).join(" "),
                     imap::quote_mailbox(&self.name_out(&name))
                 )));
             }
@@ -1956,105 +1955,6 @@ impl Session<'_> {
             vals.join(" ")
         ))))
     }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn list(
-        &self,
-        tag: &str,
-        reference: &str,
-        patterns: &[String],
-        subscribed_only: bool,
-        special_only: bool,
-        lsub: bool,
-        status: &[StatusItem],
-        io: &mut Conn,
-    ) -> io::Result<()> {
-        let word = if lsub { "LSUB" } else { "LIST" };
-        // An empty pattern asks for the delimiter (RFC 9051 §6.3.9).
-        if patterns.iter().all(String::is_empty) {
-            io.write_all(&imap::untagged(&format!("{word} (\\Noselect) \"/\" \"\"")))
-                .await?;
-            return io
-                .write_all(&imap::tagged(tag, Status::Ok, &format!("{word} completed")))
-                .await;
-        }
-        let account = self.account.as_ref().map(|a| a.id).unwrap_or_default();
-        let boxes = match self.ctx.store.list_mailboxes(account).await {
-            Ok(b) => b,
-            Err(e) => return io.write_all(&status_err(tag, &e, word)).await,
-        };
-        // The wildcards are ASCII, so a UTF-8 pattern is matched in its
-        // modified UTF-7 form.
-        let full: Vec<String> = patterns
-            .iter()
-            .map(|p| {
-                let p = format!("{reference}{p}");
-                if self.rev2 { utf7::encode(&p) } else { p }
-            })
-            .collect();
-        let mut out = Vec::new();
-        for b in &boxes {
-            let matched = full.iter().any(|p| imap::list_matches(p, &b.name));
-            if !matched
-                || (subscribed_only && !b.subscribed)
-                || (special_only && b.special_use.is_empty())
-            {
-                continue;
-            }
-            let mut attrs = list_attributes(&boxes, b);
-            if subscribed_only && !lsub {
-                attrs.push("\\Subscribed");
-            }
-            out.extend(imap::untagged(&format!(
-                "{word} ({}) \"/\" {}",
-                attrs.join(" "),
-                imap::quote_mailbox(&self.name_out(&b.name))
-            )));
-            if !status.is_empty() {
-                match self.status_line(&b.name, status).await {
-                    Ok(Some(line)) => out.extend(line),
-                    Ok(None) => {}
-                    Err(e) => return io.write_all(&status_err(tag, &e, word)).await,
-                }
-            }
-        }
-        if lsub {
-            for parent in lsub_parents(&boxes, &full) {
-                out.extend(imap::untagged(&format!(
-                    "LSUB (\\Noselect) \"/\" {}",
-                    imap::quote_mailbox(&self.name_out(&parent))
-                )));
-            }
-        }
-        io.write_all(&out).await?;
-        io.write_all(&imap::tagged(tag, Status::Ok, &format!("{word} completed")))
-            .await
-    }
-}
-
-/// RFC 3501 §6.3.9: when `%` stops LSUB above a subscribed mailbox, the
-/// level it stops at is listed with `\Noselect` (if not itself
-/// subscribed), so `LSUB "" foo/%` shows `foo/bar` for a subscribed
-/// `foo/bar/baz`. Each name once, in order.
-fn lsub_parents(boxes: &[MailboxInfo], patterns: &[String]) -> Vec<String> {
-    let subscribed = |n: &str| boxes.iter().any(|b| b.subscribed && b.name == n);
-    let mut out: Vec<String> = Vec::new();
-    for b in boxes.iter().filter(|b| b.subscribed) {
-        let mut end = 0;
-        while let Some(i) = b.name[end..].find(DELIMITER) {
-            end += i;
-            let parent = &b.name[..end];
-            if !subscribed(parent)
-                && patterns.iter().any(|p| imap::list_matches(p, parent))
-                && !out.iter().any(|o| o == parent)
-            {
-                out.push(parent.to_string());
-            }
-            end += DELIMITER.len_utf8();
-        }
-    }
-    out.sort();
-    out
 }
 
 /// The parts of a STORE command.
@@ -2097,21 +1997,6 @@ fn from_summary(a: &FetchAttr) -> bool {
         }
         _ => false,
     }
-}
-
-/// A mailbox's LIST attributes: children (RFC 3348) and special use (RFC 6154).
-fn list_attributes<'b>(boxes: &[MailboxInfo], b: &'b MailboxInfo) -> Vec<&'b str> {
-    let prefix = format!("{}{DELIMITER}", b.name);
-    let children = boxes.iter().any(|o| o.name.starts_with(&prefix));
-    let mut attrs = vec![if children {
-        "\\HasChildren"
-    } else {
-        "\\HasNoChildren"
-    }];
-    if !b.special_use.is_empty() {
-        attrs.push(b.special_use.as_str());
-    }
-    attrs
 }
 
 /// Does the search use MODSEQ?
