@@ -19,7 +19,7 @@ use tern_mailproto::imap::{
     self, Command, CommandKind, FetchAttr, FetchItem, Frame, Framer, QResync, SearchKey, SearchMsg,
     Section, SequenceSet, State, Status, StatusItem, StoreMode,
 };
-use tern_mailproto::utf7;
+use tern_mailproto::{mime, utf7};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::sync::broadcast;
 
@@ -665,6 +665,12 @@ impl Session<'_> {
                 message,
             } => {
                 let date = date_ms.unwrap_or_else(tern_runtime::now_unix_ms);
+                // RFC 3516 §4.4: binary parts are stored base64, so a plain
+                // FETCH never carries a NUL.
+                let message = match mime::binary_parts_to_base64(&message) {
+                    Some(m) => m,
+                    None => message,
+                };
                 let reply = if message.is_empty() {
                     imap::tagged(tag, Status::No, "empty message")
                 } else {
