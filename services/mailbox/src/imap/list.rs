@@ -8,7 +8,7 @@ use tern_mailproto::imap::{self, Status, StatusItem};
 use tokio::io::AsyncWriteExt;
 
 use super::{Conn, Session, status_err, utf7};
-use crate::store::{DELIMITER, MailboxInfo};
+use crate::store::{DELIMITER, MailboxInfo, StoreError};
 
 /// The selection and return options of one LIST (RFC 5258 §3, §4).
 #[derive(Debug, Clone, Copy, Default)]
@@ -83,7 +83,7 @@ pub(super) fn plan<'b>(
         }
         let b = boxes.iter().find(|b| b.name == name);
         let childinfo = childinfo_of(name);
-        let selected = b.is_some_and(|b| meets(b));
+        let selected = b.is_some_and(&meets);
         if !selected && !childinfo {
             continue;
         }
@@ -150,6 +150,39 @@ fn lsub_parents(boxes: &[MailboxInfo], patterns: &[String]) -> Vec<String> {
 }
 
 impl Session<'_> {
+    pub(super) async fn status_line(
+        &self,
+        name: &str,
+        items: &[StatusItem],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let account = self.account.as_ref().map(|a| a.id).unwrap_or_default();
+        let Some(mb) = self.ctx.store.mailbox(account, name).await? else {
+            return Ok(None);
+        };
+        let c = self.ctx.store.counts(&mb).await?;
+        let vals: Vec<String> = items
+            .iter()
+            .map(|it| {
+                let v = match it {
+                    StatusItem::Messages => u64::from(c.messages),
+                    StatusItem::Recent => u64::from(c.recent),
+                    StatusItem::UidNext => u64::from(mb.uidnext),
+                    StatusItem::UidValidity => u64::from(mb.uidvalidity),
+                    StatusItem::Unseen => u64::from(c.unseen),
+                    StatusItem::Size => c.size,
+                    StatusItem::HighestModSeq => mb.highest_modseq,
+                    StatusItem::Deleted => u64::from(c.deleted),
+                };
+                format!("{} {v}", it.name())
+            })
+            .collect();
+        Ok(Some(imap::untagged(&format!(
+            "STATUS {} ({})",
+            imap::quote_mailbox(&self.name_out(name)),
+            vals.join(" ")
+        ))))
+    }
+
     /// LIST / LSUB: the plan's lines, each followed by its STATUS when
     /// `RETURN (STATUS ...)` asks (RFC 5819), then LSUB's parents.
     pub(super) async fn list(
