@@ -1136,3 +1136,92 @@ on_both_backends!(
     imaptest_findings_on_postgres,
     imaptest_findings_scenario
 );
+
+// ------------------------------------------------- new keywords and LIST-EXTENDED
+
+/// A keyword new to the mailbox is named in an untagged FLAGS before any
+/// FETCH shows it, in the session that set it and in another that sees
+/// the change (RFC 9051 §7.3.5; imaptest's "Keyword used without being in
+/// FLAGS").
+async fn keyword_scenario(addr: SocketAddr) {
+    let mut a = Client::login(addr).await;
+    let r = a
+        .append("INBOX", b"Subject: k\r\n\r\nbody\r\n", false)
+        .await;
+    expect_tagged(&r, "OK [APPENDUID");
+    let r = a.ok("SELECT INBOX").await;
+    expect_not(&r, b"$Fresh");
+    let mut b = Client::login(addr).await;
+    b.ok("SELECT INBOX").await;
+
+    let r = a.ok("STORE 1 +FLAGS ($Fresh)").await;
+    let flags = r
+        .iter()
+        .position(|l| l.starts_with(b"* FLAGS (") && has(&[l.clone()], b"$Fresh"));
+    let fetch = r
+        .iter()
+        .position(|l| l.starts_with(b"* 1 FETCH") && has(&[l.clone()], b"$Fresh"));
+    assert!(flags.is_some() && flags < fetch, "{}", show_all(&r));
+    expect(&r, b"* OK [PERMANENTFLAGS (");
+    // The other session learns of the keyword from NOOP, FLAGS first.
+    let r = b.ok("NOOP").await;
+    let flags = r
+        .iter()
+        .position(|l| l.starts_with(b"* FLAGS (") && has(&[l.clone()], b"$Fresh"));
+    let fetch = r
+        .iter()
+        .position(|l| l.starts_with(b"* 1 FETCH") && has(&[l.clone()], b"$Fresh"));
+    assert!(flags.is_some() && flags < fetch, "{}", show_all(&r));
+    // Known now: not announced again.
+    let r = a.ok("STORE 1 -FLAGS ($Fresh)").await;
+    expect_not(&r, b"* FLAGS");
+    let r = a.ok("STORE 1 +FLAGS ($Fresh)").await;
+    expect_not(&r, b"* FLAGS");
+    a.ok("LOGOUT").await;
+    b.ok("LOGOUT").await;
+}
+
+on_both_backends!(
+    new_keywords_are_announced_in_flags,
+    new_keywords_are_announced_in_flags_on_postgres,
+    keyword_scenario
+);
+
+/// RFC 5258: RECURSIVEMATCH alone is BAD; with SUBSCRIBED, a parent of
+/// an unmatched subscribed mailbox comes with CHILDINFO; RETURN
+/// (SUBSCRIBED) marks subscribed mailboxes.
+async fn listext_scenario(addr: SocketAddr) {
+    let mut c = Client::login(addr).await;
+    for name in ["p", "p/a", "p/a/b", "p/c"] {
+        c.ok(&format!("CREATE {name}")).await;
+    }
+    c.ok("SUBSCRIBE p/a/b").await;
+    c.ok("SUBSCRIBE p/c").await;
+    let r = c.cmd("LIST (RECURSIVEMATCH) \"\" \"*\"").await;
+    expect_tagged(&r, " BAD ");
+    let r = c.ok("LIST (SUBSCRIBED RECURSIVEMATCH) \"\" p/%").await;
+    expect_lines(
+        &r,
+        "* LIST",
+        &[
+            "* LIST (\\HasChildren) \"/\" \"p/a\" (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n",
+            "* LIST (\\HasNoChildren \\Subscribed) \"/\" \"p/c\"\r\n",
+        ],
+    );
+    let r = c.ok("LIST \"\" p/% RETURN (CHILDREN SUBSCRIBED)").await;
+    expect_lines(
+        &r,
+        "* LIST",
+        &[
+            "* LIST (\\HasChildren) \"/\" \"p/a\"\r\n",
+            "* LIST (\\HasNoChildren \\Subscribed) \"/\" \"p/c\"\r\n",
+        ],
+    );
+    c.ok("LOGOUT").await;
+}
+
+on_both_backends!(
+    list_extended_recursivematch_and_return_subscribed,
+    list_extended_recursivematch_and_return_subscribed_on_postgres,
+    listext_scenario
+);
