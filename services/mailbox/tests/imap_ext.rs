@@ -1157,20 +1157,20 @@ async fn keyword_scenario(addr: SocketAddr) {
     let r = a.ok("STORE 1 +FLAGS ($Fresh)").await;
     let flags = r
         .iter()
-        .position(|l| l.starts_with(b"* FLAGS (") && has(&[l.clone()], b"$Fresh"));
+        .position(|l| l.starts_with(b"* FLAGS (") && has(std::slice::from_ref(l), b"$Fresh"));
     let fetch = r
         .iter()
-        .position(|l| l.starts_with(b"* 1 FETCH") && has(&[l.clone()], b"$Fresh"));
+        .position(|l| l.starts_with(b"* 1 FETCH") && has(std::slice::from_ref(l), b"$Fresh"));
     assert!(flags.is_some() && flags < fetch, "{}", show_all(&r));
     expect(&r, b"* OK [PERMANENTFLAGS (");
     // The other session learns of the keyword from NOOP, FLAGS first.
     let r = b.ok("NOOP").await;
     let flags = r
         .iter()
-        .position(|l| l.starts_with(b"* FLAGS (") && has(&[l.clone()], b"$Fresh"));
+        .position(|l| l.starts_with(b"* FLAGS (") && has(std::slice::from_ref(l), b"$Fresh"));
     let fetch = r
         .iter()
-        .position(|l| l.starts_with(b"* 1 FETCH") && has(&[l.clone()], b"$Fresh"));
+        .position(|l| l.starts_with(b"* 1 FETCH") && has(std::slice::from_ref(l), b"$Fresh"));
     assert!(flags.is_some() && flags < fetch, "{}", show_all(&r));
     // Known now: not announced again.
     let r = a.ok("STORE 1 -FLAGS ($Fresh)").await;
