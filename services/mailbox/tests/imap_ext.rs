@@ -1217,6 +1217,29 @@ async fn listext_scenario(addr: SocketAddr) {
             "* LIST (\\HasNoChildren \\Subscribed) \"/\" \"p/c\"\r\n",
         ],
     );
+    // A subscription outlives its mailbox (RFC 9051 §6.3.7), listed as
+    // \NonExistent by SUBSCRIBED (RFC 5258 §3.1); CREATE brings it back
+    // subscribed; UNSUBSCRIBE of the lost name drops it.
+    c.ok("DELETE p/c").await;
+    let r = c.ok("LIST (SUBSCRIBED) \"\" p/c").await;
+    expect_lines(
+        &r,
+        "* LIST",
+        &["* LIST (\\NonExistent \\Subscribed) \"/\" \"p/c\"\r\n"],
+    );
+    let r = c.ok("LIST \"\" p/c").await;
+    expect_lines(&r, "* LIST", &[]);
+    c.ok("CREATE p/c").await;
+    let r = c.ok("LIST \"\" p/c RETURN (SUBSCRIBED)").await;
+    expect_lines(
+        &r,
+        "* LIST",
+        &["* LIST (\\HasNoChildren \\Subscribed) \"/\" \"p/c\"\r\n"],
+    );
+    c.ok("DELETE p/c").await;
+    c.ok("UNSUBSCRIBE p/c").await;
+    let r = c.ok("LIST (SUBSCRIBED) \"\" p/c").await;
+    expect_lines(&r, "* LIST", &[]);
     c.ok("LOGOUT").await;
 }
 

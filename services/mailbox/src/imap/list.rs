@@ -55,10 +55,12 @@ pub(super) fn list_attributes<'b>(boxes: &[MailboxInfo], b: &'b MailboxInfo) -> 
 }
 
 /// The mailboxes `LIST` names for `patterns` (reference prefixed, in
-/// the stored encoding), in name order. A parent that does not exist is
-/// named (`\NonExistent`) only for RECURSIVEMATCH's CHILDINFO.
+/// the stored encoding), in name order. Names that do not exist are
+/// named `\NonExistent`: `lost` subscriptions (their mailbox deleted)
+/// under SUBSCRIBED (RFC 5258 §3.1), parents for RECURSIVEMATCH's CHILDINFO.
 pub(super) fn plan<'b>(
     boxes: &'b [MailboxInfo],
+    lost: &'b [String],
     patterns: &[String],
     sel: Selection,
 ) -> Vec<Listed<'b>> {
@@ -77,11 +79,21 @@ pub(super) fn plan<'b>(
                 .any(|d| d.name.starts_with(&prefix) && meets(d) && !matches(&d.name))
     };
     let mut out = Vec::new();
-    for name in candidates(boxes, sel) {
+    let show_lost = sel.subscribed && !sel.lsub;
+    for name in candidates(boxes, lost, sel) {
         if !matches(name) {
             continue;
         }
         let b = boxes.iter().find(|b| b.name == name);
+        if b.is_none() && show_lost && lost.iter().any(|l| l == name) {
+            out.push(Listed {
+                name,
+                attrs: vec!["\\NonExistent", "\\Subscribed"],
+                childinfo: false,
+                exists: false,
+            });
+            continue;
+        }
         let childinfo = childinfo_of(name);
         let selected = b.is_some_and(&meets);
         if !selected && !childinfo {
@@ -105,10 +117,14 @@ pub(super) fn plan<'b>(
     out
 }
 
-/// Every name LIST may report, sorted: the mailboxes, and with
-/// RECURSIVEMATCH the missing parents of selected ones.
-fn candidates(boxes: &[MailboxInfo], sel: Selection) -> Vec<&str> {
+/// Every name LIST may report, sorted: the mailboxes, with SUBSCRIBED the
+/// lost subscriptions, and with RECURSIVEMATCH the missing parents of
+/// selected ones.
+fn candidates<'b>(boxes: &'b [MailboxInfo], lost: &'b [String], sel: Selection) -> Vec<&'b str> {
     let mut names: Vec<&str> = boxes.iter().map(|b| b.name.as_str()).collect();
+    if sel.subscribed && !sel.lsub {
+        names.extend(lost.iter().map(String::as_str));
+    }
     if sel.recursive && sel.subscribed && !sel.lsub {
         for b in boxes.iter().filter(|b| b.subscribed) {
             for (i, _) in b.name.match_indices(DELIMITER) {
@@ -208,6 +224,14 @@ impl Session<'_> {
             Ok(b) => b,
             Err(e) => return io.write_all(&status_err(tag, &e, word)).await,
         };
+        let lost = if sel.subscribed && !sel.lsub {
+            match self.ctx.store.lost_subscriptions(account).await {
+                Ok(l) => l,
+                Err(e) => return io.write_all(&status_err(tag, &e, word)).await,
+            }
+        } else {
+            Vec::new()
+        };
         // The wildcards are ASCII, so a UTF-8 pattern is matched in its
         // modified UTF-7 form.
         let full: Vec<String> = patterns
@@ -218,7 +242,7 @@ impl Session<'_> {
             })
             .collect();
         let mut out = Vec::new();
-        for l in plan(&boxes, &full, sel) {
+        for l in plan(&boxes, &lost, &full, sel) {
             let extended = if l.childinfo {
                 " (\"CHILDINFO\" (\"SUBSCRIBED\"))"
             } else {
@@ -269,7 +293,7 @@ mod tests {
 
     fn lines(b: &[MailboxInfo], patterns: &[&str], sel: Selection) -> Vec<String> {
         let patterns: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
-        plan(b, &patterns, sel)
+        plan(b, &["m/test6".to_string()], &patterns, sel)
             .into_iter()
             .map(|l| {
                 let info = if l.childinfo { " CHILDINFO" } else { "" };
@@ -349,6 +373,12 @@ mod tests {
                 "m/test8/test8 (\\HasNoChildren \\Subscribed)",
             ]
         );
+        // A subscription whose mailbox was deleted: SUBSCRIBED lists it.
+        assert_eq!(
+            lines(&suite(), &["m/test6"], SUBSCRIBED_RECURSIVE),
+            ["m/test6 (\\NonExistent \\Subscribed)"]
+        );
+        assert!(lines(&suite(), &["m/test6"], Selection::default()).is_empty());
         // Without RECURSIVEMATCH only the subscribed are listed.
         let sel = Selection {
             recursive: false,
