@@ -1069,10 +1069,127 @@ pub fn date_header_day(v: &[u8]) -> Option<i64> {
     (1..=31).contains(&d).then(|| days_from_civil(y, m, d))
 }
 
+/// Re-encode as base64 every leaf part whose body holds a NUL, as an
+/// APPEND of binary data (RFC 3516 §4.4, a `literal8`) is stored: NUL may
+/// not appear in a plain FETCH of BODY[...] (RFC 9051 §4.3), and BINARY[...]
+/// decodes the base64 back to the octets given. `None` when no part holds
+/// a NUL (the message is kept as it is).
+pub fn binary_parts_to_base64(message: &[u8]) -> Option<Vec<u8>> {
+    let tree = parse(message);
+    let mut leaves = Vec::new();
+    nul_leaves(&tree, &mut leaves);
+    if leaves.is_empty() {
+        return None;
+    }
+    // Offsets of the parts' slices within `message` (they borrow from it).
+    let at = |s: &[u8]| s.as_ptr() as usize - message.as_ptr() as usize;
+    let mut out = Vec::with_capacity(message.len() * 4 / 3 + 64);
+    let mut pos = 0;
+    for part in leaves {
+        let (h, b) = (at(part.header), at(part.body));
+        out.extend_from_slice(&message[pos..h]);
+        out.extend_from_slice(&with_base64_cte(part.header));
+        out.extend_from_slice(&base64_lines(part.body));
+        pos = b + part.body.len();
+    }
+    out.extend_from_slice(&message[pos..]);
+    Some(out)
+}
+
+/// The leaf parts (in order) whose body holds a NUL.
+fn nul_leaves<'p, 'a>(part: &'p Part<'a>, out: &mut Vec<&'p Part<'a>>) {
+    if let Some(m) = &part.message {
+        nul_leaves(m, out);
+    } else if !part.children.is_empty() {
+        for c in &part.children {
+            nul_leaves(c, out);
+        }
+    } else if part.body.contains(&0) {
+        out.push(part);
+    }
+}
+
+/// `header` with its Content-Transfer-Encoding field (continuations too)
+/// replaced by `base64`, added before the blank line when absent.
+fn with_base64_cte(header: &[u8]) -> Vec<u8> {
+    const CTE: &[u8] = b"content-transfer-encoding:";
+    let mut out = Vec::with_capacity(header.len() + 40);
+    let mut skipping = false;
+    for line in header.split_inclusive(|&c| c == b'\n') {
+        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
+        if skipping && continuation {
+            continue;
+        }
+        skipping = line.len() >= CTE.len() && line[..CTE.len()].eq_ignore_ascii_case(CTE);
+        let blank = line == b"\r\n" || line == b"\n";
+        if skipping || blank {
+            continue;
+        }
+        out.extend_from_slice(line);
+    }
+    out.extend_from_slice(b"Content-Transfer-Encoding: base64\r\n\r\n");
+    out
+}
+
+/// `data` in base64, lines of 76 characters (RFC 2045 §6.8), CRLF after each.
+fn base64_lines(data: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    let text = base64::engine::general_purpose::STANDARD.encode(data);
+    let mut out = Vec::with_capacity(text.len() + text.len() / 38 + 2);
+    for chunk in text.as_bytes().chunks(76) {
+        out.extend_from_slice(chunk);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// A part holding NUL is stored base64 and decodes back to its octets;
+    /// other parts and the structure stay as they were.
+    #[test]
+    fn binary_parts_become_base64() {
+        let body = b"\0-\xe4\n\r\n\n\n";
+        let mut single = b"From: u@d.test\r\nContent-Type: application/octet-stream\r\n\
+Content-Transfer-Encoding: binary\r\n  (folded)\r\n\r\n"
+            .to_vec();
+        single.extend_from_slice(body);
+        let out = binary_parts_to_base64(&single).unwrap();
+        assert!(!out.contains(&0));
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "From: u@d.test\r\nContent-Type: application/octet-stream\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\nAC3kCg0KCgo=\r\n"
+        );
+        let part = parse(&out);
+        assert_eq!(
+            &*decode_transfer_encoding(part.header, part.body).unwrap(),
+            body
+        );
+
+        let mut multi = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\
+Content-Type: text/plain\r\n\r\nhello\r\n--b\r\nContent-Type: image/x\r\n\r\n"
+            .to_vec();
+        multi.extend_from_slice(b"a\0b");
+        multi.extend_from_slice(b"\r\n--b--\r\n");
+        let out = binary_parts_to_base64(&multi).unwrap();
+        let tree = parse(&out);
+        assert_eq!(tree.children.len(), 2);
+        assert_eq!(tree.children[0].body, b"hello");
+        let p2 = &tree.children[1];
+        assert_eq!(
+            &*decode_transfer_encoding(p2.header, p2.body).unwrap(),
+            b"a\0b"
+        );
+        // Nothing to do without a NUL.
+        assert_eq!(
+            binary_parts_to_base64(b"Subject: x\r\n\r\n8bit \xe4\r\n"),
+            None
+        );
+    }
 
     const MSG: &[u8] = b"From: \"Bob, B.\" <bob@example.com>\r\nTo: a@x.test, Carol <c@y.test>\r\n\
 Subject: hi\r\nDate: Tue, 3 Feb 2026 10:00:00 +0000\r\nMessage-ID: <m1@x>\r\n\

@@ -535,6 +535,7 @@ impl Store {
                             .await?;
                     sqlx::query("DELETE FROM messages WHERE account_id = $1").bind(id).execute(&mut *tx).await?;
                     sqlx::query("DELETE FROM mailboxes WHERE account_id = $1").bind(id).execute(&mut *tx).await?;
+                    sqlx::query("DELETE FROM lost_subscriptions WHERE account_id = $1").bind(id).execute(&mut *tx).await?;
                     sqlx::query("DELETE FROM accounts WHERE id = $1").bind(id).execute(&mut *tx).await?;
                     Some(hashes)
                 }
@@ -665,11 +666,32 @@ impl Store {
             .await?
             .rows_affected()
         });
-        Ok(if r == 1 {
-            MailboxOp::Done
-        } else {
-            MailboxOp::Exists
-        })
+        if r != 1 {
+            return Ok(MailboxOp::Exists);
+        }
+        // A name subscribed before its mailbox was deleted is subscribed again.
+        let lost = with_pool!(self, p => {
+            sqlx::query("DELETE FROM lost_subscriptions WHERE account_id = $1 AND name = $2")
+                .bind(account_id)
+                .bind(name)
+                .execute(p)
+                .await?
+                .rows_affected()
+        });
+        if lost == 1 {
+            self.set_subscribed(account_id, name, true).await?;
+        }
+        Ok(MailboxOp::Done)
+    }
+
+    /// Subscribed names whose mailbox no longer exists (migration 0006), by name.
+    pub async fn lost_subscriptions(&self, account_id: i64) -> Result<Vec<String>, StoreError> {
+        Ok(with_pool!(self, p => {
+            sqlx::query_scalar("SELECT name FROM lost_subscriptions WHERE account_id = $1 ORDER BY name")
+                .bind(account_id)
+                .fetch_all(p)
+                .await?
+        }))
     }
 
     /// Delete a mailbox and its messages (not INBOX).
@@ -695,6 +717,15 @@ impl Store {
                         .fetch_all(&mut *tx)
                         .await?;
                     sqlx::query("DELETE FROM expunged WHERE mailbox_id = $1").bind(id).execute(&mut *tx).await?;
+                    // The subscription outlives the mailbox (migration 0006).
+                    sqlx::query(
+                        "INSERT INTO lost_subscriptions (account_id, name) \
+                         SELECT account_id, name FROM mailboxes WHERE id = $1 AND subscribed = 1 \
+                         ON CONFLICT (account_id, name) DO NOTHING",
+                    )
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
                     sqlx::query("DELETE FROM mailboxes WHERE id = $1").bind(id).execute(&mut *tx).await?;
                     Some(hashes)
                 }
@@ -845,7 +876,23 @@ impl Store {
                 .await?
                 .rows_affected()
         });
-        Ok(if r == 1 {
+        if r == 1 {
+            return Ok(MailboxOp::Done);
+        }
+        // UNSUBSCRIBE of a name whose mailbox is gone.
+        let lost = if on {
+            0
+        } else {
+            with_pool!(self, p => {
+                sqlx::query("DELETE FROM lost_subscriptions WHERE account_id = $1 AND name = $2")
+                    .bind(account_id)
+                    .bind(name)
+                    .execute(p)
+                    .await?
+                    .rows_affected()
+            })
+        };
+        Ok(if lost == 1 {
             MailboxOp::Done
         } else {
             MailboxOp::NotFound

@@ -293,7 +293,7 @@ async fn binary_scenario(addr: SocketAddr) {
     assert!(has(&caps, b" BINARY"), "{}", show_all(&caps));
     let r = c.append("INBOX", MULTIPART, false).await;
     expect_tagged(&r, "OK [APPENDUID");
-    // RFC 3516 §4.4: APPEND takes a literal8, so NULs survive storage.
+    // RFC 3516 §4.4: APPEND takes a literal8; its NULs survive (in base64).
     let r = c.append("INBOX", RAW_BINARY, true).await;
     expect_tagged(&r, "OK [APPENDUID");
     c.ok("SELECT INBOX").await;
@@ -333,14 +333,18 @@ async fn binary_scenario(addr: SocketAddr) {
     let r = c.cmd("FETCH 1 (BINARY[1.MIME])").await;
     expect_tagged(&r, " BAD ");
 
-    // The literal8 APPEND reads back byte for byte, by BODY and BINARY.
+    // The literal8 APPEND's binary part is stored base64 (RFC 3516 §4.4),
+    // so BODY[] carries no NUL (RFC 9051 §4.3: not in a literal), and
+    // BINARY reads the octets back byte for byte.
     let r = c.ok("FETCH 2 (BODY.PEEK[])").await;
-    let mut want = format!("BODY[] {{{}}}\r\n", RAW_BINARY.len()).into_bytes();
-    want.extend_from_slice(RAW_BINARY);
+    let stored = b"Subject: raw\r\nContent-Type: application/octet-stream\r\n\
+Content-Transfer-Encoding: base64\r\n\r\nAAENACB0YWls/w==\r\n";
+    let mut want = format!("BODY[] {{{}}}\r\n", stored.len()).into_bytes();
+    want.extend_from_slice(stored);
     expect(&r, &want);
     let r = c.ok("UID FETCH 2 (BINARY.PEEK[1] BINARY.SIZE[])").await;
     expect(&r, b"BINARY[1] ~{10}\r\n\x00\x01\r\x00 tail\xff");
-    let size = format!("BINARY.SIZE[] {})", RAW_BINARY.len());
+    let size = format!("BINARY.SIZE[] {})", stored.len());
     expect(&r, size.as_bytes());
     c.ok("LOGOUT").await;
 
@@ -1131,4 +1135,116 @@ on_both_backends!(
     imaptest_findings,
     imaptest_findings_on_postgres,
     imaptest_findings_scenario
+);
+
+// ------------------------------------------------- new keywords and LIST-EXTENDED
+
+/// A keyword new to the mailbox is named in an untagged FLAGS before any
+/// FETCH shows it, in the session that set it and in another that sees
+/// the change (RFC 9051 §7.3.5; imaptest's "Keyword used without being in
+/// FLAGS").
+async fn keyword_scenario(addr: SocketAddr) {
+    let mut a = Client::login(addr).await;
+    let r = a
+        .append("INBOX", b"Subject: k\r\n\r\nbody\r\n", false)
+        .await;
+    expect_tagged(&r, "OK [APPENDUID");
+    let r = a.ok("SELECT INBOX").await;
+    expect_not(&r, b"$Fresh");
+    let mut b = Client::login(addr).await;
+    b.ok("SELECT INBOX").await;
+
+    let r = a.ok("STORE 1 +FLAGS ($Fresh)").await;
+    let flags = r
+        .iter()
+        .position(|l| l.starts_with(b"* FLAGS (") && has(std::slice::from_ref(l), b"$Fresh"));
+    let fetch = r
+        .iter()
+        .position(|l| l.starts_with(b"* 1 FETCH") && has(std::slice::from_ref(l), b"$Fresh"));
+    assert!(flags.is_some() && flags < fetch, "{}", show_all(&r));
+    expect(&r, b"* OK [PERMANENTFLAGS (");
+    // The other session learns of the keyword from NOOP, FLAGS first.
+    let r = b.ok("NOOP").await;
+    let flags = r
+        .iter()
+        .position(|l| l.starts_with(b"* FLAGS (") && has(std::slice::from_ref(l), b"$Fresh"));
+    let fetch = r
+        .iter()
+        .position(|l| l.starts_with(b"* 1 FETCH") && has(std::slice::from_ref(l), b"$Fresh"));
+    assert!(flags.is_some() && flags < fetch, "{}", show_all(&r));
+    // Known now: not announced again.
+    let r = a.ok("STORE 1 -FLAGS ($Fresh)").await;
+    expect_not(&r, b"* FLAGS");
+    let r = a.ok("STORE 1 +FLAGS ($Fresh)").await;
+    expect_not(&r, b"* FLAGS");
+    a.ok("LOGOUT").await;
+    b.ok("LOGOUT").await;
+}
+
+on_both_backends!(
+    new_keywords_are_announced_in_flags,
+    new_keywords_are_announced_in_flags_on_postgres,
+    keyword_scenario
+);
+
+/// RFC 5258: RECURSIVEMATCH alone is BAD; with SUBSCRIBED, a parent of
+/// an unmatched subscribed mailbox comes with CHILDINFO; RETURN
+/// (SUBSCRIBED) marks subscribed mailboxes.
+async fn listext_scenario(addr: SocketAddr) {
+    let mut c = Client::login(addr).await;
+    for name in ["p", "p/a", "p/a/b", "p/c"] {
+        c.ok(&format!("CREATE {name}")).await;
+    }
+    c.ok("SUBSCRIBE p/a/b").await;
+    c.ok("SUBSCRIBE p/c").await;
+    let r = c.cmd("LIST (RECURSIVEMATCH) \"\" \"*\"").await;
+    expect_tagged(&r, " BAD ");
+    let r = c.ok("LIST (SUBSCRIBED RECURSIVEMATCH) \"\" p/%").await;
+    expect_lines(
+        &r,
+        "* LIST",
+        &[
+            "* LIST (\\HasChildren) \"/\" \"p/a\" (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n",
+            "* LIST (\\HasNoChildren \\Subscribed) \"/\" \"p/c\"\r\n",
+        ],
+    );
+    let r = c.ok("LIST \"\" p/% RETURN (CHILDREN SUBSCRIBED)").await;
+    expect_lines(
+        &r,
+        "* LIST",
+        &[
+            "* LIST (\\HasChildren) \"/\" \"p/a\"\r\n",
+            "* LIST (\\HasNoChildren \\Subscribed) \"/\" \"p/c\"\r\n",
+        ],
+    );
+    // A subscription outlives its mailbox (RFC 9051 §6.3.7), listed as
+    // \NonExistent by SUBSCRIBED (RFC 5258 §3.1); CREATE brings it back
+    // subscribed; UNSUBSCRIBE of the lost name drops it.
+    c.ok("DELETE p/c").await;
+    let r = c.ok("LIST (SUBSCRIBED) \"\" p/c").await;
+    expect_lines(
+        &r,
+        "* LIST",
+        &["* LIST (\\NonExistent \\Subscribed) \"/\" \"p/c\"\r\n"],
+    );
+    let r = c.ok("LIST \"\" p/c").await;
+    expect_lines(&r, "* LIST", &[]);
+    c.ok("CREATE p/c").await;
+    let r = c.ok("LIST \"\" p/c RETURN (SUBSCRIBED)").await;
+    expect_lines(
+        &r,
+        "* LIST",
+        &["* LIST (\\HasNoChildren \\Subscribed) \"/\" \"p/c\"\r\n"],
+    );
+    c.ok("DELETE p/c").await;
+    c.ok("UNSUBSCRIBE p/c").await;
+    let r = c.ok("LIST (SUBSCRIBED) \"\" p/c").await;
+    expect_lines(&r, "* LIST", &[]);
+    c.ok("LOGOUT").await;
+}
+
+on_both_backends!(
+    list_extended_recursivematch_and_return_subscribed,
+    list_extended_recursivematch_and_return_subscribed_on_postgres,
+    listext_scenario
 );
