@@ -487,6 +487,15 @@ impl Registry {
         }
     }
 
+    /// A stream of changes to the registry (new tenants, keys, campaigns),
+    /// for caches of [`Registry::names`] that reload when something changed.
+    pub async fn changes(&self) -> Result<kv::Watch, TenantError> {
+        self.kv
+            .watch_all()
+            .await
+            .map_err(|e| store_err("watch")(Box::new(e)))
+    }
+
     /// Every id the tokens carry with its name: tenants by id, campaigns by
     /// (tenant id, campaign id). For the unsubscribe endpoint and late-bounce
     /// matching, which turn a token's ids back into list names.

@@ -132,7 +132,13 @@ async fn campaign_ids_are_stable_per_tenant() {
     assert_eq!(reg.campaign_id(2, "autumn").await.unwrap(), 1);
     // The ids in tokens lead back to their names.
     let names = reg.names().await.unwrap();
-    assert_eq!(names.campaigns.get(&(1, spring)).map(String::as_str), Some("spring sale"));
-    assert_eq!(names.campaigns.get(&(2, 1)).map(String::as_str), Some("autumn"));
+    assert_eq!(
+        names.campaigns.get(&(1, spring)).map(String::as_str),
+        Some("spring sale")
+    );
+    assert_eq!(
+        names.campaigns.get(&(2, 1)).map(String::as_str),
+        Some("autumn")
+    );
     assert_eq!(names.campaigns.len(), 3);
 }

@@ -731,7 +731,16 @@ async fn suppressed_unsubscribed_and_counted_through_the_api() {
     let url = format!("http://{}/u/{token}", w.stack.addr("api"));
     let curl = |body: &'static str, url: String| async move {
         let out = tokio::process::Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-d", body, &url])
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-d",
+                body,
+                &url,
+            ])
             .output()
             .await
             .unwrap();
@@ -763,7 +772,16 @@ async fn suppressed_unsubscribed_and_counted_through_the_api() {
     assert_eq!(status, 200, "{rec}");
     assert_eq!(rec["recipients"]["delivered"], 2, "{rec}");
     let (status, err) = client
-        .call("GET", "/v1/stats?campaign=spring&from=yesterday", &key, None, None)
+        .call(
+            "GET",
+            "/v1/stats?campaign=spring&from=yesterday",
+            &key,
+            None,
+            None,
+        )
         .await;
-    assert_eq!((status, &err["error"]["field"]), (400, &serde_json::json!("from")));
+    assert_eq!(
+        (status, &err["error"]["field"]),
+        (400, &serde_json::json!("from"))
+    );
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::extract::{Query, State as AxState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use serde::Deserialize;
 use tern_runtime::Shutdown;
 use tern_tenant::Registry;
@@ -15,10 +16,9 @@ use tern_tenant::Registry;
 use super::http::{Api, ApiFailure, authenticate, json_response};
 use super::request::parse_rfc3339;
 
-/// How often the token-id → name map is reloaded. A campaign's first
-/// unsubscribe link cannot be clicked before its mail arrives, which takes
-/// longer than this.
-const NAMES_REFRESH: Duration = Duration::from_secs(5);
+/// How often the token-id → name map is reloaded when no change is seen
+/// (a lost watch); a change to the registry reloads it at once.
+const NAMES_REFRESH: Duration = Duration::from_secs(30);
 
 /// Default window of `GET /v1/stats` without `from`.
 const DEFAULT_WINDOW_S: u64 = 30 * 24 * 3600;
@@ -32,17 +32,30 @@ pub(crate) struct TokenNames {
 }
 
 impl TokenNames {
-    /// Load once, then reload every [`NAMES_REFRESH`] until `shutdown`.
+    /// Load once, then reload on every change of the registry (a new
+    /// campaign gets its id just before its mail is sent, and its link may
+    /// be clicked at once) and every [`NAMES_REFRESH`], until `shutdown`.
     pub(crate) async fn follow(registry: Registry, shutdown: Shutdown) -> Self {
         let names = TokenNames::default();
+        let mut changes = registry.changes().await.ok();
         names.reload(&registry).await;
         let live = names.clone();
         tokio::spawn(async move {
             loop {
+                let changed = async {
+                    match changes.as_mut() {
+                        Some(w) => w.next().await.is_some(),
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = shutdown.wait() => return,
-                    _ = tokio::time::sleep(NAMES_REFRESH) => live.reload(&registry).await,
+                    open = changed => if !open {
+                        changes = registry.changes().await.ok();
+                    },
+                    _ = tokio::time::sleep(NAMES_REFRESH) => {}
                 }
+                live.reload(&registry).await;
             }
         });
         names
@@ -100,8 +113,8 @@ pub(crate) async fn get_stats(
         let tenant = authenticate(&api, &headers).await?;
         let to = when("to", q.to.as_deref())?
             .unwrap_or_else(|| (tern_runtime::now_unix_ms() as u64 / 1000) + 1);
-        let from = when("from", q.from.as_deref())?
-            .unwrap_or_else(|| to.saturating_sub(DEFAULT_WINDOW_S));
+        let from =
+            when("from", q.from.as_deref())?.unwrap_or_else(|| to.saturating_sub(DEFAULT_WINDOW_S));
         let campaign = q.campaign.unwrap_or_default();
         match api
             .stats
@@ -111,7 +124,11 @@ pub(crate) async fn get_stats(
             Ok(s) => Ok(serde_json::to_string(&s).unwrap_or_default()),
             Err(
                 e @ (tern_stats::Error::EmptyRange { .. } | tern_stats::Error::RangeTooLong { .. }),
-            ) => Err(ApiFailure::new(StatusCode::BAD_REQUEST, "from", e.to_string())),
+            ) => Err(ApiFailure::new(
+                StatusCode::BAD_REQUEST,
+                "from",
+                e.to_string(),
+            )),
             Err(e) => Err(ApiFailure::unavailable(e)),
         }
     }

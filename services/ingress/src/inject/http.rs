@@ -340,7 +340,9 @@ async fn make_durable(
     // batch waits still wins.
     let suppressed: Vec<String> = {
         let emails: Vec<&str> = spec.recipients.iter().map(|r| r.email.as_str()).collect();
-        let hits = api.suppressions.check(&tenant.name, &spec.campaign, &emails);
+        let hits = api
+            .suppressions
+            .check(&tenant.name, &spec.campaign, &emails);
         let mut out = Vec::new();
         let mut kept = Vec::with_capacity(spec.recipients.len());
         for (r, hit) in std::mem::take(&mut spec.recipients).into_iter().zip(hits) {
