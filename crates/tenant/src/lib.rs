@@ -209,7 +209,7 @@ pub struct Names {
 
 /// The campaign tag a `campaign.` key spells in hex.
 fn unhex(tag: &str) -> Option<String> {
-    if tag.len() % 2 != 0 {
+    if !tag.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..tag.len())
