@@ -13,9 +13,18 @@ use tern_runtime::bus;
 use tern_runtime::config::Source;
 use tern_runtime::managed_nats::{ManagedNats, ManagedNatsConfig, SyncPolicy};
 
+/// The nats-server the tests run: `$TERN_NATS_SERVER`, else the project's
+/// `.venv/bin/nats-server` (scripts/deps.sh installs it).
+fn nats_binary() -> std::path::PathBuf {
+    std::env::var_os("TERN_NATS_SERVER").map_or_else(
+        || tern_testkit::workspace_root().join(".venv/bin/nats-server"),
+        Into::into,
+    )
+}
+
 fn config(pairs: &[(&str, &str)]) -> ManagedNatsConfig {
     let listen = format!("127.0.0.1:{}", tern_testkit::free_port());
-    let bin = tern_testkit::nats_server_binary();
+    let bin = nats_binary();
     let mut all = vec![
         ("managed_nats_listen", listen.as_str()),
         ("nats_server", bin.to_str().expect("UTF-8 path")),
@@ -71,7 +80,7 @@ fn reopen(data: &Path) -> (serde_json::Value, serde_json::Value) {
     let mon: SocketAddr = format!("127.0.0.1:{}", tern_testkit::free_port())
         .parse()
         .unwrap();
-    let mut child = Command::new(tern_testkit::nats_server_binary())
+    let mut child = Command::new(nats_binary())
         .arg("-c")
         .arg(data.join("nats.conf"))
         .args(["-p", &tern_testkit::free_port().to_string()])
@@ -126,5 +135,5 @@ async fn an_interval_runs_it_with_that_sync_interval() {
 fn a_bad_sync_value_names_the_key() {
     let err = ManagedNatsConfig::from_source(&Source::from_pairs([("managed_nats_sync", "0s")]))
         .expect_err("zero is refused");
-    assert!(err.to_string().contains("managed_nats_sync"), "{err}");
+    assert!(err.to_string().contains("TERN_MANAGED_NATS_SYNC"), "{err}");
 }
