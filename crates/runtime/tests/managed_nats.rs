@@ -62,10 +62,11 @@ fn http_get(addr: SocketAddr, path: &str) -> serde_json::Value {
         if let Ok(mut s) = TcpStream::connect(addr) {
             let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
             let mut out = String::new();
-            if s.write_all(req.as_bytes()).is_ok() && s.read_to_string(&mut out).is_ok() {
-                if let Some((_, body)) = out.split_once("\r\n\r\n") {
-                    return serde_json::from_str(body).expect("JSON from nats-server");
-                }
+            if s.write_all(req.as_bytes()).is_ok()
+                && s.read_to_string(&mut out).is_ok()
+                && let Some((_, body)) = out.split_once("\r\n\r\n")
+            {
+                return serde_json::from_str(body).expect("JSON from nats-server");
             }
         }
         assert!(Instant::now() < deadline, "no answer on {addr}{path}");
@@ -77,9 +78,7 @@ fn http_get(addr: SocketAddr, path: &str) -> serde_json::Value {
 /// `data` (other ports, monitoring on): what JetStream reports about its
 /// configuration and the spool stream.
 fn reopen(data: &Path) -> (serde_json::Value, serde_json::Value) {
-    let mon: SocketAddr = format!("127.0.0.1:{}", tern_testkit::free_port())
-        .parse()
-        .unwrap();
+    let mon = SocketAddr::from(([127, 0, 0, 1], tern_testkit::free_port()));
     let mut child = Command::new(nats_binary())
         .arg("-c")
         .arg(data.join("nats.conf"))
