@@ -118,7 +118,7 @@ start_up() { # dir, sink port, NAME=value...
   "${env[@]}" "$@" "$tern" up >"$dir/up.out" 2>"$dir/up.log" &
   up_pid=$!
   pids+=("$up_pid")
-  wait_until "tern up" grep -qx "tern is up" "$dir/up.out"
+  wait_until "tern up" grep -qsx "tern is up" "$dir/up.out"
 }
 
 tern_run() { # sync policy, label (file name of the rate)
