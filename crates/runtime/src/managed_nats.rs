@@ -1,12 +1,16 @@
 //! The nats-server `tern up` starts for itself when `TERN_NATS_URL` is unset:
 //! JetStream on, data under the data dir, loopback only, stopped on drop.
+//!
+//! By default it fsyncs every JetStream write before acknowledging it
+//! (`sync_interval: always`), so a `250` survives a power loss of this one
+//! node, not only a crash of the process (see docs/durability.md).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::config::{ConfigError, Key, Source};
+use crate::config::{ConfigError, ConfigValue, Key, Source};
 
 /// `TERN_NATS_SERVER`: the nats-server binary `tern up` runs.
 pub const NATS_SERVER: Key<Option<PathBuf>> = Key::new(
@@ -21,6 +25,47 @@ pub const MANAGED_NATS_LISTEN: Key<SocketAddr> = Key::new(
     "client address of the nats-server `tern up` manages",
 );
 
+/// `TERN_MANAGED_NATS_SYNC`: when the managed nats-server fsyncs JetStream
+/// writes: `always` (before each ack) or an interval.
+pub const MANAGED_NATS_SYNC: Key<SyncPolicy> = Key::new(
+    "managed_nats_sync",
+    "always",
+    "when the managed nats-server fsyncs: always (before every ack; survives power loss) \
+     or an interval like 2m (nats-server's own default; survives a process crash only)",
+);
+
+/// When nats-server flushes its JetStream files to disk (its `sync_interval`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// fsync every write before the publish is acknowledged.
+    Always,
+    /// fsync every so often; an ack means "in the page cache".
+    Every(Duration),
+}
+
+impl SyncPolicy {
+    /// The value of nats-server's `jetstream.sync_interval`.
+    fn nats_value(self) -> String {
+        match self {
+            SyncPolicy::Always => "always".into(),
+            // nats-server reads Go durations; whole milliseconds are exact.
+            SyncPolicy::Every(d) => format!("{}ms", d.as_millis()),
+        }
+    }
+}
+
+impl ConfigValue for SyncPolicy {
+    const EXPECTED: &'static str = "always, or a non-zero duration like 1s or 2m";
+    fn parse_value(s: &str) -> Option<Self> {
+        if s.trim().eq_ignore_ascii_case("always") {
+            return Some(SyncPolicy::Always);
+        }
+        crate::config::parse_duration(s)
+            .filter(|d| !d.is_zero())
+            .map(SyncPolicy::Every)
+    }
+}
+
 /// Settings for the managed server.
 #[derive(Debug, Clone)]
 pub struct ManagedNatsConfig {
@@ -28,6 +73,8 @@ pub struct ManagedNatsConfig {
     pub binary: Option<PathBuf>,
     /// Client listen address.
     pub listen: SocketAddr,
+    /// When JetStream writes reach the disk.
+    pub sync: SyncPolicy,
 }
 
 impl ManagedNatsConfig {
@@ -36,6 +83,7 @@ impl ManagedNatsConfig {
         Ok(ManagedNatsConfig {
             binary: src.get(&NATS_SERVER)?,
             listen: src.get(&MANAGED_NATS_LISTEN)?,
+            sync: src.get(&MANAGED_NATS_SYNC)?,
         })
     }
 }
@@ -83,6 +131,19 @@ fn find_binary(configured: Option<&Path>) -> Option<PathBuf> {
     })
 }
 
+/// The nats-server configuration file for `cfg` storing under `store`.
+fn server_config(cfg: &ManagedNatsConfig, store: &Path) -> String {
+    // JSON strings are valid in nats-server's config syntax and escape the path.
+    let quote = |s: &str| serde_json::Value::from(s).to_string();
+    format!(
+        "host: {}\nport: {}\njetstream {{\n  store_dir: {}\n  sync_interval: {}\n}}\n",
+        quote(&cfg.listen.ip().to_string()),
+        cfg.listen.port(),
+        quote(&store.to_string_lossy()),
+        quote(&cfg.sync.nats_value()),
+    )
+}
+
 impl ManagedNats {
     /// Start nats-server with JetStream storing under `data_dir/nats`.
     pub async fn start(
@@ -96,15 +157,13 @@ impl ManagedNats {
             source,
         };
         std::fs::create_dir_all(&store).map_err(spawn_err)?;
+        // The sync policy has no command-line flag: it goes in a config file
+        // next to the store, rewritten on every start.
+        let conf = data_dir.join("nats.conf");
+        std::fs::write(&conf, server_config(cfg, &store)).map_err(spawn_err)?;
         let child = Command::new(&bin)
-            .args([
-                "-a",
-                &cfg.listen.ip().to_string(),
-                "-p",
-                &cfg.listen.port().to_string(),
-            ])
-            .args(["-js", "-sd"])
-            .arg(&store)
+            .arg("-c")
+            .arg(&conf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -154,5 +213,41 @@ impl ManagedNats {
 impl Drop for ManagedNats {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_policy_is_always_or_a_non_zero_duration() {
+        assert_eq!(SyncPolicy::parse_value("always"), Some(SyncPolicy::Always));
+        assert_eq!(
+            SyncPolicy::parse_value(" Always "),
+            Some(SyncPolicy::Always)
+        );
+        assert_eq!(
+            SyncPolicy::parse_value("2m"),
+            Some(SyncPolicy::Every(Duration::from_secs(120)))
+        );
+        assert_eq!(SyncPolicy::parse_value("0s"), None);
+        assert_eq!(SyncPolicy::parse_value("sometimes"), None);
+    }
+
+    #[test]
+    fn the_config_file_carries_listen_store_and_sync() {
+        let cfg = ManagedNatsConfig {
+            binary: None,
+            listen: "127.0.0.1:4222".parse().unwrap(),
+            sync: SyncPolicy::Every(Duration::from_millis(1500)),
+        };
+        let text = server_config(&cfg, Path::new("/data/\"odd\"/nats"));
+        assert!(text.contains("host: \"127.0.0.1\"\nport: 4222\n"), "{text}");
+        assert!(
+            text.contains(r#"store_dir: "/data/\"odd\"/nats""#),
+            "{text}"
+        );
+        assert!(text.contains("sync_interval: \"1500ms\""), "{text}");
     }
 }

@@ -247,23 +247,35 @@ impl State {
     /// message's last, forget the message and return its state so the
     /// caller can delete the body; then forget the job.
     ///
+    /// A message with one job has no message key ([`State::create_message`]
+    /// is skipped for it): its job is its last, and `st` says where the body
+    /// is.
+    ///
     /// Safe to repeat after a failure part-way: the message records *which*
     /// destinations are final (a set), and the job's key goes last, so a
     /// retried result finds the job still pending and finishes it again
     /// without counting it twice or deleting a body another job needs.
-    pub async fn finish_job(
-        &self,
-        message_id: &str,
-        destination: &str,
-    ) -> Result<Option<MessageState>, StateError> {
+    pub async fn finish_job(&self, st: &JobState) -> Result<Option<MessageState>, StateError> {
+        let job = st
+            .job
+            .as_ref()
+            .ok_or_else(|| StateError::Corrupt { key: "job".into() })?;
+        let (message_id, destination) = (job.message_id.as_str(), job.destination.as_str());
         let key = msg_key(message_id);
         let mut last = None;
+        let mut first = true;
         // Compare-and-set so two replicas finishing jobs of one message at
         // once cannot lose an update.
         loop {
             let Some(entry) = self.kv.entry(&key).await.map_err(kv_err)? else {
+                // No key at all (not even a marker) on the first look: the
+                // message's only job, routed without a message key.
+                if first {
+                    last = Some(sole_job_message(st));
+                }
                 break;
             };
+            first = false;
             if entry.operation != kv::Operation::Put {
                 break;
             }
@@ -301,6 +313,26 @@ impl State {
             .await
             .map_err(kv_err)?;
         Ok(last)
+    }
+}
+
+/// The state a one-job message would have had in its message key: where
+/// its body is, so the caller can delete it.
+fn sole_job_message(st: &JobState) -> MessageState {
+    use tern_proto::body_ref::Location;
+    let job = st.job.as_ref();
+    let object = match job
+        .and_then(|j| j.body.as_ref())
+        .and_then(|b| b.location.as_ref())
+    {
+        Some(Location::Object(name)) => name.clone(),
+        _ => String::new(),
+    };
+    MessageState {
+        remaining_jobs: 1,
+        spool_seq: st.spool_seq,
+        object,
+        finished: job.map(|j| j.destination.clone()).into_iter().collect(),
     }
 }
 
@@ -366,13 +398,7 @@ mod tests {
         assert_eq!(stored.job.unwrap().attempt, 1);
 
         // Final: both keys are purged, their markers block a second routing.
-        assert!(
-            state
-                .finish_job("m1", "example.org")
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(state.finish_job(&job_state(1)).await.unwrap().is_some());
         assert_eq!(
             state.create_message("m1", &m).await.unwrap(),
             Seen::Finished
@@ -381,6 +407,28 @@ mod tests {
         assert!(state.job("m1", "example.org").await.unwrap().is_none());
         let marker = state.kv.entry(msg_key("m1")).await.unwrap().unwrap();
         assert_eq!(marker.operation, kv::Operation::Purge);
+    }
+
+    /// A one-job message is routed without a message key: finishing its job
+    /// still says where the body is (so it gets deleted), and leaves the
+    /// job's marker, which keeps a redelivered envelope from routing it
+    /// again. (A redelivered result stops at the missing job, `apply`.)
+    #[tokio::test]
+    async fn a_one_job_message_needs_no_message_key() {
+        use tern_proto::{BodyRef, body_ref::Location};
+        let (_nats, state) = state().await;
+        let mut js = job_state(0);
+        js.spool_seq = 42;
+        js.job.as_mut().unwrap().body = Some(BodyRef {
+            location: Some(Location::Object("m1".into())),
+            size: 10,
+        });
+        assert!(state.create_job(&js).await.unwrap());
+        let m = state.finish_job(&js).await.unwrap().expect("its last job");
+        assert_eq!((m.spool_seq, m.object.as_str()), (42, "m1"));
+        assert!(state.kv.entry(msg_key("m1")).await.unwrap().is_none());
+        assert!(!state.create_job(&js).await.unwrap());
+        assert!(state.job("m1", "example.org").await.unwrap().is_none());
     }
 
     /// Why `create_or_read` does not use the client's `create`: over a
