@@ -52,6 +52,8 @@ pub(crate) struct Ctx {
     /// SPF/DKIM/ARC/DMARC checks for the MX listener (`None`: switched off).
     pub(crate) inbound: Option<crate::authcheck::SharedChecker>,
     pub(crate) dkim: crate::dkim::Dkim,
+    /// Mail to the bounce domain (`None`: no cluster secret).
+    pub(crate) bounces: Option<Arc<crate::bounces::BounceInbox>>,
 }
 
 impl Ctx {
@@ -94,6 +96,7 @@ impl Ctx {
             ),
             inbound: None,
             dkim,
+            bounces: None,
         }
     }
 }

@@ -10,6 +10,7 @@
 mod authcheck;
 mod authdns;
 mod authres;
+mod bounces;
 mod conn;
 mod dkim;
 mod inject;
@@ -268,6 +269,9 @@ pub struct Config {
     pub dkim: DkimConfig,
     /// The injection API (issue 16).
     pub api: ApiConfig,
+    /// Bounce rules and the cluster secret, for mail to the bounce domain
+    /// (`TERN_BOUNCE_RULES_FILE`, `TERN_SECRET_FILE`; issue 17).
+    pub bounce: tern_bounce::BounceConfig,
 }
 
 impl Config {
@@ -314,6 +318,7 @@ impl Config {
             tls_reload_interval: src.get(&keys::TLS_RELOAD_INTERVAL)?,
             dkim: DkimConfig::from_source(src, &CommonConfig::from_source(src)?.data_dir)?,
             api: ApiConfig::from_source(src, &CommonConfig::from_source(src)?)?,
+            bounce: tern_bounce::BounceConfig::from_source(src)?,
         })
     }
 }
@@ -561,7 +566,8 @@ impl Bound {
             dkim.clone(),
             stop.clone(),
         ));
-        let mut ctx = conn::Ctx::new(&config, js, accounts, tls, dkim);
+        let mut ctx = conn::Ctx::new(&config, js.clone(), accounts, tls, dkim);
+        ctx.bounces = bounces::BounceInbox::start(&config, js, stop.clone());
         if config.inbound.enabled {
             let resolver = tern_proto::resolver_client::ResolverClient::with_interceptor(
                 grpc::channel(&config.resolver_url)?,

@@ -79,6 +79,16 @@ impl Ctx {
         authenticated: bool,
         rcpt: &RcptTo,
     ) -> RcptDecision {
+        // A VERP return path or the unsubscribe address: ours, whatever the
+        // mailbox says, and never relayed (issue 17).
+        if let Some(inbox) = self.bounces.as_ref().filter(|b| b.takes(rcpt)) {
+            if inbox.ready() {
+                return RcptDecision::Accept;
+            }
+            return RcptDecision::Reject(temp_failure(
+                "Bounce processing not ready, try again later",
+            ));
+        }
         let local = match &rcpt.forward_path {
             ForwardPath::Postmaster => true,
             ForwardPath::Mailbox(m) => {
@@ -128,7 +138,7 @@ impl Ctx {
     /// acknowledged it.
     pub(crate) async fn accept_message(
         &self,
-        message: Message,
+        mut message: Message,
         client: IpAddr,
         tls: Option<&str>,
         mx: bool,
@@ -137,6 +147,33 @@ impl Ctx {
         let span = Span::current();
         span.record("message_id", id.as_str());
         span.record("rcpt_count", message.rcpts.len());
+        // Bounce-domain recipients first: recorded (durably) here, the
+        // others spooled the normal way; a failure of either is a 451 for
+        // the whole transaction, and a retry records the same events again
+        // under the same de-duplication ids.
+        if let Some(inbox) = &self.bounces {
+            let (ours, others): (Vec<RcptTo>, Vec<RcptTo>) =
+                message.rcpts.drain(..).partition(|r| inbox.takes(r));
+            message.rcpts = others;
+            if !ours.is_empty() {
+                let addresses: Vec<String> = ours.iter().map(|r| self.rcpt_address(r)).collect();
+                let sender = message.mail_from.sender();
+                let client_ip = client.to_canonical().to_string();
+                if let Err(e) = inbox
+                    .record(&id, &sender, &client_ip, &addresses, &message.body)
+                    .await
+                {
+                    tracing::warn!(message_id = %id, error = %e, "could not record bounce-domain mail");
+                    return MessageOutcome::Failed(temp_failure(
+                        "Temporary failure recording the report, try again later",
+                    ));
+                }
+                tracing::info!(message_id = %id, rcpts = addresses.len(), "bounce-domain mail recorded");
+                if message.rcpts.is_empty() {
+                    return MessageOutcome::Queued { id };
+                }
+            }
+        }
         let verdict = match &self.inbound {
             Some(checker)
                 if crate::authcheck::applies(

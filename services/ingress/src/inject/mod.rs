@@ -11,6 +11,8 @@ mod idempotency;
 mod render;
 mod request;
 
+pub(crate) use feedback::TokenNames;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
