@@ -72,6 +72,8 @@ pub(crate) struct BounceInbox {
     rules: Rules,
     js: jetstream::Context,
     lists: Arc<OnceLock<Lists>>,
+    /// Becomes `true` once `lists` is set.
+    opened: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Whether `rcpt` is an address at the bounce domain that this handler
@@ -150,6 +152,7 @@ impl BounceInbox {
     ) -> Option<Arc<BounceInbox>> {
         let secret = config.bounce.secret.clone()?;
         let domain = config.api.bounce_domain.clone();
+        let (opened_tx, opened) = tokio::sync::watch::channel(false);
         let inbox = Arc::new(BounceInbox {
             shared_with_mailboxes: config.common.is_local_domain(&domain),
             domain,
@@ -157,6 +160,7 @@ impl BounceInbox {
             rules: config.bounce.rules.clone(),
             js: js.clone(),
             lists: Arc::new(OnceLock::new()),
+            opened,
         });
         let (lists, replicas) = (inbox.lists.clone(), config.common.nats_replicas);
         tokio::spawn(async move {
@@ -164,6 +168,7 @@ impl BounceInbox {
                 match open(&js, replicas, &shutdown).await {
                     Ok(l) => {
                         let _ = lists.set(l);
+                        let _ = opened_tx.send(true);
                         return;
                     }
                     Err(e) => tracing::warn!(error = %e, "bounce domain not ready; retrying"),
@@ -185,6 +190,16 @@ impl BounceInbox {
     /// Whether the lists are open (RCPT gets 451 until they are).
     pub(crate) fn ready(&self) -> bool {
         self.lists.get().is_some()
+    }
+
+    /// Wait until the lists are open (ingress reports ready only then), or
+    /// `shutdown`.
+    pub(crate) async fn wait_ready(&self, shutdown: &Shutdown) {
+        let mut opened = self.opened.clone();
+        tokio::select! {
+            _ = opened.wait_for(|o| *o) => {}
+            _ = shutdown.wait() => {}
+        }
     }
 
     /// Triage, plan and record one message for `rcpts` (addresses at the

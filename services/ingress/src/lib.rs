@@ -534,16 +534,22 @@ impl Bound {
 
         let client = bus::connect(&nats_url, &config.common.nats_security, "tern-ingress").await?;
         let js = async_nats::jetstream::new(client);
+        let bounce_inbox = bounces::BounceInbox::start(&config, js.clone(), stop.clone());
         {
-            let (js, draining, ready, reporter) = (
+            let (js, draining, ready, reporter, inbox) = (
                 js.clone(),
                 draining.clone(),
                 ready.clone(),
                 reporter.clone(),
+                bounce_inbox.clone(),
             );
             let replicas = config.common.nats_replicas;
             tokio::spawn(async move {
                 let streams = bus::ensure_streams_until_ready(&js, replicas, &draining).await;
+                // Mail to the bounce domain gets 451 until its lists are open.
+                if let Some(inbox) = &inbox {
+                    inbox.wait_ready(&draining).await;
+                }
                 if streams.is_ok() && !draining.is_triggered() {
                     ready.set(true);
                     reporter
@@ -566,8 +572,8 @@ impl Bound {
             dkim.clone(),
             stop.clone(),
         ));
-        let mut ctx = conn::Ctx::new(&config, js.clone(), accounts, tls, dkim);
-        ctx.bounces = bounces::BounceInbox::start(&config, js, stop.clone());
+        let mut ctx = conn::Ctx::new(&config, js, accounts, tls, dkim);
+        ctx.bounces = bounce_inbox;
         if config.inbound.enabled {
             let resolver = tern_proto::resolver_client::ResolverClient::with_interceptor(
                 grpc::channel(&config.resolver_url)?,
