@@ -38,11 +38,11 @@ impl Receiver {
     /// Start one that answers 500 to the first `fail_first` POSTs; it
     /// checks signatures with the secret given to [`Receiver::set_secret`].
     pub fn start(fail_first: u32) -> Receiver {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/receiver.py");
+        let script = tern_testkit::workspace_root().join("crates/stats/tests/support/receiver.py");
         let secret = tempfile();
         std::fs::write(&secret, "").unwrap();
         let mut child = Command::new("python3")
-            .arg(script)
+            .arg(&script)
             .arg(&secret)
             .arg(fail_first.to_string())
             .stdout(Stdio::piped())
