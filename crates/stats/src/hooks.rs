@@ -1,7 +1,7 @@
 //! The webhook registry: per tenant, webhooks with a URL, a secret and the
 //! event kinds they want, in the KV bucket `tern-webhooks` (every replica,
-//! and the dispatcher once built, read the same list). The backing store of
-//! `tern webhook add|list|del`, which are not wired yet.
+//! and the dispatcher, read the same list). The backing store of
+//! `tern webhook add|list|del`.
 
 use async_nats::jetstream::{self, kv};
 use futures::TryStreamExt;
@@ -136,14 +136,22 @@ impl Registry {
 
     /// The webhooks of `tenant`, by id.
     pub async fn list(&self, tenant: &str) -> Result<Vec<Webhook>, HookError> {
-        let prefix = format!("{}.", token(tenant));
+        self.with_prefix(&format!("{}.", token(tenant))).await
+    }
+
+    /// Every tenant's webhooks (what the dispatcher matches events against).
+    pub async fn all(&self) -> Result<Vec<Webhook>, HookError> {
+        self.with_prefix("").await
+    }
+
+    async fn with_prefix(&self, prefix: &str) -> Result<Vec<Webhook>, HookError> {
         let store = |e: String| HookError::Store(e);
         let keys: Vec<String> = match self.kv.keys().await {
             Ok(k) => k.try_collect().await.map_err(|e| store(e.to_string()))?,
             Err(e) => return Err(store(e.to_string())),
         };
         let mut out = Vec::new();
-        for k in keys.iter().filter(|k| k.starts_with(&prefix)) {
+        for k in keys.iter().filter(|k| k.starts_with(prefix)) {
             if let Some(v) = self.kv.get(k).await.map_err(|e| store(e.to_string()))? {
                 out.push(serde_json::from_slice::<Webhook>(&v).map_err(|e| store(e.to_string()))?);
             }

@@ -33,15 +33,20 @@
 
 mod aggregate;
 pub mod counts;
+pub mod dispatch;
 pub mod hooks;
 pub mod key;
 pub mod metrics;
+pub mod post;
 mod read;
 pub mod webhook;
 
 pub use aggregate::{Aggregator, BATCH};
 pub use counts::{BatchCounts, Bounced, Stats};
+pub use dispatch::Dispatcher;
 pub use read::StatsReader;
+
+use std::time::Duration;
 
 use tern_runtime::config::{ConfigError, Key, Source};
 
@@ -57,11 +62,38 @@ pub const MAX_CAMPAIGNS: Key<usize> = Key::new(
     "campaigns with their own Prometheus label per process; later ones are counted as `other`",
 );
 
-/// The aggregator's settings.
+/// `TERN_WEBHOOK_RETRY_MIN`.
+pub const WEBHOOK_RETRY_MIN: Key<Duration> = Key::new(
+    "webhook_retry_min",
+    "10s",
+    "delay before a failed webhook delivery is retried; doubles per attempt up to 1h",
+);
+/// `TERN_WEBHOOK_MAX_AGE`.
+pub const WEBHOOK_MAX_AGE: Key<Duration> = Key::new(
+    "webhook_max_age",
+    "24h",
+    "how long an event is retried for a failing webhook before it is dropped and counted",
+);
+
+/// The settings of the aggregator and the webhook dispatcher.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Distinct (tenant, campaign) label pairs before new ones roll into `other`.
     pub max_campaigns: usize,
+    /// First retry delay of a failed webhook delivery.
+    pub webhook_retry_min: Duration,
+    /// How long a failing webhook's events are retried before they are dropped.
+    pub webhook_max_age: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_campaigns: 100,
+            webhook_retry_min: Duration::from_secs(10),
+            webhook_max_age: Duration::from_secs(86_400),
+        }
+    }
 }
 
 impl Config {
@@ -69,6 +101,8 @@ impl Config {
     pub fn from_source(src: &Source) -> Result<Self, ConfigError> {
         Ok(Config {
             max_campaigns: src.get(&MAX_CAMPAIGNS)?,
+            webhook_retry_min: src.get(&WEBHOOK_RETRY_MIN)?,
+            webhook_max_age: src.get(&WEBHOOK_MAX_AGE)?,
         })
     }
 }

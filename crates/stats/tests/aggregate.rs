@@ -67,9 +67,16 @@ fn campaign(n: usize) -> Vec<Event> {
 }
 
 async fn start(js: &jetstream::Context) -> (Shutdown, tokio::task::JoinHandle<()>) {
-    let agg = Aggregator::open(js, 1, &Config { max_campaigns: 10 })
-        .await
-        .unwrap();
+    let agg = Aggregator::open(
+        js,
+        1,
+        &Config {
+            max_campaigns: 10,
+            ..Config::default()
+        },
+    )
+    .await
+    .unwrap();
     let shutdown = Shutdown::new();
     let s = shutdown.clone();
     (shutdown, tokio::spawn(async move { agg.run(&s).await }))

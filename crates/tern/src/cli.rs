@@ -70,6 +70,11 @@ enum Command {
         #[command(subcommand)]
         command: crate::tenant::ApiKeyCommand,
     },
+    /// Webhooks of a tenant: signed batches of its lifecycle events (NATS KV).
+    Webhook {
+        #[command(subcommand)]
+        command: crate::webhook::WebhookCommand,
+    },
     /// Configuration.
     Config {
         #[command(subcommand)]
@@ -271,6 +276,7 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
         Command::Dkim { command } => dkim(&cfg, command).await,
         Command::Tenant { command } => crate::tenant::tenant(&cfg, command).await,
         Command::Apikey { command } => crate::tenant::apikey(&cfg, command).await,
+        Command::Webhook { command } => crate::webhook::run(&cfg, command).await,
         Command::Queue { command: Some(c) } => queue_admin(&cfg, c).await,
         Command::Shaping { command } => shaping_admin(&cfg, command).await,
         Command::Up => {

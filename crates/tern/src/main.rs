@@ -6,6 +6,7 @@ mod config;
 mod suppress;
 mod tenant;
 mod up;
+mod webhook;
 
 use clap::Parser;
 

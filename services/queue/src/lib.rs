@@ -76,7 +76,8 @@ pub struct Config {
     pub delay_dsn_after: Option<Duration>,
     /// Bounce classification rules (and the cluster secret).
     pub bounce: tern_bounce::BounceConfig,
-    /// The campaign statistics aggregator run beside the queue (crates/stats).
+    /// The campaign statistics aggregator and the webhook dispatcher run
+    /// beside the queue (crates/stats).
     pub stats: tern_stats::Config,
 }
 
@@ -120,7 +121,7 @@ pub enum Error {
     /// The suppression lists could not be loaded.
     #[error(transparent)]
     Suppress(#[from] tern_bounce::SuppressError),
-    /// The statistics bucket or consumer could not be opened.
+    /// The statistics or webhook bucket or consumer could not be opened.
     #[error(transparent)]
     Stats(#[from] tern_stats::Error),
 }
@@ -221,9 +222,16 @@ impl Bound {
                 &ctx.config.stats,
             )
             .await?;
-            Ok::<_, Error>((ctx, spool, results, stats))
+            // Webhooks likewise: a dead receiver only holds up its own consumer.
+            let hooks = tern_stats::Dispatcher::open(
+                &js,
+                ctx.config.common.nats_replicas,
+                &ctx.config.stats,
+            )
+            .await?;
+            Ok::<_, Error>((ctx, spool, results, stats, hooks))
         };
-        let (ctx, spool, results, stats) = match init.await {
+        let (ctx, spool, results, stats, hooks) = match init.await {
             Ok(v) => v,
             Err(e) if shutdown.is_triggered() => {
                 tracing::info!(error = %e, "stopped before the queue was ready");
@@ -258,10 +266,13 @@ impl Bound {
         ));
         let stats_stop = shutdown.clone();
         let stats_loop = tokio::spawn(async move { stats.run(&stats_stop).await });
+        let hooks_stop = shutdown.clone();
+        let hooks_loop = tokio::spawn(async move { hooks.run(&hooks_stop).await });
         // The loops stop pulling at shutdown and finish the messages in
         // hand within the grace.
         let _ = spool_loop.await;
         let _ = stats_loop.await;
+        let _ = hooks_loop.await;
         let _ = results_loop.await;
         running.finish().await?;
         Ok(())
