@@ -1,10 +1,10 @@
 //! DSN (RFC 3464) and ARF (RFC 5965) reports that arrive at the bounce
 //! domain, and the triage ingress makes of them.
 
+use tern_bounce::Rules;
 use tern_bounce::inbound::{self, Triage};
 use tern_bounce::report::{self, Action, Report};
 use tern_bounce::token::{self, Secret, VerpFields};
-use tern_bounce::Rules;
 
 /// No panic; `report::parse` agrees with the DSN and ARF parsers it
 /// dispatches to; triage never attributes a message to a send whose token
@@ -29,7 +29,10 @@ pub fn report(data: &[u8]) {
     let verp = token::bounce_address(&secret, &send, "bounces.example");
     for rcpt in [verp.as_str(), "fbl@bounces.example"] {
         match inbound::triage(&secret, Rules::builtin(), rcpt, data) {
-            Triage::Bounces { send: s, recipients } => {
+            Triage::Bounces {
+                send: s,
+                recipients,
+            } => {
                 assert_eq!(s, send, "attributed to another send");
                 for r in recipients {
                     assert!(

@@ -1,7 +1,8 @@
 //! Fuzz targets for every parser that reads from the network (issue 19 §3):
 //! SMTP commands, sessions and DATA/BDAT framing, PROXY headers, IMAP
 //! commands and literals, POP3, MIME as parsed for BODYSTRUCTURE, DSN and
-//! ARF reports, and the injection API's JSON.
+//! ARF reports, DNS answers as the resolver receives them, and the
+//! injection API's JSON.
 //!
 //! Each target is a plain function over one input that panics when an
 //! invariant breaks: no parser panics, replies are well-formed, and where
@@ -11,6 +12,7 @@
 //! (`fuzz/afl`, built and run by `scripts/fuzz.sh`).
 
 mod bounce;
+mod dns;
 mod imap;
 mod inject;
 mod mime;
@@ -67,6 +69,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "inject_request",
         run: inject::request,
+    },
+    Target {
+        name: "dns_answer",
+        run: dns::answer,
     },
 ];
 
@@ -130,7 +136,10 @@ impl Rng {
 /// in CRLF, with no other CR or LF in it (a client's input echoed into a
 /// reply must not start a line of its own).
 pub fn assert_crlf_lines(wire: &[u8], what: &str) {
-    assert!(wire.ends_with(b"\r\n"), "{what}: reply without CRLF: {wire:?}");
+    assert!(
+        wire.ends_with(b"\r\n"),
+        "{what}: reply without CRLF: {wire:?}"
+    );
     for line in wire[..wire.len() - 2].split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         assert!(

@@ -52,7 +52,10 @@ pub fn session(data: &[u8]) {
 /// line endings made CRLF.
 fn retrieve(content: &[u8], top: Option<u32>) {
     let wire = pop3::format_retrieve(content, top);
-    let nl = wire.iter().position(|&b| b == b'\n').expect("a status line");
+    let nl = wire
+        .iter()
+        .position(|&b| b == b'\n')
+        .expect("a status line");
     let body = &wire[nl + 1..];
     let mut reader = DataReader::new(usize::MAX, usize::MAX);
     let (used, outcome) = reader.feed(body);

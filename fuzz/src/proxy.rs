@@ -12,7 +12,11 @@ pub fn header(data: &[u8]) {
     let Ok(Some((h, n))) = proxy::parse(data) else {
         return;
     };
-    assert!(n > 0 && n <= data.len(), "header length {n} of {}", data.len());
+    assert!(
+        n > 0 && n <= data.len(),
+        "header length {n} of {}",
+        data.len()
+    );
     for k in 0..n {
         assert_eq!(proxy::parse(&data[..k]), Ok(None), "prefix of {k} octets");
     }

@@ -2,7 +2,7 @@
 //! included) and the DATA reader.
 
 use tern_smtp::client::encode_data;
-use tern_smtp::command::{self, BodyType, Command, ForwardPath, MailFrom, Ret, RcptTo};
+use tern_smtp::command::{self, BodyType, Command, ForwardPath, MailFrom, RcptTo, Ret};
 use tern_smtp::{
     Action, AuthDecision, DataOutcome, DataReader, MessageOutcome, RcptDecision, Reply, Session,
     SessionConfig, codes,
@@ -127,7 +127,9 @@ pub fn session(data: &[u8]) {
     // reply per input octet is far more than a session ever sends.
     let mut budget = 64 + 4 * input.len();
     loop {
-        budget = budget.checked_sub(1).expect("the session makes no progress");
+        budget = budget
+            .checked_sub(1)
+            .expect("the session makes no progress");
         match session.poll() {
             Action::Reply(r) => {
                 assert!((200..600).contains(&r.code), "{r}");

@@ -173,7 +173,12 @@ fn every_target_has_a_corpus_and_every_corpus_a_target() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus");
     let mut dirs: Vec<String> = std::fs::read_dir(&dir)
         .expect("fuzz/corpus")
-        .map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     dirs.sort();
     let mut names: Vec<String> = TARGETS.iter().map(|t| t.name.to_string()).collect();
@@ -210,4 +215,5 @@ targets!(
     mime,
     bounce_report,
     inject_request,
+    dns_answer,
 );
