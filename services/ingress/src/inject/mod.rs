@@ -9,7 +9,7 @@ mod feedback;
 mod http;
 mod idempotency;
 mod render;
-mod request;
+pub mod request;
 
 pub(crate) use feedback::TokenNames;
 
