@@ -256,7 +256,26 @@ where
             ));
         }
     };
-    let attempted = relay(&env, job, &route.hosts, site, &plan, &body).await;
+    let attempted = match Need::for_job(&env, job, &plan, &route) {
+        Ok(need) => {
+            let first = relay(&env, job, &route.hosts, site, &plan, &body, need).await;
+            match first {
+                // RFC 8689 §5: a report (empty return path) about a
+                // REQUIRETLS message goes with REQUIRETLS where a path for it
+                // exists, but "SHOULD NOT" be discarded for want of one, and
+                // bouncing a report is discarding it. So it goes on as an
+                // ordinary message (the destination's policy, no REQUIRETLS).
+                Relayed::Refused(_) if job.mail_from.is_empty() => {
+                    let need = Need::ordinary(&env, job, &plan);
+                    relay(&env, job, &route.hosts, site, &plan, &body, need)
+                        .await
+                        .into_attempted(job)
+                }
+                other => other.into_attempted(job),
+            }
+        }
+        Err(f) => Attempted::Results(all(job, Outcome::Bounced, &f)),
+    };
     if let Attempted::Results(results) = &attempted {
         env.automation
             .observe(&rules, &plan, &env.egress.name, results)
@@ -293,8 +312,8 @@ async fn relay(
     site: &str,
     plan: &Plan,
     body: &[u8],
-) -> Attempted {
-    let need = Need::for_job(env, job, plan);
+    need: Need,
+) -> Relayed {
     let policy = need.policy;
     // Sessions are shared only between jobs with the same egress identity and
     // TLS needs, so a `required` job never rides a plaintext session and a
@@ -302,7 +321,7 @@ async fn relay(
     let key = format!("{}|{}|{}", env.egress.name, need.label(), site);
     // A stale pooled session's slot carries the new connection.
     let mut lease = match try_pooled(env, &key, job, body).await {
-        Pooled::Done(results) => return Attempted::Results(results),
+        Pooled::Done(results) => return Relayed::Done(Attempted::Results(results)),
         Pooled::None(lease) => lease.map(|l| *l),
     };
     let limit = plan
@@ -329,6 +348,10 @@ async fn relay(
                 Err(()) => continue,
             };
             if addresses == MAX_ADDRESSES || sessions == MAX_SESSIONS {
+                // Hosts left untried: RFC 8689 §4.2.1 bounces a REQUIRETLS
+                // message only once every MX host was tried, so this
+                // attempt defers it.
+                other_failure = true;
                 break 'hosts;
             }
             addresses += 1;
@@ -338,8 +361,16 @@ async fn relay(
             {
                 match wait_for_slot(env, limiter, &key, &plan.key, limit, job, body).await {
                     Slot::Lease(l) => lease = Some(*l),
-                    Slot::Delivered(results) => return Attempted::Results(results),
-                    Slot::Failed(f) => return Attempted::Results(all(job, Outcome::Deferred, &f)),
+                    Slot::Delivered(results) => {
+                        return Relayed::Done(Attempted::Results(results));
+                    }
+                    Slot::Failed(f) => {
+                        return Relayed::Done(Attempted::Results(all(
+                            job,
+                            Outcome::Deferred,
+                            &f,
+                        )));
+                    }
                 }
             }
             if let Err(wait) = connection_token(env, plan).await {
@@ -350,7 +381,7 @@ async fn relay(
                 {
                     l.release().await;
                 }
-                return Attempted::Later(wait);
+                return Relayed::Done(Attempted::Later(wait));
             }
             let addr = SocketAddr::new(ip, env.port);
             let mut policy_here = policy;
@@ -444,7 +475,7 @@ async fn relay(
                     TransEnd::Done(results, session) => {
                         span.record("result", "done");
                         finish(env, key, session);
-                        return Attempted::Results(results);
+                        return Relayed::Done(Attempted::Results(results));
                     }
                     TransEnd::Next(f, mut session) => {
                         other_failure = true;
@@ -468,10 +499,31 @@ async fn relay(
         && !other_failure
     {
         // RFC 8689 §4.2.1: no MX can take it with verified TLS and
-        // REQUIRETLS: return it rather than send it unprotected.
-        return Attempted::Results(all(job, Outcome::Bounced, &f));
+        // REQUIRETLS ("If there are no more MX hosts, the client MUST NOT
+        // transmit the message to the domain"): return it rather than send
+        // it unprotected.
+        return Relayed::Refused(f);
     }
-    Attempted::Results(all(job, Outcome::Deferred, &last))
+    Relayed::Done(Attempted::Results(all(job, Outcome::Deferred, &last)))
+}
+
+/// How [`relay`] ended.
+enum Relayed {
+    /// Delivered, deferred, or not attempted.
+    Done(Attempted),
+    /// A REQUIRETLS job every MX host refused for want of verified TLS or
+    /// REQUIRETLS (RFC 8689 §4.2.1): nothing was sent.
+    Refused(Failure),
+}
+
+impl Relayed {
+    /// A refusal bounces the job with the refusal's status (5.7.10, 5.7.30).
+    fn into_attempted(self, job: &Job) -> Attempted {
+        match self {
+            Relayed::Done(a) => a,
+            Relayed::Refused(f) => Attempted::Results(all(job, Outcome::Bounced, &f)),
+        }
+    }
 }
 
 /// What a job needs of a session's TLS.
@@ -484,15 +536,54 @@ struct Need {
 }
 
 impl Need {
-    /// The shaping plan's TLS rule, else the destination's policy; a
-    /// REQUIRETLS job overrides both.
-    fn for_job(env: &Env<'_>, job: &Job, plan: &Plan) -> Need {
-        if job.require_tls {
-            return Need {
-                policy: TlsPolicy::Required,
-                requiretls: true,
-            };
+    /// What `job` needs on `route`. A REQUIRETLS job (RFC 8689 §4.2.1)
+    /// needs verified TLS to a host that offers REQUIRETLS, whatever the
+    /// shaping plan or the destination's policy say; any other job gets
+    /// [`Need::ordinary`].
+    ///
+    /// `Err` (bounce, nothing sent) for a REQUIRETLS job whose MX hosts
+    /// cannot be trusted: §4.2.1 step 2 wants the MX answer validated by
+    /// DNSSEC or, failing that, the MX host names validated by MTA-STS
+    /// (RFC 8461 §4.1), which Tern does not implement yet. An implicit MX
+    /// (no MX records, the domain itself is the host) needs neither: the
+    /// certificate must then name the domain itself. A report (empty return
+    /// path) is not held to this (§4.2.1 applies to messages "for which the
+    /// MAIL FROM return-path is not empty", §5): it goes as an ordinary
+    /// message instead.
+    fn for_job(
+        env: &Env<'_>,
+        job: &Job,
+        plan: &Plan,
+        route: &ResolveRouteResponse,
+    ) -> Result<Need, Failure> {
+        if !job.require_tls {
+            return Ok(Need::ordinary(env, job, plan));
         }
+        if !route.authenticated && !implicit_mx(&job.destination, &route.hosts) {
+            if job.mail_from.is_empty() {
+                return Ok(Need::ordinary(env, job, plan));
+            }
+            metrics::counter!("tern_delivery_requiretls_refused_total").increment(1);
+            return Err(Failure {
+                code: 0,
+                enhanced: "5.7.10".into(),
+                reply: format!(
+                    "REQUIRETLS: the MX records of {} are not DNSSEC-validated, \
+                     so the MX hosts cannot be trusted (RFC 8689 section 4.2.1; \
+                     MTA-STS is not supported)",
+                    job.destination
+                ),
+                remote_host: String::new(),
+            });
+        }
+        Ok(Need {
+            policy: TlsPolicy::Required,
+            requiretls: true,
+        })
+    }
+
+    /// The shaping plan's TLS rule, else the destination's policy.
+    fn ordinary(env: &Env<'_>, job: &Job, plan: &Plan) -> Need {
         let policy = plan.limits.tls.map_or_else(
             || env.tls.for_destination(&job.destination, env.tls_default),
             |t| t.0,
@@ -511,6 +602,14 @@ impl Need {
             self.policy.as_str()
         }
     }
+}
+
+/// Is `hosts` the implicit MX of `domain` (RFC 5321 §5.1: no MX records,
+/// the domain itself is the one host)? The resolver answers it as one host
+/// named as the domain.
+fn implicit_mx(domain: &str, hosts: &[MxHost]) -> bool {
+    let bare = |s: &str| s.trim_end_matches('.').to_ascii_lowercase();
+    matches!(hosts, [h] if bare(&h.name) == bare(domain))
 }
 
 /// A token of the plan's connection rate (`Ok` when it has none), counted
@@ -959,22 +1058,24 @@ async fn transact(mut s: Session, job: &Job, body: &[u8]) -> TransEnd {
     if (utf8_addrs || utf8_header) && ext.smtputf8() {
         params.push("SMTPUTF8".to_string());
     }
-    if job.require_tls {
-        // Only a session opened for REQUIRETLS (pooled under its own key)
-        // gets here; check again rather than send the message unprotected.
-        if !(s.requiretls && ext.requiretls()) {
-            return TransEnd::Next(
-                Failure {
-                    code: 0,
-                    enhanced: "5.7.10".into(),
-                    reply: format!("{host}: session not verified for REQUIRETLS"),
-                    remote_host: host.into(),
-                },
-                s,
-            );
-        }
-        // RFC 8689 §4.2.1 step 5: the requirement travels with the message.
+    if job.require_tls && s.requiretls {
+        // RFC 8689 §4.2.1: the requirement travels with the message, and
+        // only on a session that meets it (verified TLS, REQUIRETLS
+        // offered after STARTTLS; §2 forbids the option on any other).
         params.push("REQUIRETLS".to_string());
+    } else if job.require_tls && !job.mail_from.is_empty() {
+        // Only a session opened for REQUIRETLS (pooled under its own key)
+        // carries such a message; check again rather than send it
+        // unprotected. (A report may go without, §5: see `Need::for_job`.)
+        return TransEnd::Next(
+            Failure {
+                code: 0,
+                enhanced: "5.7.10".into(),
+                reply: format!("{host}: session not verified for REQUIRETLS"),
+                remote_host: host.into(),
+            },
+            s,
+        );
     }
     if ext.dsn() {
         match DsnRet::try_from(job.ret) {
