@@ -1284,7 +1284,9 @@ mod tests {
         .await
         {
             Ok(s) => s,
-            Err(OpenError::Next(f) | OpenError::Tls(f)) => return SessionEnd::Next(f),
+            Err(OpenError::Next(f) | OpenError::Tls(f) | OpenError::Policy(f)) => {
+                return SessionEnd::Next(f);
+            }
         };
         match transact(s, job, body).await {
             TransEnd::Done(r, _) => SessionEnd::Done(r),
