@@ -337,7 +337,7 @@ impl Ctx {
     }
 }
 
-/// Does the header section carry `TLS-Required: No` (RFC 8689 §5), the
+/// Does the header section carry `TLS-Required: No` (RFC 8689 §3), the
 /// sender's request that the recipient's TLS policies be ignored?
 pub(crate) fn tls_required_no(message: &[u8]) -> bool {
     let (header, _) = tern_mailproto::mime::split_header(message);
