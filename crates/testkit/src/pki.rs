@@ -78,10 +78,9 @@ impl TestPki {
     /// first also the CN) issued by this CA, and its key, as PEM files
     /// `<stem>.pem` and `<stem>-key.pem` in [`TestPki::dir`].
     pub fn issue_server(&self, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-        let mut params = CertificateParams::new(
-            names.iter().map(|n| n.to_string()).collect::<Vec<String>>(),
-        )
-        .expect("certificate params");
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<String>>())
+                .expect("certificate params");
         params
             .distinguished_name
             .push(DnType::CommonName, names.first().copied().unwrap_or(stem));

@@ -365,11 +365,7 @@ async fn relay(
                         return Relayed::Done(Attempted::Results(results));
                     }
                     Slot::Failed(f) => {
-                        return Relayed::Done(Attempted::Results(all(
-                            job,
-                            Outcome::Deferred,
-                            &f,
-                        )));
+                        return Relayed::Done(Attempted::Results(all(job, Outcome::Deferred, &f)));
                     }
                 }
             }

@@ -23,9 +23,9 @@ mod common;
 use common::{BODY, Harness, PyPeer, WAIT, job, outcomes};
 use prost::Message as _;
 use tern_proto::{Envelope, Outcome};
+use tern_runtime::Shutdown;
 use tern_runtime::bus;
 use tern_runtime::config::Source;
-use tern_runtime::Shutdown;
 use tern_testkit::{TestPki, wait_for};
 
 fn port(h: &Harness) -> String {
@@ -160,8 +160,12 @@ async fn hosts_with_verified_tls_but_no_requiretls_or_the_wrong_name_get_nothing
     // (§4.2.1: the MX host name "MUST match" the certificate): 5.7.10.
     let (cert, key) = pki.issue_server("other", &["mx.other.test"]);
     let wrong = PyPeer::start_with_cert("127.0.0.23", &port(&h), &cert, &key, &[]);
-    h.publish(&requiretls_job("w1", "wrongname.test", "dave@wrongname.test"))
-        .await;
+    h.publish(&requiretls_job(
+        "w1",
+        "wrongname.test",
+        "dave@wrongname.test",
+    ))
+    .await;
     let r = h.result_of("wrongname.test", "w1").await;
     assert_eq!(r.results[0].outcome, Outcome::Bounced as i32, "{r:?}");
     assert_eq!(r.results[0].enhanced, "5.7.10", "{:?}", r.results[0]);

@@ -221,7 +221,10 @@ impl Harness {
             let key = dns.trust_anchor("test.").unwrap();
             std::fs::write(file.path(), format!("{key}\n")).unwrap();
             rpairs.push(("dns_dnssec", "true".to_string()));
-            rpairs.push(("dns_trust_anchor", file.path().to_str().unwrap().to_string()));
+            rpairs.push((
+                "dns_trust_anchor",
+                file.path().to_str().unwrap().to_string(),
+            ));
             file
         });
         let rsrc = Source::from_pairs(rpairs.iter().map(|(k, v)| (*k, v.as_str())));
