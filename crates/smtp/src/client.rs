@@ -406,6 +406,11 @@ impl Extensions {
         self.has("STARTTLS")
     }
 
+    /// REQUIRETLS (RFC 8689 §2).
+    pub fn requiretls(&self) -> bool {
+        self.has("REQUIRETLS")
+    }
+
     /// DSN (RFC 3461).
     pub fn dsn(&self) -> bool {
         self.has("DSN")

@@ -4,7 +4,8 @@
 //! (RFC 5321 §2.4). Paths follow RFC 5321 §4.1.2, extended to UTF-8 by
 //! RFC 6531 §3.3; ESMTP parameters follow RFC 5321 §4.1.2 (`esmtp-param`) and
 //! the extensions that define them: SIZE (RFC 1870), BODY (RFC 6152, RFC 3030),
-//! SMTPUTF8 (RFC 6531), RET/ENVID/NOTIFY/ORCPT (RFC 3461) and AUTH (RFC 4954).
+//! SMTPUTF8 (RFC 6531), RET/ENVID/NOTIFY/ORCPT (RFC 3461), AUTH (RFC 4954) and
+//! REQUIRETLS (RFC 8689).
 //!
 //! Parsing never panics and never allocates more than the line's size.
 
@@ -238,6 +239,9 @@ pub struct MailFrom {
     pub envid: Option<String>,
     /// `AUTH=` (RFC 4954 §5), xtext-decoded; `<>` means unknown.
     pub auth: Option<String>,
+    /// `REQUIRETLS` was given (RFC 8689 §3): every onward hop must use
+    /// verified TLS.
+    pub require_tls: bool,
 }
 
 impl MailFrom {
@@ -249,6 +253,7 @@ impl MailFrom {
             || self.ret.is_some()
             || self.envid.is_some()
             || self.auth.is_some()
+            || self.require_tls
     }
 
     /// The reverse path as text without brackets; empty for `<>`.
@@ -504,6 +509,14 @@ fn parse_mail(arg: &str) -> Result<MailFrom, CommandError> {
                 return Err(invalid(K, "takes no value"));
             }
             mail.smtputf8 = true;
+        } else if keyword.eq_ignore_ascii_case("REQUIRETLS") {
+            // RFC 8689 §3: no value.
+            const K: &str = "REQUIRETLS";
+            dup(K, mail.require_tls)?;
+            if value.is_some() {
+                return Err(invalid(K, "takes no value"));
+            }
+            mail.require_tls = true;
         } else if keyword.eq_ignore_ascii_case("RET") {
             const K: &str = "RET";
             dup(K, mail.ret.is_some())?;
@@ -1090,6 +1103,14 @@ mod tests {
     }
 
     #[test]
+    fn mail_from_requiretls() {
+        let m = mail("MAIL FROM:<a@b.example> requiretls");
+        assert!(m.require_tls);
+        assert!(m.has_parameters());
+        assert!(!mail("MAIL FROM:<a@b.example>").require_tls);
+    }
+
+    #[test]
     fn mail_from_bad_parameters() {
         assert_eq!(
             p("MAIL FROM:<a@b> X-FOO=1"),
@@ -1108,6 +1129,8 @@ mod tests {
             "MAIL FROM:<a@b> SIZE=1 SIZE=2",
             "MAIL FROM:<a@b> BODY=9BIT",
             "MAIL FROM:<a@b> SMTPUTF8=yes",
+            "MAIL FROM:<a@b> REQUIRETLS=yes",
+            "MAIL FROM:<a@b> REQUIRETLS REQUIRETLS",
             "MAIL FROM:<a@b> RET=ALL",
             "MAIL FROM:<a@b> ENVID=a+zz",
             "MAIL FROM:<a@b> ENVID=a+4",

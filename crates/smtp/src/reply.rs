@@ -233,6 +233,8 @@ pub mod codes {
     pub const AUTH_REQUIRED: Enhanced = Enhanced::new(5, 7, 0);
     /// 5.7.8 Authentication credentials invalid (RFC 4954 §6).
     pub const AUTH_INVALID: Enhanced = Enhanced::new(5, 7, 8);
+    /// 5.7.10 Encryption needed (RFC 5248; REQUIRETLS outside TLS, RFC 8689).
+    pub const ENCRYPTION_NEEDED: Enhanced = Enhanced::new(5, 7, 10);
     /// 5.7.11 Encryption required for the mechanism (RFC 4954 §6, RFC 5248).
     pub const ENCRYPTION_REQUIRED: Enhanced = Enhanced::new(5, 7, 11);
     /// 5.0.0 Other undefined status (AUTH cancelled, RFC 4954 §4).

@@ -23,8 +23,9 @@
 //! 501 5.5.4, 555 5.5.4), line length (RFC 5321 §4.5.3.1.4/§4.5.3.1.6), the
 //! recipient limit (452 4.5.3, RFC 5321 §4.5.3.1.10), the size limit
 //! (552 5.3.4, RFC 1870 §6), and, when configured, TLS before commands
-//! (530 5.7.0, RFC 3207 §4), AUTH PLAIN/LOGIN (RFC 4954) and AUTH before
-//! MAIL (530 5.7.0). Nothing here panics on any input.
+//! (530 5.7.0, RFC 3207 §4), AUTH PLAIN/LOGIN (RFC 4954), AUTH before
+//! MAIL (530 5.7.0), and REQUIRETLS only over TLS (530 5.7.10, RFC 8689).
+//! Nothing here panics on any input.
 
 use std::collections::VecDeque;
 
@@ -73,6 +74,9 @@ pub struct SessionConfig {
     /// An authenticated client may only use its own address (or `<>`) as
     /// the envelope sender (`553 5.7.1` otherwise).
     pub sender_login_match: bool,
+    /// Offer REQUIRETLS (RFC 8689): advertised, and the MAIL parameter
+    /// accepted, only once the session runs over TLS (§2, §4.1).
+    pub requiretls: bool,
 }
 
 impl SessionConfig {
@@ -91,6 +95,7 @@ impl SessionConfig {
             require_auth: false,
             require_tls: false,
             sender_login_match: true,
+            requiretls: true,
         }
     }
 }
@@ -767,6 +772,10 @@ impl Session {
         if self.auth_offered() {
             r = r.with_line("AUTH PLAIN LOGIN");
         }
+        if self.config.requiretls && self.tls {
+            // RFC 8689 §2: only in a TLS session.
+            r = r.with_line("REQUIRETLS");
+        }
         r
     }
 
@@ -857,6 +866,24 @@ impl Session {
                 codes::BAD_ARGS,
                 "BODY=BINARYMIME not supported",
             ));
+        }
+        if mail.require_tls {
+            if !self.config.requiretls {
+                return self.error(Reply::new(
+                    555,
+                    codes::BAD_ARGS,
+                    "Unsupported parameter REQUIRETLS",
+                ));
+            }
+            if !self.tls {
+                // RFC 8689 §2/§4.1: REQUIRETLS is only valid over TLS; a
+                // message asking for it must not arrive in clear.
+                return self.error(Reply::new(
+                    530,
+                    codes::ENCRYPTION_NEEDED,
+                    "REQUIRETLS needs a TLS session: issue STARTTLS first",
+                ));
+            }
         }
         if mail.auth.is_some() && !self.config.auth {
             // RFC 4954 §5: without AUTH, the parameter is an unknown one.

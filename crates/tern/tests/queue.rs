@@ -271,6 +271,64 @@ async fn a_bounce_reports_to_the_sender_but_never_to_the_null_sender() {
     stack.stop().await;
 }
 
+/// RFC 8689 end to end: a REQUIRETLS message (sent over STARTTLS with
+/// smtplib, asking RET=FULL) to a domain whose MX answer is not
+/// DNSSEC-validated is not sent (§4.2.1; the sink gets nothing) but bounced
+/// with 5.7.10, and the DSN returns the header section only (§5: "MUST
+/// behave as if RET=HDRS was present"; RET=FULL "MUST be disregarded").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requiretls_bounce_returns_the_header_section_only() {
+    let stack = Stack::start(&[TRUSTED]).await;
+    stack.add_user("alice@localhost", "wonderland").await;
+    let js = js(&stack).await;
+    const SCRIPT: &str = r#"
+import smtplib, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = smtplib.SMTP(sys.argv[1], int(sys.argv[2]), local_hostname="client.test", timeout=30)
+s.starttls(context=ctx)
+s.ehlo()
+assert s.has_extn("requiretls")
+msg = b"From: alice@localhost\r\nSubject: sealed\r\n\r\nthe secret body text\r\n"
+code, text = s.mail("alice@localhost", ["REQUIRETLS", "RET=FULL"])
+assert code == 250, (code, text)
+code, text = s.rcpt("carol@remote.test")
+assert code == 250, (code, text)
+code, text = s.data(msg)
+assert code == 250, (code, text)
+s.quit()
+"#;
+    let addr = stack.addr("smtp");
+    python(SCRIPT, &[addr.ip().to_string(), addr.port().to_string()]).await;
+    let bounced = wait_event(&js, "the REQUIRETLS bounce", |e| {
+        e.kind == "bounced" && e.recipient == "carol@remote.test"
+    })
+    .await;
+    assert_eq!(bounced.enhanced, "5.7.10", "{bounced:?}");
+
+    let dsn = first_in_alices_inbox(&stack).await;
+    for needle in [
+        "Return-Path: <>",
+        "Final-Recipient: rfc822; carol@remote.test",
+        "Status: 5.7.10",
+        "Content-Type: text/rfc822-headers",
+        "Subject: sealed",
+    ] {
+        assert!(dsn.contains(needle), "DSN lacks {needle:?}:\n{dsn}");
+    }
+    assert!(
+        !dsn.contains("the secret body text"),
+        "the body came back:\n{dsn}"
+    );
+    assert!(
+        stack.sink.messages().is_empty(),
+        "nothing reached the MX: {:?}",
+        stack.sink.messages()
+    );
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hold_keeps_jobs_and_release_delivers_them() {
     let stack = Stack::start(&[TRUSTED]).await;

@@ -12,6 +12,8 @@ use rcgen::{
 /// PEM files of a test CA and the certificates it issued; removed on drop.
 pub struct TestPki {
     dir: tempfile::TempDir,
+    /// The CA, to issue more certificates ([`TestPki::issue_server`]).
+    issuer: Issuer<'static, KeyPair>,
     /// The CA certificate.
     pub ca: PathBuf,
     /// Server certificate (SANs `127.0.0.1`, `localhost`).
@@ -62,6 +64,7 @@ impl TestPki {
             path
         };
         TestPki {
+            issuer,
             ca: write("ca.pem", &ca_cert.pem()),
             server_cert: write("server.pem", &server_cert),
             server_key: write("server-key.pem", &server_key),
@@ -69,6 +72,28 @@ impl TestPki {
             client_key: write("client-key.pem", &client_key),
             dir,
         }
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses, the
+    /// first also the CN) issued by this CA, and its key, as PEM files
+    /// `<stem>.pem` and `<stem>-key.pem` in [`TestPki::dir`].
+    pub fn issue_server(&self, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<String>>())
+                .expect("certificate params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, names.first().copied().unwrap_or(stem));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().expect("certificate key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("sign certificate");
+        let cert_path = self.dir.path().join(format!("{stem}.pem"));
+        let key_path = self.dir.path().join(format!("{stem}-key.pem"));
+        std::fs::write(&cert_path, cert.pem()).expect("write PEM file");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write PEM file");
+        (cert_path, key_path)
     }
 
     /// The directory holding the files.

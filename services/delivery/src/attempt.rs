@@ -110,6 +110,8 @@ pub(crate) struct Env<'a> {
     /// Retry a host in plaintext after its TLS failed (opportunistic only).
     pub tls_fallback: bool,
     pub tls_config: Arc<rustls::ClientConfig>,
+    /// Verified TLS (trusted roots, host name checked), for REQUIRETLS.
+    pub verified_tls: Arc<rustls::ClientConfig>,
     pub pool: &'a Pool,
     pub limiter: Option<&'a Limiter>,
     /// Cluster-wide message rate limits, if any are configured.
@@ -254,7 +256,26 @@ where
             ));
         }
     };
-    let attempted = relay(&env, job, &route.hosts, site, &plan, &body).await;
+    let attempted = match Need::for_job(&env, job, &plan, &route) {
+        Ok(need) => {
+            let first = relay(&env, job, &route.hosts, site, &plan, &body, need).await;
+            match first {
+                // RFC 8689 §5: a report (empty return path) about a
+                // REQUIRETLS message goes with REQUIRETLS where a path for it
+                // exists, but "SHOULD NOT" be discarded for want of one, and
+                // bouncing a report is discarding it. So it goes on as an
+                // ordinary message (the destination's policy, no REQUIRETLS).
+                Relayed::Refused(_) if job.mail_from.is_empty() => {
+                    let need = Need::ordinary(&env, job, &plan);
+                    relay(&env, job, &route.hosts, site, &plan, &body, need)
+                        .await
+                        .into_attempted(job)
+                }
+                other => other.into_attempted(job),
+            }
+        }
+        Err(f) => Attempted::Results(all(job, Outcome::Bounced, &f)),
+    };
     if let Attempted::Results(results) = &attempted {
         env.automation
             .observe(&rules, &plan, &env.egress.name, results)
@@ -291,17 +312,16 @@ async fn relay(
     site: &str,
     plan: &Plan,
     body: &[u8],
-) -> Attempted {
-    let policy = plan.limits.tls.map_or_else(
-        || env.tls.for_destination(&job.destination, env.tls_default),
-        |t| t.0,
-    );
+    need: Need,
+) -> Relayed {
+    let policy = need.policy;
     // Sessions are shared only between jobs with the same egress identity and
-    // TLS policy, so a `required` job never rides a plaintext session.
-    let key = format!("{}|{}|{}", env.egress.name, policy, site);
+    // TLS needs, so a `required` job never rides a plaintext session and a
+    // REQUIRETLS job only rides a verified one.
+    let key = format!("{}|{}|{}", env.egress.name, need.label(), site);
     // A stale pooled session's slot carries the new connection.
     let mut lease = match try_pooled(env, &key, job, body).await {
-        Pooled::Done(results) => return Attempted::Results(results),
+        Pooled::Done(results) => return Relayed::Done(Attempted::Results(results)),
         Pooled::None(lease) => lease.map(|l| *l),
     };
     let limit = plan
@@ -315,6 +335,9 @@ async fn relay(
         remote_host: String::new(),
     };
     let (mut addresses, mut sessions) = (0, 0);
+    // A REQUIRETLS job bounces only if every host it reached refused it for
+    // want of verified TLS or REQUIRETLS; any other failure defers it.
+    let (mut refused, mut other_failure) = (None::<Failure>, false);
     'hosts: for host in hosts {
         for text in &host.addresses {
             let Ok(ip) = text.parse::<IpAddr>() else {
@@ -325,6 +348,10 @@ async fn relay(
                 Err(()) => continue,
             };
             if addresses == MAX_ADDRESSES || sessions == MAX_SESSIONS {
+                // Hosts left untried: RFC 8689 §4.2.1 bounces a REQUIRETLS
+                // message only once every MX host was tried, so this
+                // attempt defers it.
+                other_failure = true;
                 break 'hosts;
             }
             addresses += 1;
@@ -334,8 +361,12 @@ async fn relay(
             {
                 match wait_for_slot(env, limiter, &key, &plan.key, limit, job, body).await {
                     Slot::Lease(l) => lease = Some(*l),
-                    Slot::Delivered(results) => return Attempted::Results(results),
-                    Slot::Failed(f) => return Attempted::Results(all(job, Outcome::Deferred, &f)),
+                    Slot::Delivered(results) => {
+                        return Relayed::Done(Attempted::Results(results));
+                    }
+                    Slot::Failed(f) => {
+                        return Relayed::Done(Attempted::Results(all(job, Outcome::Deferred, &f)));
+                    }
                 }
             }
             if let Err(wait) = connection_token(env, plan).await {
@@ -346,7 +377,7 @@ async fn relay(
                 {
                     l.release().await;
                 }
-                return Attempted::Later(wait);
+                return Relayed::Done(Attempted::Later(wait));
             }
             let addr = SocketAddr::new(ip, env.port);
             let mut policy_here = policy;
@@ -358,6 +389,7 @@ async fn relay(
                 {
                     Ok(s) => s,
                     Err(reply) => {
+                        other_failure = true;
                         span.record("result", "connect failed");
                         last = Failure {
                             code: 0,
@@ -369,13 +401,19 @@ async fn relay(
                     }
                 };
                 sessions += 1;
+                let tls_config = if need.requiretls {
+                    &env.verified_tls
+                } else {
+                    &env.tls_config
+                };
                 let opened = open(
                     Box::new(stream),
                     &host.name,
                     &env.egress.ehlo_name,
                     env.timeouts,
-                    &env.tls_config,
+                    tls_config,
                     policy_here,
+                    need.requiretls,
                 )
                 .instrument(span.clone())
                 .await;
@@ -390,7 +428,35 @@ async fn relay(
                         policy_here = TlsPolicy::Disabled;
                         continue;
                     }
-                    Err(OpenError::Tls(f) | OpenError::Next(f)) => {
+                    Err(OpenError::Tls(f) | OpenError::Next(f)) if !need.requiretls => {
+                        span.record("result", "next host");
+                        tracing::info!(parent: &span, reply = %f.reply, "host did not take the message; trying the next");
+                        last = f;
+                        continue 'hosts;
+                    }
+                    Err(OpenError::Tls(f) | OpenError::Policy(f)) => {
+                        // RFC 8689 §4.2.1: not to this host, and never in clear.
+                        span.record("result", "REQUIRETLS not met");
+                        tracing::info!(parent: &span, reply = %f.reply, "host cannot take a REQUIRETLS message; trying the next");
+                        metrics::counter!("tern_delivery_requiretls_refused_total").increment(1);
+                        if (400..500).contains(&f.code) {
+                            // The server itself said "not now" (454 to STARTTLS).
+                            other_failure = true;
+                            last = f;
+                            continue 'hosts;
+                        }
+                        let enhanced = if f.enhanced == "5.7.30" {
+                            f.enhanced
+                        } else {
+                            "5.7.10".into()
+                        };
+                        let f = Failure { enhanced, ..f };
+                        last = f.clone();
+                        refused = Some(f);
+                        continue 'hosts;
+                    }
+                    Err(OpenError::Next(f)) => {
+                        other_failure = true;
                         span.record("result", "next host");
                         tracing::info!(parent: &span, reply = %f.reply, "host did not take the message; trying the next");
                         last = f;
@@ -405,9 +471,10 @@ async fn relay(
                     TransEnd::Done(results, session) => {
                         span.record("result", "done");
                         finish(env, key, session);
-                        return Attempted::Results(results);
+                        return Relayed::Done(Attempted::Results(results));
                     }
                     TransEnd::Next(f, mut session) => {
+                        other_failure = true;
                         span.record("result", "next host");
                         tracing::info!(parent: &span, reply = %f.reply, "host did not take the message; trying the next");
                         lease = session.lease.take();
@@ -424,7 +491,121 @@ async fn relay(
     {
         l.release().await;
     }
-    Attempted::Results(all(job, Outcome::Deferred, &last))
+    if let Some(f) = refused
+        && !other_failure
+    {
+        // RFC 8689 §4.2.1: no MX can take it with verified TLS and
+        // REQUIRETLS ("If there are no more MX hosts, the client MUST NOT
+        // transmit the message to the domain"): return it rather than send
+        // it unprotected.
+        return Relayed::Refused(f);
+    }
+    Relayed::Done(Attempted::Results(all(job, Outcome::Deferred, &last)))
+}
+
+/// How [`relay`] ended.
+enum Relayed {
+    /// Delivered, deferred, or not attempted.
+    Done(Attempted),
+    /// A REQUIRETLS job every MX host refused for want of verified TLS or
+    /// REQUIRETLS (RFC 8689 §4.2.1): nothing was sent.
+    Refused(Failure),
+}
+
+impl Relayed {
+    /// A refusal bounces the job with the refusal's status (5.7.10, 5.7.30).
+    fn into_attempted(self, job: &Job) -> Attempted {
+        match self {
+            Relayed::Done(a) => a,
+            Relayed::Refused(f) => Attempted::Results(all(job, Outcome::Bounced, &f)),
+        }
+    }
+}
+
+/// What a job needs of a session's TLS.
+#[derive(Debug, Clone, Copy)]
+struct Need {
+    /// The destination's STARTTLS policy (`required` for REQUIRETLS).
+    policy: TlsPolicy,
+    /// RFC 8689: verified TLS to a host that offers REQUIRETLS.
+    requiretls: bool,
+}
+
+impl Need {
+    /// What `job` needs on `route`. A REQUIRETLS job (RFC 8689 §4.2.1)
+    /// needs verified TLS to a host that offers REQUIRETLS, whatever the
+    /// shaping plan or the destination's policy say; any other job gets
+    /// [`Need::ordinary`].
+    ///
+    /// `Err` (bounce, nothing sent) for a REQUIRETLS job whose MX hosts
+    /// cannot be trusted: §4.2.1 step 2 wants the MX answer validated by
+    /// DNSSEC or, failing that, the MX host names validated by MTA-STS
+    /// (RFC 8461 §4.1), which Tern does not implement yet. An implicit MX
+    /// (no MX records, the domain itself is the host) needs neither: the
+    /// certificate must then name the domain itself. A report (empty return
+    /// path) is not held to this (§4.2.1 applies to messages "for which the
+    /// MAIL FROM return-path is not empty", §5): it goes as an ordinary
+    /// message instead.
+    fn for_job(
+        env: &Env<'_>,
+        job: &Job,
+        plan: &Plan,
+        route: &ResolveRouteResponse,
+    ) -> Result<Need, Failure> {
+        if !job.require_tls {
+            return Ok(Need::ordinary(env, job, plan));
+        }
+        if !route.authenticated && !implicit_mx(&job.destination, &route.hosts) {
+            if job.mail_from.is_empty() {
+                return Ok(Need::ordinary(env, job, plan));
+            }
+            metrics::counter!("tern_delivery_requiretls_refused_total").increment(1);
+            return Err(Failure {
+                code: 0,
+                enhanced: "5.7.10".into(),
+                reply: format!(
+                    "REQUIRETLS: the MX records of {} are not DNSSEC-validated, \
+                     so the MX hosts cannot be trusted (RFC 8689 section 4.2.1; \
+                     MTA-STS is not supported)",
+                    job.destination
+                ),
+                remote_host: String::new(),
+            });
+        }
+        Ok(Need {
+            policy: TlsPolicy::Required,
+            requiretls: true,
+        })
+    }
+
+    /// The shaping plan's TLS rule, else the destination's policy.
+    fn ordinary(env: &Env<'_>, job: &Job, plan: &Plan) -> Need {
+        let policy = plan.limits.tls.map_or_else(
+            || env.tls.for_destination(&job.destination, env.tls_default),
+            |t| t.0,
+        );
+        Need {
+            policy,
+            requiretls: false,
+        }
+    }
+
+    /// The part of the pool key that keeps sessions of different needs apart.
+    fn label(self) -> &'static str {
+        if self.requiretls {
+            "requiretls"
+        } else {
+            self.policy.as_str()
+        }
+    }
+}
+
+/// Is `hosts` the implicit MX of `domain` (RFC 5321 §5.1: no MX records,
+/// the domain itself is the one host)? The resolver answers it as one host
+/// named as the domain.
+fn implicit_mx(domain: &str, hosts: &[MxHost]) -> bool {
+    let bare = |s: &str| s.trim_end_matches('.').to_ascii_lowercase();
+    matches!(hosts, [h] if bare(&h.name) == bare(domain))
 }
 
 /// A token of the plan's connection rate (`Ok` when it has none), counted
@@ -639,11 +820,17 @@ async fn connect(
 enum OpenError {
     /// Greeting, EHLO, or a TLS policy the host cannot meet: next host.
     Next(Failure),
-    /// STARTTLS or the TLS handshake failed on this host.
+    /// STARTTLS or the TLS handshake failed on this host (for verified
+    /// TLS, also a certificate that does not verify).
     Tls(Failure),
+    /// The host cannot meet the job's TLS needs: no STARTTLS where TLS is
+    /// required, or no REQUIRETLS after verified TLS.
+    Policy(Failure),
 }
 
 /// Greeting, EHLO, STARTTLS as `policy` says (then EHLO again, RFC 3207 §4.2).
+/// With `requiretls`, `tls_config` verifies the certificate against `host`
+/// and the host must offer REQUIRETLS after the handshake (RFC 8689 §4.2.1).
 async fn open(
     stream: Box<dyn Io>,
     host: &str,
@@ -651,6 +838,7 @@ async fn open(
     timeouts: Timeouts,
     tls_config: &Arc<rustls::ClientConfig>,
     policy: TlsPolicy,
+    requiretls: bool,
 ) -> Result<Session, OpenError> {
     let (mut c, _greeting) = match Conn::connect(stream, timeouts).await {
         Ok(x) => x,
@@ -676,10 +864,19 @@ async fn open(
             return Err(OpenError::Tls(f));
         }
         let plain = c.into_inner();
-        // SNI only: the opportunistic verifier does not check the name.
-        let name = ServerName::try_from(host.trim_end_matches('.').to_string()).unwrap_or(
-            ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into()),
-        );
+        // SNI, and for verified TLS the name the certificate must carry.
+        let name = match ServerName::try_from(host.trim_end_matches('.').to_string()) {
+            Ok(n) => n,
+            Err(_) if requiretls => {
+                return Err(OpenError::Policy(Failure {
+                    code: 0,
+                    enhanced: "5.7.10".into(),
+                    reply: format!("{host}: not a host name a certificate can be verified against"),
+                    remote_host: host.into(),
+                }));
+            }
+            Err(_) => ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into()),
+        };
         let connector = tokio_rustls::TlsConnector::from(tls_config.clone());
         let handshake =
             tokio::time::timeout(timeouts.command, connector.connect(name, plain)).await;
@@ -711,10 +908,25 @@ async fn open(
     }
     if policy == TlsPolicy::Required && !tls {
         c.quit().await;
-        return Err(OpenError::Next(Failure {
+        let f = Failure {
             code: 0,
             enhanced: "4.7.4".into(),
             reply: format!("TLS is required, but was not offered by host {host}"),
+            remote_host: host.into(),
+        };
+        return Err(if requiretls {
+            OpenError::Policy(f)
+        } else {
+            OpenError::Next(f)
+        });
+    }
+    if requiretls && !c.extensions().requiretls() {
+        c.quit().await;
+        // RFC 8689 §7.3 registers 5.7.30 for exactly this.
+        return Err(OpenError::Policy(Failure {
+            code: 0,
+            enhanced: "5.7.30".into(),
+            reply: format!("REQUIRETLS support required, but host {host} does not offer it"),
             remote_host: host.into(),
         }));
     }
@@ -722,6 +934,7 @@ async fn open(
         conn: c,
         host: host.to_string(),
         tls,
+        requiretls,
         messages: 0,
         max_messages: None,
         idle_since: std::time::Instant::now(),
@@ -840,6 +1053,25 @@ async fn transact(mut s: Session, job: &Job, body: &[u8]) -> TransEnd {
     // RFC 6531 §3.4: SMTPUTF8 only when the message needs it.
     if (utf8_addrs || utf8_header) && ext.smtputf8() {
         params.push("SMTPUTF8".to_string());
+    }
+    if job.require_tls && s.requiretls {
+        // RFC 8689 §4.2.1: the requirement travels with the message, and
+        // only on a session that meets it (verified TLS, REQUIRETLS
+        // offered after STARTTLS; §2 forbids the option on any other).
+        params.push("REQUIRETLS".to_string());
+    } else if job.require_tls && !job.mail_from.is_empty() {
+        // Only a session opened for REQUIRETLS (pooled under its own key)
+        // carries such a message; check again rather than send it
+        // unprotected. (A report may go without, §5: see `Need::for_job`.)
+        return TransEnd::Next(
+            Failure {
+                code: 0,
+                enhanced: "5.7.10".into(),
+                reply: format!("{host}: session not verified for REQUIRETLS"),
+                remote_host: host.into(),
+            },
+            s,
+        );
     }
     if ext.dsn() {
         match DsnRet::try_from(job.ret) {
@@ -1043,11 +1275,14 @@ mod tests {
             timeouts,
             &cfg,
             TlsPolicy::Disabled,
+            false,
         )
         .await
         {
             Ok(s) => s,
-            Err(OpenError::Next(f) | OpenError::Tls(f)) => return SessionEnd::Next(f),
+            Err(OpenError::Next(f) | OpenError::Tls(f) | OpenError::Policy(f)) => {
+                return SessionEnd::Next(f);
+            }
         };
         match transact(s, job, body).await {
             TransEnd::Done(r, _) => SessionEnd::Done(r),

@@ -75,6 +75,12 @@ pub const DELIVERY_TLS_PLAINTEXT_FALLBACK: Key<bool> = Key::new(
     "false",
     "after a failed STARTTLS/handshake on an opportunistic destination, retry that host in plaintext",
 );
+/// `TERN_DELIVERY_TLS_CA_FILE`.
+pub const DELIVERY_TLS_CA_FILE: Key<Option<PathBuf>> = Key::new(
+    "delivery_tls_ca_file",
+    "",
+    "PEM bundle of the CA roots verified TLS trusts (REQUIRETLS messages); empty = the system's CA store",
+);
 /// `TERN_DELIVERY_MESSAGES_PER_CONNECTION`.
 pub const DELIVERY_MESSAGES_PER_CONNECTION: Key<usize> = Key::new(
     "delivery_messages_per_connection",
@@ -198,6 +204,10 @@ pub struct Config {
     pub tls_policies: TlsPolicies,
     /// Retry a host in plaintext after its TLS failed (opportunistic only).
     pub tls_plaintext_fallback: bool,
+    /// The CA bundle verified TLS trusts (`None`: the system's store).
+    pub tls_ca_file: Option<PathBuf>,
+    /// The roots loaded from `tls_ca_file` or the system, at start.
+    pub tls_roots: Arc<rustls::RootCertStore>,
     /// Most transactions per connection.
     pub messages_per_connection: usize,
     /// Longest idle time of a pooled connection.
@@ -236,6 +246,11 @@ impl Config {
         }
         let common = CommonConfig::from_source(src)?;
         let shaping_file = src.get(&SHAPING_FILE)?;
+        let tls_ca_file = src.get(&DELIVERY_TLS_CA_FILE)?;
+        let tls_roots = tls::roots(tls_ca_file.as_deref()).map_err(|e| ConfigError::File {
+            path: tls_ca_file.clone().unwrap_or_default(),
+            message: format!("TERN_DELIVERY_TLS_CA_FILE: {e}"),
+        })?;
         Ok(Config {
             grpc_listen: src.get(&endpoints::DELIVERY_GRPC)?,
             admin_listen: src.get(&endpoints::DELIVERY_ADMIN)?,
@@ -247,6 +262,8 @@ impl Config {
             tls_policy: src.get(&DELIVERY_TLS_POLICY)?,
             tls_policies: src.get(&DELIVERY_TLS_POLICIES)?,
             tls_plaintext_fallback: src.get(&DELIVERY_TLS_PLAINTEXT_FALLBACK)?,
+            tls_ca_file,
+            tls_roots: Arc::new(tls_roots),
             messages_per_connection: src.get(&DELIVERY_MESSAGES_PER_CONNECTION)?.max(1),
             connection_idle: src.get(&DELIVERY_CONNECTION_IDLE)?,
             destination_concurrency: src.get(&DELIVERY_DESTINATION_CONCURRENCY)?,
@@ -458,6 +475,7 @@ async fn work(config: Config, shutdown: &Shutdown, ready: &admin::Readiness) -> 
         js,
         resolver,
         tls_config: tls::client_config()?,
+        verified_tls: tls::verified_config(config.tls_roots.clone())?,
         config,
         holds,
         closing: shutdown.clone(),
@@ -509,6 +527,8 @@ struct Ctx {
     closing: Shutdown,
     /// rustls client configuration for STARTTLS.
     tls_config: Arc<rustls::ClientConfig>,
+    /// rustls client configuration for verified TLS (REQUIRETLS).
+    verified_tls: Arc<rustls::ClientConfig>,
     /// Idle sessions for reuse.
     pool: pool::Pool,
     /// Cluster-wide per-site connection limits.
@@ -632,6 +652,7 @@ async fn run_attempt(ctx: &Ctx, job: &Job) -> attempt::Attempted {
         tls_default: ctx.config.tls_policy,
         tls_fallback: ctx.config.tls_plaintext_fallback,
         tls_config: ctx.tls_config.clone(),
+        verified_tls: ctx.verified_tls.clone(),
         pool: &ctx.pool,
         limiter: ctx.limiter.as_ref(),
         rates: ctx.rates.as_ref(),

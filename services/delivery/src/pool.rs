@@ -39,6 +39,10 @@ pub(crate) struct Session {
     pub host: String,
     /// Whether the session runs over TLS.
     pub tls: bool,
+    /// Whether that TLS was verified (chain to a trusted root, certificate
+    /// naming the host) and the host offers REQUIRETLS: it may carry
+    /// REQUIRETLS messages (RFC 8689 §4.2.1).
+    pub requiretls: bool,
     /// Transactions already run on it.
     pub messages: usize,
     /// Its own transaction limit (from the shaping plan), instead of the

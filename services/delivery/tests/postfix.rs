@@ -315,3 +315,47 @@ async fn into_a_real_postfix_mx_over_starttls() {
         );
     }
 }
+
+/// RFC 8689 §4.2.1: a REQUIRETLS message to a host without STARTTLS
+/// (smtp-sink offers none) is bounced with 5.7.10 ("Unable to establish
+/// TLS-protected SMTP session"; 5.7.30 is for a TLS host that does not
+/// offer REQUIRETLS, tests/requiretls.rs) and never sent in plaintext. The
+/// zone is DNSSEC-signed so that the MX answer is trusted and the refusal
+/// is the host's (see tests/requiretls.rs).
+#[tokio::test]
+async fn requiretls_is_never_sent_to_smtp_sink_in_plaintext() {
+    let h = Harness::start_signed(&[]).await;
+    let sink = Sink::start(&format!("127.0.0.8:{}", h.base.port));
+    wait_for("smtp-sink listening", WAIT, || async {
+        tokio::net::TcpStream::connect(format!("127.0.0.8:{}", h.base.port))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    let mut j = job("rt1", "sink.test", &["a@sink.test"], BODY);
+    j.require_tls = true;
+    h.publish(&j).await;
+    let r = h.result_of("sink.test", "rt1").await;
+    assert_eq!(r.results[0].outcome, Outcome::Bounced as i32, "{r:?}");
+    assert_eq!(r.results[0].enhanced, "5.7.10", "{:?}", r.results[0]);
+    assert!(
+        r.results[0].reply.contains("TLS is required"),
+        "{:?}",
+        r.results[0]
+    );
+    // The same message without REQUIRETLS is delivered, so smtp-sink was
+    // up and reachable; only then is its dump directory checked.
+    h.publish(&job("rt2", "sink.test", &["b@sink.test"], BODY))
+        .await;
+    let r = h.result_of("sink.test", "rt2").await;
+    assert_eq!(r.results[0].outcome, Outcome::Delivered as i32, "{r:?}");
+    wait_for("smtp-sink dumped the plain message", WAIT, || async {
+        (!sink.dumps().is_empty()).then_some(())
+    })
+    .await;
+    let dumps = sink.dumps();
+    assert_eq!(dumps.len(), 1, "only the plain message arrived: {dumps:?}");
+    assert!(dumps[0].contains("X-Rcpt-Args: <b@sink.test>"));
+    assert!(!dumps.iter().any(|d| d.contains("a@sink.test")));
+}

@@ -286,8 +286,11 @@ impl Ctx {
             smtputf8: message.mail_from.smtputf8,
             eight_bit: message.eight_bit(),
             junk: verdict.is_some_and(|v| v.action == crate::Action::Junk),
-            // tenant, campaign, batch_id (injection API) and require_tls
-            // are not set by a plain SMTP transaction.
+            require_tls: message.mail_from.require_tls,
+            // RFC 8689 §4.1: with REQUIRETLS the header field is ignored.
+            tls_optional: !message.mail_from.require_tls && tls_required_no(&message.body),
+            // tenant, campaign, batch_id (injection API) are not set by a
+            // plain SMTP transaction.
             ..Default::default()
         };
         self.publish(id, Bytes::from(envelope.encode_to_vec()))
@@ -331,5 +334,29 @@ impl Ctx {
         let ack = result.map_err(|_| SpoolError::Timeout("spool publish ack"))??;
         tracing::debug!(stream = %ack.stream, seq = ack.sequence, duplicate = ack.duplicate, "spool ack");
         Ok(())
+    }
+}
+
+/// Does the header section carry `TLS-Required: No` (RFC 8689 §3), the
+/// sender's request that the recipient's TLS policies be ignored?
+pub(crate) fn tls_required_no(message: &[u8]) -> bool {
+    let (header, _) = tern_mailproto::mime::split_header(message);
+    tern_mailproto::mime::any_field(header, "TLS-Required", |v| {
+        v.trim_ascii().eq_ignore_ascii_case(b"no")
+    })
+}
+
+#[cfg(test)]
+mod tls_required_tests {
+    use super::tls_required_no;
+
+    #[test]
+    fn tls_required_no_is_found_in_the_header_only() {
+        assert!(tls_required_no(
+            b"Subject: x\r\nTLS-Required:  no \r\n\r\nbody\r\n"
+        ));
+        assert!(tls_required_no(b"tls-required: No\r\n\r\n"));
+        assert!(!tls_required_no(b"TLS-Required: Yes\r\n\r\n"));
+        assert!(!tls_required_no(b"Subject: x\r\n\r\nTLS-Required: No\r\n"));
     }
 }

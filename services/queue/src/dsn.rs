@@ -62,7 +62,8 @@ pub struct Line {
 
 /// Render the report for `job`'s sender. `original` is the message as
 /// stored; whether all of it or only its header section is returned follows
-/// RET (RFC 3461 §4.3; without RET, headers only, to keep bounces small).
+/// RET (RFC 3461 §4.3; without RET, headers only, to keep bounces small),
+/// except that a REQUIRETLS message returns headers only (RFC 8689 §5).
 pub fn render(
     hostname: &str,
     job: &Job,
@@ -164,7 +165,10 @@ pub fn render(
     }
     out.push_str("\r\n");
 
-    let full = DsnRet::try_from(job.ret) == Ok(DsnRet::Full);
+    // RFC 8689 §5: a REQUIRETLS message's report returns only the header
+    // section, whatever RET asked, so its content is never sent on a path
+    // that was not required to be encrypted.
+    let full = DsnRet::try_from(job.ret) == Ok(DsnRet::Full) && !job.require_tls;
     let mut bytes = out.into_bytes();
     if full {
         bytes.extend_from_slice(
@@ -280,6 +284,24 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("Content-Type: message/rfc822\r\n\r\nSubject: hi"));
         assert!(text.contains("secret body"));
+    }
+
+    #[test]
+    fn requiretls_report_returns_headers_even_with_ret_full() {
+        let mut j = job(DsnRet::Full);
+        j.require_tls = true;
+        let out = render(
+            "tern.test",
+            &j,
+            ORIGINAL,
+            &[line(&[])],
+            Kind::Failure,
+            0,
+            "d",
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("Content-Type: text/rfc822-headers\r\n\r\nSubject: hi"));
+        assert!(!text.contains("secret body"));
     }
 
     #[test]

@@ -649,6 +649,9 @@ async fn send_dsn(ctx: &Ctx, job: &Job, lines: &[Line], kind: DsnKind) -> Result
         body: Some(ctx.bodies.store(&id, report.into()).await?),
         received_at_unix_ms: now,
         helo: ctx.config.common.hostname.clone(),
+        // RFC 8689 §5: the report of a REQUIRETLS message is itself sent
+        // with REQUIRETLS.
+        require_tls: job.require_tls,
         ..Default::default()
     };
     // De-duplicated per job, attempt and kind, so a redelivered result makes no second DSN.

@@ -74,6 +74,7 @@ pub fn fan_out(
                 campaign: env.campaign.clone(),
                 batch_id: env.batch_id.clone(),
                 require_tls: env.require_tls,
+                tls_optional: env.tls_optional,
             };
             Route { subject, job }
         })

@@ -17,8 +17,13 @@ struct Driver {
 
 impl Driver {
     fn new(config: SessionConfig) -> Self {
+        Driver::over(Session::new(config, false))
+    }
+
+    /// A driver for `s` (e.g. a session that starts in implicit TLS).
+    fn over(s: Session) -> Self {
         let mut d = Driver {
-            s: Session::new(config, false),
+            s,
             wire: String::new(),
             delivered: Vec::new(),
             checked: Vec::new(),
@@ -614,6 +619,49 @@ fn starttls_resets_the_session_and_drops_pipelined_input() {
     let r = d.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\nx\r\n.\r\n");
     assert_eq!(codes_of(&r), ["250 2.1.0", "250 2.1.5", "354", "250 2.0.0"]);
     assert_eq!(d.delivered[0].protocol(), "ESMTPS");
+}
+
+#[test]
+fn requiretls_is_offered_and_accepted_only_over_tls() {
+    let mut config = SessionConfig::new("mx.example");
+    config.starttls = true;
+    let mut d = Driver::new(config);
+    // RFC 8689 §2: not advertised in clear, and the parameter is refused.
+    let r = d.send(EHLO);
+    assert!(!r.contains("REQUIRETLS"), "{r}");
+    assert_eq!(
+        codes_of(&d.send(b"MAIL FROM:<a@b.example> REQUIRETLS\r\n")),
+        ["530 5.7.10"]
+    );
+    assert_eq!(d.s.mail_from(), None);
+    d.send(b"STARTTLS\r\n");
+    assert!(d.s.is_tls());
+    let r = d.send(EHLO);
+    assert!(
+        r.contains("250-REQUIRETLS\r\n") || r.ends_with("250 REQUIRETLS\r\n"),
+        "{r}"
+    );
+    let r = d
+        .send(b"MAIL FROM:<a@b.example> REQUIRETLS\r\nRCPT TO:<c@d.example>\r\nDATA\r\nx\r\n.\r\n");
+    assert_eq!(codes_of(&r), ["250 2.1.0", "250 2.1.5", "354", "250 2.0.0"]);
+    assert!(d.delivered[0].mail_from.require_tls);
+    // Without the parameter the message carries no requirement.
+    let r = d.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\nx\r\n.\r\n");
+    assert_eq!(codes_of(&r), ["250 2.1.0", "250 2.1.5", "354", "250 2.0.0"]);
+    assert!(!d.delivered[1].mail_from.require_tls);
+}
+
+#[test]
+fn requiretls_can_be_switched_off() {
+    let mut config = SessionConfig::new("mx.example");
+    config.requiretls = false;
+    let mut d = Driver::over(Session::new(config, true));
+    let r = d.send(EHLO);
+    assert!(!r.contains("REQUIRETLS"), "{r}");
+    assert_eq!(
+        codes_of(&d.send(b"MAIL FROM:<a@b.example> REQUIRETLS\r\n")),
+        ["555 5.5.4"]
+    );
 }
 
 #[test]

@@ -50,6 +50,12 @@ mx.sink    IN A   127.0.0.8
 pfmx       IN MX  10 mx.pfmx
 mx.pfmx    IN A   127.0.0.10
 gws        IN MX  10 aspmx.l.google.com.
+rtls       IN MX  10 mx.rtls
+mx.rtls    IN A   127.0.0.21
+nortls     IN MX  10 mx.nortls
+mx.nortls  IN A   127.0.0.22
+wrongname  IN MX  10 mx.wrongname
+mx.wrongname IN A 127.0.0.23
 ws1        IN MX  10 mx1.hosted
 ws2        IN MX  10 mx2.hosted
 mx1.hosted IN A   127.0.0.11
@@ -136,6 +142,8 @@ pub struct Harness {
     pub shutdown: Shutdown,
     pub delivery: Option<JoinHandle<Result<(), tern_delivery::Error>>>,
     resolver_shutdown: Shutdown,
+    /// The trust anchor file of a DNSSEC harness.
+    _anchor: Option<tempfile::NamedTempFile>,
 }
 
 impl Drop for Harness {
@@ -170,23 +178,56 @@ impl Harness {
         Self::start_full(resolver_url, extra, true).await
     }
 
+    /// Delivery with extra config, the `test.` zone DNSSEC-signed and the
+    /// resolver validating it (its key the only trust anchor), so its MX
+    /// answers are `authenticated` (what REQUIRETLS needs, RFC 8689 §4.2.1).
+    pub async fn start_signed(extra: &[(&str, &str)]) -> Harness {
+        Self::start_inner(None, extra, true, true).await
+    }
+
     /// The general form.
     pub async fn start_full(
         resolver_url: Option<String>,
         extra: &[(&str, &str)],
         with_delivery: bool,
     ) -> Harness {
+        Self::start_inner(resolver_url, extra, with_delivery, false).await
+    }
+
+    async fn start_inner(
+        resolver_url: Option<String>,
+        extra: &[(&str, &str)],
+        with_delivery: bool,
+        signed: bool,
+    ) -> Harness {
         let nats = NatsServer::start().await;
-        let dns = DnsServer::start(&[("test.", ZONE), ("google.com.", GOOGLE_ZONE)]).await;
+        let zones = [("test.", ZONE), ("google.com.", GOOGLE_ZONE)];
+        let dns = if signed {
+            DnsServer::start_signed(&zones, &["test."]).await
+        } else {
+            DnsServer::start(&zones).await
+        };
         let sink = SmtpSink::start().await;
 
         let ns = dns.addr().to_string();
-        let rsrc = Source::from_pairs([
-            ("resolver_grpc_listen", "127.0.0.1:0"),
-            ("resolver_admin_listen", "127.0.0.1:0"),
-            ("dns_nameservers", ns.as_str()),
-            ("dns_timeout", "2s"),
-        ]);
+        let mut rpairs = vec![
+            ("resolver_grpc_listen", "127.0.0.1:0".to_string()),
+            ("resolver_admin_listen", "127.0.0.1:0".to_string()),
+            ("dns_nameservers", ns),
+            ("dns_timeout", "2s".to_string()),
+        ];
+        let anchor = signed.then(|| {
+            let file = tempfile::NamedTempFile::new().unwrap();
+            let key = dns.trust_anchor("test.").unwrap();
+            std::fs::write(file.path(), format!("{key}\n")).unwrap();
+            rpairs.push(("dns_dnssec", "true".to_string()));
+            rpairs.push((
+                "dns_trust_anchor",
+                file.path().to_str().unwrap().to_string(),
+            ));
+            file
+        });
+        let rsrc = Source::from_pairs(rpairs.iter().map(|(k, v)| (*k, v.as_str())));
         let resolver = tern_resolver::bind(tern_resolver::Config::from_source(&rsrc).unwrap())
             .await
             .unwrap();
@@ -225,6 +266,7 @@ impl Harness {
             shutdown,
             delivery,
             resolver_shutdown,
+            _anchor: anchor,
         }
     }
 
@@ -436,6 +478,28 @@ impl PyPeer {
     /// Listen on `ip:port` with the given flags (see the script); `tls`
     /// generates a self-signed certificate and offers STARTTLS.
     pub fn start(ip: &str, port: &str, tls: bool, flags: &[&str]) -> PyPeer {
+        Self::start_inner(ip, port, tls, None, flags)
+    }
+
+    /// Like [`PyPeer::start`] with STARTTLS, presenting the given
+    /// certificate (e.g. one from `tern_testkit::TestPki::issue_server`).
+    pub fn start_with_cert(
+        ip: &str,
+        port: &str,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        flags: &[&str],
+    ) -> PyPeer {
+        Self::start_inner(ip, port, true, Some((cert, key)), flags)
+    }
+
+    fn start_inner(
+        ip: &str,
+        port: &str,
+        tls: bool,
+        files: Option<(&std::path::Path, &std::path::Path)>,
+        flags: &[&str],
+    ) -> PyPeer {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("peer.jsonl");
         let script =
@@ -446,7 +510,9 @@ impl PyPeer {
             .arg(&log)
             .args(flags)
             .stdout(std::process::Stdio::piped());
-        if tls {
+        if let Some((cert, key)) = files {
+            cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+        } else if tls {
             let (cert, key) = self_signed(dir.path(), "mx.tls.test");
             cmd.arg("--cert").arg(cert).arg("--key").arg(key);
         }
