@@ -5,8 +5,8 @@
 #    virtualenv at .venv (Debian's Python refuses system-wide pip installs);
 #  - with --test: the Debian packages the tests use as real peers
 #    (TEST_PACKAGES below: PostgreSQL, Postfix, swaks with its TLS modules,
-#    unbound, Prometheus, curl, openssl, and fetchmail, mutt and tmux as mail
-#    clients), each checked for the capability the tests use, via apt-get as
+#    unbound, Prometheus, curl, openssl, fetchmail, mutt and tmux as mail
+#    clients, and Chromium as a browser), each checked for the capability the tests use, via apt-get as
 #    root or with sudo. Tests start their own instances; no system service
 #    is configured.
 set -euo pipefail
@@ -20,6 +20,10 @@ NATS_VERSION=2.15.1
 #  - swaks needs Net::SSLeay and IO::Socket::SSL for STARTTLS, which Debian
 #    only "recommends": without them `swaks --tls` says "TLS not available".
 #  - unbound-control is in the unbound package; unbound-anchor is not needed.
+#  - chromium: the unsubscribe page's browser test (crates/tern/tests/
+#    unsubscribe_browser.py drives it over --remote-debugging-pipe with
+#    Python's standard library only); the probe renders a page headless with
+#    the flags the test uses (no sandbox as root, no network).
 TEST_PACKAGES='
 postgresql|ls /usr/lib/postgresql/*/bin/initdb /usr/lib/postgresql/*/bin/pg_ctl
 swaks|swaks --support 2>&1 | grep -q "=== TLS supported"
@@ -33,6 +37,7 @@ fetchmail|fetchmail --version
 mutt|mutt -v | grep -q "+USE_IMAP"
 tmux|tmux -V
 openssl|openssl version
+chromium|d=$(mktemp -d) && chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking --disable-component-update --disable-sync --user-data-dir="$d" --dump-dom "data:text/html,<p>tern-probe</p>" | grep -q "<p>tern-probe</p>"; r=$?; rm -rf "$d"; exit $r
 '
 
 # probe PKG: runs the capability check of PKG; 0 when it passes.

@@ -785,3 +785,92 @@ async fn suppressed_unsubscribed_and_counted_through_the_api() {
         (400, &serde_json::json!("from"))
     );
 }
+
+/// Where the browser test leaves its screenshots:
+/// `target/test-artifacts/unsubscribe-page/` (`1-page.png` before the click,
+/// `2-unsubscribed.png` after).
+fn browser_artifacts() -> std::path::PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("test-artifacts/unsubscribe-page")
+}
+
+/// A person opens the `List-Unsubscribe` link in a real browser (Debian's
+/// `chromium`, headless, JavaScript off, driven by
+/// `tests/browser/unsubscribe_page.py`), clicks the one button, and is
+/// suppressed: the next batch skips them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_page_in_a_real_browser() {
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "/usr/bin/chromium is required (Debian package chromium; scripts/deps.sh --test installs it)"
+    );
+    let w = world(&[]).await;
+    let nats = w.stack.nats.url();
+    let key = tenant_with_key(&nats, "shop", "shop.test");
+    let client = Client::new(&w.stack);
+    let body = serde_json::json!({"from": "news@shop.test", "subject": "Spring", "text": "hello",
+        "campaign": "spring", "unsubscribe": true, "recipients": [{"email": "reader@remote.test"}]});
+    let (status, answer) = client.post(&key, &body).await;
+    assert_eq!(status, 202, "{answer}");
+    let dumps = settled_dumps(&w.sink, &nats, 1, "the message at the sink").await;
+    let token = sink_message(&dumps[0])
+        .split("https://shop.example/u/")
+        .nth(1)
+        .and_then(|rest| rest.split('>').next())
+        .expect("a List-Unsubscribe link")
+        .to_string();
+    let url = format!("http://{}/u/{token}", w.stack.addr("api"));
+    let artifacts = browser_artifacts();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/browser/unsubscribe_page.py"
+    );
+    let out = tokio::process::Command::new("python3")
+        .args([script, &url, artifacts.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "browser driver failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // What a screen reader announces: the language, and one named button.
+    assert_eq!(seen["lang"], "en", "{seen}");
+    assert_eq!(seen["before"]["title"], "Unsubscribe", "{seen}");
+    assert_eq!(
+        seen["before"]["buttons"],
+        serde_json::json!(["Unsubscribe"]),
+        "{seen}"
+    );
+    assert_eq!(seen["after"]["title"], "Unsubscribed", "{seen}");
+    assert!(
+        seen["after"]["html"]
+            .as_str()
+            .unwrap()
+            .contains("reader@remote.test</strong> will get no more"),
+        "{seen}"
+    );
+    for png in ["1-page.png", "2-unsubscribed.png"] {
+        let bytes = std::fs::read(artifacts.join(png)).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "{png} is not a PNG");
+    }
+    let listed = tern(&nats, &["suppress", "list", "--tenant", "shop"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("reader@remote.test\t") && l.contains("\tunsubscribe\t")),
+        "{listed}"
+    );
+    let again = serde_json::json!({"from": "news@shop.test", "text": "again", "campaign": "spring",
+        "recipients": [{"email": "reader@remote.test"}]});
+    let (status, answer) = client.post(&key, &again).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(
+        answer["suppressed"],
+        serde_json::json!(["reader@remote.test"])
+    );
+}

@@ -326,7 +326,7 @@ mod tests {
     use super::*;
 
     fn rcpt(path: &str) -> RcptTo {
-        match tern_smtp::command::parse(format!("RCPT TO:{path}\r\n").as_bytes()) {
+        match tern_smtp::command::parse(format!("RCPT TO:{path}").as_bytes()) {
             Ok(tern_smtp::Command::Rcpt(r)) => r,
             other => panic!("{path}: {other:?}"),
         }
