@@ -221,7 +221,7 @@ log "chart rendered ($(grep -c '^kind: Deployment' "$work/rendered.yaml") Deploy
 declare -A grpc admin extra
 listen_keys() {
   case $1 in
-    ingress) echo "SMTP SUBMISSION SUBMISSIONS" ;;
+    ingress) echo "SMTP SUBMISSION SUBMISSIONS API" ;;
     mailbox) echo "IMAP IMAPS POP3 POP3S" ;;
     *) echo "" ;;
   esac

@@ -20,8 +20,8 @@ NATS_VERSION=2.15.1
 #  - swaks needs Net::SSLeay and IO::Socket::SSL for STARTTLS, which Debian
 #    only "recommends": without them `swaks --tls` says "TLS not available".
 #  - unbound-control is in the unbound package; unbound-anchor is not needed.
-#  - chromium: the unsubscribe page's browser test (crates/tern/tests/
-#    unsubscribe_browser.py drives it over --remote-debugging-pipe with
+#  - chromium: the unsubscribe page's browser test (crates/tern/tests/browser/
+#    unsubscribe_page.py drives it over --remote-debugging-pipe with
 #    Python's standard library only); the probe renders a page headless with
 #    the flags the test uses (no sandbox as root, no network).
 TEST_PACKAGES='

@@ -380,7 +380,13 @@ pub fn string(out: &mut String, v: &[u8]) {
         }
         out.push('"');
     } else {
-        let clean: String = text.chars().filter(|&c| c != '\r' && c != '\n').collect();
+        // A literal may hold neither CR/LF (they would end the response
+        // line for a client) nor NUL (RFC 9051 §9: `literal` is CHAR8,
+        // %x01-ff).
+        let clean: String = text
+            .chars()
+            .filter(|&c| c != '\r' && c != '\n' && c != '\0')
+            .collect();
         let _ = write!(out, "{{{}}}\r\n{}", clean.len(), clean);
     }
 }
@@ -1469,5 +1475,22 @@ Content-Type: text/plain; charset=utf-8\r\n\r\nw6lsw6hWRSBpbm5lcg==\r\n--out--\r
         let e = dec(&long, b"").unwrap_err();
         assert_eq!(e.0.len(), 63);
         assert!(long.starts_with(&e.0));
+    }
+
+    /// Found by the fuzzer (fuzz/corpus/mime/regress-nul-literal): a NUL
+    /// in a header reached the client inside a literal, which RFC 9051 §9
+    /// does not allow (`CHAR8` excludes NUL).
+    #[test]
+    fn literals_never_carry_nul() {
+        let m = b"Content-Type: M\0ULTIPART/mixed; boundary=b\r\nSubject: a\0\xe9\r\n\r\n";
+        let s = summarize(m);
+        for text in [&s.body_structure, &s.body_basic, &s.envelope] {
+            assert!(text.contains("}\r\n"), "{text:?}");
+            assert!(!text.contains('\0'), "{text:?}");
+        }
+        let mut out = String::new();
+        string(&mut out, b"x\0\xe9\r\ny");
+        // x, U+FFFD (three octets), y.
+        assert_eq!(out, "{5}\r\nx\u{fffd}y");
     }
 }

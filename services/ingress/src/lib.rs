@@ -35,6 +35,9 @@ use tokio_util::task::TaskTracker;
 
 pub use authcheck::{Action, InboundPolicy};
 pub use dkim::{DkimConfig, OnFailure, keys as dkim_keys};
+/// The injection API's JSON request parser (pure), public for the fuzz
+/// targets in `fuzz/`.
+pub use inject::request as inject_request;
 pub use inject::{ApiConfig, keys as api_keys};
 pub use received::received_header;
 

@@ -12,7 +12,7 @@ mod grpc;
 mod http;
 mod idempotency;
 mod render;
-mod request;
+pub mod request;
 
 pub(crate) use feedback::TokenNames;
 pub(crate) use grpc::InjectService;

@@ -158,7 +158,13 @@ pub fn parse(body: &[u8]) -> Result<Request, FieldError> {
         return Err(FieldError::new("body", "must be a JSON object"));
     };
     if let Some(unknown) = obj.keys().find(|k| !KNOWN_FIELDS.contains(&k.as_str())) {
-        return Err(FieldError::new(unknown.as_str(), "unknown field"));
+        // An empty key cannot name itself: the refusal would point at no
+        // field at all (found by the fuzzer, fuzz/corpus/inject_request/).
+        return Err(if unknown.is_empty() {
+            FieldError::new("body", "unknown field \"\" (an empty key)")
+        } else {
+            FieldError::new(unknown.as_str(), "unknown field")
+        });
     }
     let template = parse_template(&obj)?;
     let (recipients, rejected) = parse_recipients(obj.get("recipients"))?;
@@ -521,6 +527,18 @@ mod tests {
 
     fn err(body: &str) -> FieldError {
         parse(body.as_bytes()).expect_err(body)
+    }
+
+    /// Found by the fuzzer (fuzz/corpus/inject_request/regress-empty-key):
+    /// an empty key was refused with an empty field name, which points a
+    /// client at nothing.
+    #[test]
+    fn an_empty_key_is_refused_naming_the_body() {
+        let e =
+            err(r#"{"raw":"Subject: x\r\n\r\nhi","recipients":[{"email":"b@example.com"}],"":1}"#);
+        assert_eq!(e.field, "body");
+        assert!(e.message.contains("empty key"), "{e:?}");
+        assert_eq!(err(r#"{"nope":1}"#).field, "nope");
     }
 
     #[test]
