@@ -4,7 +4,9 @@
 //! are literally the same code.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 
 use base64::Engine as _;
 use serde_json::{Map, Value};
@@ -14,6 +16,8 @@ use tern_proto::{
     RejectedRecipient, SendRequest, SendResponse,
 };
 use tern_tenant::Tenant;
+use tonic::codegen::{BoxFuture, Service, http};
+use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status};
 
 use super::batch::{Record, State};
@@ -33,9 +37,12 @@ impl InjectService {
     }
 
     /// The tonic service, refusing messages over `max_body` octets like
-    /// HTTP's `413` (tonic answers `OUT_OF_RANGE` for those).
-    pub(crate) fn server(&self, max_body: usize) -> InjectServer<InjectService> {
-        InjectServer::new(self.clone()).max_decoding_message_size(max_body)
+    /// HTTP's `413`: `RESOURCE_EXHAUSTED` naming `body`.
+    pub(crate) fn server(&self, max_body: usize) -> SizedInjectServer {
+        SizedInjectServer {
+            inner: InjectServer::new(self.clone()).max_decoding_message_size(max_body),
+            max_body,
+        }
     }
 
     /// The state and the caller's tenant (metadata `authorization`).
@@ -50,6 +57,54 @@ impl InjectService {
         let tenant = core::authenticate(api, value).await.map_err(status)?;
         Ok((api, tenant))
     }
+}
+
+/// [`InjectServer`] with the size refusal of the other refusals: tonic
+/// refuses a message over its decoding limit with `OUT_OF_RANGE` and a
+/// message of its own before any handler runs; this answers
+/// `RESOURCE_EXHAUSTED` `body: larger than N octets` instead, as
+/// `tern.v1.Inject` promises (none of its handlers answers `OUT_OF_RANGE`).
+#[derive(Clone)]
+pub(crate) struct SizedInjectServer {
+    inner: InjectServer<InjectService>,
+    max_body: usize,
+}
+
+impl NamedService for SizedInjectServer {
+    const NAME: &'static str = <InjectServer<InjectService> as NamedService>::NAME;
+}
+
+impl Service<http::Request<tonic::body::Body>> for SizedInjectServer {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Service::<http::Request<tonic::body::Body>>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let answer = self.inner.call(req);
+        let max_body = self.max_body;
+        Box::pin(async move {
+            let response = answer.await?;
+            let too_large = Status::from_header_map(response.headers())
+                .is_some_and(|s| s.code() == Code::OutOfRange);
+            if too_large {
+                return Ok(status(too_large_failure(max_body)).into_http());
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// The refusal of a request over `max_body` octets (HTTP's `413`).
+fn too_large_failure(max_body: usize) -> Failure {
+    Failure::new(
+        Kind::TooLarge,
+        "body",
+        format!("larger than {max_body} octets"),
+    )
 }
 
 /// The gRPC status of a refusal: the field first in the message.
