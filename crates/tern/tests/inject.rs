@@ -1036,7 +1036,7 @@ async fn the_grpc_api_sends_refuses_and_reports_like_http() {
         .await
         .unwrap()
         .into_inner();
-    let counts = got.recipients.clone().expect("counted recipients");
+    let counts = got.recipients.expect("counted recipients");
     assert_eq!(
         serde_json::json!({"batch_id": got.batch_id, "tenant": got.tenant,
             "campaign": got.campaign, "state": got.state, "total": got.total,
