@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tern/v1/resolver.proto",
         "tern/v1/mailbox.proto",
         "tern/v1/queue.proto",
+        "tern/v1/inject.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

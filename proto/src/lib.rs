@@ -1,5 +1,5 @@
-//! The `tern.v1` contracts: gRPC services (resolver, queue admin, accounts) and
-//! the envelope types that travel on the JetStream bus.
+//! The `tern.v1` contracts: gRPC services (resolver, queue admin, accounts,
+//! injection) and the envelope types that travel on the JetStream bus.
 
 #![allow(missing_docs, clippy::all)] // generated code
 

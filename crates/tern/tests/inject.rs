@@ -874,3 +874,318 @@ async fn unsubscribe_page_in_a_real_browser() {
         serde_json::json!(["reader@remote.test"])
     );
 }
+
+/// A `tern.v1.Inject` request carrying `key` as `authorization: Bearer KEY`
+/// (`None`: no key at all).
+fn grpc_req<T>(key: Option<&str>, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(key) = key {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    }
+    r
+}
+
+/// `n` templated recipients `g{i}@remote.test` named `G{i}`.
+fn grpc_recipients(n: usize) -> Vec<tern_proto::InjectRecipient> {
+    (0..n)
+        .map(|i| tern_proto::InjectRecipient {
+            email: format!("g{i}@remote.test"),
+            name: format!("G{i}"),
+            vars: format!(r#"{{"code": "K{i}"}}"#),
+        })
+        .collect()
+}
+
+/// The gRPC front door, `tern.v1.Inject`, with tonic's own client against
+/// ingress's gRPC listener: a batch arrives rendered at smtp-sink, a
+/// repeated Idempotency-Key sends nothing and returns the same batch, each
+/// refusal has its status code and names its field, another tenant sees
+/// nothing, GetBatch/Stats say what HTTP says, and CancelBatch stops a
+/// scheduled batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_api_sends_refuses_and_reports_like_http() {
+    use tern_proto::inject_client::InjectClient;
+    use tern_proto::{BatchRequest, CampaignStatsRequest, SendRequest};
+    use tonic::Code;
+    let w = world(&[("api_max_body", "1048576")]).await;
+    let nats = w.stack.nats.url();
+    let key = tenant_with_key(&nats, "shop", "shop.test");
+    let other_key = tenant_with_key(&nats, "other", "other.test");
+    let http = Client::new(&w.stack);
+    let url = format!("http://{}", w.stack.addr("ingress grpc"));
+    let mut grpc = InjectClient::connect(url).await.unwrap();
+
+    let send = SendRequest {
+        idempotency_key: "grpc-1".into(),
+        from: "Shop <news@shop.test>".into(),
+        subject: "Hi {{ name }}".into(),
+        text: Some("Dear {{ name }}, code {{ code }}, {{ greeting }}.".into()),
+        vars: r#"{"greeting": "bye"}"#.into(),
+        campaign: "grpc".into(),
+        recipients: grpc_recipients(3),
+        ..Default::default()
+    };
+    let answer = grpc
+        .send(grpc_req(Some(&key), send.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.accepted, 3, "{answer:?}");
+    assert!(answer.rejected.is_empty() && answer.suppressed.is_empty());
+    let dumps = settled_dumps(&w.sink, &nats, 3, "the gRPC batch at smtp-sink").await;
+    for i in 0..3 {
+        let d = dumps
+            .iter()
+            .find(|d| sink_arg(d, "Rcpt").contains(&format!("g{i}@remote.test")))
+            .unwrap_or_else(|| panic!("no message for g{i}: {dumps:?}"));
+        assert!(d.contains(&format!("Dear G{i}, code K{i}, bye.")), "{d}");
+        assert!(d.contains(&format!("Subject: Hi G{i}")), "{d}");
+    }
+
+    // The same key and request: the first answer; a different request with
+    // that key: refused. A marker after both arrives alone.
+    let again = grpc.send(grpc_req(Some(&key), send.clone())).await.unwrap();
+    assert_eq!(again.into_inner(), answer);
+    let mut changed = send.clone();
+    changed.subject = "Other".into();
+    let e = grpc.send(grpc_req(Some(&key), changed)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().starts_with("Idempotency-Key: "), "{e:?}");
+    let marker = SendRequest {
+        from: "news@shop.test".into(),
+        text: Some("marker".into()),
+        recipients: vec![tern_proto::InjectRecipient {
+            email: "marker@remote.test".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    grpc.send(grpc_req(Some(&key), marker)).await.unwrap();
+    let dumps = settled_dumps(&w.sink, &nats, 4, "the marker at smtp-sink").await;
+    assert_eq!(dumps.len(), 4, "the replay sent nothing new");
+
+    // Refusals: the code, and the field first in the message.
+    let mut bad_vars = send.clone();
+    bad_vars.idempotency_key.clear();
+    bad_vars.recipients[1].vars = "[1]".into();
+    let mut missing_var = send.clone();
+    missing_var.idempotency_key.clear();
+    missing_var.text = Some("{{ nowhere }}".into());
+    let mut no_from = send.clone();
+    no_from.idempotency_key.clear();
+    no_from.from.clear();
+    let mut foreign = send.clone();
+    foreign.idempotency_key.clear();
+    foreign.from = "news@other.test".into();
+    for (req, code, field) in [
+        (bad_vars, Code::InvalidArgument, "recipients[1].vars: "),
+        (missing_var, Code::InvalidArgument, "text: "),
+        (no_from, Code::InvalidArgument, "from: "),
+        (foreign, Code::PermissionDenied, "from: "),
+    ] {
+        let e = grpc.send(grpc_req(Some(&key), req)).await.unwrap_err();
+        assert_eq!(e.code(), code, "{e:?}");
+        assert!(e.message().starts_with(field), "{field}: {e:?}");
+    }
+    // Over TERN_API_MAX_BODY: HTTP's 413, naming the body.
+    let mut huge = send.clone();
+    huge.idempotency_key.clear();
+    huge.attachments = vec![tern_proto::InjectAttachment {
+        filename: "big.bin".into(),
+        content_type: "application/octet-stream".into(),
+        content: vec![b'x'; 1_100_000].into(),
+    }];
+    let e = grpc.send(grpc_req(Some(&key), huge)).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().starts_with("body: "), "{e:?}");
+    for k in [None, Some("tern_nonsense")] {
+        let e = grpc.send(grpc_req(k, send.clone())).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{k:?}: {e:?}");
+        let e = grpc
+            .stats(grpc_req(k, CampaignStatsRequest::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{k:?}: {e:?}");
+    }
+
+    // Another tenant's key finds no such batch, and cannot cancel it.
+    let batch = BatchRequest {
+        batch_id: answer.batch_id.clone(),
+    };
+    let e = grpc
+        .get_batch(grpc_req(Some(&other_key), batch.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = grpc
+        .cancel_batch(grpc_req(Some(&other_key), batch.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
+    // GetBatch and Stats agree with HTTP once the deliveries are counted.
+    let path = format!("/v1/batches/{}", answer.batch_id);
+    let rec = wait_for("the batch's deliveries counted", WAIT, || async {
+        let (status, rec) = http.call("GET", &path, &key, None, None).await;
+        (status == 200 && rec["recipients"]["delivered"] == 3).then_some(rec)
+    })
+    .await;
+    let got = grpc
+        .get_batch(grpc_req(Some(&key), batch.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let counts = got.recipients.expect("counted recipients");
+    assert_eq!(
+        serde_json::json!({"batch_id": got.batch_id, "tenant": got.tenant,
+            "campaign": got.campaign, "state": got.state, "total": got.total,
+            "spooled": got.spooled, "delivered": counts.delivered,
+            "accepted": counts.accepted, "pending": counts.pending}),
+        serde_json::json!({"batch_id": rec["batch_id"], "tenant": rec["tenant"],
+            "campaign": rec["campaign"], "state": rec["state"], "total": rec["total"],
+            "spooled": rec["spooled"], "delivered": rec["recipients"]["delivered"],
+            "accepted": rec["recipients"]["accepted"], "pending": rec["recipients"]["pending"]})
+    );
+    assert_eq!(
+        (got.state.as_str(), got.tenant.as_str()),
+        ("spooled", "shop")
+    );
+    // The last day up to an hour from now: inside the 93 days one query
+    // may cover, the same range over both front ends.
+    let now_ms = tern_runtime::now_unix_ms();
+    let from = tern_runtime::date::rfc3339(now_ms - 24 * 3_600_000);
+    let to = tern_runtime::date::rfc3339(now_ms + 3_600_000);
+    let (status, s) = http
+        .call(
+            "GET",
+            &format!("/v1/stats?campaign=grpc&from={from}&to={to}"),
+            &key,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{s}");
+    let g = grpc
+        .stats(grpc_req(
+            Some(&key),
+            CampaignStatsRequest {
+                campaign: "grpc".into(),
+                from: from.clone(),
+                to: to.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(g.delivered, 3, "{g:?}");
+    assert_eq!(
+        serde_json::json!([
+            g.campaign,
+            g.from,
+            g.to,
+            g.accepted,
+            g.delivered,
+            g.deferred,
+            g.bounced,
+            g.complained,
+            g.unsubscribed,
+            g.suppressed
+        ]),
+        serde_json::json!([
+            s["campaign"],
+            s["from"],
+            s["to"],
+            s["accepted"],
+            s["delivered"],
+            s["deferred"],
+            s["bounced"]["total"],
+            s["complained"],
+            s["unsubscribed"],
+            s["suppressed"]
+        ]),
+        "{s}"
+    );
+    // A range over the 93 days, or a time that is not RFC 3339: refused
+    // like HTTP's 400, naming the field.
+    for (from, to, field) in [
+        ("2020-01-01T00:00:00Z", "2099-01-01T00:00:00Z", "from: "),
+        ("", "yesterday", "to: "),
+    ] {
+        let e = grpc
+            .stats(grpc_req(
+                Some(&key),
+                CampaignStatsRequest {
+                    campaign: "grpc".into(),
+                    from: from.into(),
+                    to: to.into(),
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().starts_with(field), "{field}: {e:?}");
+    }
+
+    // A scheduled batch cancelled over gRPC sends nothing.
+    let send_at_ms = tern_runtime::now_unix_ms() + 15_000;
+    let later = SendRequest {
+        from: "news@shop.test".into(),
+        text: Some("later".into()),
+        send_at: tern_runtime::date::rfc3339(send_at_ms),
+        recipients: vec![tern_proto::InjectRecipient {
+            email: "later@remote.test".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let id = grpc
+        .send(grpc_req(Some(&key), later))
+        .await
+        .unwrap()
+        .into_inner()
+        .batch_id;
+    let cancelled = grpc
+        .cancel_batch(grpc_req(
+            Some(&key),
+            BatchRequest {
+                batch_id: id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (cancelled.state.as_str(), cancelled.spooled),
+        ("cancelled", 0)
+    );
+    let js = async_nats::jetstream::new(async_nats::connect(&nats).await.unwrap());
+    wait_for(
+        "the cancelled batch to leave the batch stream",
+        WAIT,
+        || {
+            let js = js.clone();
+            async move {
+                let info = js
+                    .get_stream("TERN_INJECT")
+                    .await
+                    .ok()?
+                    .info()
+                    .await
+                    .ok()?
+                    .clone();
+                (tern_runtime::now_unix_ms() > send_at_ms && info.state.messages == 0).then_some(())
+            }
+        },
+    )
+    .await;
+    let dumps = settled_dumps(&w.sink, &nats, 4, "the queue idle after send_at").await;
+    assert!(
+        !dumps.iter().any(|d| d.contains("later@remote.test")),
+        "{dumps:?}"
+    );
+    let (status, rec) = http
+        .call("GET", &format!("/v1/batches/{id}"), &key, None, None)
+        .await;
+    assert_eq!((status, rec["state"].as_str()), (200, Some("cancelled")));
+}

@@ -532,7 +532,9 @@ impl Bound {
         reporter
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
-        let routes = tonic::service::Routes::new(health);
+        let inject_service = inject::InjectService::default();
+        let routes = tonic::service::Routes::new(health)
+            .add_service(inject_service.server(config.api.max_body));
         let mut grpc_task = tokio::spawn(grpc::serve(grpc, routes, stop.clone()));
 
         let client = bus::connect(&nats_url, &config.common.nats_security, "tern-ingress").await?;
@@ -571,6 +573,7 @@ impl Bound {
             config.api.clone(),
             config.common.clone(),
             api,
+            inject_service,
             js.clone(),
             dkim.clone(),
             stop.clone(),

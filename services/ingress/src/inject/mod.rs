@@ -1,17 +1,21 @@
 //! The injection API (issue 16): `POST /v1/messages`, `GET` and `DELETE
-//! /v1/batches/{id}` over HTTP/JSON on `TERN_API_LISTEN`, authenticated by
-//! tenant API keys (crates/tenant). A batch is accepted (`202`) only once
+//! /v1/batches/{id}` over HTTP/JSON on `TERN_API_LISTEN`, and the same as
+//! gRPC `tern.v1.Inject` on ingress's gRPC listener, both authenticated by
+//! tenant API keys (crates/tenant) and served by one core (`core.rs`). A batch is accepted (`202`) only once
 //! its spec is durable in JetStream, like SMTP's `250`; a worker on any
 //! replica expands it into per-recipient messages on the spool.
 
 mod batch;
+mod core;
 mod feedback;
+mod grpc;
 mod http;
 mod idempotency;
 mod render;
 pub mod request;
 
 pub(crate) use feedback::TokenNames;
+pub(crate) use grpc::InjectService;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -125,12 +129,14 @@ pub enum ApiError {
     Stats(#[from] tern_stats::Error),
 }
 
-/// Start the API server (when `listener` is given) and the batch worker;
-/// both stop at `shutdown`. Setup retries until NATS is ready.
+/// Start the API server (when `listener` is given; then `service`, the
+/// gRPC front end, goes live too) and the batch worker; both stop at
+/// `shutdown`. Setup retries until NATS is ready.
 pub(crate) async fn start(
     config: ApiConfig,
     common: CommonConfig,
     listener: Option<TcpListener>,
+    service: InjectService,
     js: async_nats::jetstream::Context,
     dkim: crate::dkim::Dkim,
     shutdown: Shutdown,
@@ -205,7 +211,7 @@ pub(crate) async fn start(
                 .map(|a| format!("http://{a}"))
                 .unwrap_or_default()
         });
-        let state = http::Api {
+        let state = core::Api {
             config: Arc::new(ApiConfig {
                 public_url: Some(public_url),
                 ..config
@@ -218,6 +224,7 @@ pub(crate) async fn start(
             stats,
             unsubscribe,
         };
+        service.set(state.clone());
         http::serve(listener, state, shutdown).await;
     }
     let _ = worker.await;
