@@ -29,7 +29,8 @@ impl Drop for Sink {
 
 impl Sink {
     /// `smtp-sink -d dir` on `addr`: one file per accepted transaction.
-    fn start(addr: &str) -> Sink {
+    /// Returns once it accepts connections.
+    async fn start(addr: &str) -> Sink {
         assert!(
             Path::new(SMTP_SINK).exists(),
             "{SMTP_SINK} is required (Debian package postfix; scripts/deps.sh --test installs it)"
@@ -54,6 +55,10 @@ impl Sink {
             cmd.args(["-u", "nobody"]);
         }
         let child = cmd.args(["-d", &d, addr, "64"]).spawn().unwrap();
+        wait_for("smtp-sink listening", WAIT, || async {
+            tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
+        })
+        .await;
         Sink { child, dir }
     }
 
@@ -71,15 +76,7 @@ impl Sink {
 #[tokio::test]
 async fn into_postfix_smtp_sink() {
     let h = Harness::start().await;
-    let sink = Sink::start(&format!("127.0.0.8:{}", h.base.port));
-    // Wait until it listens.
-    wait_for("smtp-sink listening", WAIT, || async {
-        tokio::net::TcpStream::connect(format!("127.0.0.8:{}", h.base.port))
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
+    let sink = Sink::start(&format!("127.0.0.8:{}", h.base.port)).await;
     let n = 20;
     for i in 0..n {
         h.publish(&job(
@@ -325,14 +322,7 @@ async fn into_a_real_postfix_mx_over_starttls() {
 #[tokio::test]
 async fn requiretls_is_never_sent_to_smtp_sink_in_plaintext() {
     let h = Harness::start_signed(&[]).await;
-    let sink = Sink::start(&format!("127.0.0.8:{}", h.base.port));
-    wait_for("smtp-sink listening", WAIT, || async {
-        tokio::net::TcpStream::connect(format!("127.0.0.8:{}", h.base.port))
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
+    let sink = Sink::start(&format!("127.0.0.8:{}", h.base.port)).await;
     let mut j = job("rt1", "sink.test", &["a@sink.test"], BODY);
     j.require_tls = true;
     h.publish(&j).await;
