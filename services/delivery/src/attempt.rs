@@ -419,7 +419,7 @@ async fn relay(
                 .await;
                 let mut s = match opened {
                     Ok(s) => s,
-                    Err(OpenError::Tls(f))
+                    Err(OpenError::Tls(f, _))
                         if policy_here == TlsPolicy::Opportunistic && env.tls_fallback =>
                     {
                         // Explicitly allowed by the operator: the same host once more, in plaintext.
@@ -428,13 +428,22 @@ async fn relay(
                         policy_here = TlsPolicy::Disabled;
                         continue;
                     }
-                    Err(OpenError::Tls(f) | OpenError::Next(f)) if !need.requiretls => {
+                    Err(OpenError::Tls(f, _) | OpenError::Next(f)) if !need.requiretls => {
                         span.record("result", "next host");
                         tracing::info!(parent: &span, reply = %f.reply, "host did not take the message; trying the next");
                         last = f;
                         continue 'hosts;
                     }
-                    Err(OpenError::Tls(f) | OpenError::Policy(f)) => {
+                    Err(OpenError::Tls(f, TlsFault::Transient)) => {
+                        // RFC 8689 §4.2.1: never in clear; a timeout or a
+                        // lost connection says nothing final, so defer.
+                        span.record("result", "TLS failed");
+                        tracing::info!(parent: &span, reply = %f.reply, "TLS for a REQUIRETLS message failed for now; trying the next");
+                        other_failure = true;
+                        last = f;
+                        continue 'hosts;
+                    }
+                    Err(OpenError::Tls(f, TlsFault::Refused) | OpenError::Policy(f)) => {
                         // RFC 8689 §4.2.1: not to this host, and never in clear.
                         span.record("result", "REQUIRETLS not met");
                         tracing::info!(parent: &span, reply = %f.reply, "host cannot take a REQUIRETLS message; trying the next");
@@ -822,10 +831,22 @@ enum OpenError {
     Next(Failure),
     /// STARTTLS or the TLS handshake failed on this host (for verified
     /// TLS, also a certificate that does not verify).
-    Tls(Failure),
+    Tls(Failure, TlsFault),
     /// The host cannot meet the job's TLS needs: no STARTTLS where TLS is
     /// required, or no REQUIRETLS after verified TLS.
     Policy(Failure),
+}
+
+/// Why TLS failed on a host, for a REQUIRETLS job: a refusal bounces once
+/// every MX refused (RFC 8689 §4.2.1), a fault of the moment only defers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TlsFault {
+    /// The host answered and TLS cannot be had from it: a STARTTLS reply
+    /// refusing it, a certificate that does not verify, a TLS alert.
+    Refused,
+    /// Nothing definite: the handshake timed out, or the connection was
+    /// lost without a TLS error (the host may be overloaded).
+    Transient,
 }
 
 /// Greeting, EHLO, STARTTLS as `policy` says (then EHLO again, RFC 3207 §4.2).
@@ -857,11 +878,14 @@ async fn open(
         if let Err(e) = c.starttls().await {
             c.quit().await;
             let mut f = failure(&e, host);
-            if e.reply().is_none() {
+            let fault = if e.reply().is_none() {
                 f.enhanced = "4.7.5".into();
-            }
+                TlsFault::Transient
+            } else {
+                TlsFault::Refused
+            };
             f.reply = format!("STARTTLS: {}", f.reply);
-            return Err(OpenError::Tls(f));
+            return Err(OpenError::Tls(f, fault));
         }
         let plain = c.into_inner();
         // SNI, and for verified TLS the name the certificate must carry.
@@ -883,20 +907,30 @@ async fn open(
         let stream = match handshake {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                return Err(OpenError::Tls(Failure {
+                // rustls reports what it found (a certificate, an alert)
+                // inside the I/O error; a bare one is a lost connection.
+                let tls_error = e.get_ref().is_some_and(|i| i.is::<rustls::Error>());
+                let fault = if tls_error {
+                    TlsFault::Refused
+                } else {
+                    TlsFault::Transient
+                };
+                let f = Failure {
                     code: 0,
                     enhanced: "4.7.5".into(),
                     reply: format!("{host}: TLS handshake failed: {e}"),
                     remote_host: host.into(),
-                }));
+                };
+                return Err(OpenError::Tls(f, fault));
             }
             Err(_) => {
-                return Err(OpenError::Tls(Failure {
+                let f = Failure {
                     code: 0,
                     enhanced: "4.7.5".into(),
                     reply: format!("{host}: TLS handshake timed out"),
                     remote_host: host.into(),
-                }));
+                };
+                return Err(OpenError::Tls(f, TlsFault::Transient));
             }
         };
         c = Conn::resume(Box::new(stream), timeouts);
@@ -1280,7 +1314,7 @@ mod tests {
         .await
         {
             Ok(s) => s,
-            Err(OpenError::Next(f) | OpenError::Tls(f) | OpenError::Policy(f)) => {
+            Err(OpenError::Next(f) | OpenError::Tls(f, _) | OpenError::Policy(f)) => {
                 return SessionEnd::Next(f);
             }
         };

@@ -247,3 +247,24 @@ async fn a_report_falls_back_when_no_host_offers_requiretls() {
             .any(|p| p.eq_ignore_ascii_case("REQUIRETLS"))
     );
 }
+
+/// A host whose TLS handshake never completes (STARTTLS answered 220,
+/// then silence) says nothing final about whether it can take the message:
+/// a REQUIRETLS job is deferred for another try, not bounced, and nothing
+/// goes out in clear. (A certificate that does not verify bounces, above.)
+#[tokio::test]
+async fn a_handshake_that_times_out_defers_a_requiretls_message() {
+    let pki = TestPki::new();
+    let ca = pki.ca.to_str().unwrap().to_string();
+    let h = Harness::start_signed(&[("delivery_tls_ca_file", ca.as_str())]).await;
+    let (cert, key) = pki.issue_server("mx-stall", &["mx.stall.test"]);
+    let stall = PyPeer::start_with_cert("127.0.0.24", &port(&h), &cert, &key, &["--tls-stall"]);
+    h.publish(&requiretls_job("t1", "stall.test", "hal@stall.test"))
+        .await;
+    let r = h.result_of("stall.test", "t1").await;
+    assert_eq!(r.results[0].outcome, Outcome::Deferred as i32, "{r:?}");
+    assert_eq!(r.results[0].enhanced, "4.7.5", "{:?}", r.results[0]);
+    assert!(r.results[0].reply.contains("timed out"), "{r:?}");
+    assert!(stall.messages().is_empty(), "nothing sent");
+    assert_eq!(stall.connections().len(), 1, "and no plaintext retry");
+}

@@ -56,6 +56,8 @@ nortls     IN MX  10 mx.nortls
 mx.nortls  IN A   127.0.0.22
 wrongname  IN MX  10 mx.wrongname
 mx.wrongname IN A 127.0.0.23
+stall      IN MX  10 mx.stall
+mx.stall   IN A   127.0.0.24
 ws1        IN MX  10 mx1.hosted
 ws2        IN MX  10 mx2.hosted
 mx1.hosted IN A   127.0.0.11

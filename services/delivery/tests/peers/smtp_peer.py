@@ -11,7 +11,8 @@ appended as one JSON line to --log:
   {"event": "message", "conn": n, "tls": version-or-null, "helo": ..,
    "ehlo_count": n, "mail_from": .., "mail_params": [..], "rcpts": [..],
    "pipelined": bool, "bdat": bool, "data_hex": ..}
-Recipients whose local part starts with "reject" get 550 5.1.1, "defer"
+--tls-broken answers STARTTLS with garbage, --tls-stall with silence (the
+handshake times out). Recipients whose local part starts with "reject" get 550 5.1.1, "defer"
 get 451 4.3.0. While the file given with --throttle-file exists, MAIL is
 answered with its contents (a provider's throttling reply, CRLF lines) and
 a 421 reply closes the connection; logged as {"event": "throttled"}.
@@ -112,6 +113,16 @@ class Conn:
                     self.send("501 5.5.1 nothing may follow STARTTLS\r\n")
                     continue
                 self.send("220 2.0.0 ready to start TLS\r\n")
+                if a.tls_stall:
+                    # No server hello at all: the client's handshake times
+                    # out. Wait (bounded) for it to give up and close.
+                    self.sock.settimeout(60)
+                    try:
+                        while self.sock.recv(65536):
+                            pass
+                    except OSError:
+                        pass
+                    return False
                 if a.tls_broken:
                     # Not a TLS server hello: the client's handshake fails.
                     self.send("this is not TLS\r\n" * 4)
@@ -243,6 +254,7 @@ def main():
     p.add_argument("--cert")
     p.add_argument("--key")
     p.add_argument("--tls-broken", action="store_true")
+    p.add_argument("--tls-stall", action="store_true")
     p.add_argument("--no-8bitmime", action="store_true")
     p.add_argument("--no-smtputf8", action="store_true")
     p.add_argument("--pipelining", action="store_true")
