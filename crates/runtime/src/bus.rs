@@ -28,14 +28,26 @@ pub const REMOTE_JOBS_FILTER: &str = "tern.jobs.remote.>";
 pub const SCHEDULED_FILTER: &str = "tern.sched.>";
 /// Filter for jobs of destinations on hold.
 pub const HELD_FILTER: &str = "tern.held.>";
+/// Filter for jobs set aside because their campaign is paused by the
+/// complaint circuit breaker (crates/stats `pause`).
+pub const PAUSED_FILTER: &str = "tern.paused.>";
 /// Stream of lifecycle events (received, delivered, deferred, bounced, expired, ...).
 pub const EVENTS_STREAM: &str = "TERN_EVENTS";
 /// Filter for every event.
 pub const EVENTS_FILTER: &str = "tern.events.>";
+
+/// The subject of lifecycle events of `kind` (docs/EVENTS.md).
+pub fn event_subject(kind: &str) -> String {
+    format!("tern.events.{kind}")
+}
 /// Key-value bucket with the queue's job and message state.
 pub const QUEUE_BUCKET: &str = "tern-queue";
 /// Key-value bucket with the destinations on hold (read by queue and delivery).
 pub const HOLDS_BUCKET: &str = "tern-holds";
+/// Key-value bucket with the campaigns paused by the complaint circuit
+/// breaker (written by the statistics aggregator and `tern campaign`, read
+/// by delivery).
+pub const PAUSES_BUCKET: &str = "tern-campaign-pauses";
 /// Key-value bucket (file storage) of delivery's connection slots per
 /// destination, shared by every delivery replica; entries expire, so a
 /// crashed replica's slots free themselves.
@@ -538,6 +550,7 @@ pub async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> Result<
                 REMOTE_JOBS_FILTER.into(),
                 SCHEDULED_FILTER.into(),
                 HELD_FILTER.into(),
+                PAUSED_FILTER.into(),
             ],
             retention: stream::RetentionPolicy::WorkQueue,
             allow_message_schedules: true,
@@ -585,11 +598,11 @@ pub async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> Result<
         .await
         .map_err(|e| setup_err(BODY_BUCKET)(Box::new(e)))?;
     }
-    for bucket in [QUEUE_BUCKET, HOLDS_BUCKET] {
+    for bucket in [QUEUE_BUCKET, HOLDS_BUCKET, PAUSES_BUCKET] {
         // The queue forgets every finished job and message by purging its
         // key with a marker that expires (`QUEUE_MARKER_TTL`), so a million
         // messages a day do not leave a million markers behind. The holds
-        // bucket keeps its markers: its watchers see a release as one.
+        // and pauses buckets keep theirs: their watchers see a release as one.
         let limit_markers = (bucket == QUEUE_BUCKET).then_some(QUEUE_MARKER_TTL);
         match js.get_key_value(bucket).await {
             Ok(_) if limit_markers.is_some() => {

@@ -22,38 +22,9 @@ impl Holds {
         js: &jetstream::Context,
         shutdown: crate::Shutdown,
     ) -> Result<Holds, BusError> {
-        let store = js
-            .get_key_value(bus::HOLDS_BUCKET)
-            .await
-            .map_err(|e| BusError::Setup {
-                what: bus::HOLDS_BUCKET.into(),
-                message: e.to_string(),
-            })?;
         let holds = Holds::default();
-        let mut watch = store.watch_all().await.map_err(|e| BusError::Setup {
-            what: format!("watch {}", bus::HOLDS_BUCKET),
-            message: e.to_string(),
-        })?;
         let me = holds.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = shutdown.wait() => return,
-                    entry = watch.next() => match entry {
-                        Some(Ok(e)) => me.apply(&e),
-                        Some(Err(e)) => tracing::warn!(error = %e, "holds watch error"),
-                        None => {
-                            // The watch ended (server restart): start a new one.
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                            match store.watch_all().await {
-                                Ok(w) => watch = w,
-                                Err(e) => tracing::warn!(error = %e, "re-watching holds failed"),
-                            }
-                        }
-                    }
-                }
-            }
-        });
+        follow_bucket(js, bus::HOLDS_BUCKET, shutdown, move |e| me.apply(e)).await?;
         Ok(holds)
     }
 
@@ -124,4 +95,54 @@ async fn bucket(js: &jetstream::Context) -> Result<kv::Store, BusError> {
             what: bus::HOLDS_BUCKET.into(),
             message: e.to_string(),
         })
+}
+
+/// Follow every key of KV bucket `bucket` until `shutdown`: `apply` sees
+/// each key's latest entry first (so a replica started after a hold or a
+/// pause knows it is in force), then every change. A watch that ends (a
+/// server restart) is started again and replays the latest entries, so
+/// nothing changed in the gap is missed.
+pub async fn follow_bucket<F>(
+    js: &jetstream::Context,
+    bucket: &str,
+    shutdown: crate::Shutdown,
+    apply: F,
+) -> Result<(), BusError>
+where
+    F: Fn(&kv::Entry) + Send + 'static,
+{
+    let setup = |what: String| {
+        move |e: &dyn std::fmt::Display| BusError::Setup {
+            what,
+            message: e.to_string(),
+        }
+    };
+    let store = js
+        .get_key_value(bucket)
+        .await
+        .map_err(|e| setup(bucket.to_string())(&e))?;
+    let mut watch = store
+        .watch_with_history(">")
+        .await
+        .map_err(|e| setup(format!("watch {bucket}"))(&e))?;
+    let bucket = bucket.to_string();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                entry = watch.next() => match entry {
+                    Some(Ok(e)) => apply(&e),
+                    Some(Err(e)) => tracing::warn!(error = %e, %bucket, "bucket watch error"),
+                    None => {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        match store.watch_with_history(">").await {
+                            Ok(w) => watch = w,
+                            Err(e) => tracing::warn!(error = %e, %bucket, "re-watching failed"),
+                        }
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! The write side: one durable consumer of every event, batched counter
 //! writes with compare-and-set (see the crate docs for the guarantee).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer, kv};
@@ -10,10 +10,11 @@ use prost::Message as _;
 use tern_proto::Event;
 use tern_runtime::{Shutdown, bus};
 
-use crate::counts::{self, Increment};
+use crate::counts::{self, Entry, Increment};
 use crate::metrics::Labels;
+use crate::pause::{self, Breaker, PauseRecord, PauseState, Totals};
 use crate::read::{open_bucket, read_entry};
-use crate::{CONSUMER, Config, Error};
+use crate::{CONSUMER, Config, Error, key};
 
 /// Events pulled and written as one batch at most.
 pub const BATCH: usize = 1000;
@@ -33,14 +34,18 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// The statistics aggregator; [`Aggregator::run`] it beside the queue.
 pub struct Aggregator {
+    js: jetstream::Context,
     kv: kv::Store,
+    pauses: kv::Store,
     consumer: consumer::PullConsumer,
     labels: Labels,
+    breaker: Breaker,
 }
 
 impl Aggregator {
     /// Open the bucket and the durable consumer (creating them with
-    /// `replicas` copies if missing). `TERN_EVENTS` must exist.
+    /// `replicas` copies if missing). `TERN_EVENTS` and the pauses bucket
+    /// must exist (`bus::ensure_streams`).
     pub async fn open(
         js: &jetstream::Context,
         replicas: usize,
@@ -67,9 +72,12 @@ impl Aggregator {
             .await
             .map_err(|e| Error::Setup(format!("consumer {CONSUMER}: {e}")))?;
         Ok(Aggregator {
+            js: js.clone(),
             kv,
+            pauses: pause::bucket(js).await?,
             consumer,
             labels: Labels::new(config.max_campaigns),
+            breaker: config.breaker,
         })
     }
 
@@ -152,14 +160,18 @@ impl Aggregator {
             .iter()
             .map(|(k, incs)| self.write(k, incs, ack_floor))
             .collect();
-        let results: Vec<Result<Vec<u64>, Error>> = futures::stream::iter(writes)
+        let results: Vec<Result<Written, Error>> = futures::stream::iter(writes)
             .buffer_unordered(WRITE_CONCURRENCY)
             .collect()
             .await;
         let mut applied = BTreeSet::new();
+        let mut entries = BTreeMap::new();
         for r in results {
             match r {
-                Ok(seqs) => applied.extend(seqs),
+                Ok(w) => {
+                    applied.extend(w.seqs);
+                    entries.insert(w.key, w.entry);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "writing counters failed; batch redelivered");
                     self.give_back(keep).await;
@@ -179,6 +191,87 @@ impl Aggregator {
             }
         }
         ::metrics::counter!("tern_stats_events_total").increment(events.len() as u64);
+        self.judge(&events, &entries).await;
+    }
+
+    /// Rates and the breaker for every campaign of the batch, from the
+    /// lifetime totals just written. A failed pause is logged and tried
+    /// again with the campaign's next batch (the totals only grow).
+    async fn judge(&self, events: &[(u64, Event)], entries: &BTreeMap<String, Entry>) {
+        let campaigns: BTreeSet<(&str, &str)> = events
+            .iter()
+            .filter(|(_, e)| !e.tenant.is_empty())
+            .map(|(_, e)| (e.tenant.as_str(), e.campaign.as_str()))
+            .collect();
+        for (tenant, campaign) in campaigns {
+            let Some(entry) = entries.get(&key::totals_key(tenant, campaign)) else {
+                continue;
+            };
+            let totals = Totals::from_counts(&entry.counts);
+            self.labels.rates(tenant, campaign, &totals);
+            if let Err(e) = self.maybe_pause(tenant, campaign, &totals).await {
+                tracing::warn!(error = %e, tenant, campaign, "complaint breaker check failed");
+            }
+        }
+    }
+
+    /// Pause the campaign if the breaker trips; only the replica whose
+    /// compare-and-set wins publishes the event.
+    async fn maybe_pause(
+        &self,
+        tenant: &str,
+        campaign: &str,
+        totals: &Totals,
+    ) -> Result<(), Error> {
+        if campaign.is_empty() || self.breaker.rate.0 == 0 {
+            return Ok(());
+        }
+        let current = pause::record(&self.pauses, tenant, campaign).await?;
+        let (record, revision) = match &current {
+            Some((r, rev)) => (Some(r), *rev),
+            None => (None, 0),
+        };
+        if !self.breaker.trips(campaign, totals, record) {
+            return Ok(());
+        }
+        let next = PauseRecord {
+            tenant: tenant.to_string(),
+            campaign: campaign.to_string(),
+            state: PauseState::Paused,
+            at_unix_ms: tern_runtime::now_unix_ms(),
+            delivered: totals.delivered,
+            complained: totals.complained,
+            threshold_ppm: self.breaker.rate.0,
+        };
+        if !pause::swap(&self.pauses, &next, revision).await? {
+            return Ok(());
+        }
+        tracing::warn!(
+            tenant,
+            campaign,
+            delivered = totals.delivered,
+            complained = totals.complained,
+            "complaint rate above the breaker's threshold; campaign paused"
+        );
+        ::metrics::counter!("tern_campaign_pauses_total").increment(1);
+        let event = pause::paused_event(&next);
+        let id = format!(
+            "{}/{}/{}/{revision}",
+            pause::PAUSED_EVENT,
+            key::pair(tenant, campaign),
+            next.at_unix_ms
+        );
+        let published = bus::Publish::new(
+            bus::event_subject(pause::PAUSED_EVENT),
+            event.encode_to_vec().into(),
+            id,
+        )
+        .durable(&self.js)
+        .await;
+        if let Err(e) = published {
+            tracing::warn!(error = %e, tenant, campaign, "campaign_paused event not published");
+        }
+        Ok(())
     }
 
     /// Nak a batch for redelivery (whatever of it was written is skipped then).
@@ -188,13 +281,8 @@ impl Aggregator {
         }
     }
 
-    /// Apply `incs` to `key` with compare-and-set; the sequences applied.
-    async fn write(
-        &self,
-        key: &str,
-        incs: &[Increment],
-        ack_floor: u64,
-    ) -> Result<Vec<u64>, Error> {
+    /// Apply `incs` to `key` with compare-and-set.
+    async fn write(&self, key: &str, incs: &[Increment], ack_floor: u64) -> Result<Written, Error> {
         let store = |message: String| Error::Store {
             key: key.to_string(),
             message,
@@ -205,11 +293,17 @@ impl Aggregator {
             let seen = |s: u64| s <= entry.floor || entry.applied.contains(&s);
             let seqs: Vec<u64> = incs.iter().map(|i| i.seq).filter(|s| !seen(*s)).collect();
             let (next, n) = counts::apply(entry, incs, ack_floor);
+            let written = Written {
+                key: key.to_string(),
+                seqs,
+                entry: next,
+            };
             if n == 0 {
-                return Ok(seqs);
+                return Ok(written);
             }
+            let next = &written.entry;
             let value = serde_json::to_vec(&next).map_err(|e| store(e.to_string()))?;
-            let written = if revision == 0 {
+            let stored = if revision == 0 {
                 match self.kv.create(key, value.into()).await {
                     Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
                     r => r.map_err(|e| store(e.to_string())),
@@ -220,9 +314,16 @@ impl Aggregator {
                     r => r.map_err(|e| store(e.to_string())),
                 }
             };
-            written?;
-            return Ok(seqs);
+            stored?;
+            return Ok(written);
         }
         Err(store("too many concurrent writers".into()))
     }
+}
+
+/// One key's write: the sequences counted into it and the entry as stored.
+struct Written {
+    key: String,
+    seqs: Vec<u64>,
+    entry: Entry,
 }

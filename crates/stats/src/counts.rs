@@ -51,8 +51,9 @@ pub fn fields(e: &Event) -> Vec<String> {
 }
 
 /// Group a fetched batch of `(stream sequence, event)` by the keys they
-/// count into. Events without a tenant (plain SMTP mail) have no API reader
-/// and go into no key; events without a batch id only into their campaign's.
+/// count into: the campaign's hour, the campaign's lifetime totals, and
+/// the batch. Events without a tenant (plain SMTP mail) have no API reader
+/// and go into no key; events without a batch id into no batch's.
 pub fn plan(events: &[(u64, Event)]) -> BTreeMap<String, Vec<Increment>> {
     let mut out: BTreeMap<String, Vec<Increment>> = BTreeMap::new();
     for (seq, e) in events {
@@ -65,6 +66,9 @@ pub fn plan(events: &[(u64, Event)]) -> BTreeMap<String, Vec<Increment>> {
         };
         let hour = key::hour_of(u64::try_from(e.at_unix_ms).unwrap_or(0));
         out.entry(key::campaign_key(&e.tenant, &e.campaign, hour))
+            .or_default()
+            .push(inc.clone());
+        out.entry(key::totals_key(&e.tenant, &e.campaign))
             .or_default()
             .push(inc.clone());
         if !e.batch_id.is_empty() {
@@ -259,6 +263,16 @@ mod tests {
         assert_eq!((n, e.counts["delivered"]), (1, 2));
         let (e, n) = apply(e, &[inc(5), inc(9)], 4);
         assert_eq!((n, e.counts["delivered"]), (0, 2));
+    }
+
+    #[test]
+    fn lifetime_totals_span_hours() {
+        let mut later = ev("complained", "t", "c", "", "");
+        later.at_unix_ms += 5 * key::HOUR_MS as i64;
+        let p = plan(&[(1, ev("delivered", "t", "c", "b1", "")), (2, later)]);
+        let (e, _) = apply(Entry::default(), &p[&key::totals_key("t", "c")], 0);
+        assert_eq!((e.counts["delivered"], e.counts["complained"]), (1, 1));
+        assert!(!e.counts.contains_key("received"));
     }
 
     #[test]

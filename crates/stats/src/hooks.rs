@@ -23,6 +23,7 @@ pub const KINDS: &[&str] = &[
     "complained",
     "unsubscribed",
     "suppressed",
+    crate::pause::PAUSED_EVENT,
 ];
 
 /// One registered webhook.

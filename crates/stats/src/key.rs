@@ -33,6 +33,18 @@ pub fn campaign_key(tenant: &str, campaign: &str, hour: u64) -> String {
     format!("c.{}.{}.{hour}", token(tenant), token(campaign))
 }
 
+/// The lifetime counter key of one tenant and campaign: what the complaint
+/// and hard-bounce rates and the circuit breaker are computed from.
+pub fn totals_key(tenant: &str, campaign: &str) -> String {
+    format!("t.{}", pair(tenant, campaign))
+}
+
+/// `tenant` and `campaign` as two tokens joined by `.`: one to one, and
+/// valid both as a KV key and as NATS subject tokens.
+pub fn pair(tenant: &str, campaign: &str) -> String {
+    format!("{}.{}", token(tenant), token(campaign))
+}
+
 /// The counter key of one batch of a tenant.
 pub fn batch_key(tenant: &str, batch_id: &str) -> String {
     format!("b.{}.{}", token(tenant), token(batch_id))
@@ -62,6 +74,8 @@ mod tests {
     fn keys_separate_tenants() {
         assert_ne!(campaign_key("a.b", "c", 1), campaign_key("a", "b.c", 1));
         assert_eq!(campaign_key("acme", "spring", 7), "c.acme.spring.7");
+        assert_eq!(totals_key("acme", "spring"), "t.acme.spring");
+        assert_ne!(totals_key("a.b", "c"), totals_key("a", "b.c"));
         assert_eq!(hour_of(HOUR_MS * 5 + 1), 5);
     }
 }

@@ -37,6 +37,7 @@ pub mod dispatch;
 pub mod hooks;
 pub mod key;
 pub mod metrics;
+pub mod pause;
 pub mod post;
 mod read;
 pub mod webhook;
@@ -84,6 +85,8 @@ pub struct Config {
     pub webhook_retry_min: Duration,
     /// How long a failing webhook's events are retried before they are dropped.
     pub webhook_max_age: Duration,
+    /// The complaint circuit breaker ([`pause`]).
+    pub breaker: pause::Breaker,
 }
 
 impl Default for Config {
@@ -92,6 +95,7 @@ impl Default for Config {
             max_campaigns: 100,
             webhook_retry_min: Duration::from_secs(10),
             webhook_max_age: Duration::from_secs(86_400),
+            breaker: pause::Breaker::default(),
         }
     }
 }
@@ -103,6 +107,10 @@ impl Config {
             max_campaigns: src.get(&MAX_CAMPAIGNS)?,
             webhook_retry_min: src.get(&WEBHOOK_RETRY_MIN)?,
             webhook_max_age: src.get(&WEBHOOK_MAX_AGE)?,
+            breaker: pause::Breaker {
+                rate: src.get(&pause::PAUSE_RATE)?,
+                min_delivered: src.get(&pause::PAUSE_MIN_DELIVERED)?,
+            },
         })
     }
 }

@@ -6,6 +6,11 @@
 //!
 //! - `tern_campaign_events_total{tenant, campaign, kind}`: lifecycle events.
 //! - `tern_campaign_bounces_total{tenant, campaign, class}`: bounces by class.
+//! - `tern_campaign_complaint_rate{tenant, campaign}` and
+//!   `tern_campaign_hard_bounce_rate{tenant, campaign}`: gauges of the
+//!   campaign's lifetime rates, read from the shared totals, so every
+//!   replica that counted the campaign's last batch shows the cluster's
+//!   value (aggregate with `max`, not `sum`). Not set for `other`.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -13,6 +18,7 @@ use std::sync::Mutex;
 use tern_proto::Event;
 
 use crate::counts::UNCLASSIFIED;
+use crate::pause::Totals;
 
 /// The campaign label of every pair beyond the limit.
 pub const OTHER: &str = "other";
@@ -48,6 +54,20 @@ impl Labels {
             return pair;
         }
         (pair.0, OTHER.to_string())
+    }
+
+    /// Set the rate gauges of a campaign from its lifetime totals.
+    pub fn rates(&self, tenant: &str, campaign: &str, totals: &Totals) {
+        let (tenant, campaign) = self.labels(tenant, campaign);
+        if campaign == OTHER {
+            return;
+        }
+        metrics::gauge!("tern_campaign_complaint_rate",
+            "tenant" => tenant.clone(), "campaign" => campaign.clone())
+        .set(totals.complaint_rate());
+        metrics::gauge!("tern_campaign_hard_bounce_rate",
+            "tenant" => tenant, "campaign" => campaign)
+        .set(totals.hard_bounce_rate());
     }
 
     /// Count `e`.

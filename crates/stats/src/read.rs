@@ -4,6 +4,7 @@ use async_nats::jetstream::{self, kv};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::counts::{BatchCounts, Entry, Stats};
+use crate::pause::Totals;
 use crate::{BUCKET, Error, key};
 
 /// Hours one [`StatsReader::campaign_stats`] call may span (93 days).
@@ -71,6 +72,12 @@ impl StatsReader {
     ) -> Result<Option<BatchCounts>, Error> {
         let entry = self.entry(key::batch_key(tenant, batch_id)).await?;
         Ok(entry.map(|e| BatchCounts::from_counts(batch_id, &e.counts)))
+    }
+
+    /// The lifetime totals of `campaign` of `tenant` (zero when nothing was counted).
+    pub async fn totals(&self, tenant: &str, campaign: &str) -> Result<Totals, Error> {
+        let entry = self.entry(key::totals_key(tenant, campaign)).await?;
+        Ok(entry.map_or_else(Totals::default, |e| Totals::from_counts(&e.counts)))
     }
 
     async fn entry(&self, key: String) -> Result<Option<Entry>, Error> {

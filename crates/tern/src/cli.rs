@@ -60,6 +60,11 @@ enum Command {
         #[command(subcommand)]
         command: DkimCommand,
     },
+    /// Campaigns paused by the complaint circuit breaker: status, resume.
+    Campaign {
+        #[command(subcommand)]
+        command: crate::campaign::CampaignCommand,
+    },
     /// Tenants of the injection API and their sending domains (NATS KV).
     Tenant {
         #[command(subcommand)]
@@ -275,6 +280,7 @@ pub async fn dispatch(args: Args) -> anyhow::Result<()> {
         Command::Suppress { command } => crate::suppress::run(&cfg, command).await,
         Command::Dkim { command } => dkim(&cfg, command).await,
         Command::Tenant { command } => crate::tenant::tenant(&cfg, command).await,
+        Command::Campaign { command } => crate::campaign::run(&cfg, command).await,
         Command::Apikey { command } => crate::tenant::apikey(&cfg, command).await,
         Command::Webhook { command } => crate::webhook::run(&cfg, command).await,
         Command::Queue { command: Some(c) } => queue_admin(&cfg, c).await,

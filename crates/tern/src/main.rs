@@ -1,6 +1,7 @@
 //! `tern`: one binary for every Tern service and the operator commands.
 //! It parses arguments and dispatches; the work lives in the service crates.
 
+mod campaign;
 mod cli;
 mod config;
 mod suppress;

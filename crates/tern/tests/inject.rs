@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Stack, python};
+use common::{Stack, python, smtp_send};
 use tern_testkit::{NatsServer, dkimpy_verify, wait_for};
 
 const SMTP_SINK: &str = "/usr/sbin/smtp-sink";
@@ -147,6 +147,17 @@ fn tenant_with_key(nats: &str, name: &str, domain: &str) -> String {
     assert!(added.contains(&format!("tenant {name} added")), "{added}");
     let out = tern(nats, &["apikey", "create", "--tenant", name]);
     out.lines().last().unwrap().to_string()
+}
+
+/// A world admitting a 1 MiB body with two tenants, "shop" (shop.test) and
+/// "other" (other.test), each with an API key: the refusal and isolation
+/// tests of both front doors. Returns (world, NATS URL, shop's key, other's key).
+async fn two_tenant_world() -> (World, String, String, String) {
+    let w = world(&[("api_max_body", "1048576")]).await;
+    let nats = w.stack.nats.url();
+    let key = tenant_with_key(&nats, "shop", "shop.test");
+    let other_key = tenant_with_key(&nats, "other", "other.test");
+    (w, nats, key, other_key)
 }
 
 /// One HTTP request with Python's urllib: (status, JSON body).
@@ -503,10 +514,7 @@ async fn a_scheduled_batch_cancelled_before_send_at_sends_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_its_status_and_tenants_cannot_see_each_other() {
-    let w = world(&[("api_max_body", "1048576")]).await;
-    let nats = w.stack.nats.url();
-    let key = tenant_with_key(&nats, "shop", "shop.test");
-    let other_key = tenant_with_key(&nats, "other", "other.test");
+    let (w, nats, key, other_key) = two_tenant_world().await;
     let client = Client::new(&w.stack);
     let ok = serde_json::json!({"from": "news@shop.test", "text": "hi {{ name }}", "recipients": [{"email": "a@remote.test", "name": "A"}], "send_at": "2099-01-01T00:00:00Z"});
 
@@ -908,10 +916,7 @@ async fn the_grpc_api_sends_refuses_and_reports_like_http() {
     use tern_proto::inject_client::InjectClient;
     use tern_proto::{BatchRequest, CampaignStatsRequest, SendRequest};
     use tonic::Code;
-    let w = world(&[("api_max_body", "1048576")]).await;
-    let nats = w.stack.nats.url();
-    let key = tenant_with_key(&nats, "shop", "shop.test");
-    let other_key = tenant_with_key(&nats, "other", "other.test");
+    let (w, nats, key, other_key) = two_tenant_world().await;
     let http = Client::new(&w.stack);
     let url = format!("http://{}", w.stack.addr("ingress grpc"));
     let mut grpc = InjectClient::connect(url).await.unwrap();
@@ -1188,4 +1193,125 @@ async fn the_grpc_api_sends_refuses_and_reports_like_http() {
         .call("GET", &format!("/v1/batches/{id}"), &key, None, None)
         .await;
     assert_eq!((status, rec["state"].as_str()), (200, Some("cancelled")));
+}
+
+/// An RFC 5965 feedback report (Appendix B's shape) about the message sent
+/// with return path `verp`, as a mailbox provider's feedback loop sends it.
+fn arf_report(verp: &str, recipient: &str) -> String {
+    format!(
+        "From: <fbl@provider.test>\r\nTo: <fbl@bounces.shop.test>\r\nSubject: complaint\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=feedback-report; boundary=\"b1\"\r\n\r\n\
+--b1\r\nContent-Type: text/plain\r\n\r\nThis is an email abuse report.\r\n\r\n\
+--b1\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nUser-Agent: Fbl/1.0\r\n\
+Version: 1\r\nOriginal-Mail-From: <{verp}>\r\nOriginal-Rcpt-To: <{recipient}>\r\n\
+Reporting-MTA: dns; mx.provider.test\r\n\r\n\
+--b1\r\nContent-Type: message/rfc822\r\n\r\nFrom: <news@shop.test>\r\nReturn-Path: <{verp}>\r\n\
+Subject: Hello\r\n\r\nhello\r\n--b1--\r\n"
+    )
+}
+
+/// `tern campaign status` for the "spring" campaign of "shop": (state, waiting jobs).
+fn spring_status(nats: &str) -> Option<(String, u64)> {
+    let out = tern(nats, &["campaign", "status", "--tenant", "shop"]);
+    let line = out.lines().find(|l| l.starts_with("shop\tspring\t"))?;
+    let cols: Vec<&str> = line.split('\t').collect();
+    Some((cols[2].to_string(), cols[8].parse().unwrap()))
+}
+
+/// Issue 17's circuit breaker through the whole stack: a complaint (an ARF
+/// report to the bounce domain, through ingress's MX) puts the campaign
+/// above its threshold, the breaker pauses it, the next batch of that
+/// campaign waits unattempted (smtp-sink sees none of it) while another
+/// campaign still goes out, and `tern campaign resume` sends the waiting
+/// mail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complaint_rate_above_the_threshold_pauses_the_campaign_until_resumed() {
+    // 1 complaint in 5 deliveries is 20 %: above 10 %, judged after 4.
+    let w = world(&[
+        ("complaint_pause_rate", "10%"),
+        ("complaint_pause_min_delivered", "4"),
+    ])
+    .await;
+    let nats = w.stack.nats.url();
+    let key = tenant_with_key(&nats, "shop", "shop.test");
+    let client = Client::new(&w.stack);
+    let batch = |prefix: &str, campaign: &str, n: usize| {
+        let recipients: Vec<_> = (0..n)
+            .map(|i| serde_json::json!({"email": format!("{prefix}{i}@remote.test")}))
+            .collect();
+        serde_json::json!({"from": "news@shop.test", "subject": "Hello", "text": "hello",
+            "campaign": campaign, "recipients": recipients})
+    };
+    assert_eq!(client.post(&key, &batch("a", "spring", 5)).await.0, 202);
+    let dumps = settled_dumps(&w.sink, &nats, 5, "the first batch at smtp-sink").await;
+    assert_eq!(spring_status(&nats), None, "nothing paused yet");
+
+    let first = &dumps[0];
+    let rcpt = sink_arg(first, "Rcpt").trim_matches(['<', '>']).to_string();
+    let verp = sink_arg(first, "Mail")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_matches(['<', '>'])
+        .to_string();
+    let reply = smtp_send(
+        w.stack.addr("smtp"),
+        "",
+        &["fbl@bounces.shop.test"],
+        arf_report(&verp, &rcpt).as_bytes(),
+    )
+    .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let paused = wait_for("the breaker pauses spring", WAIT, || async {
+        spring_status(&nats).filter(|(state, _)| state == "paused")
+    })
+    .await;
+    assert_eq!(paused.1, 0);
+
+    assert_eq!(client.post(&key, &batch("b", "spring", 3)).await.0, 202);
+    assert_eq!(client.post(&key, &batch("m", "autumn", 1)).await.0, 202);
+    wait_for("spring's second batch set aside", WAIT, || async {
+        spring_status(&nats).filter(|(_, waiting)| *waiting == 3)
+    })
+    .await;
+    let rcpts_at_sink = |dumps: &[String]| -> Vec<String> {
+        let mut r: Vec<String> = dumps
+            .iter()
+            .map(|d| sink_arg(d, "Rcpt").trim_matches(['<', '>']).to_string())
+            .collect();
+        r.sort();
+        r
+    };
+    let autumn = wait_for("another campaign still goes out", WAIT, || {
+        let d = w.sink.dumps();
+        async move { (d.len() >= 6).then_some(d) }
+    })
+    .await;
+    let at_sink = rcpts_at_sink(&autumn);
+    assert!(
+        at_sink.contains(&"m0@remote.test".to_string()),
+        "{at_sink:?}"
+    );
+    assert!(!at_sink.iter().any(|r| r.starts_with('b')), "{at_sink:?}");
+
+    let out = tern(&nats, &["campaign", "resume", "--tenant", "shop", "spring"]);
+    assert!(out.contains("resumed; 3 jobs back"), "{out}");
+    let all = settled_dumps(&w.sink, &nats, 9, "spring's second batch after the resume").await;
+    let at_sink = rcpts_at_sink(&all);
+    for i in 0..3 {
+        assert!(
+            at_sink.contains(&format!("b{i}@remote.test")),
+            "{at_sink:?}"
+        );
+    }
+    assert_eq!(at_sink.len(), 9, "each recipient once: {at_sink:?}");
+    assert_eq!(spring_status(&nats).unwrap(), ("resumed".to_string(), 0));
+    // 1 complaint in 8 spring deliveries, as the gauge says once counted.
+    wait_for("the complaint-rate gauge", WAIT, || async {
+        let (_, metrics) = common::http_get(w.stack.addr("queue admin"), "/metrics").await?;
+        metrics
+            .contains(r#"tern_campaign_complaint_rate{tenant="shop",campaign="spring"} 0.125"#)
+            .then_some(())
+    })
+    .await;
 }

@@ -30,6 +30,7 @@ use tern_runtime::holds::Holds;
 use tern_runtime::worker::{self, Disposition};
 use tern_runtime::{Shutdown, admin, body, bus, grpc, service, telemetry};
 use tern_smtp::client::Timeouts;
+use tern_stats::pause::{self, Pauses};
 use tracing::Instrument;
 
 pub use attempt::{MAX_ADDRESSES, MAX_SESSIONS};
@@ -418,6 +419,7 @@ async fn work(config: Config, shutdown: &Shutdown, ready: &admin::Readiness) -> 
         Err(e) => return Err(e.into()),
     };
     let holds = Holds::watch(&js, shutdown.clone()).await?;
+    let pauses = Pauses::watch(&js, shutdown.clone()).await?;
     let shaping = match &config.shaping_file {
         Some(p) => shaping::Shaping::watch(p.clone(), config.shaping.clone(), shutdown.clone()),
         None => shaping::Shaping::fixed(config.shaping.clone()),
@@ -478,6 +480,7 @@ async fn work(config: Config, shutdown: &Shutdown, ready: &admin::Readiness) -> 
         verified_tls: tls::verified_config(config.tls_roots.clone())?,
         config,
         holds,
+        pauses,
         closing: shutdown.clone(),
         pool,
         limiter,
@@ -523,6 +526,8 @@ struct Ctx {
     config: Config,
     /// Destinations on hold: their jobs are set aside, not attempted.
     holds: Holds,
+    /// Campaigns paused by the complaint breaker.
+    pauses: Pauses,
     /// The service shutdown: sessions are closed instead of pooled.
     closing: Shutdown,
     /// rustls client configuration for STARTTLS.
@@ -547,18 +552,31 @@ struct Ctx {
 
 /// The job's destination is on hold: move it to the held subject (where the
 /// queue's release finds it) without an attempt, then ack.
-async fn set_aside(ctx: &Ctx, job: &Job, msg: &jetstream::Message) -> Disposition {
+/// Why a job is moved off its ready subject unattempted, and where to.
+enum SetAside {
+    /// Its destination is on hold (`tern queue hold`).
+    Held(String),
+    /// Its campaign is paused by the complaint breaker (`tern campaign`).
+    Paused(String),
+}
+
+async fn set_aside(ctx: &Ctx, job: &Job, msg: &jetstream::Message, aside: SetAside) -> Disposition {
+    let (subject, why) = match aside {
+        SetAside::Held(s) => (s, "held"),
+        SetAside::Paused(s) => (s, "paused"),
+    };
     // The ready message's sequence makes the id unique per hold: a job held,
     // released and held again within the de-duplication window must not be
     // dropped as a duplicate (and then lost when this message is acked).
     let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
-    let id = format!("{}/{}/held/{seq}", job.job_id, job.attempt);
-    let moved = bus::Publish::new(bus::held_subject(&job.destination), msg.payload.clone(), id)
+    let id = format!("{}/{}/{why}/{seq}", job.job_id, job.attempt);
+    let moved = bus::Publish::new(subject, msg.payload.clone(), id)
         .durable(&ctx.js)
         .await
         .is_ok();
     if moved {
-        tracing::info!("destination on hold; job set aside");
+        tracing::info!(why, "job set aside unattempted");
+        metrics::counter!("tern_delivery_set_aside_total", "why" => why).increment(1);
         Disposition::Ack
     } else {
         // Could not move it: leave it for redelivery rather than lose it.
@@ -590,7 +608,12 @@ async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message) -> Disposition {
     );
     telemetry::link_nats_parent(&span, msg.headers.as_ref());
     if ctx.holds.is_held(&job.destination) {
-        return set_aside(&ctx, &job, &msg).instrument(span).await;
+        let aside = SetAside::Held(bus::held_subject(&job.destination));
+        return set_aside(&ctx, &job, &msg, aside).instrument(span).await;
+    }
+    if ctx.pauses.is_paused(&job.tenant, &job.campaign) {
+        let aside = SetAside::Paused(pause::paused_subject(&job.tenant, &job.campaign));
+        return set_aside(&ctx, &job, &msg, aside).instrument(span).await;
     }
     attempt_and_report(&ctx, &job).instrument(span).await
 }

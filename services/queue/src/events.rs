@@ -62,11 +62,7 @@ pub async fn publish(js: &jetstream::Context, e: &Event) -> Result<PublishAckFut
         "{}/{}/{}/{}/{}",
         e.kind, e.message_id, e.destination, e.recipient, e.attempt
     );
-    bus::Publish::new(
-        format!("tern.events.{}", e.kind),
-        e.encode_to_vec().into(),
-        id,
-    )
-    .send(js)
-    .await
+    bus::Publish::new(bus::event_subject(&e.kind), e.encode_to_vec().into(), id)
+        .send(js)
+        .await
 }
