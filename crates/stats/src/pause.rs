@@ -351,14 +351,21 @@ pub async fn list(
     Ok(out)
 }
 
+/// `TERN_JOBS`, errors named after the paused `subject` worked on.
+async fn jobs_stream(
+    js: &jetstream::Context,
+    subject: &str,
+) -> Result<jetstream::stream::Stream, Error> {
+    js.get_stream(bus::JOBS_STREAM)
+        .await
+        .map_err(|e| store_err(subject)(&e))
+}
+
 /// Jobs of a campaign set aside and waiting for its resume.
 pub async fn waiting(js: &jetstream::Context, tenant: &str, campaign: &str) -> Result<u64, Error> {
     let subject = paused_subject(tenant, campaign);
     let fail = store_err(&subject);
-    let stream = js
-        .get_stream(bus::JOBS_STREAM)
-        .await
-        .map_err(|e| fail(&e))?;
+    let stream = jobs_stream(js, &subject).await?;
     let mut counts = stream
         .info_with_subjects(&subject)
         .await
@@ -419,10 +426,7 @@ pub async fn resume(
     // consumer per subject.
     let subject = paused_subject(tenant, campaign);
     let fail = store_err(&subject);
-    let stream = js
-        .get_stream(bus::JOBS_STREAM)
-        .await
-        .map_err(|e| fail(&e))?;
+    let stream = jobs_stream(js, &subject).await?;
     let set_aside = stream
         .create_consumer(consumer::pull::Config {
             filter_subject: subject.clone(),

@@ -72,6 +72,7 @@ impl Ctx {
         session.max_data_line = config.max_line_length;
         session.auth_plaintext = config.auth_plaintext;
         session.sender_login_match = config.sender_login_match;
+        session.requiretls = config.requiretls;
         Ctx {
             common: config.common.clone(),
             trusted: config.trusted_networks.clone(),

@@ -111,6 +111,12 @@ pub mod keys {
         "false",
         "allow AUTH PLAIN/LOGIN without TLS (and submission without STARTTLS)",
     );
+    /// `TERN_SMTP_REQUIRETLS`.
+    pub const SMTP_REQUIRETLS: Key<bool> = Key::new(
+        "smtp_requiretls",
+        "true",
+        "offer REQUIRETLS (RFC 8689) after STARTTLS; off: not advertised, and MAIL with it gets 555 5.5.4",
+    );
     /// `TERN_SENDER_LOGIN_MATCH`.
     pub const SENDER_LOGIN_MATCH: Key<bool> = Key::new(
         "sender_login_match",
@@ -246,6 +252,8 @@ pub struct Config {
     pub auth_plaintext: bool,
     /// Authenticated senders may only use their own address.
     pub sender_login_match: bool,
+    /// Offer REQUIRETLS (RFC 8689).
+    pub requiretls: bool,
     /// Protocol errors per session before disconnect.
     pub max_errors: usize,
     /// Longest command line.
@@ -306,6 +314,7 @@ impl Config {
             ],
             smtp_auth: src.get(&keys::SMTP_AUTH)?,
             auth_plaintext: src.get(&keys::AUTH_PLAINTEXT)?,
+            requiretls: src.get(&keys::SMTP_REQUIRETLS)?,
             sender_login_match: src.get(&keys::SENDER_LOGIN_MATCH)?,
             max_errors: src.get(&keys::MAX_ERRORS)?.max(1),
             // RFC 5321 §4.5.3.1.4 and §4.5.3.1.6: never below the minimums.

@@ -41,6 +41,48 @@ send(["REQUIRETLS"], "TLS-Required: No\r\n")
 s.quit()
 "#;
 
+/// Python's smtplib over STARTTLS: EHLO keywords, then MAIL with REQUIRETLS.
+const SWITCHED_OFF: &str = r#"
+import smtplib, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="py.test", timeout=20)
+s.starttls(context=ctx)
+s.ehlo()
+print("offered", s.has_extn("requiretls"))
+code, text = s.docmd("MAIL", "FROM:<alice@remote.test> REQUIRETLS")
+print("mail", code, text.decode())
+s.quit()
+"#;
+
+/// `TERN_SMTP_REQUIRETLS=false` (for an operator whose onward path cannot
+/// promise verified TLS): REQUIRETLS is not offered even over TLS, and a
+/// client that asks anyway gets RFC 5321 §4.1.1.11's 555 for an unknown
+/// MAIL parameter instead of a promise Tern could not keep.
+#[tokio::test]
+async fn requiretls_switched_off_is_neither_offered_nor_accepted() {
+    let nats = NatsServer::start().await;
+    let mailbox = start_accounts(&["bob@example.com"]).await;
+    let ingress = Ingress::start(&nats.url(), &mailbox, &[("smtp_requiretls", "false")]).await;
+    let port = ingress.addr("smtp").port().to_string();
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", SWITCHED_OFF, &port])
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "offered False", "{stdout}");
+    assert!(lines[1].starts_with("mail 555 5.5.4 "), "{stdout}");
+    ingress.stop().await;
+}
+
 #[tokio::test]
 async fn requiretls_only_over_tls_and_tagged_in_the_envelope() {
     let nats = NatsServer::start().await;
