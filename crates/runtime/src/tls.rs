@@ -135,3 +135,75 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .open(path)?;
     f.write_all(data)
 }
+
+// The client side: verified TLS (REQUIRETLS deliveries, https webhooks).
+
+/// Why the trusted roots for verified TLS could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum RootsError {
+    /// The CA bundle file could not be read or holds a malformed PEM block.
+    #[error("CA bundle {path}: {message}")]
+    Read {
+        /// The bundle's path.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The CA bundle holds no certificate rustls accepts as a root.
+    #[error("CA bundle {0}: no usable CA certificate")]
+    Empty(PathBuf),
+}
+
+/// The roots verified TLS trusts: every certificate in the PEM bundle at
+/// `ca_file`, or, without one, the operating system's store (which honours
+/// `SSL_CERT_FILE` / `SSL_CERT_DIR`). An empty system store is not an error
+/// here (verified deliveries then fail and say why); an empty bundle is.
+pub fn roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, RootsError> {
+    let mut store = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let read_err = |e: &dyn std::fmt::Display| RootsError::Read {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            };
+            let certs = CertificateDer::pem_file_iter(path).map_err(|e| read_err(&e))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| read_err(&e))?;
+                // A block rustls cannot use as a trust anchor is skipped,
+                // like the system store's odd entries.
+                let _ = store.add(cert);
+            }
+            if store.is_empty() {
+                return Err(RootsError::Empty(path.to_path_buf()));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!(error = %e, "system CA store: some certificates could not be read");
+            }
+            let (added, _ignored) = store.add_parsable_certificates(found.certs);
+            if added == 0 {
+                tracing::warn!(
+                    "system CA store is empty: verified TLS (REQUIRETLS, https webhooks) cannot succeed; configure a CA file"
+                );
+            }
+        }
+    }
+    Ok(store)
+}
+
+/// The rustls client configuration for verified TLS: the WebPKI verifier
+/// over `roots`, checking the chain, validity and that the certificate
+/// names the host given as the server name (the MX host, RFC 8689 §4.2.1,
+/// RFC 8461 §4.2).
+pub fn verified_config(
+    roots: Arc<rustls::RootCertStore>,
+) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}

@@ -15,7 +15,7 @@
 //! restart or another replica picking up the redelivery sends it again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, AckKind, consumer};
@@ -82,8 +82,19 @@ pub struct Dispatcher {
     registry: Registry,
     retry_min: Duration,
     max_age: Duration,
+    /// Verifies https receivers.
+    tls: Arc<rustls::ClientConfig>,
     /// Per stream sequence being retried: the webhooks it already reached.
     done: Mutex<HashMap<u64, HashSet<String>>>,
+}
+
+/// The TLS client for https webhooks: the WebPKI verifier over the
+/// configured roots (validated at start by [`Config::from_source`]).
+fn webhook_tls(config: &Config) -> Result<Arc<rustls::ClientConfig>, Error> {
+    let roots = tern_runtime::tls::roots(config.webhook_ca_file.as_deref())
+        .map_err(|e| Error::Setup(format!("TERN_WEBHOOK_CA_FILE: {e}")))?;
+    tern_runtime::tls::verified_config(Arc::new(roots))
+        .map_err(|e| Error::Setup(format!("webhook TLS: {e}")))
 }
 
 impl Dispatcher {
@@ -121,6 +132,7 @@ impl Dispatcher {
             registry,
             retry_min: config.webhook_retry_min,
             max_age: config.webhook_max_age,
+            tls: webhook_tls(config)?,
             done: Mutex::new(HashMap::new()),
         })
     }
@@ -228,7 +240,7 @@ impl Dispatcher {
                 async move {
                     let body = webhook::body(&batch);
                     let sig = webhook::signature(hook.secret.as_bytes(), unix_s(), &body);
-                    let r = post::post(&hook.url, &body, &sig, POST_TIMEOUT).await;
+                    let r = post::post(&hook.url, &body, &sig, POST_TIMEOUT, &self.tls).await;
                     (hook, idx, r)
                 }
             })

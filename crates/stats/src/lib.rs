@@ -47,6 +47,7 @@ pub use counts::{BatchCounts, Bounced, Stats};
 pub use dispatch::Dispatcher;
 pub use read::StatsReader;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tern_runtime::config::{ConfigError, Key, Source};
@@ -76,6 +77,13 @@ pub const WEBHOOK_MAX_AGE: Key<Duration> = Key::new(
     "how long an event is retried for a failing webhook before it is dropped and counted",
 );
 
+/// `TERN_WEBHOOK_CA_FILE`.
+pub const WEBHOOK_CA_FILE: Key<Option<PathBuf>> = Key::new(
+    "webhook_ca_file",
+    "",
+    "PEM CA bundle that https webhook receivers' certificates must chain to (default: the system's CA store)",
+);
+
 /// The settings of the aggregator and the webhook dispatcher.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -87,6 +95,8 @@ pub struct Config {
     pub webhook_max_age: Duration,
     /// The complaint circuit breaker ([`pause`]).
     pub breaker: pause::Breaker,
+    /// The roots https webhooks are verified against; `None`: the system's.
+    pub webhook_ca_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -96,13 +106,22 @@ impl Default for Config {
             webhook_retry_min: Duration::from_secs(10),
             webhook_max_age: Duration::from_secs(86_400),
             breaker: pause::Breaker::default(),
+            webhook_ca_file: None,
         }
     }
 }
 
 impl Config {
-    /// Read the keys.
+    /// Read the keys; a CA bundle that cannot be used is an error naming
+    /// `TERN_WEBHOOK_CA_FILE`.
     pub fn from_source(src: &Source) -> Result<Self, ConfigError> {
+        let webhook_ca_file = src.get(&WEBHOOK_CA_FILE)?;
+        if let Some(path) = &webhook_ca_file {
+            tern_runtime::tls::roots(Some(path)).map_err(|e| ConfigError::File {
+                path: path.clone(),
+                message: format!("TERN_WEBHOOK_CA_FILE: {e}"),
+            })?;
+        }
         Ok(Config {
             max_campaigns: src.get(&MAX_CAMPAIGNS)?,
             webhook_retry_min: src.get(&WEBHOOK_RETRY_MIN)?,
@@ -111,6 +130,7 @@ impl Config {
                 rate: src.get(&pause::PAUSE_RATE)?,
                 min_delivered: src.get(&pause::PAUSE_MIN_DELIVERED)?,
             },
+            webhook_ca_file,
         })
     }
 }

@@ -1,13 +1,13 @@
 //! A minimal HTTP/1.1 POST for webhook deliveries: the request bytes and the
-//! status-line parse are pure; [`post`] does the I/O over a tokio TcpStream.
-//!
-//! Only `http://` URLs are delivered for now: an `https://` webhook can be
-//! registered, but every POST to it fails with [`PostError::Unsupported`]
-//! (retried, then dropped and counted) until a TLS client is wired in.
+//! status-line parse are pure; [`post`] does the I/O over a tokio TcpStream,
+//! for `https://` inside rustls with the certificate verified against the
+//! configured roots and the URL's host (RFC 9110 §4.3.4).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::webhook::SIGNATURE_HEADER;
 
@@ -17,13 +17,11 @@ const MAX_HEAD: usize = 8192;
 /// Why a POST did not get a `2xx`.
 #[derive(Debug, thiserror::Error)]
 pub enum PostError {
-    /// An `https://` URL: no TLS client yet.
-    #[error("https is not supported yet: {0}")]
-    Unsupported(String),
     /// The URL has no host or a bad port.
     #[error("bad webhook url {0:?}")]
     Url(String),
-    /// Connecting, writing or reading failed.
+    /// Connecting, the TLS handshake (a certificate that does not verify),
+    /// writing or reading failed.
     #[error("webhook i/o: {0}")]
     Io(#[from] std::io::Error),
     /// No complete answer within the timeout.
@@ -42,21 +40,23 @@ pub enum PostError {
 pub struct Target {
     /// Host name or address (IPv6 without brackets).
     pub host: String,
-    /// TCP port (80 when the URL names none).
+    /// TCP port (80, or 443 for https, when the URL names none).
     pub port: u16,
+    /// `https://`: TLS, the certificate verified for `host`.
+    pub tls: bool,
     /// The `Host` header value, as the URL spells it.
     pub authority: String,
     /// Path and query, `/` when empty.
     pub path: String,
 }
 
-/// Split an `http://` URL into its target.
+/// Split an `http://` or `https://` URL into its target.
 pub fn parse_url(url: &str) -> Result<Target, PostError> {
-    if url.starts_with("https://") {
-        return Err(PostError::Unsupported(url.to_string()));
-    }
     let bad = || PostError::Url(url.to_string());
-    let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+    let (tls, rest) = match url.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix("http://").ok_or_else(bad)?),
+    };
     let (authority, path) = match rest.find(['/', '?']) {
         Some(i) if rest[i..].starts_with('?') => (&rest[..i], format!("/{}", &rest[i..])),
         Some(i) => (&rest[..i], rest[i..].to_string()),
@@ -74,6 +74,7 @@ pub fn parse_url(url: &str) -> Result<Target, PostError> {
     };
     let port = match port {
         Some(p) => p.parse::<u16>().map_err(|_| bad())?,
+        None if tls => 443,
         None => 80,
     };
     if host.is_empty() || authority.contains('@') {
@@ -82,6 +83,7 @@ pub fn parse_url(url: &str) -> Result<Target, PostError> {
     Ok(Target {
         host: host.to_string(),
         port,
+        tls,
         authority: authority.to_string(),
         path,
     })
@@ -119,28 +121,27 @@ pub fn status(head: &[u8]) -> Result<Option<u16>, PostError> {
 }
 
 /// POST `body` to `url` signed with `signature`; `Ok` on a `2xx` answer.
+/// `tls` verifies an `https://` receiver.
 pub async fn post(
     url: &str,
     body: &[u8],
     signature: &str,
     timeout: Duration,
+    tls: &Arc<rustls::ClientConfig>,
 ) -> Result<(), PostError> {
     let target = parse_url(url)?;
+    let request = request(&target, body, signature);
     let exchange = async {
-        let mut conn = tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await?;
-        conn.write_all(&request(&target, body, signature)).await?;
-        let mut head = Vec::with_capacity(256);
-        let mut buf = [0u8; 1024];
-        loop {
-            if let Some(code) = status(&head)? {
-                return Ok(code);
-            }
-            let n = conn.read(&mut buf).await?;
-            if n == 0 || head.len() > MAX_HEAD {
-                return Err(PostError::Malformed);
-            }
-            head.extend_from_slice(&buf[..n]);
+        let conn = tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await?;
+        if !target.tls {
+            return exchange(conn, &request).await;
         }
+        let name =
+            ServerName::try_from(target.host.clone()).map_err(|_| PostError::Url(url.into()))?;
+        let conn = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(name, conn)
+            .await?;
+        exchange(conn, &request).await
     };
     let code = tokio::time::timeout(timeout, exchange)
         .await
@@ -149,6 +150,26 @@ pub async fn post(
         Ok(())
     } else {
         Err(PostError::Status(code))
+    }
+}
+
+/// Write the request and read up to the status line.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut conn: S,
+    request: &[u8],
+) -> Result<u16, PostError> {
+    conn.write_all(request).await?;
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 1024];
+    loop {
+        if let Some(code) = status(&head)? {
+            return Ok(code);
+        }
+        let n = conn.read(&mut buf).await?;
+        if n == 0 || head.len() > MAX_HEAD {
+            return Err(PostError::Malformed);
+        }
+        head.extend_from_slice(&buf[..n]);
     }
 }
 
@@ -174,10 +195,10 @@ mod tests {
             (t.host.as_str(), t.port, t.authority.as_str()),
             ("::1", 9, "[::1]:9")
         );
-        assert!(matches!(
-            parse_url("https://x/"),
-            Err(PostError::Unsupported(_))
-        ));
+        let t = parse_url("https://hooks.example/in").unwrap();
+        assert_eq!((t.tls, t.port, t.path.as_str()), (true, 443, "/in"));
+        assert!(!parse_url("http://h/").unwrap().tls);
+        assert!(matches!(parse_url("ftp://x/"), Err(PostError::Url(_))));
         assert!(matches!(
             parse_url("http://x:99999/"),
             Err(PostError::Url(_))

@@ -162,3 +162,66 @@ async fn a_dead_webhooks_events_are_dropped_after_the_age_limit() {
     shutdown.trigger();
     task.await.unwrap();
 }
+
+/// https receivers (Python's http.server inside OpenSSL): one whose
+/// certificate chains to the CA in `TERN_WEBHOOK_CA_FILE` gets its events,
+/// signed; one presenting a certificate from another CA never gets a byte
+/// of them (the handshake fails, the event is given up after the age limit).
+#[tokio::test]
+async fn https_receivers_get_events_only_behind_a_trusted_certificate() {
+    let nats = NatsServer::start().await;
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    bus::ensure_streams(&js, 1).await.unwrap();
+    let reg = Registry::open(&js, 1).await.unwrap();
+    let pki = tern_testkit::TestPki::new();
+    let stranger = tern_testkit::TestPki::new();
+    let rx = Receiver::start_tls(&pki.server_cert, &pki.server_key);
+    let hook = reg.add("acme", &rx.url(), vec![]).await.unwrap();
+    rx.set_secret(&hook.secret);
+    let bad = Receiver::start_tls(&stranger.server_cert, &stranger.server_key);
+    let h = reg.add("globex", &bad.url(), vec![]).await.unwrap();
+    bad.set_secret(&h.secret);
+    assert!(rx.url().starts_with("https://127.0.0.1:"));
+
+    let config = Config {
+        webhook_ca_file: Some(pki.ca.clone()),
+        webhook_max_age: Duration::ZERO,
+        ..fast()
+    };
+    let (shutdown, task) = start(&js, config).await;
+    publish(
+        &js,
+        &[
+            event("delivered", "acme", "a@example.net"),
+            event("delivered", "globex", "g@example.net"),
+        ],
+    )
+    .await;
+    let posts = wait_for(
+        "acme's event over https",
+        Duration::from_secs(20),
+        || async {
+            let p = rx.posts();
+            (!p.is_empty()).then_some(p)
+        },
+    )
+    .await;
+    assert_eq!((posts[0].status, posts[0].verified), (200, true));
+    assert_eq!(posts[0].events[0]["recipient"], "a@example.net");
+    wait_for("both events settled", Duration::from_secs(20), || async {
+        let mut c: jetstream::consumer::PullConsumer = js
+            .get_stream(bus::EVENTS_STREAM)
+            .await
+            .unwrap()
+            .get_consumer(dispatch::DISPATCH_CONSUMER)
+            .await
+            .unwrap();
+        let info = c.info().await.unwrap();
+        (info.delivered.stream_sequence == 2 && info.num_ack_pending == 0 && info.num_pending == 0)
+            .then_some(())
+    })
+    .await;
+    assert!(bad.posts().is_empty(), "{:?}", bad.posts());
+    shutdown.trigger();
+    task.await.unwrap();
+}

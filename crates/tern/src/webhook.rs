@@ -17,7 +17,7 @@ pub enum WebhookCommand {
         /// The tenant whose events it receives.
         #[arg(long)]
         tenant: String,
-        /// Where batches are POSTed (http:// is delivered; https:// not yet).
+        /// Where batches are POSTed: an http:// or https:// URL.
         #[arg(long)]
         url: String,
         /// Event kinds it receives, comma-separated (default: every kind).

@@ -22,14 +22,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tern_runtime::config::ConfigValue;
 
 /// What to do about STARTTLS with one destination.
@@ -131,73 +129,7 @@ pub fn client_config() -> Result<Arc<ClientConfig>, rustls::Error> {
     Ok(Arc::new(cfg))
 }
 
-/// Why the trusted roots for verified TLS could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum RootsError {
-    /// The CA bundle file could not be read or holds a malformed PEM block.
-    #[error("CA bundle {path}: {message}")]
-    Read {
-        /// The bundle's path.
-        path: PathBuf,
-        /// What went wrong.
-        message: String,
-    },
-    /// The CA bundle holds no certificate rustls accepts as a root.
-    #[error("CA bundle {0}: no usable CA certificate")]
-    Empty(PathBuf),
-}
-
-/// The roots verified TLS trusts: every certificate in the PEM bundle at
-/// `ca_file`, or, without one, the operating system's store (which honours
-/// `SSL_CERT_FILE` / `SSL_CERT_DIR`). An empty system store is not an error
-/// here (verified deliveries then fail and say why); an empty bundle is.
-pub fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, RootsError> {
-    let mut store = RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let read_err = |e: &dyn fmt::Display| RootsError::Read {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            };
-            let certs = CertificateDer::pem_file_iter(path).map_err(|e| read_err(&e))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| read_err(&e))?;
-                // A block rustls cannot use as a trust anchor is skipped,
-                // like the system store's odd entries.
-                let _ = store.add(cert);
-            }
-            if store.is_empty() {
-                return Err(RootsError::Empty(path.to_path_buf()));
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            for e in &found.errors {
-                tracing::warn!(error = %e, "system CA store: some certificates could not be read");
-            }
-            let (added, _ignored) = store.add_parsable_certificates(found.certs);
-            if added == 0 {
-                tracing::warn!(
-                    "system CA store is empty: verified TLS (REQUIRETLS) cannot succeed; set TERN_DELIVERY_TLS_CA_FILE"
-                );
-            }
-        }
-    }
-    Ok(store)
-}
-
-/// The rustls client configuration for verified TLS: the WebPKI verifier
-/// over `roots`, checking the chain, validity and that the certificate
-/// names the host given as the server name (the MX host, RFC 8689 §4.2.1,
-/// RFC 8461 §4.2).
-pub fn verified_config(roots: Arc<RootCertStore>) -> Result<Arc<ClientConfig>, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(cfg))
-}
+pub use tern_runtime::tls::{RootsError, roots, verified_config};
 
 /// Accepts any server certificate chain (RFC 7435 opportunistic security)
 /// but verifies the handshake signatures, so the peer must hold the key of

@@ -23,6 +23,7 @@ pub struct Receiver {
     child: Child,
     /// Its port on 127.0.0.1.
     pub port: u16,
+    scheme: &'static str,
     posts: Arc<Mutex<Vec<Post>>>,
     secret: std::path::PathBuf,
 }
@@ -38,16 +39,24 @@ impl Receiver {
     /// Start one that answers 500 to the first `fail_first` POSTs; it
     /// checks signatures with the secret given to [`Receiver::set_secret`].
     pub fn start(fail_first: u32) -> Receiver {
+        Self::spawn(fail_first, None)
+    }
+
+    /// An https receiver on 127.0.0.1 presenting `cert` (PEM chain) with `key`.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Receiver {
+        Self::spawn(0, Some((cert, key)))
+    }
+
+    fn spawn(fail_first: u32, tls: Option<(&std::path::Path, &std::path::Path)>) -> Receiver {
         let script = tern_testkit::workspace_root().join("crates/stats/tests/support/receiver.py");
         let secret = tempfile();
         std::fs::write(&secret, "").unwrap();
-        let mut child = Command::new("python3")
-            .arg(&script)
-            .arg(&secret)
-            .arg(fail_first.to_string())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut cmd = Command::new("python3");
+        cmd.arg(&script).arg(&secret).arg(fail_first.to_string());
+        if let Some((cert, key)) = tls {
+            cmd.arg(cert).arg(key);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let first = lines.next().unwrap().unwrap();
         let port = first.strip_prefix("port ").unwrap().parse().unwrap();
@@ -63,6 +72,7 @@ impl Receiver {
         Receiver {
             child,
             port,
+            scheme: if tls.is_some() { "https" } else { "http" },
             posts,
             secret,
         }
@@ -75,7 +85,7 @@ impl Receiver {
 
     /// The URL to register.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
+        format!("{}://127.0.0.1:{}/hook", self.scheme, self.port)
     }
 
     /// The POSTs so far.

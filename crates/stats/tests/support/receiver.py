@@ -5,7 +5,7 @@
 # checks every POST's Tern-Signature with the crates/stats README snippet,
 # answers 500 to the first FAIL_FIRST POSTs and 200 after, and prints one
 # JSON line per POST: {"n", "verified", "status", "events"}.
-import hashlib, hmac, json, sys, time
+import hashlib, hmac, json, ssl, sys, time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 
@@ -43,5 +43,10 @@ class Hook(BaseHTTPRequestHandler):
 
 
 server = HTTPServer(("127.0.0.1", 0), Hook)
+if len(sys.argv) > 4:
+    # https: argv[3] the certificate chain, argv[4] its key (OpenSSL).
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
 print(f"port {server.server_address[1]}", flush=True)
 server.serve_forever()
