@@ -13,13 +13,16 @@
 #     dir instead of the emptyDir at /var/lib/tern);
 #   - a DNS server for *.remote.test and an SMTP sink as the remote MX.
 # It sends mail through both ingress replicas (local and remote recipients),
-# SIGKILLs one delivery worker and one NATS node mid-run, brings them back as
-# Kubernetes would, and checks that every accepted message reached every
-# recipient (the sink for remote ones, the mailbox for local ones).
+# SIGKILLs one delivery worker and one NATS node mid-run, then injects one
+# bulk batch through the API and SIGKILLs the ingress replica expanding it
+# and a queue replica; it brings them all back as Kubernetes would, and
+# checks that every accepted message reached every recipient (the sink for
+# remote ones, the mailbox for local ones).
 # Everything runs on 127.0.0.1 and stops on exit.
 #
 # Usage: deploy/rehearse.sh [N]   (N messages, default 300; env TERN_BIN,
 #        REHEARSAL_TIMEOUT seconds for the whole run, default 420;
+#        REHEARSAL_BATCH recipients in the API batch, default 3000;
 #        REHEARSAL_KEEP=1 keeps the temp dir with every log)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -324,6 +327,26 @@ retries=$(grep -c 'retrying' "$work/logs/sender.log" || true)
 log "sender done: $ok/$N accepted with 250 ($retries retried after 4xx or a lost connection, $gave_up given up)"
 [ "$ok" = "$N" ] || { echo "not every message was accepted" >&2; exit 1; }
 
+# --- a bulk batch through the injection API, with its expander killed ------------
+# B recipients in one POST to ingress-a; as soon as its expansion has begun,
+# SIGKILL the ingress replica expanding it (it logged "expanding batch") and
+# queue-a. The batch's spec stays in TERN_INJECT until fully spooled, so a
+# surviving or restarted replica resumes it from the saved cursor after the
+# 30 s ack wait. Delivery is at least once: messages published after the last
+# saved cursor may be published again (JetStream's duplicate window drops
+# most) and are counted below as duplicate deliveries.
+B=${REHEARSAL_BATCH:-3000}
+tern_cli tenant add shop --domain shop.example >/dev/null
+api_key=$(tern_cli apikey create --tenant shop | tail -n1)
+api_a="http://127.0.0.1:${extra[ingress-a-API]}"; api_b="http://127.0.0.1:${extra[ingress-b-API]}"
+batch_id=$($tools inject "$api_a" "$api_key" "$B" "$work/plan.jsonl")
+expander=$(grep -l "expanding batch.*$batch_id\|$batch_id.*expanding batch" "$work"/logs/ingress-*.log | head -n1)
+expander=$(basename "${expander:-ingress-a}" .log)
+ipid=$(cat "$work/$expander.pid"); qpid=$(cat "$work/queue-a.pid")
+kill -KILL "$ipid" "$qpid"
+survivor=$api_b; [ "$expander" = ingress-b ] && survivor=$api_a
+log "batch $batch_id of $B recipients accepted (202); SIGKILL $expander (pid $ipid, expanding it) and queue-a (pid $qpid); the batch then: $($tools batch "$survivor" "$api_key" "$batch_id" 2>/dev/null || echo '?') (state, spooled, total)"
+
 # --- accounting ------------------------------------------------------------------
 check() {
   $tools imap-ids "127.0.0.1:${extra[mailbox-b-IMAP]}" alice@example.com rehearsal-pw >"$work/mailbox.ids" 2>/dev/null || : >"$work/mailbox.ids"
@@ -366,10 +389,13 @@ for f in "$work"/*.restarts; do
   [ -e "$f" ] || continue
   n=$(basename "$f" .restarts)
   case $n in
-    delivery-a|"nats-$vi") echo "  restarts: $n $(cat "$f") (the SIGKILL)" ;;
+    delivery-a|"nats-$vi"|"$expander"|queue-a) echo "  restarts: $n $(cat "$f") (the SIGKILL)" ;;
     *) echo "  restarts: $n $(cat "$f") (UNEXPECTED: it exited by itself; see its log)" ;;
   esac
 done
+# Who expanded the batch, from which cursor (the second line is the resume).
+grep -H "expanding batch.*$batch_id\|$batch_id.*expanding batch" "$work"/logs/ingress-*.log |
+  sed -E 's|^.*/(ingress-[ab])\.log:.*(from[^ ,]*).*|  batch: \1 expanded it \2|' || true
 env -i PATH=/usr/bin:/bin bash -c "set -a; . '$work/queue-a.env'; exec '$tern' queue stats" 2>/dev/null | sed 's/^/  queue stats: /' || true
 log "rehearsal passed: every message accounted for"
 kill "$watchdog" 2>/dev/null || true

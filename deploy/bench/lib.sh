@@ -22,6 +22,16 @@ ready() { curl -sf "http://127.0.0.1:$1/readyz" >/dev/null; }
 # smtp-sink -c prints a running count; the last number is the total so far.
 sink_count() { tr '\r' '\n' <"$1" | grep -Eo '[0-9]+' | tail -1 || echo 0; }
 sink_has() { [ "$(sink_count "$1")" -ge "$2" ]; }
+secs_since() { python3 -c "import time; print(f'{time.time()-$1:.2f}')"; }
+# Wait until smtp-sink counted COUNT messages; prints the seconds since START.
+wait_sink() { # file, count, start time -> seconds
+  local deadline=$((SECONDS + TIMEOUT))
+  while [ "$(sink_count "$1")" -lt "$2" ]; do
+    [ $SECONDS -lt $deadline ] || { echo "timeout: $(sink_count "$1") of $2 arrived" >&2; return 1; }
+    sleep 0.05
+  done
+  secs_since "$3"
+}
 sink_user=()
 [ "$(id -u)" = 0 ] && sink_user=(-u nobody)
 # Start Postfix's smtp-sink; sets sink_pid.
@@ -130,4 +140,29 @@ stop_all() {
     wait "$unbound_pid" 2>/dev/null || true
     unbound_pid=
   fi
+}
+# Start `tern up` in DIR relaying to smtp-sink on SINK_PORT; extra
+# NAME=value settings follow. Sets up_pid, smtp_port, api_port (the
+# injection API) and up_nats (the managed nats-server's URL, for `tern`
+# commands such as `tenant add`).
+start_up() { # dir, sink port, NAME=value...
+  local dir=$1 sink_port=$2 key
+  shift 2
+  mkdir -p "$dir"
+  smtp_port=$(free_port); api_port=$(free_port)
+  up_nats="nats://127.0.0.1:$(free_port)"
+  local -a env=(env -i PATH="$PATH" TERN_DATA_DIR="$dir/data" TERN_NATS_SERVER="$nats_bin"
+    TERN_MANAGED_NATS_LISTEN="${up_nats#nats://}"
+    TERN_HOSTNAME=mx.origin.bench.test TERN_LOCAL_DOMAINS=origin.bench.test
+    TERN_DNS_NAMESERVERS="127.0.0.1:$ub_port" TERN_REMOTE_SMTP_PORT="$sink_port"
+    TERN_TRUSTED_NETWORKS=127.0.0.1/32 TERN_MAX_CONNECTIONS_PER_IP=20000
+    TERN_SMTP_LISTEN="127.0.0.1:$smtp_port" TERN_API_LISTEN="127.0.0.1:$api_port")
+  for key in SUBMISSION SUBMISSIONS IMAP IMAPS POP3 POP3S INGRESS_GRPC QUEUE_GRPC RESOLVER_GRPC \
+    DELIVERY_GRPC MAILBOX_GRPC INGRESS_ADMIN QUEUE_ADMIN RESOLVER_ADMIN DELIVERY_ADMIN MAILBOX_ADMIN; do
+    env+=("TERN_${key}_LISTEN=127.0.0.1:$(free_port)")
+  done
+  "${env[@]}" "$@" "$tern" up >"$dir/up.out" 2>"$dir/up.log" &
+  up_pid=$!
+  pids+=("$up_pid")
+  wait_until "tern up" grep -qsx "tern is up" "$dir/up.out"
 }

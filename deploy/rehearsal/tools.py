@@ -14,6 +14,12 @@
                                    like an MTA; prints one line per accepted id
   tools.py imap-ids HOST:PORT USER PASS   the rehearsal ids in USER's INBOX
   tools.py wait-http URL SECONDS   wait until URL answers 200
+  tools.py inject API KEY N PLAN   POST one batch of N recipients (ids b00000…,
+                                   at batch.remote.test) to the injection API
+                                   at API, append its plan lines to PLAN, then
+                                   wait until its expansion has begun and is
+                                   not finished; prints the batch id
+  tools.py batch API KEY ID        the batch's record (state, spooled, total)
 """
 import asyncio
 import imaplib
@@ -240,7 +246,61 @@ def wait_http(url, seconds):
     sys.exit(f"{url} not ready within {seconds}s")
 
 
+def api(url, key, body=None, idempotency=None):
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    if idempotency:
+        headers["Idempotency-Key"] = idempotency
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.load(r)
+
+
+def inject(base, key, n, plan):
+    ids = [f"b{i:05d}" for i in range(int(n))]
+    body = {
+        "from": "news@shop.example",
+        "subject": "rehearsal {{ id }}",
+        "text": "Rehearsal batch message {{ id }} for {{ name }}.\n",
+        "campaign": "rehearsal",
+        "recipients": [{"email": f"r{i}@batch.remote.test", "name": f"Reader {i}",
+                        "vars": {"id": b}} for i, b in enumerate(ids)],
+    }
+    # An Idempotency-Key makes a retry after a lost answer safe.
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            answer = api(f"{base}/v1/messages", key, body, idempotency="rehearsal-batch")
+            break
+        except OSError as e:
+            if time.monotonic() > deadline:
+                sys.exit(f"inject: {e}")
+            time.sleep(0.5)
+    if answer["accepted"] != len(ids):
+        sys.exit(f"inject: accepted {answer['accepted']} of {len(ids)}: {answer}")
+    with open(plan, "a") as f:
+        for i, b in enumerate(ids):
+            f.write(json.dumps({"id": b, "rcpts": [f"r{i}@batch.remote.test"]}) + "\n")
+    batch_id = answer["batch_id"]
+    # Poll fast: the kill must land while the batch is being expanded.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        rec = api(f"{base}/v1/batches/{batch_id}", key)
+        if rec["state"] == "spooled":
+            sys.exit(f"inject: batch {batch_id} was spooled before its expansion was seen")
+        if rec["spooled"] > 0:
+            print(batch_id)
+            return
+        time.sleep(0.01)
+    sys.exit(f"inject: batch {batch_id} did not start expanding within 60s")
+
+
+def batch(base, key, batch_id):
+    rec = api(f"{base}/v1/batches/{batch_id}", key)
+    print(f"{rec['state']} {rec['spooled']} {rec['total']}")
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     {"ports": ports, "dns": dns, "sink": sink, "send": send, "imap-ids": imap_ids,
-     "wait-http": wait_http}[cmd](*args)
+     "wait-http": wait_http, "inject": inject, "batch": batch}[cmd](*args)

@@ -58,15 +58,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_sink() { # file, count, start time -> seconds
-  local deadline=$((SECONDS + TIMEOUT))
-  while [ "$(sink_count "$1")" -lt "$2" ]; do
-    [ $SECONDS -lt $deadline ] || { echo "timeout: $(sink_count "$1") of $2 arrived" >&2; return 1; }
-    sleep 0.05
-  done
-  python3 -c "import time; print(f'{time.time()-$3:.2f}')"
-}
-
 # DNS: remote.bench.test MX -> 127.0.0.1, where smtp-sink listens. One
 # unbound serves every run (stop_run leaves it).
 start_unbound "remote.bench.test. 3600 IN MX 10 mx.bench.test." "mx.bench.test. 3600 IN A 127.0.0.1"

@@ -59,15 +59,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-secs_since() { python3 -c "import time; print(f'{time.time()-$1:.2f}')"; }
-wait_sink() { # file, count, start time -> seconds
-  local deadline=$((SECONDS + TIMEOUT))
-  while [ "$(sink_count "$1")" -lt "$2" ]; do
-    [ $SECONDS -lt $deadline ] || { echo "timeout: $(sink_count "$1") of $2 arrived" >&2; return 1; }
-    sleep 0.05
-  done
-  secs_since "$3"
-}
 # smtp-source COUNT messages into PORT; prints "start accept_seconds".
 source_run() { # port, count
   local start
@@ -96,29 +87,6 @@ postfix_run() {
   echo "$MESSAGES/$acc $MESSAGES/$e2e" >"$work/postfix.rate"
   "$root/deploy/bench/ingress/postfix-instance.sh" stop "$dir"
   stop_run
-}
-
-# Start `tern up` in DIR relaying to smtp-sink on SINK_PORT; extra
-# NAME=value settings follow. Sets up_pid and smtp_port.
-start_up() { # dir, sink port, NAME=value...
-  local dir=$1 sink_port=$2 key
-  shift 2
-  mkdir -p "$dir"
-  smtp_port=$(free_port)
-  local -a env=(env -i PATH="$PATH" TERN_DATA_DIR="$dir/data" TERN_NATS_SERVER="$nats_bin"
-    TERN_MANAGED_NATS_LISTEN="127.0.0.1:$(free_port)"
-    TERN_HOSTNAME=mx.origin.bench.test TERN_LOCAL_DOMAINS=origin.bench.test
-    TERN_DNS_NAMESERVERS="127.0.0.1:$ub_port" TERN_REMOTE_SMTP_PORT="$sink_port"
-    TERN_TRUSTED_NETWORKS=127.0.0.1/32 TERN_MAX_CONNECTIONS_PER_IP=20000
-    TERN_SMTP_LISTEN="127.0.0.1:$smtp_port")
-  for key in SUBMISSION SUBMISSIONS IMAP IMAPS POP3 POP3S INGRESS_GRPC QUEUE_GRPC RESOLVER_GRPC \
-    DELIVERY_GRPC MAILBOX_GRPC INGRESS_ADMIN QUEUE_ADMIN RESOLVER_ADMIN DELIVERY_ADMIN MAILBOX_ADMIN; do
-    env+=("TERN_${key}_LISTEN=127.0.0.1:$(free_port)")
-  done
-  "${env[@]}" "$@" "$tern" up >"$dir/up.out" 2>"$dir/up.log" &
-  up_pid=$!
-  pids+=("$up_pid")
-  wait_until "tern up" grep -qsx "tern is up" "$dir/up.out"
 }
 
 tern_run() { # sync policy, label (file name of the rate)

@@ -348,6 +348,8 @@ impl Expander {
         })?;
         // The cursor: every recipient before it was spooled or failed.
         let mut next = (rec.spooled + rec.failed) as usize;
+        // Which replica expands a batch, and from where after a crash.
+        tracing::info!(batch_id = %spec.batch_id, from = next, total = spec.recipients.len(), "expanding batch");
         while next < spec.recipients.len() {
             let end = (next + WINDOW).min(spec.recipients.len());
             let mut acks = Vec::with_capacity(end - next);
