@@ -1,11 +1,11 @@
 //! Suppression lists on a real nats-server: what one replica adds or
 //! removes, another sees through its watch; scopes (tenant, campaign, the
-//! system list); a replica started later loads what is there; and the cost
-//! of checking a batch against a million entries, measured.
+//! system list); a replica started later loads what is there; a batch check
+//! marks exactly the listed recipients.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream;
 use tern_bounce::suppress::{Entry, Index, Reason, Suppressions};
@@ -106,40 +106,37 @@ async fn replicas_share_adds_removes_and_scopes() {
     stop.trigger();
 }
 
-/// 10,000 recipients against a million entries. Run with `--nocapture` to
-/// see the figure (recorded in the README with the machine's load).
+/// One batch's check answers per recipient, in order: listed addresses (any
+/// case) are suppressed, the others are not, another tenant's entries do
+/// not count. The cost at a million entries is measured by
+/// `benches/suppress.rs`, not asserted here.
 #[test]
-fn ten_thousand_checks_against_a_million_entries_take_milliseconds() {
+fn a_batch_check_marks_exactly_the_listed_recipients() {
     let mut ix = Index::default();
-    let fill = Instant::now();
-    for i in 0..1_000_000u32 {
+    for i in 0..100_000u32 {
         ix.insert("acme", "", &format!("user{i}@example.com"));
     }
-    let fill = fill.elapsed();
-    assert_eq!(ix.len(), 1_000_000);
-    // Half on the list, half not.
+    ix.insert("other", "", "user1@example.net");
+    assert_eq!(ix.len(), 100_001);
+    // Even i: listed (example.com); odd i: not (example.net).
     let batch: Vec<String> = (0..10_000u32)
         .map(|i| {
-            format!(
-                "user{}@example.{}",
-                i * 97,
-                if i % 2 == 0 { "com" } else { "net" }
-            )
+            let domain = if i % 2 == 0 {
+                "example.com"
+            } else {
+                "example.net"
+            };
+            let addr = format!("user{}@{domain}", i * 7);
+            if i % 4 == 0 {
+                addr.to_uppercase()
+            } else {
+                addr
+            }
         })
         .collect();
-    let mut best = Duration::MAX;
-    let mut hits = 0;
-    for _ in 0..5 {
-        let t = Instant::now();
-        let r = ix.check("acme", "spring", &batch);
-        best = best.min(t.elapsed());
-        hits = r.iter().filter(|&&h| h).count();
+    let hits = ix.check("acme", "spring", &batch);
+    assert_eq!(hits.len(), batch.len());
+    for (i, hit) in hits.iter().enumerate() {
+        assert_eq!(*hit, i % 2 == 0, "{}", batch[i]);
     }
-    assert_eq!(hits, 5_000);
-    println!(
-        "index of {} entries filled in {fill:?}; 10,000 checks: best of 5 {best:?}",
-        ix.len()
-    );
-    // Generous bound: an unoptimised build on a loaded two-core machine.
-    assert!(best < Duration::from_millis(500), "{best:?}");
 }

@@ -126,13 +126,23 @@ fn sink_message(dump: &str) -> String {
 
 /// `tern ARGS` against the stack's NATS; stdout.
 fn tern(nats: &str, args: &[&str]) -> String {
+    tern_with(nats, &[], args)
+}
+
+/// [`tern`] with more settings in its environment.
+fn tern_with(nats: &str, env: &[(&str, &str)], args: &[&str]) -> String {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tern"));
     for (k, _) in std::env::vars() {
         if k.starts_with("TERN_") {
             c.env_remove(k);
         }
     }
-    let out = c.args(args).env("TERN_NATS_URL", nats).output().unwrap();
+    let out = c
+        .args(args)
+        .env("TERN_NATS_URL", nats)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "tern {args:?}: {}",
@@ -1222,8 +1232,8 @@ fn spring_status(nats: &str) -> Option<(String, u64)> {
 /// report to the bounce domain, through ingress's MX) puts the campaign
 /// above its threshold, the breaker pauses it, the next batch of that
 /// campaign waits unattempted (smtp-sink sees none of it) while another
-/// campaign still goes out, and `tern campaign resume` sends the waiting
-/// mail.
+/// campaign still goes out, a waiting job the operator deletes stays
+/// deleted, and `tern campaign resume` sends the rest of the waiting mail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_complaint_rate_above_the_threshold_pauses_the_campaign_until_resumed() {
     // 1 complaint in 5 deliveries is 20 %: above 10 %, judged after 4.
@@ -1268,12 +1278,26 @@ async fn a_complaint_rate_above_the_threshold_pauses_the_campaign_until_resumed(
     .await;
     assert_eq!(paused.1, 0);
 
-    assert_eq!(client.post(&key, &batch("b", "spring", 3)).await.0, 202);
+    assert_eq!(client.post(&key, &batch("b", "spring", 4)).await.0, 202);
     assert_eq!(client.post(&key, &batch("m", "autumn", 1)).await.0, 202);
     wait_for("spring's second batch set aside", WAIT, || async {
-        spring_status(&nats).filter(|(_, waiting)| *waiting == 3)
+        spring_status(&nats).filter(|(_, waiting)| *waiting == 4)
     })
     .await;
+    // An operator deletes one waiting job: the resume must not send it.
+    let queue = [(
+        "TERN_QUEUE_URL",
+        &*format!("http://{}", w.stack.addr("queue grpc")),
+    )];
+    let ls = tern_with(&nats, &queue, &["queue", "ls", "--domain", "remote.test"]);
+    let b3 = ls
+        .lines()
+        .find(|l| l.ends_with(" b3@remote.test"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("b3's job in {ls}"));
+    let out = tern_with(&nats, &queue, &["queue", "delete", b3]);
+    assert!(out.contains("1 jobs deleted"), "{out}");
+    assert_eq!(spring_status(&nats).unwrap().1, 3, "b3 no longer waits");
     let rcpts_at_sink = |dumps: &[String]| -> Vec<String> {
         let mut r: Vec<String> = dumps
             .iter()
@@ -1304,6 +1328,10 @@ async fn a_complaint_rate_above_the_threshold_pauses_the_campaign_until_resumed(
             "{at_sink:?}"
         );
     }
+    assert!(
+        !at_sink.contains(&"b3@remote.test".to_string()),
+        "{at_sink:?}"
+    );
     assert_eq!(at_sink.len(), 9, "each recipient once: {at_sink:?}");
     assert_eq!(spring_status(&nats).unwrap(), ("resumed".to_string(), 0));
     // 1 complaint in 8 spring deliveries, as the gauge says once counted.
@@ -1314,4 +1342,162 @@ async fn a_complaint_rate_above_the_threshold_pauses_the_campaign_until_resumed(
             .then_some(())
     })
     .await;
+}
+
+/// Issue 17's `/v1/suppressions`: a tenant adds entries over the API, sees
+/// them listed, and its next batch reports those recipients suppressed
+/// (smtp-sink gets only the others); another tenant's key sees none of them
+/// and cannot delete them; a removed entry no longer suppresses; bad input
+/// gets a `400` naming the field and stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_manages_its_suppression_list_over_the_api() {
+    let (w, _nats, key, other_key) = two_tenant_world().await;
+    let client = Client::new(&w.stack);
+    let add = serde_json::json!({"suppressions": [
+        {"email": "gone@remote.test"},
+        {"email": "Angry@Remote.test", "reason": "complaint", "campaign": "spring"},
+    ]});
+    let body = add.to_string();
+    let (status, answer) = client
+        .call(
+            "POST",
+            "/v1/suppressions",
+            &key,
+            Some(body.as_bytes()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, &answer["added"]),
+        (200, &serde_json::json!(2)),
+        "{answer}"
+    );
+
+    let (status, listed) = client
+        .call("GET", "/v1/suppressions", &key, None, None)
+        .await;
+    assert_eq!(status, 200, "{listed}");
+    let shown: Vec<(String, String, String)> = listed["suppressions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap().to_string();
+            (s("email"), s("campaign"), s("reason"))
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (
+                "Angry@Remote.test".into(),
+                "spring".into(),
+                "complaint".into()
+            ),
+            ("gone@remote.test".into(), String::new(), "manual".into()),
+        ]
+    );
+    let (_, spring_only) = client
+        .call("GET", "/v1/suppressions?campaign=spring", &key, None, None)
+        .await;
+    assert_eq!(spring_only["suppressions"].as_array().unwrap().len(), 1);
+
+    // The other tenant: nothing listed, nothing it can delete.
+    let (status, theirs) = client
+        .call("GET", "/v1/suppressions", &other_key, None, None)
+        .await;
+    assert_eq!(
+        (status, theirs["suppressions"].as_array().unwrap().len()),
+        (200, 0)
+    );
+    let (status, _) = client
+        .call(
+            "DELETE",
+            "/v1/suppressions/gone@remote.test",
+            &other_key,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // The next spring batch: both listed recipients suppressed (one case-blind).
+    let batch = serde_json::json!({"from": "news@shop.test", "subject": "Hi", "text": "hi",
+        "campaign": "spring", "recipients": [{"email": "gone@remote.test"},
+        {"email": "angry@remote.test"}, {"email": "fine@remote.test"}]});
+    let (status, answer) = client.post(&key, &batch).await;
+    assert_eq!(status, 202, "{answer}");
+    let mut suppressed: Vec<&str> = answer["suppressed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    suppressed.sort();
+    assert_eq!(
+        suppressed,
+        ["angry@remote.test", "gone@remote.test"],
+        "{answer}"
+    );
+    let dumps = wait_for("the one unsuppressed recipient at smtp-sink", WAIT, || {
+        let d = w.sink.dumps();
+        async move { (!d.is_empty()).then_some(d) }
+    })
+    .await;
+    assert_eq!(
+        sink_arg(&dumps[0], "Rcpt").trim_matches(['<', '>']),
+        "fine@remote.test"
+    );
+
+    // Removed: the address is no longer suppressed.
+    let (status, answer) = client
+        .call(
+            "DELETE",
+            "/v1/suppressions/gone@remote.test",
+            &key,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let again = serde_json::json!({"from": "news@shop.test", "subject": "Hi", "text": "hi",
+        "recipients": [{"email": "gone@remote.test"}]});
+    let (status, answer) = client.post(&key, &again).await;
+    assert_eq!(
+        (status, answer["accepted"].as_u64()),
+        (202, Some(1)),
+        "{answer}"
+    );
+
+    // Bad input: 400 naming the field, and nothing of that call stored.
+    let bad = serde_json::json!({"suppressions": [{"email": "ok@remote.test"}, {"email": "nope"}]});
+    let body = bad.to_string();
+    let (status, answer) = client
+        .call(
+            "POST",
+            "/v1/suppressions",
+            &key,
+            Some(body.as_bytes()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        answer["error"]["field"], "suppressions[1].email",
+        "{answer}"
+    );
+    let (_, listed) = client
+        .call("GET", "/v1/suppressions", &key, None, None)
+        .await;
+    let emails: Vec<&str> = listed["suppressions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["email"].as_str().unwrap())
+        .collect();
+    assert_eq!(emails, ["Angry@Remote.test"]);
+    let (status, _) = client
+        .call("GET", "/v1/suppressions", "bogus", None, None)
+        .await;
+    assert_eq!(status, 401);
 }

@@ -550,8 +550,6 @@ struct Ctx {
     bodies: body::BodyStore,
 }
 
-/// The job's destination is on hold: move it to the held subject (where the
-/// queue's release finds it) without an attempt, then ack.
 /// Why a job is moved off its ready subject unattempted, and where to.
 enum SetAside {
     /// Its destination is on hold (`tern queue hold`).
@@ -560,6 +558,8 @@ enum SetAside {
     Paused(String),
 }
 
+/// Move the job to its set-aside subject (where the queue's release or
+/// `tern campaign resume` finds it) without an attempt, then ack.
 async fn set_aside(ctx: &Ctx, job: &Job, msg: &jetstream::Message, aside: SetAside) -> Disposition {
     let (subject, why) = match aside {
         SetAside::Held(s) => (s, "held"),

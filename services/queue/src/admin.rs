@@ -111,54 +111,56 @@ async fn select(ctx: &Ctx, sel: Option<SelectRequest>) -> Result<Vec<JobState>, 
 }
 
 /// Remove the messages of these jobs from the jobs stream, wherever they
-/// wait: their schedule, the ready subject, or the held subject. A job a
-/// worker has already taken is removed too (its acknowledgement then finds
-/// nothing), but an attempt already under way still finishes.
+/// wait: their schedule, the ready subject, the held subject, or their
+/// campaign's paused subject (else `tern campaign resume` would send a job
+/// deleted while its campaign was paused). A job a worker has already taken
+/// is removed too (its acknowledgement then finds nothing), but an attempt
+/// already under way still finishes.
 async fn remove_from_stream(ctx: &Ctx, jobs: &[JobState]) -> Result<(), Status> {
     let stream = ctx
         .js
         .get_stream(bus::JOBS_STREAM)
         .await
         .map_err(internal)?;
-    let mut by_destination: BTreeMap<&str, std::collections::HashSet<&str>> = BTreeMap::new();
+    let mut by_subject: BTreeMap<String, std::collections::HashSet<&str>> = BTreeMap::new();
     for job in jobs.iter().filter_map(|st| st.job.as_ref()) {
         stream
             .purge()
             .filter(bus::scheduled_subject(&job.destination, &job.message_id))
             .await
             .map_err(internal)?;
-        by_destination
-            .entry(&job.destination)
-            .or_default()
-            .insert(&job.message_id);
+        for subject in [
+            bus::ready_subject(&job.destination),
+            bus::held_subject(&job.destination),
+            tern_stats::pause::paused_subject(&job.tenant, &job.campaign),
+        ] {
+            by_subject
+                .entry(subject)
+                .or_default()
+                .insert(&job.message_id);
+        }
     }
     // One pass over each subject, however many jobs are removed from it.
-    for (destination, ids) in by_destination {
-        for subject in [
-            bus::ready_subject(destination),
-            bus::held_subject(destination),
-        ] {
-            let mut after = 0;
-            loop {
-                let m = match stream
-                    .direct_get_next_for_subject(subject.as_str(), Some(after + 1))
-                    .await
+    for (subject, ids) in by_subject {
+        let mut after = 0;
+        loop {
+            let m = match stream
+                .direct_get_next_for_subject(subject.as_str(), Some(after + 1))
+                .await
+            {
+                Ok(m) => m,
+                Err(e)
+                    if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound =>
                 {
-                    Ok(m) => m,
-                    Err(e)
-                        if e.kind()
-                            == async_nats::jetstream::stream::DirectGetErrorKind::NotFound =>
-                    {
-                        break;
-                    }
-                    Err(e) => return Err(internal(e)),
-                };
-                after = m.sequence;
-                if let Ok(job) = Job::decode(m.payload)
-                    && ids.contains(job.message_id.as_str())
-                {
-                    stream.delete_message(m.sequence).await.map_err(internal)?;
+                    break;
                 }
+                Err(e) => return Err(internal(e)),
+            };
+            after = m.sequence;
+            if let Ok(job) = Job::decode(m.payload)
+                && ids.contains(job.message_id.as_str())
+            {
+                stream.delete_message(m.sequence).await.map_err(internal)?;
             }
         }
     }

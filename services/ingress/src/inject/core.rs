@@ -43,7 +43,7 @@ pub(crate) enum Kind {
     BadField,
     /// The request is over the size limit (`413`).
     TooLarge,
-    /// More recipients than one call may have (`422`).
+    /// More recipients (or suppression entries) than one call may have (`422`).
     TooManyRecipients,
     /// The `Idempotency-Key` was used with another request (`422`).
     KeyReused,
@@ -51,7 +51,7 @@ pub(crate) enum Kind {
     BadKey,
     /// `from` is not one of the tenant's domains (`403`).
     ForeignDomain,
-    /// No such batch of this tenant (`404`).
+    /// No such batch, or suppression entry, of this tenant (`404`).
     NotFound,
     /// A request with the same key is being processed (`409`).
     InProgress,

@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::json;
 use tern_runtime::Shutdown;
@@ -14,6 +14,7 @@ use tern_tenant::Tenant;
 use tokio::net::TcpListener;
 
 use super::core::{self, Api, Failure, Kind};
+use super::suppressions;
 
 /// The HTTP status of a refusal.
 fn status(kind: Kind) -> StatusCode {
@@ -55,6 +56,11 @@ pub(crate) async fn serve(listener: TcpListener, api: Api, shutdown: Shutdown) {
         .route("/v1/messages", post(post_messages))
         .route("/v1/batches/{id}", get(get_batch).delete(delete_batch))
         .route("/v1/stats", get(get_stats))
+        .route(
+            "/v1/suppressions",
+            get(get_suppressions).post(post_suppressions),
+        )
+        .route("/v1/suppressions/{email}", delete(delete_suppression))
         .with_state(api);
     if let Some(u) = unsubscribe {
         app = app.merge(u);
@@ -78,18 +84,23 @@ async fn authenticate(api: &Api, headers: &HeaderMap) -> Result<Tenant, Failure>
     core::authenticate(api, value).await
 }
 
+/// The request body, at most `TERN_API_MAX_BODY` octets (more: `413`).
+async fn read_body(api: &Api, body: Body) -> Result<axum::body::Bytes, Failure> {
+    axum::body::to_bytes(body, api.config.max_body)
+        .await
+        .map_err(|_| {
+            Failure::new(
+                Kind::TooLarge,
+                "body",
+                format!("larger than {} octets", api.config.max_body),
+            )
+        })
+}
+
 async fn post_messages(AxState(api): AxState<Api>, headers: HeaderMap, body: Body) -> Response {
     let result = async {
         let tenant = authenticate(&api, &headers).await?;
-        let bytes = axum::body::to_bytes(body, api.config.max_body)
-            .await
-            .map_err(|_| {
-                Failure::new(
-                    Kind::TooLarge,
-                    "body",
-                    format!("larger than {} octets", api.config.max_body),
-                )
-            })?;
+        let bytes = read_body(&api, body).await?;
         let idem_key = match headers.get("idempotency-key") {
             None => None,
             Some(v) => Some(v.to_str().map_err(|_| Failure::bad_idempotency_key())?),
@@ -152,6 +163,53 @@ async fn get_stats(
         let tenant = authenticate(&api, &headers).await?;
         let campaign = q.campaign.unwrap_or_default();
         core::stats(&api, &tenant, &campaign, q.from.as_deref(), q.to.as_deref()).await
+    }
+    .await;
+    answer(StatusCode::OK, result)
+}
+
+/// The query of the `/v1/suppressions` routes.
+#[derive(Debug, Deserialize)]
+struct CampaignQuery {
+    campaign: Option<String>,
+}
+
+/// `GET /v1/suppressions[?campaign=C]`: the tenant's entries.
+async fn get_suppressions(
+    AxState(api): AxState<Api>,
+    headers: HeaderMap,
+    Query(q): Query<CampaignQuery>,
+) -> Response {
+    let result = async {
+        let tenant = authenticate(&api, &headers).await?;
+        suppressions::list(&api, &tenant, q.campaign.as_deref()).await
+    }
+    .await;
+    answer(StatusCode::OK, result)
+}
+
+/// `POST /v1/suppressions`: add entries to the tenant's list.
+async fn post_suppressions(AxState(api): AxState<Api>, headers: HeaderMap, body: Body) -> Response {
+    let result = async {
+        let tenant = authenticate(&api, &headers).await?;
+        let bytes = read_body(&api, body).await?;
+        suppressions::add(&api, &tenant, &bytes).await
+    }
+    .await;
+    answer(StatusCode::OK, result)
+}
+
+/// `DELETE /v1/suppressions/{email}[?campaign=C]`.
+async fn delete_suppression(
+    AxState(api): AxState<Api>,
+    headers: HeaderMap,
+    Path(email): Path<String>,
+    Query(q): Query<CampaignQuery>,
+) -> Response {
+    let result = async {
+        let tenant = authenticate(&api, &headers).await?;
+        let campaign = q.campaign.unwrap_or_default();
+        suppressions::remove(&api, &tenant, &email, &campaign).await
     }
     .await;
     answer(StatusCode::OK, result)

@@ -13,6 +13,7 @@ mod http;
 mod idempotency;
 mod render;
 pub mod request;
+mod suppressions;
 
 pub(crate) use feedback::TokenNames;
 pub(crate) use grpc::InjectService;
