@@ -226,6 +226,18 @@ async fn inbound_checks_agree_with_authheaders_and_apply_dmarc_policy() {
         "quarantine.test.",
         "@ IN TXT \"v=spf1 -all\"\n_dmarc IN TXT \"v=DMARC1; p=quarantine\"\n",
     );
+    // An SPF record too long for one UDP answer (> 4096 octets): Tern must
+    // ask again over TCP (RFC 7766 §5) to see the pass at its end.
+    let long_spf: Vec<String> = (0..330)
+        .map(|i| format!("ip4:10.{}.{}.1", i / 250, i % 250))
+        .collect();
+    let big = zone(
+        "big.test.",
+        &format!(
+            "@ IN TXT {}\n",
+            txt(&format!("v=spf1 {} ip4:127.0.0.1 -all", long_spf.join(" ")))
+        ),
+    );
     let client = zone("client.test.", "@ IN A 127.0.0.1\n");
     // The parent, so that the DMARC tree walk's `_dmarc.test` is NXDOMAIN
     // (as `_dmarc.com` is), not REFUSED.
@@ -239,6 +251,7 @@ async fn inbound_checks_agree_with_authheaders_and_apply_dmarc_policy() {
             ("reject.test.", &reject),
             ("quarantine.test.", &quarantine),
             ("client.test.", &client),
+            ("big.test.", &big),
             ("test.", &tld),
         ],
     )
@@ -280,6 +293,7 @@ async fn inbound_checks_agree_with_authheaders_and_apply_dmarc_policy() {
         ("expired", "bounce@nospf.good.test"),
         ("nokey", "bounce@nospf.good.test"),
         ("good", "bounce@good.test"),
+        ("good", "bounce@big.test"),
     ];
     for (i, (how, mail_from)) in cases.iter().enumerate() {
         let subject = format!("case{i}{how}");

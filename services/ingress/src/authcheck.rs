@@ -280,7 +280,8 @@ fn permfail_is_fail<'a>(o: &'a DkimOutput<'_>) -> DkimOutput<'a> {
 
 /// mail-auth's hickory resolver, asking only the loopback responder.
 fn authenticator(addr: SocketAddr) -> Result<MessageAuthenticator, CheckerError> {
-    let mut server = NameServerConfig::udp(addr.ip());
+    // UDP, and TCP for an answer too long for UDP (authdns serves both).
+    let mut server = NameServerConfig::udp_and_tcp(addr.ip());
     for c in &mut server.connections {
         c.port = addr.port();
     }

@@ -8,7 +8,9 @@
 //! asked of the resolver service's `Lookup` gRPC, so the cluster shares one
 //! cache, and mail-auth keeps its own RFC 7208 §4.6.4 lookup accounting. The
 //! hickory resolver in front keeps a short local cache (TTL-bound), which is
-//! what makes a warm check cheap.
+//! what makes a warm check cheap. The responder answers over TCP on the same
+//! port too: an answer over [`MAX_UDP`] octets (a long SPF or DKIM record) is
+//! sent truncated over UDP and asked again over TCP (RFC 7766 §5).
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -18,7 +20,9 @@ use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, MX, PTR, SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tern_proto::{LookupRequest, LookupResponse, RouteStatus};
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::time::timeout;
 
 use crate::conn::Interceptor;
 
@@ -34,14 +38,94 @@ const MAX_UDP: usize = 4096;
 /// One TXT character-string holds at most 255 octets (RFC 1035 §3.3).
 const TXT_CHUNK: usize = 255;
 
-/// Bind the responder on loopback; returns its address and the serve task.
+/// How long a TCP connection may sit idle before it is closed (RFC 7766 §6.2.3).
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// Bind the responder on loopback, UDP and TCP on one port; returns its
+/// address and the serve task.
 pub(crate) async fn start(
     resolver: ResolverClient,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let socket = Arc::new(UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?);
-    let addr = socket.local_addr()?;
-    let task = tokio::spawn(serve(socket, resolver));
+    let (udp, tcp) = bind_pair().await?;
+    let addr = udp.local_addr()?;
+    let task = tokio::spawn(async move {
+        tokio::join!(
+            serve(Arc::new(udp), resolver.clone()),
+            serve_tcp(tcp, resolver)
+        );
+    });
     Ok((addr, task))
+}
+
+/// A UDP socket and a TCP listener on the same loopback port. The TCP port
+/// of a fresh UDP port can be taken by an unrelated connection: try a few.
+async fn bind_pair() -> std::io::Result<(UdpSocket, TcpListener)> {
+    let mut last = None;
+    for _ in 0..20 {
+        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no loopback port for DNS UDP and TCP")))
+}
+
+async fn serve_tcp(listener: TcpListener, resolver: ResolverClient) {
+    loop {
+        let (stream, from) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors, say: do not spin.
+                tracing::debug!(error = %e, "inbound-check DNS: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if from.ip().is_loopback() {
+            tokio::spawn(tcp_session(stream, resolver.clone()));
+        }
+    }
+}
+
+/// Queries on one connection, each framed by its two-octet length (RFC 1035
+/// §4.2.2), answered in order until the client closes or idles.
+async fn tcp_session(mut stream: TcpStream, resolver: ResolverClient) {
+    loop {
+        let mut len = [0u8; 2];
+        if !matches!(
+            timeout(TCP_IDLE, stream.read_exact(&mut len)).await,
+            Ok(Ok(_))
+        ) {
+            return;
+        }
+        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        if !matches!(
+            timeout(TCP_IDLE, stream.read_exact(&mut buf)).await,
+            Ok(Ok(_))
+        ) {
+            return;
+        }
+        let Ok(query) = Message::from_vec(&buf) else {
+            return;
+        };
+        let reply = answer(&query, resolver.clone()).await;
+        let Ok(mut bytes) = reply.to_vec() else {
+            return;
+        };
+        if bytes.len() > usize::from(u16::MAX) {
+            bytes = reply.truncate().to_vec().unwrap_or_default();
+        }
+        let Ok(n) = u16::try_from(bytes.len()) else {
+            return;
+        };
+        let mut framed = Vec::with_capacity(bytes.len() + 2);
+        framed.extend_from_slice(&n.to_be_bytes());
+        framed.extend_from_slice(&bytes);
+        if stream.write_all(&framed).await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn serve(socket: Arc<UdpSocket>, resolver: ResolverClient) {
