@@ -3,25 +3,15 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
+mod common;
+
 use std::path::Path;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use tern_dkim::{Algorithm, KeyName, KeySet, generate, write_key};
 
-fn message() -> Vec<u8> {
-    let mut m = b"From: Alice <alice@example.com>\r\nTo: bob@example.org\r\n\
-Subject: benchmark\r\nDate: Wed, 2 Dec 2026 22:00:00 +0000\r\n\
-Message-ID: <bench@example.com>\r\nMIME-Version: 1.0\r\n\
-Content-Type: text/plain; charset=utf-8\r\n\r\n"
-        .to_vec();
-    while m.len() < 4096 {
-        m.extend_from_slice(b"The quick brown fox jumps over the lazy dog, again and again.\r\n");
-    }
-    m
-}
-
 fn bench(c: &mut Criterion) {
-    let msg = message();
+    let msg = common::message();
     for (alg, label) in [
         (Algorithm::Rsa, "rsa-2048"),
         (Algorithm::Ed25519, "ed25519"),

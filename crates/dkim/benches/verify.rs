@@ -6,6 +6,8 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,18 +16,6 @@ use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, Reso
 use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
 use tern_dkim::{Algorithm, KeySet, keygen};
 use tern_testkit::DnsServer;
-
-fn message() -> Vec<u8> {
-    let mut m = b"From: Alice <alice@example.com>\r\nTo: bob@example.org\r\n\
-Subject: benchmark\r\nDate: Wed, 2 Dec 2026 22:00:00 +0000\r\n\
-Message-ID: <bench@example.com>\r\nMIME-Version: 1.0\r\n\
-Content-Type: text/plain; charset=utf-8\r\n\r\n"
-        .to_vec();
-    while m.len() < 4096 {
-        m.extend_from_slice(b"The quick brown fox jumps over the lazy dog, again and again.\r\n");
-    }
-    m
-}
 
 fn authenticator(dns: &DnsServer) -> MessageAuthenticator {
     let mut server = NameServerConfig::udp_and_tcp(dns.addr().ip());
@@ -41,7 +31,7 @@ fn authenticator(dns: &DnsServer) -> MessageAuthenticator {
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let msg = message();
+    let msg = common::message();
     for (alg, selector, label) in [
         (Algorithm::Rsa, "rsa", "rsa-2048"),
         (Algorithm::Ed25519, "ed", "ed25519"),

@@ -146,19 +146,7 @@ async fn a_dead_webhooks_events_are_dropped_after_the_age_limit() {
     };
     let (shutdown, task) = start(&js, config).await;
     publish(&js, &[event("delivered", "acme", "a@example.net")]).await;
-    wait_for("the event given up", Duration::from_secs(10), || async {
-        let mut c: jetstream::consumer::PullConsumer = js
-            .get_stream(bus::EVENTS_STREAM)
-            .await
-            .unwrap()
-            .get_consumer(dispatch::DISPATCH_CONSUMER)
-            .await
-            .unwrap();
-        let info = c.info().await.unwrap();
-        (info.delivered.stream_sequence == 1 && info.num_ack_pending == 0 && info.num_pending == 0)
-            .then_some(())
-    })
-    .await;
+    settled(&js, 1, "the event given up", Duration::from_secs(10)).await;
     shutdown.trigger();
     task.await.unwrap();
 }
@@ -208,7 +196,16 @@ async fn https_receivers_get_events_only_behind_a_trusted_certificate() {
     .await;
     assert_eq!((posts[0].status, posts[0].verified), (200, true));
     assert_eq!(posts[0].events[0]["recipient"], "a@example.net");
-    wait_for("both events settled", Duration::from_secs(20), || async {
+    settled(&js, 2, "both events settled", Duration::from_secs(20)).await;
+    assert!(bad.posts().is_empty(), "{:?}", bad.posts());
+    shutdown.trigger();
+    task.await.unwrap();
+}
+
+/// Wait until the dispatcher has taken the first `n` events and settled
+/// every one (acked or given up), nothing pending.
+async fn settled(js: &jetstream::Context, n: u64, what: &str, within: Duration) {
+    wait_for(what, within, || async {
         let mut c: jetstream::consumer::PullConsumer = js
             .get_stream(bus::EVENTS_STREAM)
             .await
@@ -217,11 +214,8 @@ async fn https_receivers_get_events_only_behind_a_trusted_certificate() {
             .await
             .unwrap();
         let info = c.info().await.unwrap();
-        (info.delivered.stream_sequence == 2 && info.num_ack_pending == 0 && info.num_pending == 0)
+        (info.delivered.stream_sequence == n && info.num_ack_pending == 0 && info.num_pending == 0)
             .then_some(())
     })
     .await;
-    assert!(bad.posts().is_empty(), "{:?}", bad.posts());
-    shutdown.trigger();
-    task.await.unwrap();
 }

@@ -237,14 +237,19 @@ impl Client {
     }
 
     async fn post(&self, key: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
-        self.call(
-            "POST",
-            "/v1/messages",
-            key,
-            Some(body.to_string().as_bytes()),
-            None,
-        )
-        .await
+        self.json("POST", "/v1/messages", key, body).await
+    }
+
+    /// `method path` with a JSON body and no Idempotency-Key.
+    async fn json(
+        &self,
+        method: &str,
+        path: &str,
+        key: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.call(method, path, key, Some(body.to_string().as_bytes()), None)
+            .await
     }
 }
 
@@ -1357,16 +1362,7 @@ async fn a_tenant_manages_its_suppression_list_over_the_api() {
         {"email": "gone@remote.test"},
         {"email": "Angry@Remote.test", "reason": "complaint", "campaign": "spring"},
     ]});
-    let body = add.to_string();
-    let (status, answer) = client
-        .call(
-            "POST",
-            "/v1/suppressions",
-            &key,
-            Some(body.as_bytes()),
-            None,
-        )
-        .await;
+    let (status, answer) = client.json("POST", "/v1/suppressions", &key, &add).await;
     assert_eq!(
         (status, &answer["added"]),
         (200, &serde_json::json!(2)),
@@ -1471,16 +1467,7 @@ async fn a_tenant_manages_its_suppression_list_over_the_api() {
 
     // Bad input: 400 naming the field, and nothing of that call stored.
     let bad = serde_json::json!({"suppressions": [{"email": "ok@remote.test"}, {"email": "nope"}]});
-    let body = bad.to_string();
-    let (status, answer) = client
-        .call(
-            "POST",
-            "/v1/suppressions",
-            &key,
-            Some(body.as_bytes()),
-            None,
-        )
-        .await;
+    let (status, answer) = client.json("POST", "/v1/suppressions", &key, &bad).await;
     assert_eq!(status, 400);
     assert_eq!(
         answer["error"]["field"], "suppressions[1].email",
