@@ -96,6 +96,8 @@ bad=(
   "nats.enabled=false"                      # and no external URL
   "natsClient.credsSecret=c,natsClient.nkeySecret=n"   # one NATS identity
   "natsClient.tls.existingSecret=t,natsClient.tls.caKey="  # a Secret with nothing used
+  "ingress.httpIngress.enabled=true"       # and no host
+  "config.public_url=links.example.com"    # not a URL
 )
 for b in "${bad[@]}"; do
   if "$helm" template tern "$chart" --set "$b" >/dev/null 2>"$tmp/bad.err"; then
