@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Checks the custom resources in a rendered Tern chart that
 kubernetes-validate has no schema for: KEDA's ScaledObject and the Prometheus
-operator's ServiceMonitor. Each must point at objects the chart rendered."""
+operator's ServiceMonitor and PrometheusRule. Each must point at objects the
+chart rendered, or (rules) carry what the operator needs."""
 import sys
 
 import yaml
@@ -42,6 +43,15 @@ for d in docs:
             errors.append(f"{name}: selects {len(matched)} Services with {len(ports)} admin ports, want 5")
         else:
             print(f"ok   ServiceMonitor {name}: scrapes the admin port of 5 Services")
+    elif kind == "PrometheusRule":
+        if d.get("apiVersion") != "monitoring.coreos.com/v1":
+            errors.append(f"{name}: apiVersion {d.get('apiVersion')}")
+        rules = [r for g in d["spec"]["groups"] for r in g["rules"]]
+        bad = [r.get("alert") for r in rules if not (r.get("alert") and r.get("expr") and r.get("labels", {}).get("severity"))]
+        if bad or not rules:
+            errors.append(f"{name}: rules without alert, expr or severity: {bad}")
+        else:
+            print(f"ok   PrometheusRule {name}: {len(rules)} alerts")
 for e in errors:
     print(f"FAIL {e}")
 sys.exit(1 if errors else 0)

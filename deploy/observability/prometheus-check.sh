@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Scripted check: Debian's prometheus scrapes every service of a running
+# Scripted check: the alerting rules pass `promtool check rules` and their
+# unit tests, then Debian's prometheus scrapes every service of a running
 # `tern up`, and what it scraped agrees with `tern queue stats`.
 #
 # Usage: deploy/observability/prometheus-check.sh [path/to/tern]
@@ -10,6 +11,10 @@ tern=${1:-$root/target/debug/tern}
 nats=${TERN_NATS_SERVER:-$root/.venv/bin/nats-server}
 command -v prometheus >/dev/null || { echo "prometheus not installed (Debian package prometheus; scripts/deps.sh --test)" >&2; exit 1; }
 [ -x "$tern" ] || { echo "no tern binary at $tern (cargo build -p tern)" >&2; exit 1; }
+
+# The alerting rules the chart ships: valid, and their unit tests pass.
+promtool check rules "$root/helm/tern/files/alerts.yaml"
+promtool test rules "$root/deploy/observability/alerts-test.yaml"
 
 work=$(mktemp -d)
 pids=()
