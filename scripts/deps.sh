@@ -31,7 +31,7 @@ libnet-ssleay-perl|perl -MNet::SSLeay -e1
 libio-socket-ssl-perl|perl -MIO::Socket::SSL -e1
 postfix|test -x /usr/sbin/postfix && test -x /usr/sbin/smtp-sink && test -x /usr/sbin/smtp-source
 unbound|/usr/sbin/unbound -V && test -x /usr/sbin/unbound-control
-prometheus|prometheus --version
+prometheus|prometheus --version && promtool --version
 curl|curl --version | grep -qw imap && curl --version | grep -qw pop3
 fetchmail|fetchmail --version
 mutt|mutt -v | grep -q "+USE_IMAP"
