@@ -340,8 +340,11 @@ tern_cli tenant add shop --domain shop.example >/dev/null
 api_key=$(tern_cli apikey create --tenant shop | tail -n1)
 api_a="http://127.0.0.1:${extra[ingress-a-API]}"; api_b="http://127.0.0.1:${extra[ingress-b-API]}"
 batch_id=$($tools inject "$api_a" "$api_key" "$B" "$work/plan.jsonl")
-expander=$(grep -l "expanding batch.*$batch_id\|$batch_id.*expanding batch" "$work"/logs/ingress-*.log | head -n1)
-expander=$(basename "${expander:-ingress-a}" .log)
+# The "expanding batch" log lines of this batch, with their replica's log file.
+expansions() { grep -H "expanding batch.*$batch_id\|$batch_id.*expanding batch" "$work"/logs/ingress-*.log; }
+expander=$(expansions | head -n1 | cut -d: -f1 || true)
+[ -n "$expander" ] || { echo "no ingress replica logged the expansion of $batch_id" >&2; exit 1; }
+expander=$(basename "$expander" .log)
 ipid=$(cat "$work/$expander.pid"); qpid=$(cat "$work/queue-a.pid")
 kill -KILL "$ipid" "$qpid"
 survivor=$api_b; [ "$expander" = ingress-b ] && survivor=$api_a
@@ -394,7 +397,7 @@ for f in "$work"/*.restarts; do
   esac
 done
 # Who expanded the batch, from which cursor (the second line is the resume).
-grep -H "expanding batch.*$batch_id\|$batch_id.*expanding batch" "$work"/logs/ingress-*.log |
+expansions |
   sed -E 's|^.*/(ingress-[ab])\.log:.*(from[^ ,]*).*|  batch: \1 expanded it \2|' || true
 env -i PATH=/usr/bin:/bin bash -c "set -a; . '$work/queue-a.env'; exec '$tern' queue stats" 2>/dev/null | sed 's/^/  queue stats: /' || true
 log "rehearsal passed: every message accounted for"

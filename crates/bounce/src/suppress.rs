@@ -29,6 +29,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tern_runtime::Shutdown;
 
+/// KV puts in flight at once in [`Suppressions::add_all`].
+pub const ADD_CONCURRENCY: usize = 64;
+
 /// The bucket that holds every suppression entry.
 pub const BUCKET: &str = "tern-suppressions";
 
@@ -423,6 +426,22 @@ impl Suppressions {
             .await
             .map_err(|e| nats("put")(e.to_string()))?;
         self.apply(&k, kv::Operation::Put);
+        Ok(())
+    }
+
+    /// Add many entries, [`ADD_CONCURRENCY`] puts in flight at a time (one
+    /// round trip each, so 10,000 entries do not cost 10,000 in a row).
+    /// Stops at the first failure; what was put before it stays (adding is
+    /// idempotent, so the same call can be repeated).
+    pub async fn add_all(&self, entries: &[Entry]) -> Result<(), SuppressError> {
+        // The futures are made first, so no closure lives in the stream: one
+        // there makes an axum handler calling this fail rustc's check that
+        // its future is general over lifetimes ("FnOnce is not general enough").
+        let puts: Vec<_> = entries.iter().map(|e| self.add(e)).collect();
+        let mut puts = futures::stream::iter(puts).buffer_unordered(ADD_CONCURRENCY);
+        while let Some(r) = puts.next().await {
+            r?;
+        }
         Ok(())
     }
 

@@ -146,9 +146,7 @@ async fn command_on(lists: &Suppressions, command: SuppressCommand) -> anyhow::R
                 at_unix_ms: now_unix_ms(),
             };
             let all = csv::parse(&text, &defaults).with_context(|| file.display().to_string())?;
-            for e in &all {
-                lists.add(e).await?;
-            }
+            lists.add_all(&all).await?;
             println!("imported {}", all.len());
         }
     }

@@ -110,12 +110,9 @@ async fn tcp_session(mut stream: TcpStream, resolver: ResolverClient) {
             return;
         };
         let reply = answer(&query, resolver.clone()).await;
-        let Ok(mut bytes) = reply.to_vec() else {
+        let Some(bytes) = wire(&reply, usize::from(u16::MAX)) else {
             return;
         };
-        if bytes.len() > usize::from(u16::MAX) {
-            bytes = reply.truncate().to_vec().unwrap_or_default();
-        }
         let Ok(n) = u16::try_from(bytes.len()) else {
             return;
         };
@@ -144,16 +141,21 @@ async fn serve(socket: Arc<UdpSocket>, resolver: ResolverClient) {
         let (socket, resolver) = (socket.clone(), resolver.clone());
         tokio::spawn(async move {
             let answer = answer(&query, resolver).await;
-            if let Ok(bytes) = answer.to_vec() {
-                let bytes = if bytes.len() > MAX_UDP {
-                    answer.truncate().to_vec().unwrap_or_default()
-                } else {
-                    bytes
-                };
+            if let Some(bytes) = wire(&answer, MAX_UDP) {
                 let _ = socket.send_to(&bytes, from).await;
             }
         });
     }
+}
+
+/// `reply` encoded, at most `max` octets: a longer one goes out truncated
+/// (TC set, no records), which tells the client to ask again over TCP.
+fn wire(reply: &Message, max: usize) -> Option<Vec<u8>> {
+    let bytes = reply.to_vec().ok()?;
+    if bytes.len() <= max {
+        return Some(bytes);
+    }
+    reply.truncate().to_vec().ok()
 }
 
 /// The reply to one query, from the resolver service's answer.

@@ -124,25 +124,25 @@ fn addition(i: usize, o: &Map<String, Value>) -> Result<Addition, Failure> {
 /// Store every addition for `tenant`. Adding is idempotent, so after a
 /// `503` (storage failed part-way) the same call can simply be repeated.
 pub(crate) async fn add(api: &Api, tenant: &Tenant, body: &[u8]) -> Result<Added, Failure> {
-    let additions = parse(body)?;
     let now = tern_runtime::now_unix_ms();
-    for a in &additions {
-        let entry = Entry {
+    let entries: Vec<Entry> = parse(body)?
+        .into_iter()
+        .map(|a| Entry {
             tenant: tenant.name.clone(),
-            campaign: a.campaign.clone(),
-            address: a.email.clone(),
+            campaign: a.campaign,
+            address: a.email,
             reason: a.reason,
             at_unix_ms: now,
             source: "api".into(),
-        };
-        api.suppressions
-            .add(&entry)
-            .await
-            .map_err(Failure::unavailable)?;
-    }
-    tracing::info!(tenant = %tenant.name, added = additions.len(), "suppressions added over the API");
+        })
+        .collect();
+    api.suppressions
+        .add_all(&entries)
+        .await
+        .map_err(Failure::unavailable)?;
+    tracing::info!(tenant = %tenant.name, added = entries.len(), "suppressions added over the API");
     Ok(Added {
-        added: additions.len(),
+        added: entries.len(),
     })
 }
 
